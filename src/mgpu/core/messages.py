@@ -1,0 +1,216 @@
+"""Every message mgpu sends, one typed struct each, named by direction.
+
+* client → master: HTTP/1.1 with JSON bodies under ``/api/v1/`` (structs ``*Request``).
+* master → client: JSON replies (``*Reply``) and, for job output, a byte stream of frames.
+* node → master and master → node: msgpack over one WebSocket per agent, a tagged union
+  (``NodeMessage`` and ``MasterMessage``) whose tag is a :class:`MessageType` value.
+
+Output frames (the node spool, the master's copy and the stream a client reads) are
+``stream:u8 | length:u32 big-endian | data``; stream 1 is stdout, 2 is stderr and
+:data:`STREAM_END` carries a JSON :class:`OutputEnd` once the job has ended. Offsets count
+bytes of framed data, so a reader resumes exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+
+import msgspec
+
+from mgpu.core.models import GpuInfo, JobSpec, SimpleJob
+
+PROTOCOL_VERSION = 1
+
+STREAM_STDOUT = 1
+STREAM_STDERR = 2
+STREAM_END = 0
+FRAME_HEADER = struct.Struct(">BI")
+
+
+class MessageType(enum.StrEnum):
+    """The tag of every WebSocket message between agents and the master."""
+
+    REGISTER = "register"
+    HEARTBEAT = "heartbeat"
+    JOB_STARTED = "job_started"
+    JOB_OUTPUT = "job_output"
+    JOB_ENDED = "job_ended"
+    REGISTERED = "registered"
+    START_JOB = "start_job"
+    CANCEL_JOB = "cancel_job"
+    ENDED_ACK = "ended_ack"
+
+
+# ---------------------------------------------------------------- client → master (JSON)
+
+
+class SubmitRequest(msgspec.Struct, forbid_unknown_fields=True):
+    jobs: list[JobSpec]
+
+
+class CancelRequest(msgspec.Struct, forbid_unknown_fields=True):
+    job_ids: list[int]
+
+
+class WaitRequest(msgspec.Struct, forbid_unknown_fields=True):
+    job_ids: list[int]
+    timeout: float = 30.0
+
+
+# ---------------------------------------------------------------- master → client (JSON)
+
+
+class SubmitReply(msgspec.Struct):
+    job_ids: list[int]
+
+
+class JobListReply(msgspec.Struct):
+    jobs: list[SimpleJob]
+
+
+class CancelResult(msgspec.Struct, omit_defaults=True):
+    job_id: int
+    ok: bool
+    state: str | None = None
+    error: str | None = None
+
+
+class CancelReply(msgspec.Struct):
+    results: list[CancelResult]
+
+
+class ErrorReply(msgspec.Struct):
+    error: str
+    code: str = "bad_request"
+
+
+class HealthReply(msgspec.Struct):
+    status: str
+    version: str
+    protocol: int = PROTOCOL_VERSION
+
+
+class OutputEnd(msgspec.Struct):
+    """The last frame of an output stream: how the job ended."""
+
+    state: str
+    exit_code: int | None
+
+
+# ---------------------------------------------------------------- node → master (msgpack)
+
+
+class RunningReport(msgspec.Struct):
+    """A job the node still holds: running, or ended but not yet acknowledged by the master.
+
+    After :class:`Registered` the node resends the job's output from the master's offset
+    and then, for an ended job, its :class:`JobEnded`.
+    """
+
+    job_id: int
+    output_size: int
+
+
+class Register(msgspec.Struct, tag=MessageType.REGISTER.value):
+    node_id: str
+    gpus: list[GpuInfo]
+    protocol: int = PROTOCOL_VERSION
+    hostname: str = ""
+    running: list[RunningReport] = msgspec.field(default_factory=list)
+
+
+class Heartbeat(msgspec.Struct, tag=MessageType.HEARTBEAT.value):
+    pass
+
+
+class JobStarted(msgspec.Struct, tag=MessageType.JOB_STARTED.value):
+    job_id: int
+    pid: int
+
+
+class JobOutput(msgspec.Struct, tag=MessageType.JOB_OUTPUT.value):
+    """Framed output bytes of a job, starting at ``offset`` in the node's spool."""
+
+    job_id: int
+    offset: int
+    data: bytes
+
+
+class JobEnded(msgspec.Struct, tag=MessageType.JOB_ENDED.value):
+    """A job's end, sent after all of its output. ``state`` is the ended state."""
+
+    job_id: int
+    state: str
+    exit_code: int | None
+    reason: str | None
+    output_size: int
+
+
+NodeMessage = Register | Heartbeat | JobStarted | JobOutput | JobEnded
+
+
+# ---------------------------------------------------------------- master → node (msgpack)
+
+
+class Registered(msgspec.Struct, tag=MessageType.REGISTERED.value):
+    """The master's answer to :class:`Register`.
+
+    ``output_offsets`` says how much output the master already holds of each job the node
+    reported running, so the node resends only the rest. ``kill`` lists jobs the node must
+    stop at once (they were ended or requeued while it was away).
+    """
+
+    accepted: bool
+    error: str | None = None
+    output_offsets: dict[int, int] = msgspec.field(default_factory=dict)
+    kill: list[int] = msgspec.field(default_factory=list)
+    heartbeat_interval: float = 2.0
+
+
+class StartJob(msgspec.Struct, tag=MessageType.START_JOB.value):
+    job_id: int
+    command: str
+    cwd: str
+    env: dict[str, str]
+    gpu_ids: list[int]
+    user: str
+    name: str
+
+
+class CancelJob(msgspec.Struct, tag=MessageType.CANCEL_JOB.value):
+    job_id: int
+    reason: str = "cancelled"
+
+
+class EndedAck(msgspec.Struct, tag=MessageType.ENDED_ACK.value):
+    """The master has saved these jobs' ends; the node may forget them."""
+
+    job_ids: list[int]
+
+
+MasterMessage = Registered | StartJob | CancelJob | EndedAck
+
+node_encoder = msgspec.msgpack.Encoder()
+node_message_decoder = msgspec.msgpack.Decoder(NodeMessage)
+master_message_decoder = msgspec.msgpack.Decoder(MasterMessage)
+
+
+def frame(stream: int, data: bytes) -> bytes:
+    """One output frame."""
+    return FRAME_HEADER.pack(stream, len(data)) + data
+
+
+def split_frames(buf: bytes) -> tuple[list[tuple[int, bytes]], int]:
+    """Parse complete frames from ``buf``; return them and how many bytes they used."""
+    out: list[tuple[int, bytes]] = []
+    pos = 0
+    size = FRAME_HEADER.size
+    end = len(buf)
+    while pos + size <= end:
+        stream, length = FRAME_HEADER.unpack_from(buf, pos)
+        if pos + size + length > end:
+            break
+        out.append((stream, buf[pos + size : pos + size + length]))
+        pos += size + length
+    return out, pos

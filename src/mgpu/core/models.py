@@ -1,0 +1,175 @@
+"""The job state machine and the records the cluster is made of.
+
+Jobs move through a closed set of states::
+
+    pending ──► running ──► completed | failed | cancelled | timeout | node_fail
+       │           │
+       │           └──► pending            (requeued after its node was lost)
+       └──► cancelled | failed             (cancelled or rejected before it started)
+    node_fail ──► pending                  (requeued later, by the failure policy)
+
+``TRANSITIONS`` is the whole table; :func:`advance` is the only way a job changes state.
+Why a job ended (exit code, signal, cancel, time limit, lost node) is kept apart from its
+state, in ``exit_code`` and ``reason``.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from mgpu.core.errors import InvalidTransition
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in its life. Stored and sent as the lowercase value."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    NODE_FAIL = "node_fail"
+
+    @property
+    def ended(self) -> bool:
+        return self not in (JobState.PENDING, JobState.RUNNING)
+
+
+ACTIVE_STATES = frozenset({JobState.PENDING, JobState.RUNNING})
+ENDED_STATES = frozenset(s for s in JobState if s.ended)
+
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.PENDING: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.FAILED}),
+    JobState.RUNNING: frozenset(
+        {
+            JobState.COMPLETED,
+            JobState.FAILED,
+            JobState.CANCELLED,
+            JobState.TIMEOUT,
+            JobState.NODE_FAIL,
+            JobState.PENDING,
+        }
+    ),
+    JobState.COMPLETED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+    JobState.TIMEOUT: frozenset(),
+    JobState.NODE_FAIL: frozenset({JobState.PENDING}),
+}
+
+
+def utc(ts: float) -> datetime:
+    """A UTC datetime from a Unix timestamp."""
+    return datetime.fromtimestamp(ts, UTC)
+
+
+class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """What a user asks for when submitting a job (the body of one submission)."""
+
+    command: str
+    gpus: int = 1
+    name: str | None = None
+    cwd: str = "/"
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    user: str = ""  # the submitting Unix user; the master decides what it trusts
+
+
+class SimpleJob(msgspec.Struct, kw_only=True):
+    """One job as the master knows it and as ``--json`` shows it (the JSON contract)."""
+
+    id: int
+    name: str
+    user: str
+    state: JobState
+    gpus: int
+    command: str
+    cwd: str
+    node: str | None = None
+    gpu_ids: list[int] = msgspec.field(default_factory=list)
+    exit_code: int | None = None
+    reason: str | None = None
+    submitted_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+
+    @property
+    def job_id(self) -> int:
+        """The founding name of ``id``."""
+        return self.id
+
+    def to_dict(self) -> dict[str, Any]:
+        """The job as plain JSON-ready data (the ``--json`` contract)."""
+        out: dict[str, Any] = msgspec.to_builtins(self)
+        return out
+
+
+def advance(
+    job: SimpleJob,
+    to: JobState,
+    now: float,
+    *,
+    reason: str | None = None,
+    exit_code: int | None = None,
+) -> None:
+    """Move ``job`` to state ``to`` at time ``now``, or raise :class:`InvalidTransition`.
+
+    Sets ``started_at`` on entering running, ``ended_at`` on entering an ended state, and
+    clears the placement when a job goes back to pending. ``reason`` replaces the old one.
+    """
+    if to not in TRANSITIONS[job.state]:
+        raise InvalidTransition(job.id, job.state.value, to.value)
+    job.state = to
+    job.reason = reason
+    if to is JobState.RUNNING:
+        job.started_at = utc(now)
+        job.ended_at = None
+        job.exit_code = None
+    elif to is JobState.PENDING:
+        job.node = None
+        job.gpu_ids = []
+        job.started_at = None
+        job.ended_at = None
+        job.exit_code = None
+    else:
+        job.ended_at = utc(now)
+        job.exit_code = exit_code
+
+
+class GpuInfo(msgspec.Struct, kw_only=True):
+    """One GPU of a node; ``job_id`` is the job holding it, if any."""
+
+    index: int
+    name: str
+    memory_total_mib: int
+    uuid: str | None = None
+    job_id: int | None = None
+
+
+class NodeInfo(msgspec.Struct, kw_only=True):
+    """A node agent as the master sees it."""
+
+    node_id: str
+    state: str  # "up" or "down"
+    gpus: list[GpuInfo] = msgspec.field(default_factory=list)
+    last_seen: datetime | None = None
+    down_since: datetime | None = None
+    hostname: str | None = None
+
+    @property
+    def free_gpus(self) -> list[int]:
+        return [g.index for g in self.gpus if g.job_id is None]
+
+
+class JobProcess(msgspec.Struct, kw_only=True):
+    """A job's process on a node, as its agent supervises it."""
+
+    job_id: int
+    pid: int
+    gpu_ids: list[int]
+    started_at: float
+    output_offset: int = 0

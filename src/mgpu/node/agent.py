@@ -1,0 +1,340 @@
+"""The node agent's outer layer: connect, register, heartbeat, take orders, report, reconnect.
+
+An agent dials the master's WebSocket (only the master needs an open port), registers its
+GPUs and the jobs it still holds, then runs :class:`StartJob` / :class:`CancelJob` orders
+through its :class:`Supervisor`. Output and ends go back over the same socket in order.
+When the link drops, jobs keep running and their output stays in the spool; the agent
+reconnects with back-off and resends from the offsets the master says it has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from mgpu.core import messages as m
+from mgpu.core.config import LogConfig, NodeConfig
+from mgpu.core.errors import MgpuError
+from mgpu.core.models import GpuInfo
+from mgpu.node.supervisor import RunningJob, Supervisor
+from mgpu.utils.spool import SpoolDir
+
+MAX_BACKOFF = 2.0
+
+
+class Agent:
+    """One node agent. ``await start()`` returns once it listens; ``await stop()`` ends it."""
+
+    def __init__(self, cfg: NodeConfig, gpus: list[GpuInfo] | None = None) -> None:
+        self.cfg = cfg
+        self.node_id = cfg.node_id
+        self.log = logging.getLogger(f"mgpu.node.{cfg.node_id}")
+        self.gpus = gpus
+        self.gpu_source = "given" if gpus is not None else ""
+        self.port = 0
+        self.connected = False
+        self.registered = asyncio.Event()
+        self.fatal: MgpuError | None = None
+        self._ready = False
+        self._out: asyncio.Queue[m.NodeMessage] | None = None
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._runner: web.AppRunner | None = None
+        self.supervisor: Supervisor | None = None
+
+    @property
+    def master_url(self) -> str:
+        return f"http://{self.cfg.master_host}:{self.cfg.master_port}/api/v1/node/ws"
+
+    async def start(self) -> None:
+        if self.gpus is None:
+            from mgpu.utils.gpu import detect_gpus, parse_gpu_list
+
+            restrict = parse_gpu_list(self.cfg.gpus) if self.cfg.gpus else None
+            self.gpus, self.gpu_source = detect_gpus(restrict, self.cfg.fake_gpus)
+            if not self.gpus:
+                raise MgpuError(
+                    "no GPUs found on this machine (NVML and nvidia-smi found none): "
+                    "pass --fake-gpus N (or set MGPU_FAKE_GPUS) to declare some for testing"
+                )
+        data_dir = self.cfg.effective_data_dir
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            spool = SpoolDir(data_dir / "spool")
+        except OSError as e:
+            raise MgpuError(
+                f"cannot write to the node's data dir {data_dir}: {e.strerror or e}; "
+                "pass --data-dir with a writable directory"
+            ) from e
+        self.supervisor = Supervisor(
+            self.node_id, spool, self._on_output, self._on_ended, self.cfg.kill_grace
+        )
+        await self._start_health(data_dir)
+        self.log.info(
+            "node %s: %d GPUs (%s), health on %s:%d, joining master %s:%d",
+            self.node_id, len(self.gpus), self.gpu_source, self.cfg.host, self.port,
+            self.cfg.master_host, self.cfg.master_port,
+        )
+        self._task = asyncio.create_task(self._connect_loop())
+
+    async def _start_health(self, data_dir: Path) -> None:
+        app = web.Application()
+        app.add_routes([web.get("/health", self._health)])
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as e:
+            await self._runner.cleanup()
+            if e.errno == errno.EADDRINUSE:
+                raise MgpuError(
+                    f"port {self.cfg.port} on {self.cfg.host} is already in use: stop the other "
+                    "process (maybe another `mgpu node`) or pass --port (0 picks a free one)"
+                ) from e
+            raise MgpuError(f"cannot listen on {self.cfg.host}:{self.cfg.port}: {e}") from e
+        self.port = self._runner.addresses[0][1]
+        tmp = data_dir / "node.json.tmp"
+        tmp.write_bytes(msgspec.json.encode(
+            {"node_id": self.node_id, "port": self.port, "pid": os.getpid()}))
+        os.replace(tmp, data_dir / "node.json")
+
+    async def _health(self, request: web.Request) -> web.Response:
+        jobs = len(self.supervisor.jobs) if self.supervisor else 0
+        body = {"status": "ok", "node_id": self.node_id, "connected": self.connected,
+                "jobs": jobs, "gpus": len(self.gpus or [])}
+        return web.json_response(body)
+
+    async def stop(self, kill_jobs: bool = True) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.supervisor is not None and kill_jobs:
+            self.supervisor.shutdown()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def wait(self) -> None:
+        """Until the agent stops by itself (only when the master refuses it)."""
+        if self._task is not None:
+            await self._task
+        if self.fatal is not None:
+            raise self.fatal
+
+    # ------------------------------------------------------------------ the link
+
+    async def _connect_loop(self) -> None:
+        backoff = 0.05
+        warned = False
+        async with aiohttp.ClientSession() as session:
+            while not self._stopping:
+                try:
+                    async with session.ws_connect(
+                        self.master_url, max_msg_size=64 * 1024 * 1024, heartbeat=None
+                    ) as ws:
+                        backoff = 0.05
+                        warned = False
+                        await self._session(ws)
+                except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                    if not warned:
+                        self.log.warning(
+                            "cannot reach the master at %s:%d (%s); retrying",
+                            self.cfg.master_host, self.cfg.master_port, e,
+                        )
+                        warned = True
+                finally:
+                    self._lost_link()
+                if self.fatal is not None:
+                    return
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _lost_link(self) -> None:
+        if self.connected:
+            self.log.warning("lost the master; jobs keep running, reconnecting")
+        self.connected = False
+        self._ready = False
+        self._out = None
+        self.registered.clear()
+
+    async def _session(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        sup = self.supervisor
+        assert sup is not None and self.gpus is not None
+        held = [m.RunningReport(j.job_id, sup.spool.size(j.job_id)) for j in sup.jobs.values()]
+        register = m.Register(
+            node_id=self.node_id, gpus=self.gpus, hostname=socket.gethostname(), running=held
+        )
+        await ws.send_bytes(m.node_encoder.encode(register))
+        first = await ws.receive(timeout=30)
+        if first.type is not aiohttp.WSMsgType.BINARY:
+            raise aiohttp.ClientError(f"the master closed the connection ({first.extra})")
+        reply = m.master_message_decoder.decode(first.data)
+        if not isinstance(reply, m.Registered):
+            raise aiohttp.ClientError("the master did not answer the registration")
+        if not reply.accepted:
+            self.fatal = MgpuError(f"the master refused node {self.node_id}: {reply.error}")
+            self.log.error("%s", self.fatal.message)
+            return
+        out: asyncio.Queue[m.NodeMessage] = asyncio.Queue()
+        writer = asyncio.create_task(self._write(ws, out))
+        beat = asyncio.create_task(self._heartbeat(out, reply.heartbeat_interval))
+        try:
+            self._resume(reply, out)
+            self._out = out
+            self._ready = True
+            self.connected = True
+            self.registered.set()
+            self.log.info("registered with the master")
+            async for raw in ws:
+                if raw.type is not aiohttp.WSMsgType.BINARY:
+                    continue
+                self._on_message(m.master_message_decoder.decode(raw.data))
+        finally:
+            beat.cancel()
+            writer.cancel()
+
+    def _resume(self, reply: m.Registered, out: asyncio.Queue[m.NodeMessage]) -> None:
+        """After registering: kill fenced jobs, resend missing output, report held ends."""
+        sup = self.supervisor
+        assert sup is not None
+        for job_id in reply.kill:
+            self.log.warning("killing job %d: the master ended it while we were apart", job_id)
+            sup.kill(job_id, "ended by the master while the node was away")
+            sup.forget(job_id)
+        for job_id, offset in reply.output_offsets.items():
+            size = sup.spool.size(job_id)
+            while offset < size:
+                data = sup.spool.read(job_id, offset)
+                if not data:
+                    break
+                out.put_nowait(m.JobOutput(job_id, offset, data))
+                offset += len(data)
+        for job in list(sup.jobs.values()):
+            if job.ended is not None and job.job_id not in reply.kill:
+                out.put_nowait(job.ended)
+
+    async def _write(self, ws: aiohttp.ClientWebSocketResponse,
+                     out: asyncio.Queue[m.NodeMessage]) -> None:
+        encode = m.node_encoder.encode
+        with contextlib.suppress(ConnectionError):
+            while True:
+                msg = await out.get()
+                await ws.send_bytes(encode(msg))
+
+    async def _heartbeat(self, out: asyncio.Queue[m.NodeMessage], interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            out.put_nowait(m.Heartbeat())
+
+    def _on_message(self, msg: m.MasterMessage) -> None:
+        sup = self.supervisor
+        assert sup is not None
+        if isinstance(msg, m.StartJob):
+            job = sup.start(msg)
+            if job.proc is not None:
+                self._send(m.JobStarted(msg.job_id, job.pid))
+        elif isinstance(msg, m.CancelJob):
+            sup.cancel(msg.job_id, msg.reason)
+        elif isinstance(msg, m.EndedAck):
+            for job_id in msg.job_ids:
+                sup.forget(job_id)
+
+    def _send(self, msg: m.NodeMessage) -> None:
+        if self._ready and self._out is not None:
+            self._out.put_nowait(msg)
+
+    def _on_output(self, job_id: int, offset: int, data: bytes) -> None:
+        self._send(m.JobOutput(job_id, offset, data))
+
+    def _on_ended(self, job: RunningJob) -> None:
+        assert job.ended is not None
+        self.log.debug("job %d ended: %s", job.job_id, job.ended.state)
+        self._send(job.ended)
+
+
+async def run_agents(agents: list[Agent]) -> None:
+    """Start ``agents`` and run until SIGTERM/SIGINT or until one is refused."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    started: list[Agent] = []
+    try:
+        for agent in agents:
+            await agent.start()
+            started.append(agent)
+        waits = [asyncio.ensure_future(a.wait()) for a in agents]
+        stopper = asyncio.ensure_future(stop.wait())
+        done, _ = await asyncio.wait([stopper, *waits], return_when=asyncio.FIRST_COMPLETED)
+        for fut in done:
+            if fut is not stopper:
+                fut.result()
+    finally:
+        for agent in started:
+            await agent.stop()
+
+
+def run_node(cfg: NodeConfig, log_cfg: LogConfig | None = None) -> int:
+    """The ``mgpu node`` command: run one agent in the foreground until stopped."""
+    from mgpu.utils.logging import setup_logging
+
+    setup_logging(log_cfg or LogConfig(), "node")
+    asyncio.run(run_agents([Agent(cfg)]))
+    return 0
+
+
+class SimpleNode:
+    """The founding API: ``SimpleNode('node1', 'localhost', 8080, 8081).start_agent()``."""
+
+    def __init__(self, node_id: str, master_host: str = "localhost", master_port: int = 8080,
+                 node_port: int = 8081, **options: object) -> None:
+        self.config = NodeConfig(node_id=node_id, master_host=master_host,
+                                 master_port=master_port, port=node_port,
+                                 **options)  # type: ignore[arg-type]
+
+    def start_agent(self) -> None:
+        asyncio.run(run_agents([Agent(self.config)]))
+
+
+class NodeManager:
+    """Several agents in one process (tests and benchmarks use it to simulate many nodes)."""
+
+    def __init__(self, master_host: str = "localhost", master_port: int = 8080) -> None:
+        self.master_host = master_host
+        self.master_port = master_port
+        self.agents: list[Agent] = []
+
+    def add_node(self, node_id: str, fake_gpus: int | None = None, gpus: str | None = None,
+                 port: int = 0, data_dir: str | Path | None = None,
+                 **options: object) -> Agent:
+        cfg = NodeConfig(node_id=node_id, master_host=self.master_host,
+                         master_port=self.master_port, port=port, fake_gpus=fake_gpus,
+                         gpus=gpus, data_dir=Path(data_dir) if data_dir else None,
+                         **options)  # type: ignore[arg-type]
+        agent = Agent(cfg)
+        self.agents.append(agent)
+        return agent
+
+    async def start(self) -> None:
+        for agent in self.agents:
+            await agent.start()
+
+    async def stop(self) -> None:
+        for agent in self.agents:
+            await agent.stop()
+
+    def run(self) -> None:
+        """Run every agent until SIGTERM/SIGINT (blocks)."""
+        asyncio.run(run_agents(self.agents))

@@ -1,0 +1,396 @@
+"""The master's outer layer: start-up, the HTTP/WebSocket server, timers, shutdown.
+
+Start-up opens the store, rebuilds :class:`ClusterState` from it and starts listening; every
+event (a request, a node message, a timer) goes to a state handler, whose effects pass
+through :class:`Committer` (one durable transaction per group of events) before anything is
+sent or acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from mgpu.core import messages as m
+from mgpu.core.config import LogConfig, MasterConfig
+from mgpu.core.errors import MgpuError, StoreError
+from mgpu.core.models import JobState
+from mgpu.core.scheduler import Policy, schedule
+from mgpu.server.state import ClusterState, Effects
+from mgpu.server.store import Batch, Store
+from mgpu.utils.spool import SpoolDir
+
+log = logging.getLogger("mgpu.master")
+
+VERSION = "0.1.0"
+
+
+class Committer:
+    """Group commit: effects queued while a write is in flight are saved together.
+
+    Batches are written in FIFO order; after each write, ``on_saved`` runs for every effect
+    of the batch in order (so messages to nodes keep their order), then the waiting callers
+    are released.
+    """
+
+    def __init__(self, store: Store, on_saved: Callable[[Effects], None]) -> None:
+        self._store = store
+        self._on_saved = on_saved
+        self._queue: list[tuple[Effects, asyncio.Future[None]]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="mgpu-store")
+
+    def submit(self, effects: Effects) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((effects, fut))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+        return fut
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            items, self._queue = self._queue, []
+            batch = Batch()
+            requeues: list[tuple[int, int]] = []
+            for effects, _ in items:
+                batch.inserts.extend(effects.batch.inserts)
+                batch.updates.update(effects.batch.updates)
+                requeues.extend(effects.requeues)
+            try:
+                if batch or requeues:
+                    await loop.run_in_executor(self._executor, self._store.write, batch, requeues)
+            except StoreError as e:
+                log.error("%s", e.message)
+                for _, fut in items:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            for effects, fut in items:
+                try:
+                    self._on_saved(effects)
+                finally:
+                    if not fut.done():
+                        fut.set_result(None)
+
+    async def drain(self) -> None:
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+class NodeConn:
+    """One agent's WebSocket and the queue of messages waiting to go out on it."""
+
+    def __init__(self, node_id: str, ws: web.WebSocketResponse) -> None:
+        self.node_id = node_id
+        self.ws = ws
+        self.queue: asyncio.Queue[m.MasterMessage] = asyncio.Queue()
+        self.writer = asyncio.create_task(self._write())
+
+    def send(self, msg: m.MasterMessage) -> None:
+        self.queue.put_nowait(msg)
+
+    async def _write(self) -> None:
+        encode = m.node_encoder.encode
+        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+            while True:
+                msg = await self.queue.get()
+                await self.ws.send_bytes(encode(msg))
+
+
+class Master:
+    """A running master. ``await start()``, then ``await stop()``."""
+
+    def __init__(self, cfg: MasterConfig, policy: Policy = schedule) -> None:
+        self.cfg = cfg
+        self.state = ClusterState(policy, node_timeout=cfg.node_timeout)
+        self.conns: dict[str, NodeConn] = {}
+        self.output: SpoolDir | None = None
+        self.store: Store | None = None
+        self.committer: Committer | None = None
+        self.watchers: dict[int, set[asyncio.Event]] = {}
+        self.ended = asyncio.Condition()
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        self._tick: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        data_dir = self.cfg.data_dir
+        prepare_data_dir(data_dir)
+        self.store = Store(data_dir / "mgpu.db")
+        self.output = SpoolDir(data_dir / "output")
+        self.state.load(self.store.load(), self.store.last_id())
+        self.state.nodes.clear()
+        self._started_at = time.time()
+        self.committer = Committer(self.store, self._on_saved)
+        from mgpu.server.api import build_app
+
+        app = build_app(self)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as e:
+            await self._runner.cleanup()
+            if e.errno == errno.EADDRINUSE:
+                raise MgpuError(
+                    f"port {self.cfg.port} on {self.cfg.host} is already in use: stop the "
+                    "other process (maybe another `mgpu server`) or pass --port"
+                ) from e
+            raise MgpuError(f"cannot listen on {self.cfg.host}:{self.cfg.port}: {e}") from e
+        self.port = self._runner.addresses[0][1]
+        n_jobs = len(self.state.jobs)
+        running = sum(1 for j in self.state.jobs.values() if j.state is JobState.RUNNING)
+        log.info(
+            "listening on http://%s:%d (data in %s; %d jobs loaded, %d pending, %d running)",
+            self.cfg.host, self.port, data_dir, n_jobs, len(self.state.pending), running,
+        )
+        if self.cfg.host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning(
+                "listening on %s without TLS or authentication: anyone who can reach port %d "
+                "can run commands on your nodes; bind 127.0.0.1 unless the network is trusted",
+                self.cfg.host, self.port,
+            )
+        write_json(data_dir / "master.json", {
+            "host": self.cfg.host, "port": self.port, "pid": os.getpid(), "version": VERSION,
+        })
+        self._tick = asyncio.create_task(self._ticker())
+
+    async def stop(self) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
+        for conn in list(self.conns.values()):
+            conn.writer.cancel()
+            await conn.ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.committer is not None:
+            await self.committer.drain()
+            self.committer.close()
+        if self.output is not None:
+            self.output.close_all()
+        if self.store is not None:
+            self.store.close()
+        log.info("stopped")
+
+    async def _ticker(self) -> None:
+        interval = max(0.05, min(1.0, self.cfg.node_timeout / 10))
+        while True:
+            await asyncio.sleep(interval)
+            now = time.time()
+            # Nodes absent since the master started get the same grace as silent ones.
+            effects = self.state.on_tick(now)
+            self._check_unclaimed(now, effects)
+            self.apply(effects)
+
+    def _check_unclaimed(self, now: float, effects: Effects) -> None:
+        """Jobs loaded as running whose node never came back after a restart."""
+        if now - self._started_at <= self.cfg.node_timeout:
+            return
+        for job in list(self.state.jobs.values()):
+            if job.state is JobState.RUNNING and job.node not in self.state.nodes:
+                from mgpu.core.models import advance
+
+                advance(job, JobState.NODE_FAIL, now,
+                        reason=f"node {job.node} did not return after the master restarted")
+                effects.update(job)
+                effects.ended.append(job.id)
+
+    # ------------------------------------------------------------------ events
+
+    def apply(self, effects: Effects, now: float | None = None) -> asyncio.Future[None]:
+        """Schedule, save, then send: the path every event takes."""
+        now = time.time() if now is None else now
+        effects.merge(self.state.schedule(now))
+        assert self.committer is not None
+        fut = self.committer.submit(effects)
+        fut.add_done_callback(lambda f: self._after_failed_save(f, effects))
+        return fut
+
+    def _after_failed_save(self, fut: asyncio.Future[None], effects: Effects) -> None:
+        if fut.cancelled() or fut.exception() is None:
+            return
+        started = [msg.job_id for _, msg in effects.sends if isinstance(msg, m.StartJob)]
+        if started:
+            self.state.unplace(started, time.time(), "the master could not save its state")
+
+    def _on_saved(self, effects: Effects) -> None:
+        for node_id, msg in effects.sends:
+            conn = self.conns.get(node_id)
+            if conn is not None:
+                conn.send(msg)
+            elif isinstance(msg, m.StartJob):
+                # The node left between placement and send: it never got the job.
+                self.state.unplace([msg.job_id], time.time(), f"node {node_id} disconnected")
+                self.apply(Effects())
+        if effects.ended:
+            for job_id in effects.ended:
+                self.notify_output(job_id)
+                if self.output is not None:
+                    self.output.close(job_id)
+            self.spawn(self._notify_ended())
+
+    async def _notify_ended(self) -> None:
+        async with self.ended:
+            self.ended.notify_all()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def notify_output(self, job_id: int) -> None:
+        for ev in self.watchers.get(job_id, ()):
+            ev.set()
+
+    # ------------------------------------------------------------------ node messages
+
+    async def serve_node(self, ws: web.WebSocketResponse) -> None:
+        """Run one agent's connection: register, then its messages until it goes."""
+        first = await ws.receive(timeout=30)
+        if first.type is not web.WSMsgType.BINARY:
+            await ws.close(message=b"expected a register message")
+            return
+        try:
+            msg = m.node_message_decoder.decode(first.data)
+        except msgspec.DecodeError as e:
+            await ws.close(message=f"bad register message: {e}"[:120].encode())
+            return
+        if not isinstance(msg, m.Register):
+            await ws.close(message=b"the first message must be register")
+            return
+        now = time.time()
+        reply, effects = self.state.on_register(msg, now)
+        if not reply.accepted:
+            log.warning("refused node %s: %s", msg.node_id, reply.error)
+            await ws.send_bytes(m.node_encoder.encode(reply))
+            await ws.close()
+            return
+        node_id = msg.node_id
+        old = self.conns.pop(node_id, None)
+        if old is not None:
+            old.writer.cancel()
+            await old.ws.close(message=b"replaced by a new connection from the same node")
+        assert self.output is not None
+        reply.output_offsets = {j: self.output.size(j) for j in reply.output_offsets}
+        reply.heartbeat_interval = self.cfg.heartbeat_interval
+        conn = NodeConn(node_id, ws)
+        self.conns[node_id] = conn
+        conn.send(reply)
+        log.info(
+            "node %s joined with %d GPUs (%d jobs still running there)",
+            node_id, len(msg.gpus), len(reply.output_offsets),
+        )
+        if reply.kill:
+            log.warning("node %s runs jobs %s that ended here: told to kill them",
+                        node_id, reply.kill)
+        self.apply(effects, now)
+        try:
+            async for raw in ws:
+                if raw.type is not web.WSMsgType.BINARY:
+                    continue
+                try:
+                    self.on_node_message(node_id, m.node_message_decoder.decode(raw.data))
+                except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                    log.error("node %s sent a malformed message (%s): disconnecting", node_id, e)
+                    break
+        finally:
+            conn.writer.cancel()
+            if self.conns.get(node_id) is conn:
+                del self.conns[node_id]
+                self.state.on_disconnect(node_id, time.time())
+                log.warning("node %s disconnected", node_id)
+
+    def on_node_message(self, node_id: str, msg: m.NodeMessage) -> None:
+        now = time.time()
+        self.state.on_heartbeat(node_id, now)
+        if isinstance(msg, m.JobOutput):
+            assert self.output is not None
+            job = self.state.jobs.get(msg.job_id)
+            if job is None or job.node != node_id:
+                return
+            if self.output.append_at(msg.job_id, msg.offset, msg.data):
+                self.notify_output(msg.job_id)
+            else:
+                log.error("gap in output of job %d from node %s", msg.job_id, node_id)
+        elif isinstance(msg, m.JobEnded):
+            self.apply(self.state.on_job_ended(node_id, msg, now), now)
+        elif isinstance(msg, m.JobStarted):
+            log.debug("job %d started on %s as pid %d", msg.job_id, node_id, msg.pid)
+        elif isinstance(msg, m.Register):
+            raise msgspec.ValidationError("register sent twice")
+
+
+def prepare_data_dir(path: Path) -> None:
+    """Create the data dir (mode 0700) and check that it can be written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise MgpuError(
+            f"cannot write to the data dir {path}: {e.strerror or e}; pass --data-dir with a "
+            "writable directory (or set MGPU_DATA_DIR)"
+        ) from e
+
+
+def write_json(path: Path, obj: object) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(msgspec.json.encode(obj))
+    os.replace(tmp, path)
+
+
+async def serve_forever(master: Master) -> None:
+    """Start ``master`` and run until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await master.start()
+    try:
+        await stop.wait()
+    finally:
+        await master.stop()
+
+
+def run_master(cfg: MasterConfig, log_cfg: LogConfig | None = None) -> int:
+    """The ``mgpu server`` command: run a master in the foreground until stopped."""
+    from mgpu.utils.logging import setup_logging
+
+    setup_logging(log_cfg or LogConfig(), "master")
+    asyncio.run(serve_forever(Master(cfg)))
+    return 0
+
+
+class SimpleMaster:
+    """The founding API: ``SimpleMaster('0.0.0.0', 8080).start_server()`` blocks."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 8080,
+                 data_dir: str | Path | None = None, **options: float) -> None:
+        kwargs: dict[str, object] = {"host": host, "port": port, **options}
+        if data_dir is not None:
+            kwargs["data_dir"] = Path(data_dir)
+        self.config = MasterConfig(**kwargs)  # type: ignore[arg-type]
+
+    def start_server(self) -> None:
+        run_master(self.config)

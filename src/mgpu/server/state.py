@@ -1,0 +1,388 @@
+"""The master's in-memory cluster state and its event handlers.
+
+Each ``on_*`` handler changes memory and returns :class:`Effects`: what must be saved and,
+once saved, what must be sent to which node. The outer layer (``master.py``) commits the
+saves before it sends anything or answers anyone ("save before you say"). Nothing here does
+I/O or reads the clock: ``now`` is always passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from mgpu.core import messages as m
+from mgpu.core.errors import NotFound, Rejected, UsageError
+from mgpu.core.models import GpuInfo, JobSpec, JobState, NodeInfo, SimpleJob, advance, utc
+from mgpu.core.scheduler import NodeSnapshot, PendingJob, Policy, schedule
+from mgpu.server.store import Batch, LoadedJob
+
+MAX_COMMAND = 128 * 1024
+MAX_NAME = 256
+
+
+@dataclass
+class Effects:
+    """What a handler changed: rows to save, then messages to send to nodes."""
+
+    batch: Batch = field(default_factory=Batch)
+    sends: list[tuple[str, m.MasterMessage]] = field(default_factory=list)
+    ended: list[int] = field(default_factory=list)
+    requeues: list[tuple[int, int]] = field(default_factory=list)
+
+    def update(self, job: SimpleJob) -> None:
+        self.batch.updates[job.id] = job
+
+    def merge(self, other: Effects) -> Effects:
+        self.batch.inserts.extend(other.batch.inserts)
+        self.batch.updates.update(other.batch.updates)
+        self.sends.extend(other.sends)
+        self.ended.extend(other.ended)
+        self.requeues.extend(other.requeues)
+        return self
+
+
+@dataclass
+class Node:
+    """A node as the master tracks it: its GPUs, who holds them, whether it answers."""
+
+    node_id: str
+    gpus: list[GpuInfo]
+    hostname: str = ""
+    connected: bool = True
+    state: str = "up"  # up | unreachable | down
+    last_seen: float = 0.0
+    down_since: float | None = None
+
+    def free_gpu_ids(self) -> tuple[int, ...]:
+        return tuple(g.index for g in self.gpus if g.job_id is None)
+
+    def release(self, job_id: int) -> None:
+        for g in self.gpus:
+            if g.job_id == job_id:
+                g.job_id = None
+
+    def info(self) -> NodeInfo:
+        return NodeInfo(
+            node_id=self.node_id,
+            state=self.state,
+            gpus=self.gpus,
+            last_seen=utc(self.last_seen) if self.last_seen else None,
+            down_since=utc(self.down_since) if self.down_since else None,
+            hostname=self.hostname or None,
+        )
+
+
+class ClusterState:
+    """Jobs and nodes in memory; the single place that decides what happens to them."""
+
+    def __init__(self, policy: Policy = schedule, node_timeout: float = 10.0) -> None:
+        self.jobs: dict[int, SimpleJob] = {}
+        self.pending: dict[int, PendingJob] = {}  # queue order = insertion order = id order
+        self.envs: dict[int, dict[str, str]] = {}  # for jobs not yet started
+        self.requeues: dict[int, int] = {}
+        self.nodes: dict[str, Node] = {}
+        self.cancel_requested: set[int] = set()
+        self.next_id = 1
+        self.policy = policy
+        self.node_timeout = node_timeout
+
+    # ------------------------------------------------------------------ start-up
+
+    def load(self, rows: Iterable[LoadedJob], last_id: int) -> None:
+        """Rebuild memory from the database. Running jobs wait for their node to report."""
+        for row in rows:
+            job = row.job
+            self.jobs[job.id] = job
+            self.requeues[job.id] = row.requeues
+            if job.state is JobState.PENDING:
+                self.pending[job.id] = PendingJob(job.id, job.gpus, job.user)
+                self.envs[job.id] = row.env
+        self.next_id = last_id + 1
+
+    def running_on(self, node_id: str) -> list[SimpleJob]:
+        return [
+            j for j in self.jobs.values() if j.state is JobState.RUNNING and j.node == node_id
+        ]
+
+    # ------------------------------------------------------------------ clients
+
+    def largest_node(self) -> int:
+        return max((len(n.gpus) for n in self.nodes.values()), default=0)
+
+    def on_submit(self, specs: list[JobSpec], now: float) -> tuple[list[int], Effects]:
+        """Accept a batch of jobs whole, or reject it whole with the reason."""
+        if not specs:
+            raise UsageError("no jobs to submit: give at least one job")
+        largest = self.largest_node()
+        for i, spec in enumerate(specs):
+            where = f"job {i + 1} of the batch: " if len(specs) > 1 else ""
+            if spec.gpus < 1:
+                raise UsageError(f"{where}gpus must be at least 1, got {spec.gpus}")
+            if not spec.command.strip():
+                raise UsageError(f"{where}the command is empty")
+            if len(spec.command) > MAX_COMMAND:
+                raise UsageError(f"{where}the command is longer than {MAX_COMMAND} bytes")
+            if spec.name is not None and len(spec.name) > MAX_NAME:
+                raise UsageError(f"{where}the name is longer than {MAX_NAME} characters")
+            if self.nodes and spec.gpus > largest:
+                biggest = max(self.nodes.values(), key=lambda n: len(n.gpus))
+                raise Rejected(
+                    f"{where}asks for {spec.gpus} GPUs but the largest node "
+                    f"({biggest.node_id}) has {largest}: ask for at most {largest}"
+                )
+        effects = Effects()
+        ids: list[int] = []
+        submitted = utc(now)
+        for spec in specs:
+            job_id = self.next_id
+            self.next_id += 1
+            job = SimpleJob(
+                id=job_id,
+                name=spec.name or _default_name(spec.command),
+                user=spec.user or "unknown",
+                state=JobState.PENDING,
+                gpus=spec.gpus,
+                command=spec.command,
+                cwd=spec.cwd or "/",
+                submitted_at=submitted,
+            )
+            self.jobs[job_id] = job
+            self.pending[job_id] = PendingJob(job_id, spec.gpus, job.user)
+            self.envs[job_id] = spec.env
+            self.requeues[job_id] = 0
+            effects.batch.inserts.append((job, spec.env))
+            ids.append(job_id)
+        return ids, effects
+
+    def forget_submit(self, ids: list[int]) -> None:
+        """Undo :meth:`on_submit` when its batch could not be saved (nothing was promised)."""
+        for job_id in ids:
+            self.jobs.pop(job_id, None)
+            self.pending.pop(job_id, None)
+            self.envs.pop(job_id, None)
+            self.requeues.pop(job_id, None)
+
+    def get(self, job_id: int) -> SimpleJob:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}: `mgpu queue --all` lists the jobs there are")
+        return job
+
+    def on_cancel(self, job_ids: list[int], now: float) -> tuple[list[m.CancelResult], Effects]:
+        """Cancel pending jobs at once; ask the node to stop running ones."""
+        effects = Effects()
+        results: list[m.CancelResult] = []
+        for job_id in job_ids:
+            job = self.jobs.get(job_id)
+            if job is None:
+                results.append(m.CancelResult(job_id, False, error=f"no job {job_id}"))
+            elif job.state is JobState.PENDING:
+                self.pending.pop(job_id, None)
+                self.envs.pop(job_id, None)
+                advance(job, JobState.CANCELLED, now, reason="cancelled while pending")
+                effects.update(job)
+                effects.ended.append(job_id)
+                results.append(m.CancelResult(job_id, True, state=job.state.value))
+            elif job.state is JobState.RUNNING:
+                self.cancel_requested.add(job_id)
+                if job.node is not None:
+                    effects.sends.append((job.node, m.CancelJob(job_id, "cancelled")))
+                results.append(m.CancelResult(job_id, True, state="cancelling"))
+            else:
+                results.append(
+                    m.CancelResult(
+                        job_id, False, state=job.state.value,
+                        error=f"job {job_id} has already ended ({job.state.value})",
+                    )
+                )
+        return results, effects
+
+    def refresh_pending_reasons(self) -> None:
+        """Say why each pending job waits (derived, not saved)."""
+        up = [n for n in self.nodes.values() if n.state == "up"]
+        largest = max((len(n.gpus) for n in self.nodes.values()), default=0)
+        for job_id in self.pending:
+            job = self.jobs[job_id]
+            if not self.nodes:
+                job.reason = "waiting for a node to register"
+            elif job.gpus > largest:
+                job.reason = f"no node has {job.gpus} GPUs (largest has {largest})"
+            elif not up:
+                job.reason = "no node is up"
+            else:
+                job.reason = f"waiting for {job.gpus} free GPU{'s' if job.gpus > 1 else ''}"
+
+    def queue_position(self, job_id: int) -> int:
+        """How many pending jobs are ahead of ``job_id``."""
+        return sum(1 for other in self.pending if other < job_id)
+
+    # ------------------------------------------------------------------ scheduling
+
+    def schedule(self, now: float) -> Effects:
+        """Place pending jobs on free GPUs; each placement is saved, then sent."""
+        effects = Effects()
+        if not self.pending:
+            return effects
+        snapshot = [
+            NodeSnapshot(n.node_id, len(n.gpus), n.free_gpu_ids())
+            for n in self.nodes.values()
+            if n.state == "up" and n.connected
+        ]
+        if not any(s.free_gpu_ids for s in snapshot):
+            return effects
+        for p in self.policy(self.pending.values(), snapshot, now):
+            job = self.jobs[p.job_id]
+            node = self.nodes[p.node_id]
+            held = {g.index: g for g in node.gpus}
+            if job.state is not JobState.PENDING or any(
+                held[i].job_id is not None for i in p.gpu_ids
+            ):
+                raise AssertionError(f"policy made an impossible placement: {p}")
+            for i in p.gpu_ids:
+                held[i].job_id = job.id
+            del self.pending[job.id]
+            env = self.envs.pop(job.id, {})
+            advance(job, JobState.RUNNING, now)
+            job.node = node.node_id
+            job.gpu_ids = list(p.gpu_ids)
+            effects.update(job)
+            effects.sends.append(
+                (
+                    node.node_id,
+                    m.StartJob(
+                        job_id=job.id,
+                        command=job.command,
+                        cwd=job.cwd,
+                        env=env,
+                        gpu_ids=job.gpu_ids,
+                        user=job.user,
+                        name=job.name,
+                    ),
+                )
+            )
+        return effects
+
+    def unplace(self, job_ids: Iterable[int], now: float, reason: str) -> None:
+        """Put placed jobs back in the queue when their placement could not be saved."""
+        for job_id in job_ids:
+            job = self.jobs[job_id]
+            if job.state is not JobState.RUNNING or job.node is None:
+                continue
+            node = self.nodes.get(job.node)
+            if node is not None:
+                node.release(job_id)
+            advance(job, JobState.PENDING, now, reason=reason)
+            self.pending[job_id] = PendingJob(job_id, job.gpus, job.user)
+            self.pending = dict(sorted(self.pending.items()))
+
+    # ------------------------------------------------------------------ nodes
+
+    def on_register(self, msg: m.Register, now: float) -> tuple[m.Registered, Effects]:
+        """A node (re)joins: reconcile what it runs with what the master believes."""
+        if msg.protocol != m.PROTOCOL_VERSION:
+            return (
+                m.Registered(
+                    accepted=False,
+                    error=f"protocol {msg.protocol} is not {m.PROTOCOL_VERSION}: "
+                    "run the same mgpu version on the master and the nodes",
+                ),
+                Effects(),
+            )
+        effects = Effects()
+        node = Node(msg.node_id, [GpuInfo(index=g.index, name=g.name,
+                                          memory_total_mib=g.memory_total_mib, uuid=g.uuid)
+                                  for g in msg.gpus],
+                    hostname=msg.hostname, last_seen=now)
+        self.nodes[msg.node_id] = node
+        reported = {r.job_id: r.output_size for r in msg.running}
+        kill: list[int] = []
+        offsets: dict[int, int] = {}
+        believed = {j.id for j in self.running_on(msg.node_id)}
+        by_index = {g.index: g for g in node.gpus}
+        for job_id in believed:
+            job = self.jobs[job_id]
+            if job_id in reported:
+                for i in job.gpu_ids:
+                    if i in by_index:
+                        by_index[i].job_id = job_id
+                offsets[job_id] = -1  # filled in by the outer layer (it owns the files)
+            else:
+                advance(job, JobState.NODE_FAIL, now,
+                        reason=f"node {msg.node_id} restarted without this job")
+                effects.update(job)
+                effects.ended.append(job_id)
+        for job_id in reported:
+            if job_id not in believed:
+                kill.append(job_id)
+        return (
+            m.Registered(accepted=True, output_offsets=offsets, kill=kill),
+            effects,
+        )
+
+    def on_heartbeat(self, node_id: str, now: float) -> None:
+        node = self.nodes.get(node_id)
+        if node is not None:
+            node.last_seen = now
+
+    def on_job_ended(
+        self,
+        node_id: str,
+        msg: m.JobEnded,
+        now: float,
+        *,
+        node: Node | None = None,
+    ) -> Effects:
+        """A node reports a job's end (after all its output)."""
+        effects = Effects()
+        effects.sends.append((node_id, m.EndedAck([msg.job_id])))
+        job = self.jobs.get(msg.job_id)
+        node = node or self.nodes.get(node_id)
+        if job is None or job.state is not JobState.RUNNING or job.node != node_id:
+            return effects  # already settled (e.g. a resent report): just acknowledge
+        if node is not None:
+            node.release(job.id)
+        try:
+            to = JobState(msg.state)
+        except ValueError:
+            to = JobState.FAILED
+        if job.id in self.cancel_requested:
+            self.cancel_requested.discard(job.id)
+            if to is not JobState.COMPLETED:
+                to = JobState.CANCELLED
+        if not to.ended:
+            to = JobState.FAILED
+        advance(job, to, now, reason=msg.reason, exit_code=msg.exit_code)
+        effects.update(job)
+        effects.ended.append(job.id)
+        return effects
+
+    def on_disconnect(self, node_id: str, now: float) -> None:
+        node = self.nodes.get(node_id)
+        if node is not None and node.state == "up":
+            node.connected = False
+            node.state = "unreachable"
+
+    def on_tick(self, now: float) -> Effects:
+        """Declare nodes silent for longer than the timeout down; end their jobs."""
+        effects = Effects()
+        for node in self.nodes.values():
+            if node.state == "down" or now - node.last_seen <= self.node_timeout:
+                continue
+            node.state = "down"
+            node.connected = False
+            node.down_since = now
+            for job in self.running_on(node.node_id):
+                node.release(job.id)
+                advance(job, JobState.NODE_FAIL, now,
+                        reason=f"node {node.node_id} stopped answering")
+                self.cancel_requested.discard(job.id)
+                effects.update(job)
+                effects.ended.append(job.id)
+        return effects
+
+
+def _default_name(command: str) -> str:
+    first = command.strip().split(None, 1)[0] if command.strip() else "job"
+    return first.rsplit("/", 1)[-1][:64]
+

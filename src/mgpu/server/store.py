@@ -1,0 +1,148 @@
+"""Persistence of the master's queue: the only module that imports ``sqlite3``.
+
+One SQLite database in WAL mode with ``synchronous=FULL``: a change is on disk when
+:meth:`Store.write` returns, so the master acknowledges only what survives a crash or a
+power cut. Callers batch many changes into one :meth:`Store.write` (group commit).
+
+Schema version lives in ``PRAGMA user_version``. A job row keeps the job as msgspec JSON in
+``data`` (the JSON contract, so rows are readable with the sqlite3 shell) beside the columns
+that queries need; the submitter's environment sits in its own column, written once.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from mgpu.core.errors import StoreError
+from mgpu.core.models import SimpleJob
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id        INTEGER PRIMARY KEY,
+    state     TEXT NOT NULL,
+    user      TEXT NOT NULL,
+    data      BLOB NOT NULL,
+    env       BLOB NOT NULL,
+    requeues  INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+_job_encoder = msgspec.json.Encoder()
+_job_decoder = msgspec.json.Decoder(SimpleJob)
+_env_decoder = msgspec.json.Decoder(dict[str, str])
+
+
+@dataclass
+class Batch:
+    """Changes to save in one transaction. Later entries for the same job win."""
+
+    inserts: list[tuple[SimpleJob, dict[str, str]]] = field(default_factory=list)
+    updates: dict[int, SimpleJob] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.inserts or self.updates)
+
+
+@dataclass
+class LoadedJob:
+    job: SimpleJob
+    env: dict[str, str]
+    requeues: int
+
+
+class Store:
+    """The master's SQLite database. Not thread-safe: use it from one thread at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._migrate()
+        except sqlite3.Error as e:
+            raise StoreError(
+                f"cannot open the database {path}: {e}; check that the data dir is "
+                "writable and not on a full disk, or pass --data-dir"
+            ) from e
+
+    def _migrate(self) -> None:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} was written by a newer mgpu (schema {version}); upgrade mgpu"
+            )
+        self._db.executescript(_SCHEMA)
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def load(self) -> list[LoadedJob]:
+        """Every job, in id order."""
+        rows = self._db.execute("SELECT data, env, requeues FROM jobs ORDER BY id").fetchall()
+        return [LoadedJob(_job_decoder.decode(d), _env_decoder.decode(e), r) for d, e, r in rows]
+
+    def load_env(self, job_id: int) -> dict[str, str]:
+        row = self._db.execute("SELECT env FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return {} if row is None else _env_decoder.decode(row[0])
+
+    def last_id(self) -> int:
+        """The highest id ever handed out (ids are never reused)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key='last_id'").fetchone()
+        (max_row,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()
+        return max(int(row[0]) if row else 0, int(max_row))
+
+    def write(self, batch: Batch, requeues: Iterable[tuple[int, int]] = ()) -> None:
+        """Save ``batch`` in one durable transaction, or raise :class:`StoreError`."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if batch.inserts:
+                    self._db.executemany(
+                        "INSERT INTO jobs(id, state, user, data, env) VALUES (?,?,?,?,?)",
+                        [
+                            (j.id, j.state.value, j.user, _job_encoder.encode(j),
+                             _job_encoder.encode(env))
+                            for j, env in batch.inserts
+                        ],
+                    )
+                    top = max(j.id for j, _ in batch.inserts)
+                    self._db.execute(
+                        "INSERT INTO meta(key, value) VALUES ('last_id', ?) ON CONFLICT(key) "
+                        "DO UPDATE SET value=MAX(CAST(value AS INTEGER), excluded.value)",
+                        (top,),
+                    )
+                if batch.updates:
+                    self._db.executemany(
+                        "UPDATE jobs SET state=?, data=? WHERE id=?",
+                        [
+                            (j.state.value, _job_encoder.encode(j), j.id)
+                            for j in batch.updates.values()
+                        ],
+                    )
+                for job_id, count in requeues:
+                    self._db.execute("UPDATE jobs SET requeues=? WHERE id=?", (count, job_id))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            hint = (
+                "the disk holding it is full: free space"
+                if "full" in str(e).lower()
+                else "check the data dir"
+            )
+            raise StoreError(f"cannot save to {self.path}: {e} ({hint})") from e

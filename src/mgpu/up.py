@@ -1,0 +1,78 @@
+"""``mgpu up``: a master and a local node agent in one foreground process.
+
+The one place that imports both the server and the node packages (they never import each
+other); ``cli.py`` imports it only for ``mgpu up``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from dataclasses import replace
+
+from mgpu.core.config import LogConfig, MasterConfig, NodeConfig
+from mgpu.node.agent import Agent
+from mgpu.server.master import Master
+from mgpu.utils.gpu import detect_gpus, parse_gpu_list
+
+DEFAULT_FAKE_GPUS = 4
+
+
+def _say(text: str) -> None:
+    print(f"mgpu: {text}", file=sys.stderr, flush=True)
+
+
+async def _up(master_cfg: MasterConfig, node_cfg: NodeConfig, log_cfg: LogConfig) -> None:
+    restrict = parse_gpu_list(node_cfg.gpus) if node_cfg.gpus else None
+    gpus, source = detect_gpus(restrict, node_cfg.fake_gpus)
+    if not gpus:
+        gpus, source = detect_gpus(None, DEFAULT_FAKE_GPUS)
+        _say(f"no GPUs found on this machine: using {DEFAULT_FAKE_GPUS} fake GPUs "
+             "(--fake-gpus N to choose how many)")
+    else:
+        _say(f"{len(gpus)} GPUs ({source}): " + ", ".join(f"{g.index}: {g.name}" for g in gpus))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    master = Master(master_cfg)
+    await master.start()
+    agent: Agent | None = None
+    try:
+        node_cfg = replace(node_cfg, master_host=_dial_host(master_cfg.host),
+                           master_port=master.port)
+        agent = Agent(node_cfg, gpus)
+        await agent.start()
+        address = f"{_dial_host(master_cfg.host)}:{master.port}"
+        _say(f"master listening on http://{master_cfg.host}:{master.port}")
+        _say(f"data in {master_cfg.data_dir} and {node_cfg.effective_data_dir}")
+        _say("logs go to " + (str(log_cfg.file) if log_cfg.file else "this terminal (stderr)"))
+        env_hint = "" if master.port == 8080 else f"MGPU_MASTER={address} "
+        _say(f"from another terminal: {env_hint}mgpu submit -G 1 'nvidia-smi'; "
+             f"{env_hint}mgpu queue")
+        _say("press Ctrl-C to stop (running jobs are killed)")
+        waiter = asyncio.ensure_future(agent.wait())
+        stopper = asyncio.ensure_future(stop.wait())
+        done, _ = await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if waiter in done:
+            waiter.result()
+        else:
+            waiter.cancel()
+    finally:
+        if agent is not None:
+            await agent.stop()
+        await master.stop()
+
+
+def _dial_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+
+
+def run_up(master_cfg: MasterConfig, node_cfg: NodeConfig, log_cfg: LogConfig | None = None) -> int:
+    from mgpu.utils.logging import setup_logging
+
+    log_cfg = log_cfg or LogConfig()
+    setup_logging(log_cfg, "up")
+    asyncio.run(_up(master_cfg, node_cfg, log_cfg))
+    return 0

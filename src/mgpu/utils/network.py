@@ -1,0 +1,84 @@
+"""Small helpers for ports, URLs and the JSON state files components write.
+
+``write_json_atomic`` is how ``master.json`` and ``node.json`` (see docs/protocol.md) are
+written: a reader sees the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mgpu.core.errors import MgpuError
+
+_MISSING: Any = object()
+
+
+def port_in_use_message(host: str, port: int) -> str:
+    """The one-line error for a port another process already holds."""
+    return f"port {port} on {host} is already in use: stop the other process or pass --port"
+
+
+def format_host(host: str) -> str:
+    """``host`` ready to put before ``:port`` (IPv6 literals in brackets)."""
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]"
+    return host
+
+
+def http_url(host: str, port: int) -> str:
+    """``http://host:port`` with IPv6 hosts bracketed."""
+    return f"http://{format_host(host)}:{port}"
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically, readable only by its owner (0o600).
+
+    Writes a temporary file in the same directory, fsyncs it and renames it over ``path``.
+    Creates the parent directory if needed. Raises OSError if it cannot.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    data = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    # Make the rename itself durable; not every filesystem allows fsync on a directory.
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def read_json(path: str | os.PathLike[str], default: Any = _MISSING) -> Any:
+    """The JSON value in ``path``.
+
+    A missing file returns ``default`` when one is given, else raises FileNotFoundError.
+    A file that is not valid JSON raises :class:`MgpuError` naming it.
+    """
+    target = Path(path)
+    try:
+        text = target.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if default is not _MISSING:
+            return default
+        raise
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise MgpuError(f"{target} is not valid JSON ({e}): remove it and try again") from None
