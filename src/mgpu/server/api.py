@@ -173,10 +173,10 @@ async def output(request: web.Request) -> web.StreamResponse:
     assert spool is not None
     resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
     resp.enable_chunked_encoding()
-    await resp.prepare(request)
     ev = asyncio.Event()
     master.watchers.setdefault(job_id, set()).add(ev)
     try:
+        await resp.prepare(request)
         while True:
             ev.clear()
             ended = job.state in ENDED_STATES
