@@ -22,7 +22,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from common import PY, cluster
-
 from mgpu.client.client import SimpleClient
 from mgpu.core.models import JobSpec, JobState
 

@@ -63,6 +63,8 @@ class NodeConfig:
     fake_gpus: int | None = field(default=None, metadata=_env("MGPU_FAKE_GPUS"))
     data_dir: Path | None = field(default=None, metadata=_env("MGPU_NODE_DATA_DIR"))
     kill_grace: float = field(default=30.0, metadata=_env("MGPU_KILL_GRACE"))
+    fence_timeout: float | None = field(default=None, metadata=_env("MGPU_FENCE_TIMEOUT"))
+    fence_on_disconnect: bool = field(default=False, metadata=_env("MGPU_FENCE_ON_DISCONNECT"))
 
     @property
     def effective_data_dir(self) -> Path:

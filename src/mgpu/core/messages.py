@@ -5,27 +5,25 @@
 * node → master and master → node: msgpack over one WebSocket per agent, a tagged union
   (``NodeMessage`` and ``MasterMessage``) whose tag is a :class:`MessageType` value.
 
-Output frames (the node spool, the master's copy and the stream a client reads) are
-``stream:u8 | length:u32 big-endian | data``; stream 1 is stdout, 2 is stderr and
-:data:`STREAM_END` carries a JSON :class:`OutputEnd` once the job has ended. Offsets count
-bytes of framed data, so a reader resumes exactly where it stopped.
+Output frames (the node spool, the master's copy and the stream a client reads) are defined
+in ``core/frames.py`` and re-exported here.
 """
 
 from __future__ import annotations
 
 import enum
-import struct
 
 import msgspec
 
+from mgpu.core.frames import FRAME_HEADER as FRAME_HEADER
+from mgpu.core.frames import STREAM_END as STREAM_END
+from mgpu.core.frames import STREAM_STDERR as STREAM_STDERR
+from mgpu.core.frames import STREAM_STDOUT as STREAM_STDOUT
+from mgpu.core.frames import frame as frame
+from mgpu.core.frames import split_frames as split_frames
 from mgpu.core.models import GpuInfo, JobSpec, SimpleJob
 
 PROTOCOL_VERSION = 1
-
-STREAM_STDOUT = 1
-STREAM_STDERR = 2
-STREAM_END = 0
-FRAME_HEADER = struct.Struct(">BI")
 
 
 class MessageType(enum.StrEnum):
@@ -166,6 +164,7 @@ class Registered(msgspec.Struct, tag=MessageType.REGISTERED.value):
     output_offsets: dict[int, int] = msgspec.field(default_factory=dict)
     kill: list[int] = msgspec.field(default_factory=list)
     heartbeat_interval: float = 2.0
+    node_timeout: float = 10.0
 
 
 class StartJob(msgspec.Struct, tag=MessageType.START_JOB.value):
@@ -176,6 +175,7 @@ class StartJob(msgspec.Struct, tag=MessageType.START_JOB.value):
     gpu_ids: list[int]
     user: str
     name: str
+    time_limit: float | None = None
 
 
 class CancelJob(msgspec.Struct, tag=MessageType.CANCEL_JOB.value):
@@ -194,23 +194,3 @@ MasterMessage = Registered | StartJob | CancelJob | EndedAck
 node_encoder = msgspec.msgpack.Encoder()
 node_message_decoder = msgspec.msgpack.Decoder(NodeMessage)
 master_message_decoder = msgspec.msgpack.Decoder(MasterMessage)
-
-
-def frame(stream: int, data: bytes) -> bytes:
-    """One output frame."""
-    return FRAME_HEADER.pack(stream, len(data)) + data
-
-
-def split_frames(buf: bytes) -> tuple[list[tuple[int, bytes]], int]:
-    """Parse complete frames from ``buf``; return them and how many bytes they used."""
-    out: list[tuple[int, bytes]] = []
-    pos = 0
-    size = FRAME_HEADER.size
-    end = len(buf)
-    while pos + size <= end:
-        stream, length = FRAME_HEADER.unpack_from(buf, pos)
-        if pos + size + length > end:
-            break
-        out.append((stream, buf[pos + size : pos + size + length]))
-        pos += size + length
-    return out, pos

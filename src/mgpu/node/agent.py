@@ -27,7 +27,6 @@ from mgpu.core.config import LogConfig, NodeConfig
 from mgpu.core.errors import MgpuError
 from mgpu.core.models import GpuInfo
 from mgpu.node.supervisor import RunningJob, Supervisor
-from mgpu.utils.spool import SpoolDir
 
 MAX_BACKOFF = 2.0
 
@@ -68,17 +67,18 @@ class Agent:
                     "pass --fake-gpus N (or set MGPU_FAKE_GPUS) to declare some for testing"
                 )
         data_dir = self.cfg.effective_data_dir
+        self.supervisor = Supervisor(
+            self.node_id, data_dir, self._on_output, self._on_ended, self.cfg.kill_grace,
+            self.cfg.fence_timeout,
+        )
         try:
             data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            spool = SpoolDir(data_dir / "spool")
+            await self.supervisor.open()
         except OSError as e:
             raise MgpuError(
                 f"cannot write to the node's data dir {data_dir}: {e.strerror or e}; "
                 "pass --data-dir with a writable directory"
             ) from e
-        self.supervisor = Supervisor(
-            self.node_id, spool, self._on_output, self._on_ended, self.cfg.kill_grace
-        )
         await self._start_health(data_dir)
         self.log.info(
             "node %s: %d GPUs (%s), health on %s:%d, joining master %s:%d",
@@ -121,8 +121,8 @@ class Agent:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self.supervisor is not None and kill_jobs:
-            self.supervisor.shutdown()
+        if self.supervisor is not None:
+            await self.supervisor.close(kill_jobs)
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -172,7 +172,7 @@ class Agent:
     async def _session(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         sup = self.supervisor
         assert sup is not None and self.gpus is not None
-        held = [m.RunningReport(j.job_id, sup.spool.size(j.job_id)) for j in sup.jobs.values()]
+        held = [m.RunningReport(j.job_id, sup.output_size(j.job_id)) for j in sup.jobs.values()]
         register = m.Register(
             node_id=self.node_id, gpus=self.gpus, hostname=socket.gethostname(), running=held
         )
@@ -190,10 +190,12 @@ class Agent:
         out: asyncio.Queue[m.NodeMessage] = asyncio.Queue()
         writer = asyncio.create_task(self._write(ws, out))
         beat = asyncio.create_task(self._heartbeat(out, reply.heartbeat_interval))
+        if self.cfg.fence_timeout is None:
+            sup.fence = max(0.5, reply.node_timeout * 0.6)
         try:
-            self._resume(reply, out)
             self._out = out
             self._ready = True
+            self._resume(reply)
             self.connected = True
             self.registered.set()
             self.log.info("registered with the master")
@@ -205,7 +207,7 @@ class Agent:
             beat.cancel()
             writer.cancel()
 
-    def _resume(self, reply: m.Registered, out: asyncio.Queue[m.NodeMessage]) -> None:
+    def _resume(self, reply: m.Registered) -> None:
         """After registering: kill fenced jobs, resend missing output, report held ends."""
         sup = self.supervisor
         assert sup is not None
@@ -214,16 +216,12 @@ class Agent:
             sup.kill(job_id, "ended by the master while the node was away")
             sup.forget(job_id)
         for job_id, offset in reply.output_offsets.items():
-            size = sup.spool.size(job_id)
-            while offset < size:
-                data = sup.spool.read(job_id, offset)
-                if not data:
-                    break
-                out.put_nowait(m.JobOutput(job_id, offset, data))
-                offset += len(data)
+            sup.rewind(job_id, offset)
+            job = sup.jobs.get(job_id)
+            sup.pump(job_id, job.ended.output_size if job and job.ended else None)
         for job in list(sup.jobs.values()):
             if job.ended is not None and job.job_id not in reply.kill:
-                out.put_nowait(job.ended)
+                self._send(job.ended)
 
     async def _write(self, ws: aiohttp.ClientWebSocketResponse,
                      out: asyncio.Queue[m.NodeMessage]) -> None:
@@ -242,9 +240,7 @@ class Agent:
         sup = self.supervisor
         assert sup is not None
         if isinstance(msg, m.StartJob):
-            job = sup.start(msg)
-            if job.proc is not None:
-                self._send(m.JobStarted(msg.job_id, job.pid))
+            sup.start(msg, msg.time_limit)
         elif isinstance(msg, m.CancelJob):
             sup.cancel(msg.job_id, msg.reason)
         elif isinstance(msg, m.EndedAck):

@@ -1,29 +1,35 @@
-"""Process supervision on a node: spawn, environment, output, signals, reaping.
+"""Process supervision on a node, from the agent's side.
 
-Each job runs as ``/bin/sh -c COMMAND`` in a new session (so its own process group), with
-``CUDA_VISIBLE_DEVICES`` set to exactly its GPUs. Its stdout and stderr are read without
-threads (non-blocking pipes watched by the event loop) and framed into the job's spool; its
-exit is seen through a pidfd. When the job's main process exits, whatever it left running
-in its process group is killed (as SLURM does at the end of a step), so no stray process
-keeps a GPU. Cancel: SIGTERM to the group, a grace period, then SIGKILL.
+Jobs run under the node's keeper (``keeper.py``), a process the supervisor starts once
+and that outlives the agent. The supervisor talks to it over ``DATA/keeper.sock``: it asks
+for jobs to start, passes on cancels, signals and input, forwards output as the spool files
+grow, pings so the keeper knows the agent is alive, and reports each end. When a restarted
+agent connects, the keeper says which jobs it holds, and the agent re-adopts them with their
+output and exit codes. Ends recorded in ``DATA/jobs/JOBID.exit`` are recovered even when the
+keeper is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import os
-import signal
 import subprocess
-import time
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from mgpu.core import messages as m
-from mgpu.utils.spool import SpoolDir
+from mgpu.node import keeper as kp
 
-READ_SIZE = 1 << 16
-DRAIN_TIMEOUT = 2.0
+log = logging.getLogger("mgpu.node.supervisor")
+
+READ_CHUNK = 1 << 20
+CONNECT_TIMEOUT = 10.0
 
 
 def job_environment(
@@ -36,210 +42,301 @@ def job_environment(
     env["MGPU_JOB_ID"] = str(job_id)
     env["MGPU_NODE_ID"] = node_id
     env["MGPU_JOB_NAME"] = name
-    env["MGPU_GPUS"] = str(len(gpu_ids))
+    env["MGPU_GPU_COUNT"] = str(len(gpu_ids))
     return env
-
-
-def exit_code_of(returncode: int) -> int:
-    """The shell convention: 128+N for a process killed by signal N."""
-    return 128 - returncode if returncode < 0 else returncode
-
-
-def describe_exit(returncode: int) -> str | None:
-    if returncode == 0:
-        return None
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"killed by {name}"
-    return f"exit code {returncode}"
 
 
 @dataclass
 class RunningJob:
-    """One job under supervision."""
+    """One job under supervision, as the agent sees it."""
 
     job_id: int
-    gpu_ids: list[int]
-    proc: subprocess.Popen[bytes] | None = None
-    pidfd: int = -1
-    open_streams: int = 0
-    exited: bool = False
+    pid: int = -1
+    forwarded: int = 0
     ended: m.JobEnded | None = None
-    cancel_reason: str | None = None
-    kill_timer: asyncio.TimerHandle | None = None
-    concluding: asyncio.Future[None] | None = None
-    drained: asyncio.Event = field(default_factory=asyncio.Event)
-    started_at: float = field(default_factory=time.time)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid if self.proc is not None else -1
 
 
 OnOutput = Callable[[int, int, bytes], None]
-OnEnded = Callable[["RunningJob"], None]
+OnEnded = Callable[[RunningJob], None]
 
 
 class Supervisor:
-    """Runs jobs on this node and reports their output and their ends through callbacks.
+    """Starts jobs through the keeper; reports their output and ends through callbacks.
 
-    ``on_output(job_id, offset, framed_bytes)`` is called for every chunk after it is in the
-    spool; ``on_ended(job)`` once, after all output, with ``job.ended`` set.
+    ``on_output(job_id, offset, framed_bytes)`` is called as output appears in the spool;
+    ``on_ended(job)`` once per job, after all of its output, with ``job.ended`` set.
     """
 
-    def __init__(
-        self,
-        node_id: str,
-        spool: SpoolDir,
-        on_output: OnOutput,
-        on_ended: OnEnded,
-        kill_grace: float = 30.0,
-    ) -> None:
+    def __init__(self, node_id: str, data_dir: Path, on_output: OnOutput, on_ended: OnEnded,
+                 kill_grace: float = 30.0, fence: float | None = None) -> None:
         self.node_id = node_id
-        self.spool = spool
+        self.data_dir = data_dir
+        self.spool_dir = data_dir / "spool"
+        self.jobs_dir = data_dir / "jobs"
         self.on_output = on_output
         self.on_ended = on_ended
         self.kill_grace = kill_grace
+        self.fence = fence
         self.jobs: dict[int, RunningJob] = {}
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._pinger: asyncio.Task[None] | None = None
+        self._keeper: subprocess.Popen[bytes] | None = None
+        self.lost = asyncio.Event()
+        self._closing = False
 
-    def start(self, msg: m.StartJob) -> RunningJob:
-        """Spawn a job. A job that cannot start ends at once as failed, with the reason."""
+    # ------------------------------------------------------------------ files
+
+    def spool(self, job_id: int) -> Path:
+        return self.spool_dir / f"{job_id}.out"
+
+    def _exit_file(self, job_id: int) -> str:
+        return f"{self.jobs_dir}/{job_id}.exit"
+
+    def output_size(self, job_id: int) -> int:
+        try:
+            return self.spool(job_id).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def read_output(self, job_id: int, offset: int, limit: int = READ_CHUNK) -> bytes:
+        try:
+            with open(self.spool(job_id), "rb") as f:
+                f.seek(offset)
+                return f.read(limit)
+        except FileNotFoundError:
+            return b""
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def open(self) -> None:
+        """Connect to the node's keeper (starting it if none runs) and re-adopt its jobs."""
+        for d in (self.spool_dir, self.jobs_dir):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = kp.socket_path(str(self.data_dir))
+        try:
+            reader, writer = await asyncio.open_unix_connection(path)
+        except OSError:
+            self._start_keeper()
+            reader, writer = await self._connect_when_ready(path)
+        self._writer = writer
+        hello = await self._read_message(reader)
+        if hello is None or hello[0] != kp.HELLO:
+            raise OSError("the node keeper did not answer")
+        self._adopt(json.loads(hello[1])["jobs"])
+        self._reader_task = asyncio.create_task(self._follow(reader))
+        self._pinger = asyncio.create_task(self._ping_loop())
+
+    def _start_keeper(self) -> None:
+        logfile = open(self.data_dir / "keeper.log", "ab")  # noqa: SIM115 - handed to the child
+        with logfile:
+            self._keeper = subprocess.Popen(
+                [sys.executable, "-m", "mgpu.node.keeper", str(self.data_dir)],
+                stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile,
+                start_new_session=True, close_fds=True,
+            )
+
+    async def _connect_when_ready(
+        self, path: str
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         loop = asyncio.get_running_loop()
-        job = RunningJob(msg.job_id, list(msg.gpu_ids))
+        deadline = loop.time() + CONNECT_TIMEOUT
+        while True:
+            try:
+                return await asyncio.open_unix_connection(path)
+            except OSError:
+                if self._keeper is not None and self._keeper.poll() is not None:
+                    raise OSError(f"the node keeper exited at start (see "
+                                  f"{self.data_dir / 'keeper.log'})") from None
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.01)
+
+    def _adopt(self, held: list[dict[str, Any]]) -> None:
+        """Take back the jobs a former agent started: running, or ended while it was away."""
+        for item in held:
+            job = RunningJob(item["job_id"], item["pid"])
+            self.jobs[job.job_id] = job
+            if item["exited"]:
+                exited = kp.Exited(**item["exited"])
+                job.forwarded = exited.size
+                job.ended = _ended(exited)
+            log.info("re-adopted job %d (%s)", job.job_id,
+                     job.ended.state if job.ended else "running")
+        for name in os.listdir(self.jobs_dir):
+            stem, _, suffix = name.partition(".")
+            if suffix != "exit" or not stem.isdigit() or int(stem) in self.jobs:
+                continue
+            left = kp.read_exit(self._exit_file(int(stem)))
+            if left is not None:  # the keeper that recorded it is gone
+                self.jobs[left.job_id] = RunningJob(left.job_id, forwarded=left.size,
+                                                    ended=_ended(left))
+
+    async def close(self, kill_jobs: bool) -> None:
+        """Stop supervising; with ``kill_jobs``, the keeper kills every job and exits."""
+        self._closing = True
+        if self._pinger is not None:
+            self._pinger.cancel()
+        if kill_jobs and self._writer is not None:
+            self._send(kp.SHUTDOWN, {})
+            running = [j for j in self.jobs.values() if j.ended is None]
+            if running and self._reader_task is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._all_ended(running), 10)
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._keeper is not None and kill_jobs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(self._keeper.wait, 10)
+
+    async def _all_ended(self, jobs: list[RunningJob]) -> None:
+        while any(j.ended is None for j in jobs) and not self.lost.is_set():
+            await asyncio.sleep(0.01)
+
+    # ------------------------------------------------------------------ the keeper link
+
+    def _send(self, kind: bytes, body: dict[str, Any] | bytes) -> None:
+        if self._writer is None:
+            raise ConnectionError("the node keeper is not connected")
+        self._writer.write(kp.pack(kind, body))
+
+    @staticmethod
+    async def _read_message(reader: asyncio.StreamReader) -> tuple[bytes, bytes] | None:
+        try:
+            head = await reader.readexactly(4)
+            raw = await reader.readexactly(kp.LENGTH.unpack(head)[0])
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None
+        return raw[:1], raw[1:]
+
+    async def _follow(self, reader: asyncio.StreamReader) -> None:
+        while True:
+            msg = await self._read_message(reader)
+            if msg is None:
+                break
+            kind, payload = msg
+            body = json.loads(payload)
+            job = self.jobs.get(body.get("job_id", -1))
+            if job is None:
+                continue
+            if kind == kp.GREW:
+                self.pump(job.job_id, body["size"])
+            elif kind == kp.SPAWNED:
+                job.pid = body["pid"]
+            elif kind == kp.EXITED:
+                self._conclude(job, kp.Exited(**body))
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self.lost.set()
+        if self._closing:
+            return
+        log.error("lost the node keeper: jobs on this node are no longer watched")
+        for job in list(self.jobs.values()):
+            exited = kp.read_exit(self._exit_file(job.job_id))
+            if exited is not None:
+                self._conclude(job, exited)
+            else:
+                self._fail(job, "the node keeper died while the job ran")
+
+    async def _ping_loop(self) -> None:
+        while True:
+            with contextlib.suppress(ConnectionError):
+                self._send(kp.PING, {"fence": self.fence})
+            await asyncio.sleep(max(0.05, (self.fence or 4.0) / 4))
+
+    # ------------------------------------------------------------------ orders
+
+    def start(self, msg: m.StartJob, time_limit: float | None = None) -> RunningJob:
+        """Ask the keeper to start a job; its output and end come back by callback."""
+        job = RunningJob(msg.job_id)
         self.jobs[msg.job_id] = job
         env = job_environment(msg.env, msg.job_id, self.node_id, msg.gpu_ids, msg.name)
+        req = {
+            "job_id": msg.job_id, "command": msg.command, "cwd": msg.cwd, "env": env,
+            "spool": str(self.spool(msg.job_id)), "exit_file": self._exit_file(msg.job_id),
+            "time_limit": time_limit, "grace": self.kill_grace,
+        }
         try:
-            proc = subprocess.Popen(
-                ["/bin/sh", "-c", msg.command],
-                cwd=msg.cwd or "/",
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-                close_fds=True,
-            )
-        except OSError as e:
-            where = f" in {msg.cwd}" if isinstance(e, FileNotFoundError | PermissionError) else ""
-            reason = f"could not start{where}: {e.strerror or e}"
-            self._emit(job, m.STREAM_STDERR, f"mgpu: {reason}\n".encode())
-            self._finish(job, m.JobEnded(msg.job_id, "failed", None, reason, 0))
-            return job
-        job.proc = proc
-        assert proc.stdout is not None and proc.stderr is not None
-        for stream, pipe in ((m.STREAM_STDOUT, proc.stdout), (m.STREAM_STDERR, proc.stderr)):
-            fd = pipe.fileno()
-            os.set_blocking(fd, False)
-            job.open_streams += 1
-            loop.add_reader(fd, self._read, job, stream, fd)
-        job.pidfd = os.pidfd_open(proc.pid)
-        loop.add_reader(job.pidfd, self._reap, job)
+            self._send(kp.SPAWN, req)
+        except ConnectionError as e:
+            self._fail(job, f"could not start: {e}")
         return job
 
-    def _emit(self, job: RunningJob, stream: int, data: bytes) -> None:
-        framed = m.frame(stream, data)
-        offset = self.spool.append(job.job_id, framed)
-        self.on_output(job.job_id, offset, framed)
-
-    def _read(self, job: RunningJob, stream: int, fd: int) -> None:
-        try:
-            data = os.read(fd, READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
-            self._emit(job, stream, data)
-            return
-        asyncio.get_running_loop().remove_reader(fd)
-        job.open_streams -= 1
-        if job.open_streams == 0:
-            job.drained.set()
-
-    def _reap(self, job: RunningJob) -> None:
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(job.pidfd)
-        os.close(job.pidfd)
-        job.pidfd = -1
-        assert job.proc is not None
-        # Whatever the job left behind in its process group goes with it. The main process
-        # is a zombie until wait(), so its pid (the group's id) cannot have been reused.
-        _signal_group(job.proc.pid, signal.SIGKILL)
-        returncode = job.proc.wait()
-        job.exited = True
-        if job.kill_timer is not None:
-            job.kill_timer.cancel()
-        job.concluding = asyncio.ensure_future(self._conclude(job, returncode))
-
-    async def _conclude(self, job: RunningJob, returncode: int) -> None:
-        if job.open_streams:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(job.drained.wait(), DRAIN_TIMEOUT)
-        self._close_pipes(job)
-        code = exit_code_of(returncode)
-        reason: str | None
-        if job.cancel_reason is not None:
-            state, reason = "cancelled", job.cancel_reason
-        else:
-            state = "completed" if returncode == 0 else "failed"
-            reason = describe_exit(returncode)
-        self._finish(
-            job, m.JobEnded(job.job_id, state, code, reason, self.spool.size(job.job_id))
-        )
-
-    def _close_pipes(self, job: RunningJob) -> None:
-        if job.proc is None:
-            return
-        loop = asyncio.get_running_loop()
-        for pipe in (job.proc.stdout, job.proc.stderr):
-            if pipe is not None and not pipe.closed:
-                with contextlib.suppress(ValueError, OSError):
-                    loop.remove_reader(pipe.fileno())
-                pipe.close()
-
-    def _finish(self, job: RunningJob, ended: m.JobEnded) -> None:
-        job.ended = ended
-        self.spool.close(job.job_id)
-        self.on_ended(job)
-
-    def cancel(self, job_id: int, reason: str = "cancelled", grace: float | None = None) -> None:
-        """SIGTERM the job's process group; SIGKILL it after the grace period."""
+    def cancel(self, job_id: int, reason: str = "cancelled", grace: float | None = None,
+               state: str = "cancelled") -> None:
+        """SIGTERM the job's whole tree; SIGKILL it after the grace period."""
         job = self.jobs.get(job_id)
-        if job is None or job.proc is None or job.exited:
+        if job is None or job.ended is not None:
             return
-        if job.cancel_reason is None:
-            job.cancel_reason = reason
-        _signal_group(job.proc.pid, signal.SIGTERM)
         grace = self.kill_grace if grace is None else grace
-        if job.kill_timer is None:
-            job.kill_timer = asyncio.get_running_loop().call_later(
-                grace, _signal_group, job.proc.pid, signal.SIGKILL
-            )
+        with contextlib.suppress(ConnectionError):
+            self._send(kp.CANCEL, {"job_id": job_id, "state": state, "reason": reason,
+                                   "grace": grace})
 
     def kill(self, job_id: int, reason: str) -> None:
-        """Kill at once (fencing): SIGKILL the whole group."""
+        """Kill at once (fencing)."""
+        self.cancel(job_id, reason, grace=0, state="node_fail")
+
+    def signal(self, job_id: int, signum: int) -> None:
         job = self.jobs.get(job_id)
-        if job is None or job.proc is None or job.exited:
-            return
-        job.cancel_reason = reason
-        _signal_group(job.proc.pid, signal.SIGKILL)
+        if job is not None and job.ended is None:
+            with contextlib.suppress(ConnectionError):
+                self._send(kp.SIGNAL, {"job_id": job_id, "signum": signum})
 
     def forget(self, job_id: int) -> None:
-        """Drop an ended job once the master has saved its end."""
+        """Drop an ended job once the master has saved its end (its spool stays)."""
         job = self.jobs.get(job_id)
-        if job is not None and job.ended is not None:
-            del self.jobs[job_id]
+        if job is None or job.ended is None:
+            return
+        del self.jobs[job_id]
+        try:
+            self._send(kp.FORGET, {"job_id": job_id})
+        except ConnectionError:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._exit_file(job_id))
 
-    def shutdown(self) -> None:
-        """Kill every job still running (the agent is going away for good)."""
-        for job in self.jobs.values():
-            if job.proc is not None and not job.exited:
-                _signal_group(job.proc.pid, signal.SIGKILL)
+    # ------------------------------------------------------------------ output and ends
+
+    def rewind(self, job_id: int, offset: int) -> None:
+        """The master holds output up to ``offset``: forward from there on."""
+        job = self.jobs.get(job_id)
+        if job is not None:
+            job.forwarded = offset
+
+    def pump(self, job_id: int, size: int | None = None) -> None:
+        """Forward output from the last forwarded offset up to ``size`` (default: the end)."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return
+        end = self.output_size(job_id) if size is None else size
+        while job.forwarded < end:
+            data = self.read_output(job_id, job.forwarded, min(READ_CHUNK, end - job.forwarded))
+            if not data:
+                break
+            self.on_output(job_id, job.forwarded, data)
+            job.forwarded += len(data)
+
+    def _conclude(self, job: RunningJob, exited: kp.Exited) -> None:
+        if job.ended is not None:
+            return
+        self.pump(job.job_id, exited.size)
+        job.ended = _ended(exited)
+        self.on_ended(job)
+
+    def _fail(self, job: RunningJob, reason: str) -> None:
+        if job.ended is not None:
+            return
+        with open(self.spool(job.job_id), "ab") as f:
+            f.write(m.frame(m.STREAM_STDERR, f"mgpu: {reason}\n".encode()))
+        size = self.output_size(job.job_id)
+        self.pump(job.job_id, size)
+        job.ended = m.JobEnded(job.job_id, "failed", None, reason, size)
+        self.on_ended(job)
 
 
-def _signal_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
+def _ended(exited: kp.Exited) -> m.JobEnded:
+    return m.JobEnded(exited.job_id, exited.state, exited.exit_code, exited.reason, exited.size)

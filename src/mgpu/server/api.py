@@ -147,8 +147,13 @@ async def wait(request: web.Request) -> web.Response:
     req = await body(request, m.WaitRequest)
     jobs = [master.state.get(i) for i in req.job_ids]
     deadline = time.monotonic() + max(0.0, min(req.timeout, 300.0))
+    waiting = [j for j in reversed(jobs) if j.state not in ENDED_STATES]
     async with master.ended:
-        while not all(j.state in ENDED_STATES for j in jobs):
+        while True:
+            while waiting and waiting[-1].state in ENDED_STATES:
+                waiting.pop()  # each job is looked at until it ends: O(n) in all
+            if not waiting or master.closing:
+                break
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -185,7 +190,7 @@ async def output(request: web.Request) -> web.StreamResponse:
                 await resp.write(data)
                 offset += len(data)
                 continue
-            if ended or not follow:
+            if ended or not follow or master.closing:
                 break
             await ev.wait()
         if job.state in ENDED_STATES:

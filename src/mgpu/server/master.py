@@ -126,6 +126,7 @@ class Master:
         self.watchers: dict[int, set[asyncio.Event]] = {}
         self.ended = asyncio.Condition()
         self.port = 0
+        self.closing = False
         self._runner: web.AppRunner | None = None
         self._tick: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -176,6 +177,11 @@ class Master:
         self._tick = asyncio.create_task(self._ticker())
 
     async def stop(self) -> None:
+        self.closing = True
+        for watchers in self.watchers.values():  # end every output stream being followed
+            for ev in watchers:
+                ev.set()
+        await self._notify_ended()  # and every long-poll wait
         if self._tick is not None:
             self._tick.cancel()
         for conn in list(self.conns.values()):
@@ -234,7 +240,11 @@ class Master:
             self.state.unplace(started, time.time(), "the master could not save its state")
 
     def _on_saved(self, effects: Effects) -> None:
+        acks: dict[str, list[int]] = {}
         for node_id, msg in effects.sends:
+            if isinstance(msg, m.EndedAck):  # one ack per node per batch
+                acks.setdefault(node_id, []).extend(msg.job_ids)
+                continue
             conn = self.conns.get(node_id)
             if conn is not None:
                 conn.send(msg)
@@ -242,6 +252,10 @@ class Master:
                 # The node left between placement and send: it never got the job.
                 self.state.unplace([msg.job_id], time.time(), f"node {node_id} disconnected")
                 self.apply(Effects())
+        for node_id, job_ids in acks.items():
+            conn = self.conns.get(node_id)
+            if conn is not None:
+                conn.send(m.EndedAck(job_ids))
         if effects.ended:
             for job_id in effects.ended:
                 self.notify_output(job_id)
@@ -293,6 +307,7 @@ class Master:
         assert self.output is not None
         reply.output_offsets = {j: self.output.size(j) for j in reply.output_offsets}
         reply.heartbeat_interval = self.cfg.heartbeat_interval
+        reply.node_timeout = self.cfg.node_timeout
         conn = NodeConn(node_id, ws)
         self.conns[node_id] = conn
         conn.send(reply)

@@ -103,12 +103,12 @@ def parse_gpu_list(text: str) -> list[int]:
             raise UsageError(f"--gpus {text!r} has an empty item: write e.g. 0,2")
         lo_text, dash, hi_text = part.partition("-")
         if dash:
-            lo, hi = _index(lo_text, text), _index(hi_text, text)
+            lo, hi = _index(lo_text, part, text), _index(hi_text, part, text)
             if hi < lo:
                 raise UsageError(f"--gpus {text!r}: range {part!r} runs backwards")
             out.extend(range(lo, hi + 1))
         else:
-            out.append(_index(part, text))
+            out.append(_index(part, part, text))
     dupes = sorted({i for i in out if out.count(i) > 1})
     if dupes:
         raise UsageError(
@@ -117,13 +117,13 @@ def parse_gpu_list(text: str) -> list[int]:
     return sorted(out)
 
 
-def _index(part: str, text: str) -> int:
-    part = part.strip()
-    if not part.isdigit():
+def _index(digits: str, part: str, text: str) -> int:
+    digits = digits.strip()
+    if not digits.isdigit():
         raise UsageError(
-            f"--gpus {text!r}: {part!r} is not a GPU index (use numbers such as 0,2 or 0-3)"
+            f"--gpus {text!r}: {part!r} is not a GPU index or range (use e.g. 0,2 or 0-3)"
         )
-    return int(part)
+    return int(digits)
 
 
 def parse_nvidia_smi(text: str) -> list[GpuInfo]:

@@ -1,0 +1,55 @@
+# shellcheck shell=bash
+# Sourced by ./run-mgpu and ./run-tests: make sure .venv exists and holds mgpu installed
+# in editable mode with its dev extras. Reinstalls only when pyproject.toml (or the Python
+# or the checkout's path) changed since the last install, so reruns cost ~nothing.
+#   PYTHON=python3.12 ./run-tests     picks the interpreter used to create the venv.
+
+mgpu_ensure_venv() {
+    local root venv python stamp want have
+    root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+    venv="$root/.venv"
+    python="${PYTHON:-python3}"
+    stamp="$venv/.mgpu-installed"
+
+    if ! command -v "$python" >/dev/null 2>&1; then
+        echo "error: $python not found: install Python 3.11 or newer (or set PYTHON=...)" >&2
+        return 1
+    fi
+    if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c '' 2>/dev/null; then
+        if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+            echo "error: mgpu needs Python >= 3.11, $python is $("$python" -V 2>&1):" \
+                 "set PYTHON=python3.11 (or newer)" >&2
+            return 1
+        fi
+        echo "creating virtual environment in $venv" >&2
+        rm -rf "$venv"
+        "$python" -m venv "$venv" || {
+            echo "error: '$python -m venv' failed (on Debian/Ubuntu: apt install python3-venv)" >&2
+            return 1
+        }
+    fi
+
+    want="$(cksum <"$root/pyproject.toml") $("$venv/bin/python" -V 2>&1) $root"
+    have="$(cat "$stamp" 2>/dev/null || true)"
+    if [ "$want" = "$have" ]; then
+        return 0
+    fi
+    (
+        # Two scripts starting at once must not install over each other.
+        if command -v flock >/dev/null 2>&1; then
+            exec 9>"$venv/.mgpu-install.lock"
+            flock 9
+        fi
+        if [ "$want" = "$(cat "$stamp" 2>/dev/null || true)" ]; then
+            exit 0
+        fi
+        echo "installing mgpu and its dev tools into $venv (pyproject.toml changed)" >&2
+        rm -f "$stamp"
+        "$venv/bin/python" -m pip install --quiet --upgrade pip >&2 || true
+        "$venv/bin/python" -m pip install --quiet -e "$root[dev]" >&2 || {
+            echo "error: pip install -e '.[dev]' failed (see above)" >&2
+            exit 1
+        }
+        printf '%s' "$want" >"$stamp"
+    )
+}

@@ -1,0 +1,625 @@
+"""The ``mgpu`` command and the founding per-script entry points.
+
+``main(argv)`` parses the arguments, runs one subcommand and returns the exit status. It
+catches :class:`~mgpu.core.errors.MgpuError` once: ``error: <message>`` on stderr and the
+error's ``exit_code`` (tracebacks only with ``-v``); argparse usage errors exit 2 and
+Ctrl-C exits 130.
+
+Start-up time is part of the interface (``mgpu submit`` costs at most 2.5 times ``python -c
+pass``), so this module imports only argparse, os and sys; each subcommand imports what it
+needs when it runs, and only ``server``, ``node`` and ``up`` import the master or the agent
+(and with them aiohttp).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from mgpu import __version__
+from mgpu.core.errors import ConnectionFailed, MgpuError, UsageError
+
+TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs start-up time
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from mgpu.client.client import SimpleClient
+
+    Handler = Callable[[argparse.Namespace], int]
+
+SUPPRESS = argparse.SUPPRESS
+
+# SLURM's short state codes (squeue -t) and ours.
+STATE_CODES = {
+    "PD": "pending",
+    "R": "running",
+    "CD": "completed",
+    "F": "failed",
+    "CA": "cancelled",
+    "TO": "timeout",
+    "NF": "node_fail",
+}
+STATES = tuple(STATE_CODES.values())
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def exit_status(state: str, exit_code: int | None) -> int:
+    """The status for the shell from how a job ended: its exit code, 128+N for signal N,
+    and never 0 unless it completed."""
+    code = 0 if exit_code is None else exit_code
+    if code < 0:  # a signal number, negated
+        code = 128 - code
+    if not 0 <= code <= 255:
+        code = 1
+    if code == 0 and state != "completed":
+        code = 1
+    return code
+
+
+def _write(text: str, *, err: bool = False) -> None:
+    (sys.stderr if err else sys.stdout).write(text)
+
+
+def _load(ns: argparse.Namespace, cls: type[Any], flags: dict[str, Any]) -> Any:
+    """``core.config.load(cls, flags)`` (flags not given left out); the config file is
+    read once per command and kept on ``ns``. Returns (config, sources)."""
+    from mgpu.core.config import load, read_file
+
+    if getattr(ns, "config_file", None) is None:
+        ns.config_file = read_file()
+    data, path = ns.config_file
+    given = {k: v for k, v in flags.items() if v is not None}
+    return load(cls, given, file_data=data, file_path=path)
+
+
+def _master_flags(ns: argparse.Namespace) -> dict[str, Any]:
+    """``--master HOST[:PORT]`` as ClientConfig flags (empty when not given)."""
+    text = getattr(ns, "master", None)
+    if not text:
+        return {}
+    from mgpu.core.config import parse_hostport
+
+    host, port = parse_hostport(text, "--master")
+    return {"master_host": host, "master_port": port}
+
+
+def _log_flags(ns: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "level": getattr(ns, "log_level", None),
+        "file": getattr(ns, "log_file", None),
+        "format": getattr(ns, "log_format", None),
+    }
+
+
+def _client(ns: argparse.Namespace) -> SimpleClient:
+    from mgpu.client.client import SimpleClient
+    from mgpu.core.config import ClientConfig
+
+    cfg, _ = _load(ns, ClientConfig, _master_flags(ns))
+    return SimpleClient.from_config(cfg)
+
+
+def _count(text: str, what: str) -> int:
+    if text.isascii() and text.strip().isdigit() and int(text) > 0:
+        return int(text)
+    raise UsageError(f"{what} must be a positive whole number of GPUs, got {text!r}")
+
+
+def _gpus(ns: argparse.Namespace) -> int:
+    """The GPU count from ``-G/--gpus N`` and SLURM's ``--gres=gpu:N`` (default 1)."""
+    count = None if ns.gpus is None else _count(ns.gpus, "-G/--gpus")
+    if ns.gres is not None:
+        kind, _, num = ns.gres.partition(":")
+        if kind != "gpu" or ":" in num:
+            raise UsageError(f"--gres takes gpu:N (GPU types are not supported), got {ns.gres!r}")
+        from_gres = _count(num or "1", "--gres=gpu:N")
+        if count is not None and count != from_gres:
+            raise UsageError(f"-G/--gpus {count} and --gres={ns.gres} disagree; give one")
+        count = from_gres
+    return 1 if count is None else count
+
+
+def _job_env(exports: list[str], envs: list[str]) -> dict[str, str]:
+    """The job's environment: the submitter's whole environment (SLURM's ``ALL``) or, with
+    ``--export=NONE``, nothing; then each ``KEY=VAL`` given, and each bare ``KEY`` copied
+    from here. ``--export`` takes a comma list like SLURM; ``--env`` one variable."""
+    exported = [i for e in exports for i in e.split(",") if i]
+    words = {i.upper() for i in exported} & {"ALL", "NONE"}
+    if len(words) == 2:
+        raise UsageError("--export: ALL and NONE cannot both be given")
+    env = {} if "NONE" in words else dict(os.environ)
+    for item in [i for i in exported if i.upper() not in words] + envs:
+        key, sep, value = item.partition("=")
+        if not key:
+            raise UsageError(f"--export/--env takes KEY=VALUE, got {item!r}")
+        if not sep:
+            if key not in os.environ:
+                raise UsageError(f"--export/--env {key}: {key} is not set here; use {key}=VALUE")
+            value = os.environ[key]
+        env[key] = value
+    return env
+
+
+def _command(words: list[str]) -> str:
+    if words and words[0] == "--":
+        words = words[1:]
+    if not words:
+        raise UsageError("a job needs a command: mgpu submit [options] 'COMMAND ...'")
+    if len(words) == 1:
+        return words[0]
+    import shlex
+
+    return shlex.join(words)
+
+
+def _states(text: str) -> list[str]:
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        state = STATE_CODES.get(item.upper(), item.lower())
+        if state not in STATES:
+            codes = ", ".join(f"{k}={v}" for k, v in STATE_CODES.items())
+            raise UsageError(f"-t/--states: unknown job state {item!r}; use any of {codes}")
+        out.append(state)
+    return out
+
+
+def _now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+# -------------------------------------------------------------------------- subcommands
+
+
+def cmd_submit(ns: argparse.Namespace) -> int:
+    gpus = _gpus(ns)
+    command = _command(ns.command)
+    env = _job_env(ns.export or [], ns.env or [])
+    cwd = os.path.abspath(ns.chdir) if ns.chdir else os.getcwd()
+    job_id = _client(ns).submit_job(gpus=gpus, cmd=command, name=ns.job_name, cwd=cwd, env=env)
+    if ns.json:
+        _write(f'{{"job_id": {job_id}}}\n')
+    elif ns.parsable:
+        _write(f"{job_id}\n")
+    else:
+        _write(f"Submitted job {job_id}\n")
+    return 0
+
+
+def cmd_queue(ns: argparse.Namespace) -> int:
+    states = _states(ns.states) if ns.states else None
+    jobs = _client(ns).list_jobs(states=states, user=ns.user, all=ns.all)
+    from mgpu.client import output
+
+    _write(output.to_json(jobs) if ns.json else output.queue_table(jobs, _now()))
+    return 0
+
+
+def cmd_show(ns: argparse.Namespace) -> int:
+    job = _client(ns).get_job(ns.job_id)
+    from mgpu.client import output
+
+    _write(output.to_json(job) if ns.json else output.job_detail(job, _now()))
+    return 0
+
+
+def cmd_logs(ns: argparse.Namespace) -> int:
+    stream = _client(ns).stream_output(ns.job_id, follow=ns.follow)
+    sinks = {1: sys.stdout.buffer, 2: sys.stderr.buffer}
+    last = None
+    for kind, data in stream:
+        sink = sinks.get(kind)
+        if sink is None:
+            continue
+        if last is not None and last is not sink:
+            last.flush()  # keep stdout and stderr in the order they were written
+        sink.write(data)
+        if ns.follow:
+            sink.flush()
+        last = sink
+    for sink in sinks.values():
+        sink.flush()
+    if not ns.follow:
+        return 0
+    if stream.end is None:
+        raise ConnectionFailed(f"the output of job {ns.job_id} stopped before the job ended")
+    return exit_status(stream.end.state, stream.end.exit_code)
+
+
+def cmd_wait(ns: argparse.Namespace) -> int:
+    jobs = _client(ns).wait(*ns.job_ids, timeout=ns.timeout)
+    from mgpu.client import output
+
+    _write(output.to_json(jobs) if ns.json else output.wait_report(jobs))
+    if not all(j.state.ended for j in jobs):
+        left = ", ".join(str(j.id) for j in jobs if not j.state.ended)
+        _write(f"error: timed out after {ns.timeout:g} s; still running: {left}\n", err=True)
+        return 124
+    return next((c for j in jobs if (c := exit_status(j.state.value, j.exit_code))), 0)
+
+
+def cmd_cancel(ns: argparse.Namespace) -> int:
+    results = _client(ns).cancel(*ns.job_ids)
+    from mgpu.client import output
+
+    if ns.json:
+        _write(output.to_json(results))
+    else:
+        out, err = output.cancel_report(results)
+        _write(out)
+        _write(err, err=True)
+    return 0 if all(r.ok for r in results) else 1
+
+
+def cmd_nodes(ns: argparse.Namespace) -> int:
+    nodes = _client(ns).nodes()
+    from mgpu.client import output
+
+    _write(output.to_json(nodes) if ns.json else output.nodes_table(nodes))
+    return 0
+
+
+def cmd_config(ns: argparse.Namespace) -> int:
+    from mgpu.client import output
+    from mgpu.core.config import ClientConfig, LogConfig, MasterConfig, NodeConfig, config_file
+
+    sections = []
+    for name, cls, flags in (
+        ("client", ClientConfig, _master_flags(ns)),
+        ("master", MasterConfig, {}),
+        ("node", NodeConfig, {}),
+        ("log", LogConfig, _log_flags(ns)),
+    ):
+        cfg, sources = _load(ns, cls, flags)
+        sections.append((name, cfg, sources))
+    path = ns.config_file[1]
+    if ns.json:
+        _write(output.config_json(sections, path))
+    else:
+        _write(output.config_table(sections, str(path or f"none (would read {config_file()})")))
+    return 0
+
+
+def _master_config(ns: argparse.Namespace) -> Any:
+    from mgpu.core.config import MasterConfig
+
+    flags = {"host": ns.host, "port": ns.port, "data_dir": ns.data_dir}
+    flags["node_timeout"] = getattr(ns, "node_timeout", None)
+    return _load(ns, MasterConfig, flags)[0]
+
+
+def _node_config(ns: argparse.Namespace, **extra: Any) -> Any:
+    from mgpu.core.config import NodeConfig
+
+    flags = {
+        "node_id": ns.node_id,
+        "gpus": ns.gpus,
+        "fake_gpus": ns.fake_gpus,
+        **extra,
+    }
+    return _load(ns, NodeConfig, flags)[0]
+
+
+def _log_config(ns: argparse.Namespace) -> Any:
+    from mgpu.core.config import LogConfig
+
+    return _load(ns, LogConfig, _log_flags(ns))[0]
+
+
+def cmd_server(ns: argparse.Namespace) -> int:
+    from mgpu.server.master import run_master
+
+    return int(run_master(_master_config(ns), _log_config(ns)))
+
+
+def cmd_node(ns: argparse.Namespace) -> int:
+    master = _master_flags(ns)
+    node = _node_config(
+        ns,
+        master_host=ns.master_host or master.get("master_host"),
+        master_port=ns.master_port or master.get("master_port"),
+        port=ns.port,
+        data_dir=ns.data_dir,
+    )
+    from mgpu.node.agent import run_node
+
+    return int(run_node(node, _log_config(ns)))
+
+
+def cmd_up(ns: argparse.Namespace) -> int:
+    master = _master_config(ns)
+    node_dir = os.path.join(ns.data_dir, "node") if ns.data_dir else None
+    node = _node_config(ns, master_port=master.port, data_dir=node_dir)
+    from mgpu.up import run_up
+
+    return int(run_up(master, node, _log_config(ns)))
+
+
+# ------------------------------------------------------------------------------- parser
+
+
+def _port(text: str) -> int:
+    if text.isdigit() and int(text) < 65536:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"must be a port number (0-65535), got {text!r}")
+
+
+def _job_id(text: str) -> int:
+    if text.isascii() and text.isdigit() and int(text) > 0:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"not a job id: {text!r}")
+
+
+def _count_arg(text: str) -> int:
+    if text.isascii() and text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value >= 0:
+        return value
+    raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}")
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help formatter, minus its ``import shutil`` and its terminal query on
+    every ``add_argument`` (both show in the start-up time): the width is found once."""
+
+    columns: int | None = None
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        if width is None:
+            if _Formatter.columns is None:
+                _Formatter.columns = _terminal_columns()
+            width = _Formatter.columns - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def _terminal_columns() -> int:
+    """``shutil.get_terminal_size().columns``: $COLUMNS, else the terminal's, else 80."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+def _parser(**kwargs: Any) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(formatter_class=_Formatter, **kwargs)
+
+
+def _common() -> argparse.ArgumentParser:
+    """Global options, accepted before or after the subcommand (defaults suppressed so a
+    subcommand's parser does not overwrite what was given before it)."""
+    p = _parser(add_help=False)
+    g = p.add_argument_group("global options")
+    g.add_argument(
+        "--master",
+        metavar="HOST:PORT",
+        default=SUPPRESS,
+        help="the master to talk to (else $MGPU_MASTER, else localhost:8080)",
+    )
+    g.add_argument("-v", "--verbose", action="store_true", default=SUPPRESS, help="tracebacks")
+    g.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=SUPPRESS)
+    g.add_argument("--log-file", metavar="PATH", default=SUPPRESS)
+    g.add_argument("--log-format", choices=("text", "json"), default=SUPPRESS)
+    return p
+
+
+def _submit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-G", "--gpus", metavar="N", help="GPUs the job needs (default 1)")
+    p.add_argument("--gres", metavar="gpu:N", help="SLURM's form of -G")
+    p.add_argument("-J", "--job-name", metavar="NAME")
+    p.add_argument("-D", "--chdir", metavar="DIR", help="where it runs (default: here)")
+    p.add_argument(
+        "--export",
+        action="append",
+        metavar="VARS",
+        help="ALL (default), NONE, or KEY=VAL,KEY2,... added to the environment",
+    )
+    p.add_argument("--env", action="append", metavar="KEY=VAL", help="one variable to set")
+    p.add_argument("--parsable", action="store_true", help="print only the job id")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="the command line")
+
+
+def _queue_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-a", "--all", action="store_true", help="ended jobs too")
+    p.add_argument("-u", "--user", metavar="USER")
+    p.add_argument(
+        "-t", "--states", metavar="STATES", help="comma list, e.g. pending,running or PD,R"
+    )
+    p.add_argument("--json", action="store_true")
+
+
+def _job_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job_id", type=_job_id)
+    p.add_argument("--json", action="store_true")
+
+
+def _logs_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job_id", type=_job_id)
+    p.add_argument(
+        "-f", "--follow", action="store_true", help="until the job ends; exit with its code"
+    )
+
+
+def _jobs_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job_ids", type=_job_id, nargs="+", metavar="JOB_ID")
+    p.add_argument("--json", action="store_true")
+
+
+def _wait_args(p: argparse.ArgumentParser) -> None:
+    _jobs_args(p)
+    p.add_argument("--timeout", type=_seconds, metavar="S", help="give up after S seconds")
+
+
+def _json_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true")
+
+
+def _server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, help="port to listen on (default 8080; 0: any)")
+    p.add_argument("--data-dir", metavar="DIR")
+
+
+def _gpu_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--gpus", metavar="0,1", help="the GPU indices to offer (default: all)")
+    g.add_argument("--fake-gpus", type=_count_arg, metavar="N", help="declare N fake GPUs")
+
+
+def _master_args(p: argparse.ArgumentParser) -> None:
+    _server_args(p)
+    p.add_argument("--node-timeout", type=_seconds, metavar="S", help="mark a silent node lost")
+
+
+def _node_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--node-id", metavar="ID", help="default: the host name")
+    p.add_argument("--master-host", metavar="HOST")
+    p.add_argument("--master-port", type=_port, metavar="PORT")
+    p.add_argument("--port", type=_port, help="the agent's health port")
+    p.add_argument("--data-dir", metavar="DIR")
+    _gpu_args(p)
+
+
+def _up_args(p: argparse.ArgumentParser) -> None:
+    _server_args(p)
+    p.add_argument("--node-id", metavar="ID", help="default: the host name")
+    _gpu_args(p)
+
+
+# name -> (handler, one-line help, adds the subcommand's own arguments)
+COMMANDS: dict[str, tuple[Handler, str, Callable[[argparse.ArgumentParser], None]]] = {
+    "submit": (cmd_submit, "queue a command to run on GPUs", _submit_args),
+    "queue": (cmd_queue, "list pending and running jobs", _queue_args),
+    "show": (cmd_show, "one job in full", _job_args),
+    "logs": (cmd_logs, "a job's output", _logs_args),
+    "wait": (cmd_wait, "wait for jobs to end; exit with the first non-zero code", _wait_args),
+    "cancel": (cmd_cancel, "cancel jobs", _jobs_args),
+    "nodes": (cmd_nodes, "nodes and their GPUs", _json_args),
+    "config": (cmd_config, "the effective configuration and where it came from", _json_args),
+    "server": (cmd_server, "run the master", _master_args),
+    "node": (cmd_node, "run a node agent", _node_args),
+    "up": (cmd_up, "run a master and a local node in one process", _up_args),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``mgpu`` parser; with ``only``, the parser for that subcommand alone.
+
+    Building every subcommand's parser is a noticeable part of a command's start-up, and
+    a run needs one: ``main`` passes ``only`` when it can tell the subcommand from argv.
+    """
+    common = _common()
+    parser = _parser(
+        prog="mgpu",
+        description="A multi-GPU job scheduler: submit, watch and cancel GPU jobs.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"mgpu {__version__}")
+    sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
+    for name, (handler, help, add_args) in COMMANDS.items():
+        if only is None or name == only:
+            p = sub.add_parser(
+                name, parents=[common], help=help, description=help, formatter_class=_Formatter
+            )
+            add_args(p)
+            p.set_defaults(func=handler)
+    return parser
+
+
+def _subcommand(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` runs, if it is plain without parsing (else ``None``)."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in COMMANDS:
+            return arg
+        elif arg in ("--master", "--log-level", "--log-file", "--log-format"):
+            skip = True  # the option's value follows
+        elif arg in ("-h", "--help", "--version") or not arg.startswith("-"):
+            return None
+    return None
+
+
+# --------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``mgpu`` with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    args = sys.argv[1:] if argv is None else argv
+    parser = build_parser(_subcommand(args))
+    try:
+        ns = parser.parse_args(args)
+    except SystemExit as e:  # --help, --version and usage errors
+        return e.code if isinstance(e.code, int) else 2
+    verbose = getattr(ns, "verbose", False)
+    try:
+        return int(ns.func(ns))
+    except KeyboardInterrupt:
+        return 130
+    except MgpuError as e:
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        _write(f"error: {e.message}\n", err=True)
+        return e.exit_code
+    except BrokenPipeError:
+        # The reader went away (`mgpu queue | head`): stop quietly, like other tools.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except Exception as e:
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        _write(
+            f"error: unexpected {type(e).__name__}: {e} (run with -v for the traceback)\n",
+            err=True,
+        )
+        return 1
+
+
+def _as(subcommand: str) -> Callable[[list[str] | None], int]:
+    def entry(argv: list[str] | None = None) -> int:
+        return main([subcommand, *(sys.argv[1:] if argv is None else argv)])
+
+    entry.__name__ = f"{subcommand}_main"
+    entry.__doc__ = f"The founding script for ``mgpu {subcommand}``."
+    return entry
+
+
+server_main = _as("server")  # python src/mgpu_server.py --host 0.0.0.0 --port 8080
+node_main = _as("node")  # python src/mgpu_node.py --node-id node1 --master-host localhost
+client_main = _as("submit")  # python src/mgpu_client.py --gpus 2 'python train.py'
+queue_main = _as("queue")  # python src/mgpu_queue.py
+cancel_main = _as("cancel")  # python src/mgpu_cancel.py 3 4

@@ -1,0 +1,308 @@
+"""``SimpleClient``: the master's HTTP API as typed Python calls. It never prints.
+
+Every method is one request (``wait`` repeats a long poll) on one persistent connection;
+replies are decoded into the structs of :mod:`mgpu.core.models` and
+:mod:`mgpu.core.messages`. Errors are raised from the :mod:`mgpu.core.errors` tree:
+
+* the master cannot be reached → :class:`~mgpu.core.errors.ConnectionFailed`
+* 404 (unknown job) → :class:`~mgpu.core.errors.NotFound`
+* 422 (refused, e.g. more GPUs than any node has) → :class:`~mgpu.core.errors.Rejected`
+* any other error status → :class:`~mgpu.core.errors.ApiError` with the master's text
+
+Start-up cost matters here (``mgpu submit`` runs this module in a fresh interpreter), so
+msgspec and the models are imported by the calls that decode into them, not at import;
+:meth:`SimpleClient.submit_job` needs neither.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from mgpu.client.transport import Connection
+from mgpu.core.errors import ApiError, NotFound, Rejected, UsageError
+
+TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs start-up time
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+    from typing import Any, TypeVar
+
+    from mgpu.client.transport import Response
+    from mgpu.core.config import ClientConfig
+    from mgpu.core.messages import CancelResult, HealthReply, OutputEnd
+    from mgpu.core.models import JobSpec, JobState, NodeInfo, SimpleJob
+
+    T = TypeVar("T")
+
+API = "/api/v1"
+WAIT_POLL = 30.0  # seconds one long poll of ``wait`` may last on the master
+
+
+def _error(status: int, body: bytes) -> ApiError:
+    """The exception for an error reply (``ErrorReply {error, code}``)."""
+    try:
+        message = str(json.loads(body)["error"])
+    except (ValueError, KeyError, TypeError):
+        message = f"the master answered HTTP {status}"
+    if status == 404:
+        return NotFound(message)
+    if status == 422:
+        return Rejected(message, status)
+    return ApiError(message, status)
+
+
+def _decode(data: bytes, kind: type[T]) -> T:
+    import msgspec
+
+    try:
+        return msgspec.json.decode(data, type=kind)
+    except msgspec.DecodeError as e:
+        raise ApiError(
+            f"cannot read the master's reply ({e}); are the master and this client "
+            "the same version of mgpu?",
+            502,
+        ) from None
+
+
+def _encode(obj: Any) -> bytes:
+    import msgspec
+
+    return msgspec.json.encode(obj)
+
+
+class OutputStream:
+    """A job's output as ``(stream, data)`` frames, in the order it was written.
+
+    ``stream`` is 1 for stdout and 2 for stderr; ``data`` is raw bytes. Iterate once. When
+    iteration stops, :attr:`end` holds how the job ended if the master sent the END frame
+    (it does once the job has ended), else ``None``; :attr:`offset` is where to resume.
+    The stream has a connection of its own, closed when iteration stops or by
+    :meth:`close`.
+    """
+
+    def __init__(self, conn: Connection, response: Response, offset: int) -> None:
+        self._conn = conn
+        self._response = response
+        self.offset = offset
+        self.end: OutputEnd | None = None
+
+    def __iter__(self) -> Iterator[tuple[int, bytes]]:
+        from mgpu.core.frames import FRAME_HEADER, STREAM_END, split_frames
+        from mgpu.core.messages import OutputEnd
+
+        buf = b""
+        try:
+            for chunk in self._response.chunks():
+                buf = buf + chunk if buf else chunk
+                frames, used = split_frames(buf)
+                buf = buf[used:]
+                for stream, data in frames:
+                    self.offset += FRAME_HEADER.size + len(data)
+                    if stream == STREAM_END:
+                        self.end = _decode(data, OutputEnd)
+                    else:
+                        yield stream, data
+        finally:
+            self._conn.close()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> OutputStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SimpleClient:
+    """A client of one master: ``SimpleClient('localhost', 8080).submit_job(gpus=2, cmd=...)``.
+
+    ``timeout`` bounds each request in seconds (a followed output stream has none). Not
+    thread-safe: use one client per thread.
+    """
+
+    def __init__(self, host: str = "localhost", port: int = 8080, timeout: float = 30.0) -> None:
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self._conn = Connection(host, port, timeout)
+
+    @classmethod
+    def from_config(cls, cfg: ClientConfig) -> SimpleClient:
+        return cls(cfg.master_host, cfg.master_port, cfg.timeout)
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the master, as error messages show it."""
+        return self._conn.address
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> SimpleClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------------------- jobs
+
+    def submit_job(
+        self,
+        gpus: int = 1,
+        cmd: str = "",
+        name: str | None = None,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> int:
+        """Queue ``cmd`` (a shell command line) to run with ``gpus`` GPUs; return its id.
+
+        ``cwd`` defaults to the current directory and ``env`` to this process's whole
+        environment; ``user`` is the submitting Unix user. Built as plain JSON (the fields
+        of :class:`~mgpu.core.models.JobSpec`, which the master validates) so that a submit
+        does not pay for importing msgspec.
+        """
+        import getpass
+
+        if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+            raise UsageError(f"gpus must be a positive whole number of GPUs, got {gpus!r}")
+        if not cmd.strip():
+            raise UsageError("a job needs a command to run")
+        spec = {
+            "command": cmd,
+            "gpus": gpus,
+            "name": name,
+            "cwd": cwd or os.getcwd(),
+            "env": dict(os.environ) if env is None else env,
+            "user": getpass.getuser(),
+        }
+        body = json.dumps({"jobs": [spec]}, separators=(",", ":")).encode()
+        reply = json.loads(self._call("POST", f"{API}/jobs", body))
+        return int(reply["job_ids"][0])
+
+    def submit_jobs(self, specs: list[JobSpec]) -> list[int]:
+        """Queue several jobs in one request (saved together); their ids in order."""
+        from mgpu.core.messages import SubmitReply, SubmitRequest
+
+        body = _encode(SubmitRequest(jobs=specs))
+        return _decode(self._call("POST", f"{API}/jobs", body), SubmitReply).job_ids
+
+    def list_jobs(
+        self,
+        states: Iterable[JobState | str] | None = None,
+        user: str | None = None,
+        all: bool = False,
+    ) -> list[SimpleJob]:
+        """Jobs in queue order: pending and running ones, ended ones too with ``all``.
+
+        ``states`` picks the states to show instead; ``user`` keeps one user's jobs.
+        """
+        from urllib.parse import urlencode
+
+        from mgpu.core.messages import JobListReply
+
+        params: list[tuple[str, str]] = []
+        if states is not None:
+            params.append(("state", ",".join(str(s) for s in states)))
+        if user:
+            params.append(("user", user))
+        if all:
+            params.append(("all", "1"))
+        path = f"{API}/jobs?{urlencode(params)}" if params else f"{API}/jobs"
+        return _decode(self._call("GET", path), JobListReply).jobs
+
+    def get_job(self, job_id: int) -> SimpleJob:
+        """One job in full; :class:`~mgpu.core.errors.NotFound` for an unknown id."""
+        from mgpu.core.models import SimpleJob
+
+        return _decode(self._call("GET", f"{API}/jobs/{int(job_id)}"), SimpleJob)
+
+    def cancel(self, *job_ids: int) -> list[CancelResult]:
+        """Cancel jobs; one result per id, in order (some may fail while others succeed)."""
+        from mgpu.core.messages import CancelReply, CancelRequest
+
+        body = _encode(CancelRequest(job_ids=[int(j) for j in job_ids]))
+        return _decode(self._call("POST", f"{API}/jobs/cancel", body), CancelReply).results
+
+    def wait(self, *job_ids: int, timeout: float | None = None) -> list[SimpleJob]:
+        """Block until every job has ended, or ``timeout`` seconds have passed.
+
+        Returns the jobs as last seen, in the order asked; after a timeout some of them
+        may still be pending or running.
+        """
+        import time
+
+        from mgpu.core.messages import JobListReply, WaitRequest
+
+        ids = [int(j) for j in job_ids]
+        if not ids:
+            return []
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            poll = WAIT_POLL
+            if deadline is not None:
+                poll = max(0.0, min(poll, deadline - time.monotonic()))
+            body = _encode(WaitRequest(job_ids=ids, timeout=poll))
+            data = self._call("POST", f"{API}/jobs/wait", body, timeout=poll + self.timeout)
+            jobs = _decode(data, JobListReply).jobs
+            if all(j.state.ended for j in jobs):
+                return jobs
+            if deadline is not None and time.monotonic() >= deadline:
+                return jobs
+
+    # --------------------------------------------------------------------------- output
+
+    def stream_output(self, job_id: int, offset: int = 0, follow: bool = True) -> OutputStream:
+        """A job's output frames from byte ``offset`` of its framed output.
+
+        With ``follow`` the stream stays open while the job runs and ends with the job;
+        without it, it ends with the output there is now.
+        """
+        path = f"{API}/jobs/{int(job_id)}/output?offset={int(offset)}&follow={int(follow)}"
+        # A connection of its own, so the client can make other calls while it streams.
+        conn = Connection(self.host, self.port, self.timeout)
+        resp = conn.request("GET", path, endless=follow)
+        if resp.status >= 300:
+            data = resp.read()
+            conn.close()
+            raise _error(resp.status, data)
+        return OutputStream(conn, resp, offset)
+
+    def logs(self, job_id: int, offset: int = 0) -> str:
+        """All output so far, stdout and stderr in the order written, decoded as UTF-8."""
+        out = b"".join(data for _, data in self.stream_output(job_id, offset, follow=False))
+        return out.decode("utf-8", errors="replace")
+
+    # ---------------------------------------------------------------------------- nodes
+
+    def nodes(self) -> list[NodeInfo]:
+        """Every node the master knows, up or down, with who holds each GPU."""
+        import msgspec
+
+        from mgpu.core.models import NodeInfo
+
+        reply = _decode(self._call("GET", f"{API}/nodes"), dict[str, msgspec.Raw])
+        if "nodes" not in reply:
+            raise ApiError("the master's node list has no 'nodes'", 502)
+        return _decode(reply["nodes"], list[NodeInfo])
+
+    def health(self) -> HealthReply:
+        from mgpu.core.messages import HealthReply
+
+        return _decode(self._call("GET", f"{API}/health"), HealthReply)
+
+    # ------------------------------------------------------------------------ internals
+
+    def _call(
+        self, method: str, path: str, body: bytes | None = None, *, timeout: float | None = None
+    ) -> bytes:
+        """One request; the reply body, or the error it stands for raised."""
+        resp = self._conn.request(method, path, body, timeout=timeout)
+        data = resp.read()
+        if resp.status >= 300:
+            raise _error(resp.status, data)
+        return data
+
+
+__all__ = ["OutputStream", "SimpleClient"]

@@ -1,0 +1,215 @@
+"""Rendering of every view the ``mgpu`` command shows: human tables and ``--json``.
+
+Functions here take data (models from :mod:`mgpu.core.models`) and the current time, and
+return the text to print, ending in a newline; they never fetch and never print. Tables are
+built as one string so that ten thousand rows cost one write.
+
+The ``--json`` contract is the structs' own JSON (msgspec): a job has ``id, name, user,
+state, gpus, command, cwd, node, gpu_ids, exit_code, reason, submitted_at, started_at,
+ended_at``, a node ``node_id, state, gpus [{index, name, memory_total_mib, job_id}],
+last_seen``; times are RFC 3339 in UTC (``2024-05-01T12:00:00Z``), absent values ``null``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from mgpu.core.config import describe
+from mgpu.core.messages import CancelResult
+from mgpu.core.models import JobState, NodeInfo, SimpleJob
+
+QUEUE_HEADERS = ("ID", "NAME", "USER", "STATE", "GPUS", "NODE", "TIME", "REASON")
+NODE_HEADERS = ("NODE", "STATE", "GPUS", "USED", "FREE", "JOBS")
+
+
+def _enc_hook(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    raise NotImplementedError(f"cannot show {type(obj).__name__} as JSON")
+
+
+def to_json(obj: Any) -> str:
+    """``obj`` (structs, lists, dicts of them) as indented JSON with a final newline."""
+    raw = msgspec.json.encode(obj, enc_hook=_enc_hook)
+    return msgspec.json.format(raw, indent=2).decode() + "\n"
+
+
+def duration(seconds: float) -> str:
+    """SLURM's elapsed-time form: ``M:SS``, ``H:MM:SS`` or ``D-HH:MM:SS``."""
+    s = max(0, int(seconds))
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    if days:
+        return f"{days}-{hours:02d}:{minutes:02d}:{s:02d}"
+    if hours:
+        return f"{hours}:{minutes:02d}:{s:02d}"
+    return f"{minutes}:{s:02d}"
+
+
+def elapsed(job: SimpleJob, now: datetime) -> float:
+    """Seconds the job has run: until ``now`` while running, until its end once ended."""
+    if job.started_at is None:
+        return 0.0
+    until = now
+    if job.state is not JobState.RUNNING and job.ended_at is not None:
+        until = job.ended_at
+    return (until - job.started_at).total_seconds()
+
+
+def _clean(text: str) -> str:
+    """One table cell: no newlines or other control characters."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Iterable[int] = ()) -> str:
+    """Columns padded to their widest cell, two spaces apart; ``right`` ones right-aligned.
+
+    The last column is not padded and no line ends in spaces.
+    """
+    columns = zip(headers, *rows, strict=True)
+    widths = [max(map(len, col)) for col in columns]
+    right_set = set(right)
+    last = len(headers) - 1
+    specs = []
+    for i, w in enumerate(widths):
+        if i == last and i not in right_set:
+            specs.append("%s")
+        else:
+            specs.append(f"%{'' if i in right_set else '-'}{w}s")
+    fmt = "  ".join(specs)
+    lines = [fmt % tuple(headers)]
+    lines.extend([(fmt % tuple(row)).rstrip() for row in rows])  # an empty last cell
+    return "\n".join(lines) + "\n"
+
+
+def queue_table(jobs: Sequence[SimpleJob], now: datetime) -> str:
+    """The ``mgpu queue`` table: ``ID NAME USER STATE GPUS NODE TIME REASON``."""
+    rows = []
+    for j in jobs:
+        row = (
+            str(j.id),
+            j.name,
+            j.user,
+            j.state.value,
+            str(j.gpus),
+            j.node or "-",
+            "0:00" if j.started_at is None else duration(elapsed(j, now)),
+            j.reason or "",
+        )
+        if not "".join(row).isprintable():
+            row = tuple(map(_clean, row))  # type: ignore[assignment]
+        rows.append(row)
+    return table(QUEUE_HEADERS, rows, right=(0, 4, 6))
+
+
+def _when(ts: datetime | None) -> str:
+    return ts.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z") if ts else "-"
+
+
+def job_detail(job: SimpleJob, now: datetime) -> str:
+    """``mgpu show``: every field of one job, one per line, named as in ``--json``."""
+    fields = [
+        ("id", str(job.id)),
+        ("name", job.name),
+        ("user", job.user),
+        ("state", job.state.value),
+        ("gpus", str(job.gpus)),
+        ("node", job.node or "-"),
+        ("gpu_ids", ",".join(map(str, job.gpu_ids)) or "-"),
+        ("command", job.command),
+        ("cwd", job.cwd),
+        ("exit_code", "-" if job.exit_code is None else str(job.exit_code)),
+        ("reason", job.reason or "-"),
+        ("submitted_at", _when(job.submitted_at)),
+        ("started_at", _when(job.started_at)),
+        ("ended_at", _when(job.ended_at)),
+        ("time", duration(elapsed(job, now))),
+    ]
+    width = max(len(k) for k, _ in fields) + 1
+    return "".join(f"{k + ':':<{width}} {_clean(v)}\n" for k, v in fields)
+
+
+def _holders(node: NodeInfo) -> str:
+    """``7:0,1 9:3``: each job on the node and the GPU indices it holds."""
+    by_job: dict[int, list[str]] = {}
+    for g in node.gpus:
+        if g.job_id is not None:
+            by_job.setdefault(g.job_id, []).append(str(g.index))
+    return " ".join(f"{job}:{','.join(idx)}" for job, idx in sorted(by_job.items()))
+
+
+def nodes_table(nodes: Sequence[NodeInfo]) -> str:
+    """The ``mgpu nodes`` table: GPUs total, used and free, and which job holds which GPU."""
+    rows = []
+    for n in nodes:
+        used = sum(1 for g in n.gpus if g.job_id is not None)
+        rows.append(
+            (
+                _clean(n.node_id),
+                n.state,
+                str(len(n.gpus)),
+                str(used),
+                str(len(n.gpus) - used),
+                _holders(n) or "-",
+            )
+        )
+    return table(NODE_HEADERS, rows, right=(2, 3, 4))
+
+
+def cancel_report(results: Sequence[CancelResult]) -> tuple[str, str]:
+    """``mgpu cancel``: (lines for stdout, lines for stderr), one per job."""
+    out = []
+    err = []
+    for r in results:
+        if r.ok:
+            out.append(f"Cancelled job {r.job_id}\n")
+        else:
+            err.append(f"error: job {r.job_id}: {r.error or 'cannot be cancelled'}\n")
+    return "".join(out), "".join(err)
+
+
+def wait_report(jobs: Sequence[SimpleJob]) -> str:
+    """``mgpu wait``: how each job ended (or that it has not)."""
+    lines = []
+    for j in jobs:
+        line = f"Job {j.id} {j.state.value}"
+        if j.exit_code is not None:
+            line += f" (exit code {j.exit_code})"
+        if j.reason and j.reason not in (j.state.value, f"exit code {j.exit_code}"):
+            line += f": {_clean(j.reason)}"
+        lines.append(line + "\n")
+    return "".join(lines)
+
+
+Section = tuple[str, Any, dict[str, str]]  # (name, config dataclass, sources)
+
+
+def config_table(sections: Sequence[Section], file: str) -> str:
+    """``mgpu config``: every effective value and where it came from (``file``: which
+    config file was read, in words)."""
+    rows = [
+        (name, key, value, source)
+        for name, cfg, sources in sections
+        for key, value, source in describe(cfg, sources)
+    ]
+    head = f"config file: {file}\n"
+    return head + table(("SECTION", "KEY", "VALUE", "SOURCE"), rows)
+
+
+def config_json(sections: Sequence[Section], file: Path | None) -> str:
+    """``mgpu config --json``: ``{"file": ..., SECTION: {KEY: {"value", "source"}}}``."""
+    data: dict[str, Any] = {"file": str(file) if file else None}
+    for name, cfg, sources in sections:
+        data[name] = {
+            key: {"value": getattr(cfg, key), "source": source}
+            for key, _, source in describe(cfg, sources)
+        }
+    return to_json(data)

@@ -1,0 +1,696 @@
+"""The node keeper: the one process on a node that runs jobs and outlives its agent.
+
+The agent starts the keeper once (``python -m mgpu.node.keeper DATA_DIR``, in a session of
+its own) and talks to it over ``DATA_DIR/keeper.sock``. A restarted agent finds the keeper
+still there and re-adopts every job with its output and exit code. For each job the keeper:
+
+* starts ``/bin/sh -c COMMAND`` in a new session, with pipes or a pseudo-terminal, and
+  exactly the environment it was given (the agent sets ``CUDA_VISIBLE_DEVICES``);
+* is the child subreaper (``PR_SET_CHILD_SUBREAPER``) of everything the job starts, so a
+  descendant that left the job's session is still found and killed; each such process is
+  attributed to its job by the ``MGPU_JOB_ID`` it inherited;
+* writes the job's framed output to its spool file and tells the agent how far it has got;
+* enforces the time limit: SIGTERM to the job's whole tree, a grace period, then SIGKILL;
+* when the job's main process exits, kills whatever it left behind, writes ``JOBID.exit``
+  and reports the end.
+
+**Fencing.** The agent pings the keeper. If the agent says nothing for ``fence`` seconds
+(it died, hung or was stopped), the keeper kills every job, before the master (whose node
+timeout is longer) can requeue them: no job ever runs twice because of a silent agent.
+
+Why one keeper per node rather than one watcher process per job: a fork of a Python
+process costs about 3 ms of CPU here (copy-on-write of the interpreter's pages in both
+processes), which would cap a 2-core node at a few hundred jobs per second; the keeper
+starts each job with ``vfork`` for a fraction of that. The cost: if the keeper itself is
+killed, the node's jobs lose their watcher; the next agent then reports them as failed.
+
+Messages are ``length:u32 | kind:u8 | body`` with a JSON body (for STDIN: an 8-byte job
+id, then raw bytes). This module imports only the standard library and ``core/frames.py``,
+so the keeper starts fast and stays small.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import termios
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, BinaryIO
+
+from mgpu.core.frames import STREAM_STDERR, STREAM_STDOUT, frame
+
+LENGTH = struct.Struct(">I")
+JOB_ID = struct.Struct(">Q")
+PR_SET_CHILD_SUBREAPER = 36
+DRAIN_TIMEOUT = 2.0
+READ_SIZE = 1 << 16
+IDLE_EXIT = 10.0  # with no agent and no job for this long, the keeper exits
+MAX_OUTBUF = 8 << 20
+
+# agent -> keeper
+SPAWN = b"S"  # Spawn
+PING = b"p"  # {fence}
+CANCEL = b"c"  # {job_id, state, reason, grace}
+SIGNAL = b"k"  # {job_id, signum}
+STDIN = b"i"  # job id (8 bytes) + raw bytes
+STDIN_EOF = b"e"  # {job_id}
+RESIZE = b"r"  # {job_id, rows, cols}
+FORGET = b"f"  # {job_id}: the agent has reported the end; drop it
+SHUTDOWN = b"q"  # kill every job and exit
+# keeper -> agent
+HELLO = b"h"  # {jobs: [{job_id, pid, size, exited}]}
+SPAWNED = b"P"  # {job_id, pid, error}
+GREW = b"g"  # {job_id, size}
+EXITED = b"x"  # Exited
+
+
+@dataclass
+class Spawn:
+    """Agent -> keeper: start one job."""
+
+    job_id: int
+    command: str
+    cwd: str
+    env: dict[str, str]
+    spool: str
+    exit_file: str
+    time_limit: float | None = None
+    grace: float = 30.0
+    stdin: bool = False
+    pty: bool = False
+    rows: int = 24
+    cols: int = 80
+
+
+@dataclass
+class Exited:
+    """How a job ended (also kept in ``JOBID.exit``)."""
+
+    job_id: int
+    state: str
+    exit_code: int | None
+    reason: str | None
+    size: int
+
+
+def pack(kind: bytes, body: dict[str, Any] | bytes = b"") -> bytes:
+    payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return LENGTH.pack(len(payload) + 1) + kind + payload
+
+
+def unpack_all(buf: bytearray) -> list[tuple[bytes, bytes]]:
+    """Take every complete message, as (kind, payload), off the front of ``buf``."""
+    out: list[tuple[bytes, bytes]] = []
+    while len(buf) >= 4:
+        (n,) = LENGTH.unpack_from(buf)
+        if len(buf) < 4 + n:
+            break
+        out.append((bytes(buf[4:5]), bytes(buf[5 : 4 + n])))
+        del buf[: 4 + n]
+    return out
+
+
+def exit_code_of(returncode: int) -> int:
+    """The shell convention: 128+N for a process killed by signal N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def describe_exit(returncode: int) -> str | None:
+    if returncode == 0:
+        return None
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+def read_exit(path: str) -> Exited | None:
+    try:
+        with open(path, "rb") as f:
+            return Exited(**json.loads(f.read()))
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+
+
+def format_duration(seconds: float) -> str:
+    s = int(seconds)
+    days, s = divmod(s, 86400)
+    text = f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+    return f"{days}-{text}" if days else text
+
+
+@dataclass
+class Job:
+    """One job in the keeper."""
+
+    req: Spawn
+    spool: BinaryIO | None = None
+    size: int = 0
+    notified: int = -1
+    proc: subprocess.Popen[bytes] | None = None
+    pidfd: int = -1
+    open_streams: int = 0
+    exited_at: float | None = None
+    ending: tuple[str, str] | None = None
+    kill_at: float | None = None
+    limit_at: float | None = None
+    stdin_fd: int | None = None
+    stdin_buf: bytearray = field(default_factory=bytearray)
+    stdin_eof: bool = False
+    pty_fd: int | None = None
+    known: set[int] = field(default_factory=set)
+    result: Exited | None = None
+
+    @property
+    def job_id(self) -> int:
+        return self.req.job_id
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc is not None else -1
+
+
+class Keeper:
+    """The keeper's event loop: jobs, their pipes, the agent's connection, the deadlines."""
+
+    def __init__(self, data_dir: str, listener: socket.socket) -> None:
+        self.data_dir = data_dir
+        self.listener = listener
+        self.sel = selectors.DefaultSelector()
+        self.jobs: dict[int, Job] = {}
+        self.conn: socket.socket | None = None
+        self.inbuf = bytearray()
+        self.outbuf = bytearray()
+        self.last_heard = time.monotonic()
+        self.idle_since = time.monotonic()
+        self.fence: float | None = None
+        self.stopping = False
+
+    # ------------------------------------------------------------------ jobs
+
+    def spawn(self, req: Spawn) -> None:
+        job = Job(req)
+        self.jobs[req.job_id] = job
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(req.exit_file)
+        try:
+            job.size = os.stat(req.spool).st_size  # a requeued job appends to its output
+        except FileNotFoundError:
+            job.size = 0
+        try:
+            job.proc = self._start_pty(job) if req.pty else self._start_pipes(job)
+        except OSError as e:
+            where = f" in {req.cwd}" if isinstance(e, FileNotFoundError | PermissionError) else ""
+            reason = f"could not start{where}: {e.strerror or e}"
+            self.send(SPAWNED, {"job_id": req.job_id, "pid": -1, "error": None})
+            with contextlib.suppress(OSError):
+                self.emit(job, STREAM_STDERR, f"mgpu: {reason}\n".encode())
+            self.finish(job, "failed", None, reason)
+            return
+        job.pidfd = os.pidfd_open(job.proc.pid)
+        self.sel.register(job.pidfd, selectors.EVENT_READ, ("exit", job))
+        if req.time_limit:
+            job.limit_at = time.monotonic() + req.time_limit
+        self.send(SPAWNED, {"job_id": req.job_id, "pid": job.proc.pid, "error": None})
+
+    def _start_pipes(self, job: Job) -> subprocess.Popen[bytes]:
+        req = job.req
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", req.command], cwd=req.cwd or "/", env=req.env,
+            stdin=subprocess.PIPE if req.stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        for stream, pipe in ((STREAM_STDOUT, proc.stdout), (STREAM_STDERR, proc.stderr)):
+            os.set_blocking(pipe.fileno(), False)
+            self.sel.register(pipe.fileno(), selectors.EVENT_READ, ("out", (job, stream)))
+            job.open_streams += 1
+        if proc.stdin is not None:
+            job.stdin_fd = proc.stdin.fileno()
+            os.set_blocking(job.stdin_fd, False)
+        return proc
+
+    def _start_pty(self, job: Job) -> subprocess.Popen[bytes]:
+        import pty
+
+        req = job.req
+        master_fd, slave_fd = pty.openpty()
+        _set_size(slave_fd, req.rows, req.cols)
+        try:
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", req.command], cwd=req.cwd or "/", env=req.env,
+                stdin=slave_fd, stdout=slave_fd, stderr=slave_fd, start_new_session=True,
+                preexec_fn=_take_terminal,
+            )
+        except BaseException:
+            os.close(master_fd)
+            raise
+        finally:
+            os.close(slave_fd)
+        os.set_blocking(master_fd, False)
+        job.pty_fd = job.stdin_fd = master_fd
+        self.sel.register(master_fd, selectors.EVENT_READ, ("out", (job, STREAM_STDOUT)))
+        job.open_streams = 1
+        return proc
+
+    def emit(self, job: Job, stream: int, data: bytes) -> None:
+        if job.spool is None:  # opened on first output: a silent job costs no file
+            job.spool = open(job.req.spool, "ab")  # noqa: SIM115 - open for the job's life
+        job.spool.write(frame(stream, data))
+        job.spool.flush()
+        job.size += 5 + len(data)
+
+    def _read(self, job: Job, stream: int, fd: int) -> None:
+        try:
+            data = os.read(fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""  # EIO: the terminal's last holder has gone
+        if data:
+            self.emit(job, stream, data)
+            return
+        self.sel.unregister(fd)
+        job.open_streams -= 1
+
+    def _write_stdin(self, job: Job) -> None:
+        """Write what the job's stdin takes now; wait until it is writable for the rest."""
+        fd = job.stdin_fd
+        if fd is None:
+            job.stdin_buf.clear()
+            return
+        try:
+            while job.stdin_buf:
+                n = os.write(fd, job.stdin_buf)
+                del job.stdin_buf[:n]
+        except BlockingIOError:
+            pass
+        except OSError:  # the job closed its stdin or ended
+            job.stdin_buf.clear()
+        if job.pty_fd is not None:
+            if not job.stdin_buf and job.stdin_eof:
+                job.stdin_eof = False
+                job.stdin_buf += b"\x04"  # Ctrl-D: end of input at the terminal
+                self._write_stdin(job)
+                return
+            if job.open_streams:
+                events = selectors.EVENT_READ | (selectors.EVENT_WRITE if job.stdin_buf else 0)
+                self.sel.modify(fd, events, ("out", (job, STREAM_STDOUT)))
+            return
+        registered = fd in self.sel.get_map()
+        if job.stdin_buf and not registered:
+            self.sel.register(fd, selectors.EVENT_WRITE, ("in", job))
+        elif not job.stdin_buf and registered:
+            self.sel.unregister(fd)
+        if not job.stdin_buf and job.stdin_eof and job.proc is not None:
+            if job.proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    job.proc.stdin.close()
+            job.stdin_fd = None
+
+    def tree(self, job: Job) -> list[int]:
+        """The job's live processes: its main process's descendants, plus the orphans
+        reparented to the keeper that carry its ``MGPU_JOB_ID``."""
+        found: list[int] = []
+        roots = [job.pid] if job.exited_at is None and job.pid > 0 else []
+        marker = f"MGPU_JOB_ID={job.job_id}\0".encode()
+        mains = {j.pid for j in self.jobs.values()}
+        for pid in _children(os.getpid()):
+            if pid in mains:
+                continue  # a job's own main process, not an orphan
+            if pid in job.known or _has_env(pid, marker):
+                roots.append(pid)
+        for root in roots:
+            found.append(root)
+            found.extend(_descendants(root))
+        job.known.update(found)
+        return found
+
+    def signal_tree(self, job: Job, sig: int) -> None:
+        if job.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(job.proc.pid, sig)
+        for pid in self.tree(job):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
+    def stop(self, job: Job, state: str, reason: str, grace: float) -> None:
+        """SIGTERM the job's whole tree now; SIGKILL it after ``grace`` (0: at once)."""
+        if job.result is not None:
+            return
+        if job.ending is None:
+            job.ending = (state, reason)
+        if grace <= 0:
+            self.signal_tree(job, signal.SIGKILL)
+            return
+        self.signal_tree(job, signal.SIGTERM)
+        if job.kill_at is None:
+            job.kill_at = time.monotonic() + grace
+
+    def _on_exit(self, job: Job) -> None:
+        self.sel.unregister(job.pidfd)
+        os.close(job.pidfd)
+        job.pidfd = -1
+        # Whatever the job left behind in its group goes with it (as SLURM ends a step);
+        # the main process is a zombie until wait(), so its group id cannot be reused yet.
+        # Processes that left the group are found by the tree walk in conclude().
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(job.pid, signal.SIGKILL)
+        job.exited_at = time.monotonic()
+
+    def conclude(self, job: Job) -> None:
+        """After the main process exited and its output drained (or the drain timed out)."""
+        assert job.proc is not None
+        returncode = job.proc.wait()
+        self.signal_tree(job, signal.SIGKILL)
+        for fd_owner in (job.proc.stdout, job.proc.stderr):
+            if fd_owner is not None and not fd_owner.closed:
+                with contextlib.suppress(KeyError, ValueError):
+                    self.sel.unregister(fd_owner.fileno())
+                fd_owner.close()
+        if job.stdin_fd is not None and job.pty_fd is None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(job.stdin_fd)
+        if job.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                job.proc.stdin.close()
+        if job.pty_fd is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(job.pty_fd)
+            with contextlib.suppress(OSError):
+                os.close(job.pty_fd)
+        if job.ending is not None:
+            state, reason = job.ending
+        else:
+            state = "completed" if returncode == 0 else "failed"
+            reason = describe_exit(returncode) or ""
+        self.finish(job, state, exit_code_of(returncode), reason or None)
+
+    def finish(self, job: Job, state: str, exit_code: int | None, reason: str | None) -> None:
+        """Record the end on disk (for an agent that is not there), then report it."""
+        if job.spool is not None:
+            job.spool.close()
+        job.result = Exited(job.job_id, state, exit_code, reason, job.size)
+        body = asdict(job.result)
+        data = json.dumps(body).encode()
+        # One write of a few bytes: a reader sees all of it or, after a crash, invalid JSON.
+        fd = os.open(job.req.exit_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        self.send(EXITED, body)
+
+    # ------------------------------------------------------------------ the agent
+
+    def send(self, kind: bytes, body: dict[str, Any]) -> None:
+        if self.conn is None or len(self.outbuf) > MAX_OUTBUF:
+            return  # the agent reads the rest from HELLO and the files when it returns
+        self.outbuf += pack(kind, body)
+        self._flush()
+
+    def _flush(self) -> None:
+        if self.conn is None:
+            return
+        try:
+            while self.outbuf:
+                n = self.conn.send(self.outbuf)
+                del self.outbuf[:n]
+        except BlockingIOError:
+            pass
+        except OSError:
+            self._drop_conn()
+            return
+        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.outbuf else 0)
+        self.sel.modify(self.conn, want, ("conn", None))
+
+    def _drop_conn(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(self.conn)
+            self.conn.close()
+        self.conn = None
+        self.outbuf.clear()
+        self.inbuf.clear()
+        self.idle_since = time.monotonic()
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        self._drop_conn()
+        conn.setblocking(False)
+        self.conn = conn
+        self.last_heard = time.monotonic()
+        self.sel.register(conn, selectors.EVENT_READ, ("conn", None))
+        jobs = []
+        for job in self.jobs.values():
+            jobs.append({"job_id": job.job_id, "pid": job.pid, "size": job.size,
+                         "exited": asdict(job.result) if job.result else None})
+            job.notified = job.size
+        self.send(HELLO, {"jobs": jobs})
+
+    def _on_conn(self, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self._flush()
+        if not mask & selectors.EVENT_READ or self.conn is None:
+            return
+        try:
+            data = self.conn.recv(1 << 18)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop_conn()
+            return
+        self.last_heard = time.monotonic()
+        self.inbuf += data
+        for kind, payload in unpack_all(self.inbuf):
+            self._on_message(kind, payload)
+
+    def _on_message(self, kind: bytes, payload: bytes) -> None:
+        if kind == STDIN:
+            (job_id,) = JOB_ID.unpack_from(payload)
+            job = self.jobs.get(job_id)
+            if job is not None and job.stdin_fd is not None:
+                job.stdin_buf += payload[JOB_ID.size :]
+                self._write_stdin(job)
+            return
+        body = json.loads(payload) if payload else {}
+        if kind == SPAWN:
+            self.spawn(Spawn(**body))
+            return
+        if kind == PING:
+            self.fence = body.get("fence")
+            return
+        if kind == SHUTDOWN:
+            self.stopping = True
+            for job in self.jobs.values():
+                self.stop(job, "cancelled", "the node agent was stopped", 0)
+            return
+        job = self.jobs.get(int(body.get("job_id", -1)))
+        if job is None:
+            return
+        if kind == CANCEL:
+            self.stop(job, body["state"], body["reason"], float(body["grace"]))
+        elif kind == SIGNAL:
+            if job.proc is not None and job.result is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(job.proc.pid, int(body["signum"]))
+        elif kind == STDIN_EOF:
+            job.stdin_eof = True
+            self._write_stdin(job)
+        elif kind == RESIZE and job.pty_fd is not None:
+            _set_size(job.pty_fd, int(body["rows"]), int(body["cols"]))
+            if job.proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(job.proc.pid, signal.SIGWINCH)
+        elif kind == FORGET and job.result is not None:
+            del self.jobs[job.job_id]
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(job.req.exit_file)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> int:
+        self.listener.setblocking(False)
+        self.sel.register(self.listener, selectors.EVENT_READ, ("listen", None))
+        next_reap = time.monotonic() + 1.0
+        while True:
+            now = time.monotonic()
+            if self._should_exit(now):
+                return 0
+            for key, mask in self.sel.select(self._timeout(now)):
+                kind, data = key.data
+                if kind == "out":
+                    job, stream = data
+                    if mask & selectors.EVENT_WRITE:
+                        self._write_stdin(job)
+                    if mask & selectors.EVENT_READ:
+                        self._read(job, stream, key.fd)
+                elif kind == "in":
+                    self._write_stdin(data)
+                elif kind == "exit":
+                    self._on_exit(data)
+                elif kind == "listen":
+                    self._accept()
+                elif kind == "conn":
+                    self._on_conn(mask)
+            now = time.monotonic()
+            self._check(now)
+            if now >= next_reap:
+                _reap_orphans({j.pid for j in self.jobs.values() if j.result is None})
+                next_reap = now + 1.0
+
+    def _should_exit(self, now: float) -> bool:
+        running = any(j.result is None for j in self.jobs.values())
+        if self.stopping and not running:
+            return True
+        return (self.conn is None and not running
+                and now - self.idle_since > max(IDLE_EXIT, self.fence or 0))
+
+    def _timeout(self, now: float) -> float:
+        deadlines = [now + 1.0]
+        for job in self.jobs.values():
+            if job.result is not None:
+                continue
+            if job.exited_at is not None:
+                deadlines.append(job.exited_at + DRAIN_TIMEOUT)
+            if job.limit_at is not None and job.ending is None:
+                deadlines.append(job.limit_at)
+            if job.kill_at is not None:
+                deadlines.append(job.kill_at)
+        if self.fence is not None:
+            deadlines.append(self.last_heard + self.fence)
+        return max(0.0, min(deadlines) - now)
+
+    def _check(self, now: float) -> None:
+        fenced = (self.fence is not None and now - self.last_heard > self.fence)
+        for job in list(self.jobs.values()):
+            if job.result is not None:
+                continue
+            if job.exited_at is not None and (
+                    job.open_streams == 0 or now > job.exited_at + DRAIN_TIMEOUT):
+                self.conclude(job)
+                continue
+            if job.limit_at is not None and now >= job.limit_at and job.ending is None:
+                self.stop(job, "timeout", "time limit of "
+                          f"{format_duration(job.req.time_limit or 0)} reached", job.req.grace)
+            if job.kill_at is not None and now >= job.kill_at:
+                job.kill_at = None
+                self.signal_tree(job, signal.SIGKILL)
+            if fenced and job.ending is None:
+                self.stop(job, "node_fail", f"the node agent stopped answering for "
+                          f"{self.fence:g}s: job killed so that it cannot run twice", 0)
+            if self.conn is not None and job.size != job.notified and not self.outbuf:
+                job.notified = job.size
+                self.send(GREW, {"job_id": job.job_id, "size": job.size})
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _set_size(fd: int, rows: int, cols: int) -> None:
+    with contextlib.suppress(OSError):
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def _take_terminal() -> None:
+    """In the job's child, after setsid: make the pty its controlling terminal."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return out
+    for tid in tids:
+        with (contextlib.suppress(FileNotFoundError, ProcessLookupError),
+              open(f"/proc/{pid}/task/{tid}/children") as f):
+            out.extend(int(k) for k in f.read().split())
+    return out
+
+
+def _descendants(root: int) -> list[int]:
+    out: list[int] = []
+    todo = [root]
+    while todo:
+        kids = _children(todo.pop())
+        out.extend(kids)
+        todo.extend(kids)
+    return out
+
+
+def _has_env(pid: int, marker: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return marker in f.read()
+    except OSError:
+        return False
+
+
+def _reap_orphans(keep: set[int]) -> None:
+    """Reap exited orphans that were reparented to the keeper (never a job's main pid)."""
+    for pid in _children(os.getpid()):
+        if pid in keep:
+            continue
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+def _set_subreaper() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def socket_path(data_dir: str) -> str:
+    return os.path.join(data_dir, "keeper.sock")
+
+
+def main(argv: list[str]) -> int:
+    """``python -m mgpu.node.keeper DATA_DIR``: run the keeper of the node using DATA_DIR."""
+    data_dir = argv[0]
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    path = socket_path(data_dir)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        pass
+    else:
+        probe.close()
+        return 0  # a keeper already runs for this data dir
+    probe.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(16)
+    _set_subreaper()
+    try:
+        return Keeper(data_dir, listener).run()
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,538 @@
+"""Shared fixtures for the integration and end-to-end tiers.
+
+* :func:`wait_until` polls a condition; tests use it instead of fixed sleeps.
+* :class:`Cluster` (fixtures ``cluster`` and ``make_cluster``) runs a real master and real
+  node agents as child processes, the way a user starts them::
+
+      python -m mgpu server --port 0 --data-dir TMP/master
+      python -m mgpu node --node-id nodeK --master-host 127.0.0.1 --master-port PORT \
+          --port 0 --fake-gpus G --data-dir TMP/nodeK
+
+  Each runs in its own session with its output in ``TMP/logs/NAME.log``; the tails of the
+  logs are attached to the report of a failing test. At teardown every process group (and
+  every process a component started, jobs included) is stopped: SIGTERM, a grace period,
+  SIGKILL. The test fails if a component exited on its own with a non-zero status, needed
+  SIGKILL to stop, or logged a traceback (set ``cluster.allow_tracebacks = True`` in a test
+  that provokes one on purpose).
+
+``@pytest.mark.cluster(nodes=2, gpus=2)`` sizes the ``cluster`` fixture.
+
+The master is found as docs/protocol.md says: ``TMP/master/master.json`` holds
+``{"host", "port", "pid", "version"}`` once it listens, and ``GET /api/v1/nodes`` lists the
+nodes that registered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+import pytest
+
+T = TypeVar("T")
+
+REPO = Path(__file__).resolve().parent.parent
+SRC = REPO / "src"
+START_TIMEOUT = 30.0  # a component listening / a node registered
+STOP_GRACE = 15.0  # SIGTERM → exit, before SIGKILL
+LOG_TAIL_LINES = 60
+
+
+def wait_until(
+    cond: Callable[[], T],
+    timeout: float = 10.0,
+    interval: float = 0.01,
+    message: str | Callable[[], str] | None = None,
+    ignore: tuple[type[BaseException], ...] = (),
+) -> T:
+    """Call ``cond`` until it returns something truthy, and return that.
+
+    Exceptions of the types in ``ignore`` count as "not yet". After ``timeout`` seconds,
+    fail with ``message`` (a string or a callable that builds one, e.g. with the state seen
+    last), or with the condition's name.
+    """
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            value = cond()
+        except ignore as e:
+            last_error = e
+        else:
+            if value:
+                return value
+        if time.monotonic() >= deadline:
+            what = message() if callable(message) else message
+            what = what or getattr(cond, "__name__", repr(cond))
+            extra = f" (last error: {last_error!r})" if last_error is not None else ""
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}{extra}")
+        time.sleep(interval)
+
+
+# ---------------------------------------------------------------- processes
+
+
+@dataclass
+class Component:
+    """One child process: the master or a node agent."""
+
+    name: str
+    args: list[str]
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    expected_exit: bool = False  # a test stopped it on purpose: any status is fine
+    descendants: set[int] = field(default_factory=set)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def remember_descendants(self) -> None:
+        """Note every process it started (jobs run in sessions of their own)."""
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(self.pid).children(recursive=True):
+                self.descendants.add(child.pid)
+
+    def signal_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError as e:
+            return f"(no log: {e})"
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _kill_pids(pids: set[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+class Cluster:
+    """A master and node agents running as real processes under ``tmp``."""
+
+    def __init__(self, tmp: Path, env: dict[str, str] | None = None) -> None:
+        self.tmp = tmp
+        self.log_dir = tmp / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.master_dir = tmp / "master"
+        self.port = 0
+        self.master: Component | None = None
+        self.nodes: dict[str, Component] = {}
+        self.stopped: list[Component] = []  # components that are no longer current
+        self.allow_tracebacks = False
+        self._node_args: dict[str, list[str]] = {}
+        self._log_counts: dict[str, int] = {}
+        self.base_env = self._isolated_env(env or {})
+
+    # ------------------------------------------------------------------ environment
+
+    def _isolated_env(self, extra: dict[str, str]) -> dict[str, str]:
+        """The environment of every component and command: no user config, no real data."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MGPU_")}
+        home = self.tmp / "home"
+        for var, sub in (
+            ("XDG_CONFIG_HOME", "config"),
+            ("XDG_DATA_HOME", "data"),
+            ("XDG_STATE_HOME", "state"),
+            ("XDG_CACHE_HOME", "cache"),
+            ("XDG_RUNTIME_DIR", "run"),
+        ):
+            path = home / sub
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            env[var] = str(path)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+        env["PYTHONUNBUFFERED"] = "1"
+        env.pop("PYTHONWARNINGS", None)
+        env.update(extra)
+        return env
+
+    @property
+    def master_addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.master_addr}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment for running ``mgpu`` against this cluster (MGPU_MASTER set)."""
+        return {**self.base_env, "MGPU_MASTER": self.master_addr}
+
+    # ------------------------------------------------------------------ starting
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None) -> Component:
+        count = self._log_counts[name] = self._log_counts.get(name, 0) + 1
+        log_path = self.log_dir / (f"{name}.log" if count == 1 else f"{name}.{count}.log")
+        cmd = [sys.executable, "-m", "mgpu", *args]
+        with log_path.open("ab") as log:
+            log.write(f"$ {' '.join(cmd)}\n".encode())
+            log.flush()
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**self.base_env, **(env or {})},
+                cwd=self.tmp,
+                start_new_session=True,
+            )
+        return Component(name, cmd, proc, log_path)
+
+    def start_master(self, *args: str, env: dict[str, str] | None = None) -> Component:
+        """Start the master (on the port it had before, if any) and wait until it listens."""
+        assert self.master is None or not self.master.running(), "the master is running"
+        if self.master is not None:
+            self.stopped.append(self.master)
+        info_path = self.master_dir / "master.json"
+        with contextlib.suppress(FileNotFoundError):
+            info_path.unlink()  # a stale file from the previous run must not be read
+        argv = ["server", "--port", str(self.port), "--data-dir", str(self.master_dir), *args]
+        master = self.master = self._spawn("master", argv, env)
+
+        def listening() -> dict[str, Any] | None:
+            self._check_alive(master, "while starting")
+            try:
+                info: dict[str, Any] = json.loads(info_path.read_text())
+            except (FileNotFoundError, ValueError):
+                return None
+            return info if info.get("pid") == master.pid else None
+
+        info = wait_until(listening, START_TIMEOUT, message=lambda: self._why(master))
+        assert info is not None
+        assert {"host", "port", "pid", "version"} <= set(info), info
+        self.port = int(info["port"])
+        return master
+
+    def add_node(
+        self,
+        node_id: str | None = None,
+        gpus: int = 4,
+        *args: str,
+        wait: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> Component:
+        """Start a node agent with ``gpus`` fake GPUs; by default wait until it is up."""
+        assert self.port, "start the master first"
+        node_id = node_id or f"node{len(self._node_args) + 1}"
+        old = self.nodes.get(node_id)
+        assert old is None or not old.running(), f"{node_id} is running"
+        if old is not None:
+            self.stopped.append(old)
+        argv = [
+            "node",
+            "--node-id",
+            node_id,
+            "--master-host",
+            "127.0.0.1",
+            "--master-port",
+            str(self.port),
+            "--port",
+            "0",
+            "--fake-gpus",
+            str(gpus),
+            "--data-dir",
+            str(self.tmp / node_id),
+            *args,
+        ]
+        self._node_args[node_id] = argv
+        node = self.nodes[node_id] = self._spawn(node_id, argv, env)
+        if wait:
+            self.wait_nodes_up([node_id])
+        return node
+
+    def wait_nodes_up(self, node_ids: list[str] | None = None, timeout: float = 30.0) -> None:
+        """Wait until the master lists every running node (or those named) as up."""
+        wanted = set(node_ids or [n for n, c in self.nodes.items() if c.running()])
+
+        def all_up() -> bool:
+            for comp in [self.master, *(self.nodes[n] for n in wanted)]:
+                if comp is not None:
+                    self._check_alive(comp, "while waiting for nodes")
+            up = {n["node_id"] for n in self.api("/api/v1/nodes")["nodes"] if n["state"] == "up"}
+            return wanted <= up
+
+        wait_until(
+            all_up,
+            timeout,
+            message=lambda: f"nodes {sorted(wanted)} to be up; {self._why(*self.current())}",
+            ignore=(OSError,),
+        )
+
+    # ------------------------------------------------------------------ using it
+
+    def api(self, path: str, body: Any = None, timeout: float = 10.0) -> Any:
+        """GET (or POST ``body`` as JSON) ``path`` on the master; the decoded JSON reply.
+
+        An error status raises ``urllib.error.HTTPError`` (an OSError).
+        """
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read() or b"null")
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        """The job as ``GET /api/v1/jobs/{id}`` returns it."""
+        out: dict[str, Any] = self.api(f"/api/v1/jobs/{job_id}")
+        return out
+
+    def wait_job(self, job_id: int, states: tuple[str, ...] = (), timeout: float = 30.0) -> Any:
+        """Wait until the job is in one of ``states`` (default: any ended state)."""
+        ended = ("completed", "failed", "cancelled", "timeout", "node_fail")
+        want = states or ended
+        seen: dict[str, Any] = {}
+
+        def reached() -> bool:
+            seen.update(self.job(job_id))
+            return seen["state"] in want
+
+        wait_until(
+            reached,
+            timeout,
+            message=lambda: f"job {job_id} to be {'|'.join(want)} (last: {seen})",
+            ignore=(OSError,),
+        )
+        return seen
+
+    def mgpu(
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool | int = True,
+        timeout: float = 60.0,
+        env: dict[str, str] | None = None,
+        cwd: str | Path | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``python -m mgpu --master 127.0.0.1:PORT ARGS`` as a user would.
+
+        ``check=True`` fails the test unless the exit status is 0, ``check=N`` unless it is
+        N, ``check=False`` accepts any status.
+        """
+        cmd = [sys.executable, "-m", "mgpu", "--master", self.master_addr, *args]
+        done = subprocess.run(
+            cmd,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**self.env, **(env or {})},
+            cwd=cwd or self.tmp,
+            check=False,
+        )
+        want = 0 if check is True else check
+        if check is not False and done.returncode != want:
+            pytest.fail(
+                f"`mgpu {' '.join(args)}` exited {done.returncode}, expected {want}\n"
+                f"--- stdout\n{done.stdout}--- stderr\n{done.stderr}"
+            )
+        return done
+
+    def submit(self, command: str, *flags: str) -> int:
+        """``mgpu submit --parsable FLAGS COMMAND``; the new job's id."""
+        out = self.mgpu("submit", "--parsable", *flags, command).stdout.strip()
+        return int(out.split(";")[0])
+
+    # ------------------------------------------------------------------ failures
+
+    def kill_master(self, sig: int = signal.SIGKILL, wait: bool = True) -> int | None:
+        """Send ``sig`` to the master's process group; its exit is then not a failure."""
+        assert self.master is not None
+        return self._stop(self.master, sig, wait)
+
+    def restart_master(self, *args: str, wait_nodes: bool = True) -> Component:
+        """Stop the master (SIGTERM) if it runs, start it on the same port and data dir."""
+        if self.master is not None and self.master.running():
+            self.kill_master(signal.SIGTERM)
+        master = self.start_master(*args)
+        if wait_nodes:
+            self.wait_nodes_up()
+        return master
+
+    def kill_node(self, node_id: str, sig: int = signal.SIGKILL, wait: bool = True) -> int | None:
+        """Send ``sig`` to a node agent's process group (its jobs, in their own sessions,
+        keep running until teardown, as they would on a real machine)."""
+        return self._stop(self.nodes[node_id], sig, wait)
+
+    def restart_node(self, node_id: str, wait: bool = True) -> Component:
+        """Start a stopped node again with the same arguments and data dir."""
+        comp = self.nodes[node_id]
+        if comp.running():
+            self.kill_node(node_id, signal.SIGTERM)
+        self.stopped.append(comp)
+        argv = self._node_args[node_id]
+        node = self.nodes[node_id] = self._spawn(node_id, argv, None)
+        if wait:
+            self.wait_nodes_up([node_id])
+        return node
+
+    def _stop(self, comp: Component, sig: int, wait: bool) -> int | None:
+        comp.expected_exit = True
+        comp.remember_descendants()
+        comp.signal_group(sig)
+        if not wait:
+            return None
+        try:
+            return comp.proc.wait(STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{comp.name} did not exit within {STOP_GRACE:g}s of signal {sig}")
+
+    def current(self) -> list[Component]:
+        return [c for c in [self.master, *self.nodes.values()] if c is not None]
+
+    def all_components(self) -> list[Component]:
+        return [*self.stopped, *self.current()]
+
+    def _check_alive(self, comp: Component, when: str) -> None:
+        if comp.proc.poll() is not None and not comp.expected_exit:
+            pytest.fail(f"{comp.name} exited {comp.proc.returncode} {when}\n{self._why(comp)}")
+
+    def _why(self, *comps: Component) -> str:
+        return "\n".join(
+            f"--- {c.name} (pid {c.pid}, exit {c.proc.poll()}) {c.log_path}\n{c.log_tail()}"
+            for c in comps
+        )
+
+    def log_sections(self) -> list[tuple[str, str]]:
+        return [
+            (f"{c.name} log (pid {c.pid}, exit {c.proc.poll()})", c.log_tail())
+            for c in self.all_components()
+        ]
+
+    # ------------------------------------------------------------------ teardown
+
+    def close(self) -> list[str]:
+        """Stop everything; the problems found (empty when all was well)."""
+        problems: list[str] = []
+        comps = self.all_components()
+        for comp in comps:
+            if comp.running():
+                comp.remember_descendants()
+            elif not comp.expected_exit and comp.proc.returncode != 0:
+                problems.append(f"{comp.name} exited on its own with status {comp.proc.returncode}")
+        live = [c for c in comps if c.running()]  # all at once: teardown stays fast
+        for comp in live:
+            comp.expected_exit = True  # from here on its exit is ours (close is idempotent)
+            comp.signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        for comp in live:
+            try:
+                code = comp.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                problems.append(f"{comp.name} did not exit within {STOP_GRACE:g}s of SIGTERM")
+                comp.signal_group(signal.SIGKILL)
+                code = comp.proc.wait()
+            if code not in (0, -signal.SIGTERM):
+                problems.append(f"{comp.name} exited with status {code} on SIGTERM")
+        # Whatever the components started and left behind (jobs of killed nodes).
+        leftover = {pid for c in comps for pid in c.descendants if _alive(pid)}
+        _kill_pids(leftover, signal.SIGTERM)
+        with contextlib.suppress(psutil.Error):
+            psutil.wait_procs([psutil.Process(p) for p in leftover if _alive(p)], timeout=5)
+        _kill_pids({p for p in leftover if _alive(p)}, signal.SIGKILL)
+        for comp in comps:
+            comp.signal_group(signal.SIGKILL)  # anything left in its group
+            if comp.proc.poll() is None:
+                comp.proc.wait()
+        if not self.allow_tracebacks:
+            for comp in comps:
+                with contextlib.suppress(OSError):
+                    if "Traceback (most recent call last)" in comp.log_path.read_text(
+                        errors="replace"
+                    ):
+                        problems.append(f"{comp.name} logged a traceback")
+        return problems
+
+
+# ---------------------------------------------------------------- fixtures
+
+CLUSTERS = pytest.StashKey[list[Cluster]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "cluster(nodes=1, gpus=4): size of the `cluster` fixture's cluster"
+    )
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Attach every cluster component's log tail to the report of a failed test."""
+    report: pytest.TestReport = yield
+    if report.failed and report.when in ("setup", "call"):
+        for cluster in item.stash.get(CLUSTERS, []):
+            for title, text in cluster.log_sections():
+                report.sections.append((title, text))
+    return report
+
+
+@pytest.fixture
+def make_cluster(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[..., Cluster]]:
+    """A factory: ``make_cluster(nodes=2, gpus=4, master_args=(), env={})`` → Cluster."""
+    clusters: list[Cluster] = []
+    request.node.stash[CLUSTERS] = clusters
+
+    def make(
+        nodes: int = 1,
+        gpus: int = 4,
+        master_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> Cluster:
+        tmp = tmp_path / f"cluster{len(clusters)}" if clusters else tmp_path
+        cluster = Cluster(tmp, env)
+        clusters.append(cluster)
+        cluster.start_master(*master_args)
+        for _ in range(nodes):
+            cluster.add_node(gpus=gpus, wait=False)
+        if nodes:
+            cluster.wait_nodes_up()
+        return cluster
+
+    yield make
+
+    reports = []
+    for c in clusters:
+        problems = c.close()
+        if problems:
+            reports.append("\n".join(["", *problems, c._why(*c.all_components())]))
+    if reports:
+        pytest.fail("cluster teardown found problems:" + "\n".join(reports), pytrace=False)
+
+
+@pytest.fixture
+def cluster(request: pytest.FixtureRequest, make_cluster: Callable[..., Cluster]) -> Cluster:
+    """A running cluster: one master and (by default) one node with 4 fake GPUs."""
+    marker = request.node.get_closest_marker("cluster")
+    options: dict[str, Any] = dict(marker.kwargs) if marker else {}
+    return make_cluster(**options)
