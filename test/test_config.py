@@ -98,6 +98,9 @@ def test_precedence_is_per_field_and_types_are_coerced() -> None:
         "node_timeout": "env MGPU_NODE_TIMEOUT",
         "heartbeat_interval": f"file {FILE}",
         "max_request_bytes": "default",
+        "default_time_limit": "default",
+        "max_time_limit": "default",
+        "max_requeue": "default",
     }
 
 

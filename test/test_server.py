@@ -205,19 +205,30 @@ def test_output_written_while_master_down_is_not_lost(tmp_path: Path) -> None:
     run(main())
 
 
-def test_lost_node_jobs_end_as_node_fail(tmp_path: Path) -> None:
+def test_lost_node_requeues_batch_jobs_and_fails_the_others(tmp_path: Path) -> None:
     async def main() -> None:
-        async with cluster(tmp_path, {"n1": 1}, node_timeout=0.5) as c:
+        async with cluster(tmp_path, {"n1": 2}, node_timeout=0.5) as c:
             client = c.client()
-            job_id = await c.call(client.submit_job, gpus=1, cmd="sleep 60")
-            await until(lambda: c.master is not None
-                        and c.master.state.jobs[job_id].state is JobState.RUNNING)
+            again = await c.call(client.submit_job, gpus=1, cmd="sleep 60")
+            once = await c.call(client.submit_job, gpus=1, cmd="sleep 60", requeue=False)
+            master = c.master
+            assert master is not None
+            await until(lambda: all(master.state.jobs[i].state is JobState.RUNNING
+                                    for i in (again, once)))
             agent = c.agents.pop("n1")
             await agent.stop()
-            [job] = await c.call(client.wait, job_id, timeout=10)
+            [job] = await c.call(client.wait, once, timeout=10)
             assert job.state is JobState.NODE_FAIL
+            assert job.reason == "node n1 stopped answering for over 0.5s"
+            requeued = await c.call(client.get_job, again)
+            assert requeued.state is JobState.PENDING and requeued.requeues == 1
+            assert requeued.node is None and requeued.gpu_ids == []
             nodes = await c.call(client.nodes)
             assert nodes[0].state == "down" and nodes[0].down_since is not None
+            await c.add_node("n2", 1)
+            await until(lambda: master.state.jobs[again].state is JobState.RUNNING,
+                        what="the requeued job to run on n2")
+            assert master.state.jobs[again].node == "n2"
 
     run(main())
 

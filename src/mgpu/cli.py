@@ -179,12 +179,28 @@ def _now() -> Any:
 # -------------------------------------------------------------------------- subcommands
 
 
+def _time_limit(text: str | None) -> int | None:
+    """``-t``: seconds in one of SLURM's formats; None when not given (the master's default)."""
+    if text is None:
+        return None
+    from mgpu.core.timefmt import parse_duration
+
+    limit = parse_duration(text, "-t/--time")
+    return 0 if limit is None else limit  # 0: UNLIMITED, asked for explicitly
+
+
 def cmd_submit(ns: argparse.Namespace) -> int:
     gpus = _gpus(ns)
     command = _command(ns.command)
     env = _job_env(ns.export or [], ns.env or [])
     cwd = os.path.abspath(ns.chdir) if ns.chdir else os.getcwd()
-    job_id = _client(ns).submit_job(gpus=gpus, cmd=command, name=ns.job_name, cwd=cwd, env=env)
+    limit = _time_limit(ns.time)
+    if ns.max_requeue is not None and ns.max_requeue < 0:
+        raise UsageError("--max-requeue must be 0 or more")
+    job_id = _client(ns).submit_job(
+        gpus=gpus, cmd=command, name=ns.job_name, cwd=cwd, env=env, time_limit=limit,
+        requeue=not ns.no_requeue, max_requeue=ns.max_requeue,
+    )
     if ns.json:
         _write(f'{{"job_id": {job_id}}}\n')
     elif ns.parsable:
@@ -442,6 +458,12 @@ def _submit_args(p: argparse.ArgumentParser) -> None:
         help="ALL (default), NONE, or KEY=VAL,KEY2,... added to the environment",
     )
     p.add_argument("--env", action="append", metavar="KEY=VAL", help="one variable to set")
+    p.add_argument("-t", "--time", metavar="TIME",
+                   help="time limit: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS")
+    p.add_argument("--no-requeue", action="store_true",
+                   help="do not requeue the job if its node is lost")
+    p.add_argument("--max-requeue", type=int, metavar="N",
+                   help="requeue at most N times (default: the master's, 3)")
     p.add_argument("--parsable", action="store_true", help="print only the job id")
     p.add_argument("--json", action="store_true")
     p.add_argument("command", nargs=argparse.REMAINDER, help="the command line")

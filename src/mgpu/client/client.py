@@ -155,11 +155,15 @@ class SimpleClient:
         name: str | None = None,
         cwd: str | None = None,
         env: dict[str, str] | None = None,
+        time_limit: int | None = None,
+        requeue: bool = True,
+        max_requeue: int | None = None,
     ) -> int:
         """Queue ``cmd`` (a shell command line) to run with ``gpus`` GPUs; return its id.
 
         ``cwd`` defaults to the current directory and ``env`` to this process's whole
-        environment; ``user`` is the submitting Unix user. Built as plain JSON (the fields
+        environment; ``user`` is the submitting Unix user. ``time_limit`` is in seconds
+        (None: the master's default; 0: unlimited). Built as plain JSON (the fields
         of :class:`~mgpu.core.models.JobSpec`, which the master validates) so that a submit
         does not pay for importing msgspec.
         """
@@ -176,6 +180,9 @@ class SimpleClient:
             "cwd": cwd or os.getcwd(),
             "env": dict(os.environ) if env is None else env,
             "user": getpass.getuser(),
+            "time_limit": time_limit,
+            "requeue": requeue,
+            "max_requeue": max_requeue,
         }
         body = json.dumps({"jobs": [spec]}, separators=(",", ":")).encode()
         reply = json.loads(self._call("POST", f"{API}/jobs", body))

@@ -48,6 +48,10 @@ class MasterConfig:
     node_timeout: float = field(default=10.0, metadata=_env("MGPU_NODE_TIMEOUT"))
     heartbeat_interval: float = field(default=2.0, metadata=_env("MGPU_HEARTBEAT_INTERVAL"))
     max_request_bytes: int = field(default=8 * 1024 * 1024, metadata=_env("MGPU_MAX_REQUEST"))
+    default_time_limit: str = field(default="UNLIMITED",
+                                    metadata=_env("MGPU_DEFAULT_TIME_LIMIT"))
+    max_time_limit: str = field(default="UNLIMITED", metadata=_env("MGPU_MAX_TIME_LIMIT"))
+    max_requeue: int = field(default=3, metadata=_env("MGPU_MAX_REQUEUE"))
 
 
 @dataclass(frozen=True)

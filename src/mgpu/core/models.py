@@ -77,6 +77,9 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     cwd: str = "/"
     env: dict[str, str] = msgspec.field(default_factory=dict)
     user: str = ""  # the submitting Unix user; the master decides what it trusts
+    time_limit: int | None = None  # seconds; None: the master's default; 0: unlimited
+    requeue: bool = True  # requeue when its node is lost (batch jobs)
+    max_requeue: int | None = None  # None: the master's default (3)
 
 
 class SimpleJob(msgspec.Struct, kw_only=True):
@@ -93,6 +96,9 @@ class SimpleJob(msgspec.Struct, kw_only=True):
     gpu_ids: list[int] = msgspec.field(default_factory=list)
     exit_code: int | None = None
     reason: str | None = None
+    time_limit: int | None = None
+    requeues: int = 0
+    max_requeue: int = 0
     submitted_at: datetime | None = None
     started_at: datetime | None = None
     ended_at: datetime | None = None

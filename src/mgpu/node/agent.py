@@ -138,6 +138,37 @@ class Agent:
     async def _connect_loop(self) -> None:
         backoff = 0.05
         warned = False
+        fencer = asyncio.create_task(self._fence_on_disconnect())
+        try:
+            await self._dial(backoff, warned)
+        finally:
+            fencer.cancel()
+
+    async def _fence_on_disconnect(self) -> None:
+        """With ``fence_on_disconnect``, kill every job once the master has been gone for
+        the fence time: a cluster that prefers a killed job to one that may run twice
+        during a network partition (see docs/failures.md)."""
+        if not self.cfg.fence_on_disconnect:
+            return
+        lost_since: float | None = None
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(0.1)
+            sup = self.supervisor
+            if self.connected or sup is None or sup.fence is None:
+                lost_since = None
+                continue
+            lost_since = lost_since or loop.time()
+            if loop.time() - lost_since > sup.fence:
+                for job in list(sup.jobs.values()):
+                    if job.ended is None:
+                        self.log.warning("killing job %d: no master for %.1fs "
+                                         "(fence_on_disconnect)", job.job_id, sup.fence)
+                        sup.kill(job.job_id, f"the node lost the master for over "
+                                 f"{sup.fence:g}s (fence_on_disconnect)")
+                lost_since = loop.time()
+
+    async def _dial(self, backoff: float, warned: bool) -> None:
         async with aiohttp.ClientSession() as session:
             while not self._stopping:
                 try:

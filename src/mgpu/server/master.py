@@ -28,6 +28,7 @@ from mgpu.core.config import LogConfig, MasterConfig
 from mgpu.core.errors import MgpuError, StoreError
 from mgpu.core.models import JobState
 from mgpu.core.scheduler import Policy, schedule
+from mgpu.core.timefmt import parse_duration
 from mgpu.server.state import ClusterState, Effects
 from mgpu.server.store import Batch, Store
 from mgpu.utils.spool import SpoolDir
@@ -64,14 +65,12 @@ class Committer:
         while self._queue:
             items, self._queue = self._queue, []
             batch = Batch()
-            requeues: list[tuple[int, int]] = []
             for effects, _ in items:
                 batch.inserts.extend(effects.batch.inserts)
                 batch.updates.update(effects.batch.updates)
-                requeues.extend(effects.requeues)
             try:
-                if batch or requeues:
-                    await loop.run_in_executor(self._executor, self._store.write, batch, requeues)
+                if batch:
+                    await loop.run_in_executor(self._executor, self._store.write, batch)
             except StoreError as e:
                 log.error("%s", e.message)
                 for _, fut in items:
@@ -118,7 +117,13 @@ class Master:
 
     def __init__(self, cfg: MasterConfig, policy: Policy = schedule) -> None:
         self.cfg = cfg
-        self.state = ClusterState(policy, node_timeout=cfg.node_timeout)
+        self.state = ClusterState(
+            policy,
+            node_timeout=cfg.node_timeout,
+            default_time_limit=parse_duration(cfg.default_time_limit, "default_time_limit"),
+            max_time_limit=parse_duration(cfg.max_time_limit, "max_time_limit"),
+            max_requeue=cfg.max_requeue,
+        )
         self.conns: dict[str, NodeConn] = {}
         self.output: SpoolDir | None = None
         self.store: Store | None = None
@@ -127,6 +132,7 @@ class Master:
         self.ended = asyncio.Condition()
         self.port = 0
         self.closing = False
+        self._unclaimed_checked = False
         self._runner: web.AppRunner | None = None
         self._tick: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -210,16 +216,13 @@ class Master:
 
     def _check_unclaimed(self, now: float, effects: Effects) -> None:
         """Jobs loaded as running whose node never came back after a restart."""
-        if now - self._started_at <= self.cfg.node_timeout:
+        if self._unclaimed_checked or now - self._started_at <= self.cfg.node_timeout:
             return
+        self._unclaimed_checked = True
         for job in list(self.state.jobs.values()):
             if job.state is JobState.RUNNING and job.node not in self.state.nodes:
-                from mgpu.core.models import advance
-
-                advance(job, JobState.NODE_FAIL, now,
-                        reason=f"node {job.node} did not return after the master restarted")
-                effects.update(job)
-                effects.ended.append(job.id)
+                effects.merge(self.state.node_lost(
+                    job, f"node {job.node} did not return after the master restarted", now))
 
     # ------------------------------------------------------------------ events
 

@@ -28,7 +28,6 @@ class Effects:
     batch: Batch = field(default_factory=Batch)
     sends: list[tuple[str, m.MasterMessage]] = field(default_factory=list)
     ended: list[int] = field(default_factory=list)
-    requeues: list[tuple[int, int]] = field(default_factory=list)
 
     def update(self, job: SimpleJob) -> None:
         self.batch.updates[job.id] = job
@@ -38,7 +37,6 @@ class Effects:
         self.batch.updates.update(other.batch.updates)
         self.sends.extend(other.sends)
         self.ended.extend(other.ended)
-        self.requeues.extend(other.requeues)
         return self
 
 
@@ -76,16 +74,25 @@ class Node:
 class ClusterState:
     """Jobs and nodes in memory; the single place that decides what happens to them."""
 
-    def __init__(self, policy: Policy = schedule, node_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        policy: Policy = schedule,
+        node_timeout: float = 10.0,
+        default_time_limit: int | None = None,
+        max_time_limit: int | None = None,
+        max_requeue: int = 3,
+    ) -> None:
         self.jobs: dict[int, SimpleJob] = {}
         self.pending: dict[int, PendingJob] = {}  # queue order = insertion order = id order
-        self.envs: dict[int, dict[str, str]] = {}  # for jobs not yet started
-        self.requeues: dict[int, int] = {}
+        self.envs: dict[int, dict[str, str]] = {}  # of jobs not yet ended (kept to requeue)
         self.nodes: dict[str, Node] = {}
         self.cancel_requested: set[int] = set()
         self.next_id = 1
         self.policy = policy
         self.node_timeout = node_timeout
+        self.default_time_limit = default_time_limit
+        self.max_time_limit = max_time_limit
+        self.max_requeue = max_requeue
 
     # ------------------------------------------------------------------ start-up
 
@@ -94,9 +101,9 @@ class ClusterState:
         for row in rows:
             job = row.job
             self.jobs[job.id] = job
-            self.requeues[job.id] = row.requeues
             if job.state is JobState.PENDING:
                 self.pending[job.id] = PendingJob(job.id, job.gpus, job.user)
+            if not job.state.ended:
                 self.envs[job.id] = row.env
         self.next_id = last_id + 1
 
@@ -125,6 +132,9 @@ class ClusterState:
                 raise UsageError(f"{where}the command is longer than {MAX_COMMAND} bytes")
             if spec.name is not None and len(spec.name) > MAX_NAME:
                 raise UsageError(f"{where}the name is longer than {MAX_NAME} characters")
+            self._time_limit(spec, where)
+            if spec.max_requeue is not None and spec.max_requeue < 0:
+                raise UsageError(f"{where}max_requeue must be 0 or more")
             if self.nodes and spec.gpus > largest:
                 biggest = max(self.nodes.values(), key=lambda n: len(n.gpus))
                 raise Rejected(
@@ -146,11 +156,13 @@ class ClusterState:
                 command=spec.command,
                 cwd=spec.cwd or "/",
                 submitted_at=submitted,
+                time_limit=self._time_limit(spec, ""),
+                max_requeue=(0 if not spec.requeue else
+                             self.max_requeue if spec.max_requeue is None else spec.max_requeue),
             )
             self.jobs[job_id] = job
             self.pending[job_id] = PendingJob(job_id, spec.gpus, job.user)
             self.envs[job_id] = spec.env
-            self.requeues[job_id] = 0
             effects.batch.inserts.append((job, spec.env))
             ids.append(job_id)
         return ids, effects
@@ -161,7 +173,24 @@ class ClusterState:
             self.jobs.pop(job_id, None)
             self.pending.pop(job_id, None)
             self.envs.pop(job_id, None)
-            self.requeues.pop(job_id, None)
+
+    def _time_limit(self, spec: JobSpec, where: str) -> int | None:
+        """The job's time limit: its own, else the default; never above the maximum."""
+        from mgpu.core.timefmt import format_duration
+
+        asked = spec.time_limit
+        if asked is not None and asked < 0:
+            raise UsageError(f"{where}the time limit must be positive (0 means unlimited)")
+        limit = self.default_time_limit if asked is None else (asked or None)
+        top = self.max_time_limit
+        if top is not None and asked is not None and (asked == 0 or asked > top):
+            raise Rejected(
+                f"{where}time limit {format_duration(asked or None)} is over this cluster's "
+                f"maximum of {format_duration(top)}: ask for at most that (-t)"
+            )
+        if top is not None and (limit is None or limit > top):
+            limit = top
+        return limit
 
     def get(self, job_id: int) -> SimpleJob:
         job = self.jobs.get(job_id)
@@ -242,7 +271,7 @@ class ClusterState:
             for i in p.gpu_ids:
                 held[i].job_id = job.id
             del self.pending[job.id]
-            env = self.envs.pop(job.id, {})
+            env = self.envs.get(job.id, {})
             advance(job, JobState.RUNNING, now)
             job.node = node.node_id
             job.gpu_ids = list(p.gpu_ids)
@@ -258,6 +287,7 @@ class ClusterState:
                         gpu_ids=job.gpu_ids,
                         user=job.user,
                         name=job.name,
+                        time_limit=job.time_limit,
                     ),
                 )
             )
@@ -308,10 +338,8 @@ class ClusterState:
                         by_index[i].job_id = job_id
                 offsets[job_id] = -1  # filled in by the outer layer (it owns the files)
             else:
-                advance(job, JobState.NODE_FAIL, now,
-                        reason=f"node {msg.node_id} restarted without this job")
-                effects.update(job)
-                effects.ended.append(job_id)
+                effects.merge(self.node_lost(
+                    job, f"node {msg.node_id} restarted without this job", now))
         for job_id in reported:
             if job_id not in believed:
                 kill.append(job_id)
@@ -353,6 +381,7 @@ class ClusterState:
         if not to.ended:
             to = JobState.FAILED
         advance(job, to, now, reason=msg.reason, exit_code=msg.exit_code)
+        self.envs.pop(job.id, None)
         effects.update(job)
         effects.ended.append(job.id)
         return effects
@@ -374,11 +403,29 @@ class ClusterState:
             node.down_since = now
             for job in self.running_on(node.node_id):
                 node.release(job.id)
-                advance(job, JobState.NODE_FAIL, now,
-                        reason=f"node {node.node_id} stopped answering")
-                self.cancel_requested.discard(job.id)
-                effects.update(job)
-                effects.ended.append(job.id)
+                effects.merge(self.node_lost(
+                    job, f"node {node.node_id} stopped answering for over "
+                    f"{self.node_timeout:g}s", now))
+        return effects
+
+    def node_lost(self, job: SimpleJob, why: str, now: float) -> Effects:
+        """A running job's node is gone: requeue it if it may be, else end it as node_fail."""
+        effects = Effects()
+        effects.update(job)
+        if job.id in self.cancel_requested:
+            self.cancel_requested.discard(job.id)
+            advance(job, JobState.CANCELLED, now, reason=f"cancelled; {why}")
+        elif job.requeues < job.max_requeue:
+            job.requeues += 1
+            advance(job, JobState.PENDING, now,
+                    reason=f"requeued ({job.requeues} of {job.max_requeue}): {why}")
+            self.pending[job.id] = PendingJob(job.id, job.gpus, job.user)
+            self.pending = dict(sorted(self.pending.items()))  # back in its original place
+            return effects
+        else:
+            advance(job, JobState.NODE_FAIL, now, reason=why)
+        self.envs.pop(job.id, None)
+        effects.ended.append(job.id)
         return effects
 
 

@@ -12,7 +12,6 @@ that queries need; the submitter's environment sits in its own column, written o
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,8 +28,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     state     TEXT NOT NULL,
     user      TEXT NOT NULL,
     data      BLOB NOT NULL,
-    env       BLOB NOT NULL,
-    requeues  INTEGER NOT NULL DEFAULT 0
+    env       BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS meta (
@@ -59,7 +57,6 @@ class Batch:
 class LoadedJob:
     job: SimpleJob
     env: dict[str, str]
-    requeues: int
 
 
 class Store:
@@ -92,8 +89,8 @@ class Store:
 
     def load(self) -> list[LoadedJob]:
         """Every job, in id order."""
-        rows = self._db.execute("SELECT data, env, requeues FROM jobs ORDER BY id").fetchall()
-        return [LoadedJob(_job_decoder.decode(d), _env_decoder.decode(e), r) for d, e, r in rows]
+        rows = self._db.execute("SELECT data, env FROM jobs ORDER BY id").fetchall()
+        return [LoadedJob(_job_decoder.decode(d), _env_decoder.decode(e)) for d, e in rows]
 
     def load_env(self, job_id: int) -> dict[str, str]:
         row = self._db.execute("SELECT env FROM jobs WHERE id=?", (job_id,)).fetchone()
@@ -105,7 +102,7 @@ class Store:
         (max_row,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()
         return max(int(row[0]) if row else 0, int(max_row))
 
-    def write(self, batch: Batch, requeues: Iterable[tuple[int, int]] = ()) -> None:
+    def write(self, batch: Batch) -> None:
         """Save ``batch`` in one durable transaction, or raise :class:`StoreError`."""
         try:
             self._db.execute("BEGIN IMMEDIATE")
@@ -133,8 +130,6 @@ class Store:
                             for j in batch.updates.values()
                         ],
                     )
-                for job_id, count in requeues:
-                    self._db.execute("UPDATE jobs SET requeues=? WHERE id=?", (count, job_id))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
