@@ -81,7 +81,7 @@ def _master_flags(ns: argparse.Namespace) -> dict[str, Any]:
     text = getattr(ns, "master", None)
     if not text:
         return {}
-    from mgpu.core.config import parse_hostport
+    from mgpu.core.config_sources import parse_hostport
 
     host, port = parse_hostport(text, "--master")
     return {"master_host": host, "master_port": port}
@@ -96,11 +96,13 @@ def _log_flags(ns: argparse.Namespace) -> dict[str, Any]:
 
 
 def _client(ns: argparse.Namespace) -> SimpleClient:
+    """A client of the master that ``--master``, the environment and the config file name:
+    ``load(ClientConfig)``'s values, resolved without importing ``dataclasses``."""
     from mgpu.client.client import SimpleClient
-    from mgpu.core.config import ClientConfig
+    from mgpu.core.config_sources import client_settings
 
-    cfg, _ = _load(ns, ClientConfig, _master_flags(ns))
-    return SimpleClient.from_config(cfg)
+    host, port, timeout = client_settings(_master_flags(ns))
+    return SimpleClient(host, port, timeout)
 
 
 def _count(text: str, what: str) -> int:

@@ -4,6 +4,9 @@ Precedence, highest first: command-line flag > ``MGPU_*`` environment variable >
 default. The file is ``$MGPU_CONFIG`` if set, else ``$XDG_CONFIG_HOME/mgpu/config.toml``
 (``~/.config/mgpu/config.toml``); its tables are ``[master]``, ``[node]``, ``[client]`` and
 ``[log]``, with the field names below as keys. ``mgpu config`` prints the effective values.
+
+The rule itself, the file and ``HOST:PORT`` live in :mod:`mgpu.core.config_sources`, which
+client commands use directly (``client_settings``) so as not to import ``dataclasses``.
 """
 
 from __future__ import annotations
@@ -15,9 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mgpu.core.errors import ConfigError
+from mgpu.core.config_sources import (
+    DEFAULT_PORT,
+    apply_master_env,
+    config_path,
+    parse_hostport,
+    read_config,
+    resolve,
+)
 
-DEFAULT_PORT = 8080
 DEFAULT_NODE_PORT = 8081
 
 
@@ -28,11 +37,6 @@ def _env(name: str) -> dict[str, str]:
 def xdg_data_home() -> Path:
     base = os.environ.get("XDG_DATA_HOME")
     return Path(base) if base else Path.home() / ".local" / "share"
-
-
-def xdg_config_home() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME")
-    return Path(base) if base else Path.home() / ".config"
 
 
 @dataclass(frozen=True)
@@ -104,47 +108,14 @@ SECTIONS: dict[type[Any], str] = {
 
 
 def config_file() -> Path:
-    explicit = os.environ.get("MGPU_CONFIG")
-    if explicit:
-        return Path(explicit)
-    return xdg_config_home() / "mgpu" / "config.toml"
+    """``$MGPU_CONFIG``, else ``$XDG_CONFIG_HOME/mgpu/config.toml``; it need not exist."""
+    return Path(config_path())
 
 
 def read_file(path: Path | None = None) -> tuple[dict[str, Any], Path | None]:
     """The parsed TOML file and its path, or ({}, None) when there is none."""
-    path = path or config_file()
-    if not path.is_file():
-        if os.environ.get("MGPU_CONFIG"):
-            raise ConfigError(f"MGPU_CONFIG names {path}, which does not exist: fix or unset it")
-        return {}, None
-    import tomllib
-
-    try:
-        with path.open("rb") as f:
-            return tomllib.load(f), path
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"cannot read config file {path}: {e}") from e
-
-
-def _coerce(kind: Any, raw: Any, where: str) -> Any:
-    """Turn a value from the environment, file or a flag into the field's type."""
-    if raw is None:
-        return None
-    text = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
-    try:
-        if "Path" in text:
-            return Path(os.path.expanduser(str(raw)))
-        if text.startswith("int"):
-            return int(raw)
-        if text.startswith("float"):
-            return float(raw)
-        if text.startswith("bool"):
-            if isinstance(raw, bool):
-                return raw
-            return str(raw).strip().lower() in ("1", "true", "yes", "on")
-        return str(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {raw!r} is not a valid {text.split(' ')[0]}") from None
+    data, found = read_config(path)
+    return data, (None if found is None else Path(found))
 
 
 def load(
@@ -159,63 +130,19 @@ def load(
 
     Returns the config and, for each field, where its value came from ("flag",
     "env MGPU_X", "file PATH" or "default"). ``flags`` holds only flags the user gave
-    (None means not given).
+    (None means not given). The rule is :func:`mgpu.core.config_sources.resolve`.
     """
-    flags = flags or {}
     env = os.environ if environ is None else environ
     if file_data is None:
         file_data, file_path = read_file()
-    section = file_data.get(SECTIONS[cls], {})
-    if not isinstance(section, dict):
-        raise ConfigError(f"config file {file_path}: [{SECTIONS[cls]}] must be a table")
-    values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        env_name = f.metadata.get("env")
-        if flags.get(f.name) is not None:
-            values[f.name] = _coerce(f.type, flags[f.name], f"--{f.name.replace('_', '-')}")
-            sources[f.name] = "flag"
-        elif env_name and env.get(env_name):
-            values[f.name] = _coerce(f.type, env[env_name], env_name)
-            sources[f.name] = f"env {env_name}"
-        elif f.name in section:
-            values[f.name] = _coerce(f.type, section[f.name], f"{file_path} [{SECTIONS[cls]}]")
-            sources[f.name] = f"file {file_path}"
-        else:
-            sources[f.name] = "default"
+    fields = [
+        (f.name, f.type, f.metadata.get("env"))
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+    ]
+    values, sources = resolve(SECTIONS[cls], fields, flags or {}, env, file_data, file_path)
     if cls is ClientConfig:
-        _apply_master_env(env, values, sources)
+        apply_master_env(env, values, sources)
     return cls(**values), sources
-
-
-def _apply_master_env(env: Any, values: dict[str, Any], sources: dict[str, str]) -> None:
-    """``MGPU_MASTER=host:port`` wins over the founding MGPU_MASTER_HOST/PORT pair."""
-    master = env.get("MGPU_MASTER")
-    if not master:
-        return
-    host, port = parse_hostport(master, "MGPU_MASTER")
-    # A flag still wins, field by field (``--master-port`` alone keeps MGPU_MASTER's host).
-    if sources["master_host"] != "flag":
-        values["master_host"] = host
-        sources["master_host"] = "env MGPU_MASTER"
-    if port is not None and sources["master_port"] != "flag":
-        values["master_port"] = port
-        sources["master_port"] = "env MGPU_MASTER"
-
-
-def parse_hostport(text: str, where: str) -> tuple[str, int | None]:
-    """``host``, ``host:port`` or ``[v6]:port`` → (host, port or None)."""
-    text = text.strip()
-    for prefix in ("http://", "https://"):
-        if text.startswith(prefix):
-            text = text[len(prefix) :]
-    text = text.rstrip("/")
-    host, sep, port = text.rpartition(":")
-    if not sep or "]" in port:
-        return text.strip("[]"), None
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{where}: {text!r} is not HOST:PORT (e.g. gpu-master:8080)")
-    return host.strip("[]") or "localhost", int(port)
 
 
 def describe(cfg: Any, sources: dict[str, str]) -> list[tuple[str, str, str]]:
@@ -224,3 +151,20 @@ def describe(cfg: Any, sources: dict[str, str]) -> list[tuple[str, str, str]]:
         (f.name, str(getattr(cfg, f.name)), sources.get(f.name, "default"))
         for f in dataclasses.fields(cfg)
     ]
+
+
+__all__ = [
+    "DEFAULT_NODE_PORT",
+    "DEFAULT_PORT",
+    "SECTIONS",
+    "ClientConfig",
+    "LogConfig",
+    "MasterConfig",
+    "NodeConfig",
+    "config_file",
+    "describe",
+    "load",
+    "parse_hostport",
+    "read_file",
+    "xdg_data_home",
+]

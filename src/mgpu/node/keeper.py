@@ -86,6 +86,7 @@ class Spawn:
     exit_file: str
     time_limit: float | None = None
     grace: float = 30.0
+    fence: float | None = None  # the agent's fence time, known before the job starts
     stdin: bool = False
     pty: bool = False
     rows: int = 24
@@ -492,7 +493,10 @@ class Keeper:
             return
         body = json.loads(payload) if payload else {}
         if kind == SPAWN:
-            self.spawn(Spawn(**body))
+            req = Spawn(**body)
+            if req.fence is not None:
+                self.fence = req.fence
+            self.spawn(req)
             return
         if kind == PING:
             self.fence = body.get("fence")

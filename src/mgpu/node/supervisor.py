@@ -258,7 +258,7 @@ class Supervisor:
         req = {
             "job_id": msg.job_id, "command": msg.command, "cwd": msg.cwd, "env": env,
             "spool": str(self.spool(msg.job_id)), "exit_file": self._exit_file(msg.job_id),
-            "time_limit": time_limit, "grace": self.kill_grace,
+            "time_limit": time_limit, "grace": self.kill_grace, "fence": self.fence,
         }
         try:
             self._send(kp.SPAWN, req)

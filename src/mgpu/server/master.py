@@ -209,10 +209,27 @@ class Master:
         while True:
             await asyncio.sleep(interval)
             now = time.time()
-            # Nodes absent since the master started get the same grace as silent ones.
             effects = self.state.on_tick(now)
+            for node in self.state.nodes.values():
+                if node.down_since == now:
+                    log.warning("node %s silent for over %gs: marked down (%d jobs requeued "
+                                "or ended)", node.node_id, self.cfg.node_timeout,
+                                len(effects.batch.updates))
+            self._fence_lost_nodes()
+            # Nodes absent since the master started get the same grace as silent ones.
             self._check_unclaimed(now, effects)
             self.apply(effects)
+
+    def _fence_lost_nodes(self) -> None:
+        """Cut off nodes declared down that are still connected (merely slow): they
+        reconnect, and their registration tells them to kill the jobs ended here."""
+        for node_id, conn in list(self.conns.items()):
+            node = self.state.nodes.get(node_id)
+            if node is not None and node.state == "down":
+                log.warning("node %s is down but still connected: disconnecting it", node_id)
+                del self.conns[node_id]
+                conn.writer.cancel()
+                self.spawn(_close(conn.ws, b"declared down: reconnect and re-register"))
 
     def _check_unclaimed(self, now: float, effects: Effects) -> None:
         """Jobs loaded as running whose node never came back after a restart."""
@@ -309,7 +326,8 @@ class Master:
             await old.ws.close(message=b"replaced by a new connection from the same node")
         assert self.output is not None
         reply.output_offsets = {j: self.output.size(j) for j in reply.output_offsets}
-        reply.heartbeat_interval = self.cfg.heartbeat_interval
+        # Several heartbeats per timeout, so that a live node is never taken for a lost one.
+        reply.heartbeat_interval = min(self.cfg.heartbeat_interval, self.cfg.node_timeout / 4)
         reply.node_timeout = self.cfg.node_timeout
         conn = NodeConn(node_id, ws)
         self.conns[node_id] = conn
@@ -356,6 +374,10 @@ class Master:
             log.debug("job %d started on %s as pid %d", msg.job_id, node_id, msg.pid)
         elif isinstance(msg, m.Register):
             raise msgspec.ValidationError("register sent twice")
+
+
+async def _close(ws: web.WebSocketResponse, why: bytes) -> None:
+    await ws.close(message=why)
 
 
 def prepare_data_dir(path: Path) -> None:

@@ -1,0 +1,196 @@
+"""Where a setting comes from: flag > ``MGPU_*`` environment variable > TOML file > default.
+
+The light half of :mod:`mgpu.core.config`: the precedence rule applied to one table's
+fields, the config file's location and reading, ``HOST:PORT`` and ``MGPU_MASTER``. It
+imports only ``os`` (``tomllib`` when there is a file, ``pathlib`` only to word an error),
+because every client command resolves its master here: ``mgpu submit`` has a start-up
+budget (at most 2.5 times ``python -c pass``) that ``dataclasses``, ``pathlib`` and
+``typing`` alone would spend. :mod:`mgpu.core.config` builds its dataclasses on this same
+code, so both paths apply one rule and word errors alike; :func:`client_settings` is
+``load(ClientConfig)`` without the dataclass (a test holds the two equal).
+"""
+
+from __future__ import annotations
+
+import os
+
+from mgpu.core.errors import ConfigError
+
+TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs start-up time
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+    from os import PathLike
+    from typing import Any
+
+    Field = tuple[str, Any, str | None]  # (name, type or its name, environment variable)
+
+DEFAULT_PORT = 8080
+
+# ClientConfig's fields (name, type, variable) and defaults, for the path that does not
+# build the dataclass; test_config checks them against ``dataclasses.fields(ClientConfig)``.
+CLIENT_FIELDS: tuple[Field, ...] = (
+    ("master_host", "str", "MGPU_MASTER_HOST"),
+    ("master_port", "int", "MGPU_MASTER_PORT"),
+    ("timeout", "float", "MGPU_TIMEOUT"),
+)
+CLIENT_DEFAULTS: dict[str, Any] = {
+    "master_host": "localhost",
+    "master_port": DEFAULT_PORT,
+    "timeout": 30.0,
+}
+
+
+def _shown(path: str | PathLike[str] | None) -> str:
+    """``path`` as messages show it: as ``pathlib`` prints it (imported only for errors)."""
+    from pathlib import PurePath
+
+    return str(PurePath(path)) if path is not None else "None"
+
+
+def config_path() -> str:
+    """The config file to read: ``$MGPU_CONFIG``, else ``$XDG_CONFIG_HOME/mgpu/config.toml``
+    (``~/.config/mgpu/config.toml``). It need not exist."""
+    explicit = os.environ.get("MGPU_CONFIG")
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "mgpu", "config.toml")
+
+
+def read_config(path: str | PathLike[str] | None = None) -> tuple[dict[str, Any], str | None]:
+    """The parsed TOML file and its path (default :func:`config_path`), or ({}, None) when
+    there is none; a ``$MGPU_CONFIG`` that names no file is an error."""
+    path = os.fspath(path) if path is not None else config_path()
+    if not os.path.isfile(path):
+        if os.environ.get("MGPU_CONFIG"):
+            raise ConfigError(
+                f"MGPU_CONFIG names {_shown(path)}, which does not exist: fix or unset it"
+            )
+        return {}, None
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f), path
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"cannot read config file {_shown(path)}: {e}") from e
+
+
+def coerce(kind: Any, raw: Any) -> Any:
+    """``raw`` (from a flag, the environment or the file) as the field's type ``kind`` (a
+    type or, under ``from __future__ import annotations``, its name, e.g. ``"int | None"``);
+    ``ValueError`` or ``TypeError`` when it is not one."""
+    if raw is None:
+        return None
+    text = _type_name(kind)
+    if "Path" in text:
+        from pathlib import Path
+
+        return Path(os.path.expanduser(str(raw)))
+    if text.startswith("int"):
+        return int(raw)
+    if text.startswith("float"):
+        return float(raw)
+    if text.startswith("bool"):
+        if isinstance(raw, bool):
+            return raw
+        return str(raw).strip().lower() in ("1", "true", "yes", "on")
+    return str(raw)
+
+
+def _type_name(kind: Any) -> str:
+    return kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+
+
+def resolve(
+    table: str,
+    fields: Iterable[Field],
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    file_data: Mapping[str, Any],
+    file_path: str | PathLike[str] | None,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Each field's value from ``flags`` (None: not given), else its non-empty environment
+    variable, else the file's ``[table]``, as the field's type; fields found nowhere are
+    left out (their default applies). Returns (values, sources), a source being ``"flag"``,
+    ``"env MGPU_X"``, ``"file PATH"`` or ``"default"``. A value that is not of its field's
+    type is a :class:`ConfigError` naming where it came from (``--port``, ``MGPU_PORT``,
+    ``PATH [master]``)."""
+    section = file_data.get(table, {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"config file {_shown(file_path)}: [{table}] must be a table")
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name, kind, env_name in fields:
+        if flags.get(name) is not None:
+            raw, source = flags[name], "flag"
+        elif env_name and env.get(env_name):
+            raw, source = env[env_name], f"env {env_name}"
+        elif name in section:
+            raw, source = section[name], f"file {file_path}"
+        else:
+            sources[name] = "default"
+            continue
+        try:
+            values[name] = coerce(kind, raw)
+        except (TypeError, ValueError):
+            if source == "flag":
+                where = f"--{name.replace('_', '-')}"
+            elif source.startswith("env "):
+                where = source[4:]
+            else:
+                where = f"{_shown(file_path)} [{table}]"
+            kind_name = _type_name(kind).split(" ")[0]
+            raise ConfigError(f"{where}: {raw!r} is not a valid {kind_name}") from None
+        sources[name] = source
+    return values, sources
+
+
+def apply_master_env(
+    env: Mapping[str, str], values: dict[str, Any], sources: dict[str, str]
+) -> None:
+    """``MGPU_MASTER=host:port`` wins over the founding MGPU_MASTER_HOST/PORT pair."""
+    master = env.get("MGPU_MASTER")
+    if not master:
+        return
+    host, port = parse_hostport(master, "MGPU_MASTER")
+    # A flag still wins, field by field (``--master-port`` alone keeps MGPU_MASTER's host).
+    if sources["master_host"] != "flag":
+        values["master_host"] = host
+        sources["master_host"] = "env MGPU_MASTER"
+    if port is not None and sources["master_port"] != "flag":
+        values["master_port"] = port
+        sources["master_port"] = "env MGPU_MASTER"
+
+
+def parse_hostport(text: str, where: str) -> tuple[str, int | None]:
+    """``host``, ``host:port`` or ``[v6]:port`` → (host, port or None)."""
+    text = text.strip()
+    for prefix in ("http://", "https://"):
+        if text.startswith(prefix):
+            text = text[len(prefix) :]
+    text = text.rstrip("/")
+    host, sep, port = text.rpartition(":")
+    if not sep or "]" in port:
+        return text.strip("[]"), None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{where}: {text!r} is not HOST:PORT (e.g. gpu-master:8080)")
+    return host.strip("[]") or "localhost", int(port)
+
+
+def client_settings(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    file_data: Mapping[str, Any] | None = None,
+    file_path: str | PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[str, int, float]:
+    """``(master_host, master_port, timeout)``: what ``load(ClientConfig, ...)`` gives, by
+    the same rule and with the same errors, without building the dataclass."""
+    env = os.environ if environ is None else environ
+    if file_data is None:
+        file_data, file_path = read_config()
+    values, sources = resolve("client", CLIENT_FIELDS, flags or {}, env, file_data, file_path)
+    apply_master_env(env, values, sources)
+    merged = {**CLIENT_DEFAULTS, **values}
+    return merged["master_host"], merged["master_port"], merged["timeout"]
