@@ -39,6 +39,8 @@ class Cluster:
     tmp: Path
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     port: int = 0
+    master_env: dict[str, str] = field(default_factory=dict)
+    named: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
     def master(self) -> str:
@@ -47,24 +49,38 @@ class Cluster:
     def env(self) -> dict[str, str]:
         return {**os.environ, "MGPU_MASTER": self.master}
 
-    def _spawn(self, args: list[str], log: str) -> subprocess.Popen[bytes]:
-        out = open(self.tmp / log, "wb")  # noqa: SIM115 - kept for the process's life
+    def _spawn(self, args: list[str], log: str, name: str,
+               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        out = open(self.tmp / log, "ab")  # noqa: SIM115 - kept for the process's life
         proc = subprocess.Popen([PY, "-m", "mgpu", "--log-level", "warning", *args],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **(env or {})})
         self.procs.append(proc)
+        self.named[name] = proc
         return proc
 
     def start_master(self, *extra: str) -> None:
+        """Start the master (again on the same port, once it has one)."""
         info = self.tmp / "master" / "master.json"
-        self._spawn(["server", "--port", "0", "--data-dir", str(self.tmp / "master"), *extra],
-                    "master.log")
+        info.unlink(missing_ok=True)
+        self._spawn(["server", "--port", str(self.port), "--data-dir", str(self.tmp / "master"),
+                     *extra], "master.log", "master", self.master_env)
         wait_for(info.exists, 30, "the master to listen")
         self.port = json.loads(info.read_text())["port"]
+
+    def kill(self, name: str, sig: int) -> None:
+        """Signal a component's process group (a node's keeper and jobs are not in it)."""
+        proc = self.named[name]
+        os.killpg(proc.pid, sig)
+        proc.wait()
+
+    def kill_master(self, sig: int) -> None:
+        self.kill("master", sig)
 
     def add_node(self, node_id: str, gpus: int) -> None:
         self._spawn(["node", "--node-id", node_id, "--master-port", str(self.port),
                      "--port", "0", "--fake-gpus", str(gpus),
-                     "--data-dir", str(self.tmp / node_id)], f"{node_id}.log")
+                     "--data-dir", str(self.tmp / node_id)], f"{node_id}.log", node_id)
 
         def joined() -> bool:
             nodes = get_json(f"http://{self.master}/api/v1/nodes")
@@ -74,6 +90,7 @@ class Cluster:
         wait_for(joined, 30, f"node {node_id} to join")
 
     def stop(self) -> None:
+        keepers = self._keepers()
         for proc in self.procs:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -83,12 +100,26 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        for pid in keepers:  # keepers outlive killed agents: stop them and their jobs
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+
+    def _keepers(self) -> list[int]:
+        import psutil
+
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            cmd = proc.info["cmdline"] or []
+            if "mgpu.node.keeper" in cmd and any(str(self.tmp) in a for a in cmd):
+                found.append(proc.pid)
+        return found
 
 
 @contextlib.contextmanager
-def cluster(nodes: dict[str, int]) -> Iterator[Cluster]:
+def cluster(nodes: dict[str, int], master_env: dict[str, str] | None = None
+            ) -> Iterator[Cluster]:
     with tempfile.TemporaryDirectory(prefix="mgpu-bench-") as tmp:
-        c = Cluster(Path(tmp))
+        c = Cluster(Path(tmp), master_env=master_env or {})
         try:
             c.start_master()
             for node_id, gpus in nodes.items():

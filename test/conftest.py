@@ -187,10 +187,12 @@ class Cluster:
 
     # ------------------------------------------------------------------ starting
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None) -> Component:
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None,
+               wrap: tuple[str, ...] = ()) -> Component:
+        """Start ``mgpu ARGS``; ``wrap`` goes in front (e.g. ``ip netns exec NS``)."""
         count = self._log_counts[name] = self._log_counts.get(name, 0) + 1
         log_path = self.log_dir / (f"{name}.log" if count == 1 else f"{name}.{count}.log")
-        cmd = [sys.executable, "-m", "mgpu", *args]
+        cmd = [*wrap, sys.executable, "-m", "mgpu", *args]
         with log_path.open("ab") as log:
             log.write(f"$ {' '.join(cmd)}\n".encode())
             log.flush()
@@ -237,6 +239,8 @@ class Cluster:
         *args: str,
         wait: bool = True,
         env: dict[str, str] | None = None,
+        master_host: str = "127.0.0.1",
+        wrap: tuple[str, ...] = (),
     ) -> Component:
         """Start a node agent with ``gpus`` fake GPUs; by default wait until it is up."""
         assert self.port, "start the master first"
@@ -250,7 +254,7 @@ class Cluster:
             "--node-id",
             node_id,
             "--master-host",
-            "127.0.0.1",
+            master_host,
             "--master-port",
             str(self.port),
             "--port",
@@ -262,7 +266,7 @@ class Cluster:
             *args,
         ]
         self._node_args[node_id] = argv
-        node = self.nodes[node_id] = self._spawn(node_id, argv, env)
+        node = self.nodes[node_id] = self._spawn(node_id, argv, env, wrap)
         if wait:
             self.wait_nodes_up([node_id])
         return node

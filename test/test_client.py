@@ -27,7 +27,7 @@ from mgpu.core.models import JobSpec, JobState
 JOB_KEYS = {
     "id", "name", "user", "state", "gpus", "node", "gpu_ids", "command", "cwd",
     "exit_code", "reason", "submitted_at", "started_at", "ended_at",
-    "time_limit", "requeues", "max_requeue",
+    "time_limit", "requeues", "max_requeue", "interactive", "stdin", "pty",
 }  # fmt: skip
 
 
@@ -70,7 +70,7 @@ def test_submit_wait_logs_and_listings(cluster: Cluster) -> None:
         frames = list(stream)
         assert b"".join(d for s, d in frames if s == 1) == b"out\n"
         assert b"".join(d for s, d in frames if s == 2) == b"err\n"
-        assert stream.end == OutputEnd(state="failed", exit_code=4)
+        assert stream.end == OutputEnd(state="failed", exit_code=4, reason="exit code 4")
         assert sorted(c.logs(job_id).splitlines()) == ["err", "out"]
         rest = c.stream_output(job_id, offset=stream.offset, follow=False)
         assert list(rest) == [] and rest.end == stream.end
@@ -135,7 +135,7 @@ def test_follow_streams_output_as_it_is_written(cluster: Cluster, tmp_path: Path
         assert c.get_job(job_id).state is JobState.RUNNING
         flag.touch()
         assert list(frames) == [(2, b"second\n")]
-        assert stream.end == OutputEnd(state="failed", exit_code=2)
+        assert stream.end == OutputEnd(state="failed", exit_code=2, reason="exit code 2")
 
 
 def test_wait_with_a_timeout_returns_jobs_still_running(cluster: Cluster, tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from mgpu.core.config import (
     parse_hostport,
     read_file,
 )
+from mgpu.core.config_sources import CLIENT_DEFAULTS, CLIENT_FIELDS, client_settings
 from mgpu.core.errors import ConfigError
 
 FILE = Path("/etc/mgpu/test.toml")
@@ -101,6 +102,7 @@ def test_precedence_is_per_field_and_types_are_coerced() -> None:
         "default_time_limit": "default",
         "max_time_limit": "default",
         "max_requeue": "default",
+        "srun_grace": "default",
     }
 
 
@@ -276,3 +278,74 @@ def test_describe_rows() -> None:
     assert ("port", "1234", "flag") in rows
     assert ("host", "127.0.0.1", "default") in rows
     assert [r[0] for r in rows] == [f.name for f in dataclasses.fields(MasterConfig)]
+
+
+# ---------------------------------------------------------------- the client's light path
+
+
+def test_client_fields_are_client_configs() -> None:
+    """``config_sources`` repeats ClientConfig's fields so that a client command need not
+    import dataclasses; they must not drift apart."""
+    fields = dataclasses.fields(ClientConfig)
+    assert tuple((f.name, f.type, f.metadata["env"]) for f in fields) == CLIENT_FIELDS
+    assert {f.name: f.default for f in fields} == CLIENT_DEFAULTS
+
+
+CLIENT_CASES: list[tuple[dict[str, Any], dict[str, str], dict[str, Any]]] = [
+    ({}, {}, {}),
+    ({}, {"MGPU_MASTER": "head:9000"}, {}),
+    ({}, {"MGPU_MASTER": "head"}, {"client": {"master_port": 7}}),
+    ({}, {"MGPU_MASTER_HOST": "old", "MGPU_MASTER_PORT": "1000"}, {}),
+    ({}, {"MGPU_MASTER": "new:2000", "MGPU_MASTER_HOST": "old"}, {"client": {"master_host": "f"}}),
+    ({"master_host": "flag", "master_port": 3000}, {"MGPU_MASTER": "env:2000"}, {}),
+    ({"master_port": 3000}, {"MGPU_MASTER": "env:2000"}, {}),
+    ({"master_host": None, "master_port": None}, {"MGPU_MASTER": "env:2000"}, {}),
+    ({}, {"MGPU_TIMEOUT": "2.5"}, {"client": {"timeout": 9}}),
+    ({}, {"MGPU_TIMEOUT": ""}, {"client": {"timeout": 9, "master_host": "file"}}),
+    ({}, {}, {"client": {"master_port": "8081"}, "master": {"port": 1}}),
+    # errors, worded alike
+    ({}, {"MGPU_MASTER_PORT": "eighty"}, {}),
+    ({}, {"MGPU_TIMEOUT": "soon"}, {}),
+    ({}, {}, {"client": {"master_port": "abc"}}),
+    ({}, {}, {"client": 3}),
+    ({}, {"MGPU_MASTER": "head:http"}, {}),
+    ({"master_port": "x"}, {}, {}),
+]
+
+
+@pytest.mark.parametrize(("flags", "env", "file"), CLIENT_CASES)
+def test_client_settings_is_load_client_config(
+    flags: dict[str, Any], env: dict[str, str], file: dict[str, Any]
+) -> None:
+    try:
+        cfg, _ = load_client(flags, env, file)
+        want: object = (cfg.master_host, cfg.master_port, cfg.timeout)
+    except ConfigError as e:
+        want = ("error", e.message)
+    try:
+        got: object = client_settings(flags, file_data=file, file_path=FILE, environ=env)
+    except ConfigError as e:
+        got = ("error", e.message)
+    assert got == want
+
+
+def test_client_settings_reads_the_same_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[client]\nmaster_host = "from-file"\ntimeout = 4\n')
+    monkeypatch.setenv("MGPU_CONFIG", str(path))
+    for name in ("MGPU_MASTER", "MGPU_MASTER_HOST", "MGPU_MASTER_PORT", "MGPU_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    cfg, _ = load(ClientConfig)
+    assert client_settings() == (cfg.master_host, cfg.master_port, cfg.timeout)
+    assert client_settings() == ("from-file", DEFAULT_PORT, 4.0)
+    path.write_text("[client\n")
+    with pytest.raises(ConfigError) as light:
+        client_settings()
+    with pytest.raises(ConfigError) as full:
+        load(ClientConfig)
+    assert light.value.message == full.value.message
+    monkeypatch.setenv("MGPU_CONFIG", str(tmp_path / "nope.toml"))
+    with pytest.raises(ConfigError, match=r"MGPU_CONFIG names .*nope\.toml, which does not exist"):
+        client_settings()

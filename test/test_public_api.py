@@ -152,3 +152,30 @@ def test_client_commands_do_not_import_the_server_side(
     assert isinstance(loaded, list)
     for name in (*SERVER_ONLY, *also_absent):
         assert name not in loaded, f"`mgpu {' '.join(argv)}` imported {name}"
+
+
+def test_submit_imports_only_what_its_start_up_budget_allows(
+    dead_address: str, tmp_path: Path
+) -> None:
+    """`mgpu submit` has 2.5 x `python -c pass` (bench/cli.py), and argparse or json alone
+    (through the re and enum they import) would spend most of it: a plain submit line is
+    read by mgpu.plainargs, its JSON written by mgpu.utils.plainjson, its master found by
+    mgpu.core.config_sources."""
+    code = (
+        "import sys\n"
+        "from mgpu.cli import main\n"
+        f"status = main(['--master', {dead_address!r}, 'submit', '-G', '2', '-J', 'x',\n"
+        "               '--export=ALL,A=1', 'python', 't.py', '--lr', '3e-4'])\n"
+        "sys.stdout.write(' '.join([str(status), *sorted(sys.modules)]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MGPU_")}
+    env["PYTHONPATH"] = str(SRC)
+    env["XDG_CONFIG_HOME"] = str(tmp_path)  # no config file
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    status, *loaded = done.stdout.split()
+    assert status == "3", done.stderr  # the master is not running: ConnectionFailed
+    heavy = ("argparse", "re", "json", "enum", "typing", "dataclasses", "pathlib", "socket")
+    for name in (*heavy, "shlex", "getpass", "urllib", "datetime", "msgspec", "tomllib"):
+        assert name not in loaded, f"`mgpu submit` imported {name}"

@@ -193,7 +193,7 @@ def test_output_written_while_master_down_is_not_lost(tmp_path: Path) -> None:
             port = c.port
             await c.stop_master()
             gate.touch()
-            spool = tmp_path / "n1" / "spool" / f"{job_id}.out"
+            spool = tmp_path / "n1" / "spool" / f"{job_id}.0.out"
             await until(lambda: spool.stat().st_size > 8000, what="output while master down")
             await c.start_master(port)
             gate2.touch()

@@ -6,30 +6,31 @@ error's ``exit_code`` (tracebacks only with ``-v``); argparse usage errors exit 
 Ctrl-C exits 130.
 
 Start-up time is part of the interface (``mgpu submit`` costs at most 2.5 times ``python -c
-pass``), so this module imports only argparse, os and sys; each subcommand imports what it
-needs when it runs, and only ``server``, ``node`` and ``up`` import the master or the agent
-(and with them aiohttp).
+pass``), so this module imports only os and sys; each subcommand imports what it needs when
+it runs, and only ``server``, ``node`` and ``up`` import the master or the agent (and with
+them aiohttp). Even argparse (with the ``re`` and ``enum`` it imports, as costly as the
+interpreter's own start-up) is imported only for a command line that :mod:`mgpu.plainargs`
+does not read: the same grammar functions below feed both (see ``_plain_args``).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 from mgpu import __version__
 from mgpu.core.errors import ConnectionFailed, MgpuError, UsageError
+from mgpu.plainargs import REMAINDER
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs start-up time
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Callable
     from typing import Any
 
     from mgpu.client.client import SimpleClient
 
     Handler = Callable[[argparse.Namespace], int]
-
-SUPPRESS = argparse.SUPPRESS
 
 # SLURM's short state codes (squeue -t) and ours.
 STATE_CODES = {
@@ -147,15 +148,28 @@ def _job_env(exports: list[str], envs: list[str]) -> dict[str, str]:
 
 
 def _command(words: list[str]) -> str:
+    """The job's shell command line: one word as it is (``'python t.py'``), several joined
+    as ``shlex.join`` does (``python t.py --name 'a b'``)."""
     if words and words[0] == "--":
         words = words[1:]
     if not words:
         raise UsageError("a job needs a command: mgpu submit [options] 'COMMAND ...'")
     if len(words) == 1:
         return words[0]
-    import shlex
+    return " ".join(map(_shell_quote, words))
 
-    return shlex.join(words)
+
+# The characters shlex.quote leaves unquoted: [\w@%+=:,./-] with re.ASCII.
+_SHELL_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_@%+=:,./-")
+
+
+def _shell_quote(word: str) -> str:
+    """``shlex.quote(word)``, its rule written out: ``shlex`` imports ``re`` (start-up)."""
+    if not word:
+        return "''"
+    if _SHELL_SAFE.issuperset(word):
+        return word
+    return "'" + word.replace("'", "'\"'\"'") + "'"
 
 
 def _states(text: str) -> list[str]:
@@ -364,22 +378,29 @@ def cmd_up(ns: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------- parser
 
 
+def _bad_value(message: str) -> Exception:
+    """The error for an argument its ``type`` refuses (argparse words it as a usage error)."""
+    import argparse
+
+    return argparse.ArgumentTypeError(message)
+
+
 def _port(text: str) -> int:
     if text.isdigit() and int(text) < 65536:
         return int(text)
-    raise argparse.ArgumentTypeError(f"must be a port number (0-65535), got {text!r}")
+    raise _bad_value(f"must be a port number (0-65535), got {text!r}")
 
 
 def _job_id(text: str) -> int:
     if text.isascii() and text.isdigit() and int(text) > 0:
         return int(text)
-    raise argparse.ArgumentTypeError(f"not a job id: {text!r}")
+    raise _bad_value(f"not a job id: {text!r}")
 
 
 def _count_arg(text: str) -> int:
     if text.isascii() and text.isdigit():
         return int(text)
-    raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}")
+    raise _bad_value(f"must be a whole number, got {text!r}")
 
 
 def _seconds(text: str) -> float:
@@ -389,27 +410,35 @@ def _seconds(text: str) -> float:
         value = -1.0
     if value >= 0:
         return value
-    raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}")
+    raise _bad_value(f"must be a number of seconds, got {text!r}")
 
 
-class _Formatter(argparse.HelpFormatter):
+_FORMATTER: type[argparse.HelpFormatter] | None = None  # made by _formatter()
+
+
+def _formatter() -> type[argparse.HelpFormatter]:
     """argparse's help formatter, minus its ``import shutil`` and its terminal query on
-    every ``add_argument`` (both show in the start-up time): the width is found once."""
+    every ``add_argument`` (both show in the start-up time): the width is found once.
+    The class is made on first use, when argparse is imported."""
+    global _FORMATTER
+    if _FORMATTER is None:
+        import argparse
 
-    columns: int | None = None
+        columns = _terminal_columns()
 
-    def __init__(
-        self,
-        prog: str,
-        indent_increment: int = 2,
-        max_help_position: int = 24,
-        width: int | None = None,
-    ) -> None:
-        if width is None:
-            if _Formatter.columns is None:
-                _Formatter.columns = _terminal_columns()
-            width = _Formatter.columns - 2
-        super().__init__(prog, indent_increment, max_help_position, width)
+        class Formatter(argparse.HelpFormatter):
+            def __init__(
+                self,
+                prog: str,
+                indent_increment: int = 2,
+                max_help_position: int = 24,
+                width: int | None = None,
+            ) -> None:
+                width = columns - 2 if width is None else width
+                super().__init__(prog, indent_increment, max_help_position, width)
+
+        _FORMATTER = Formatter
+    return _FORMATTER
 
 
 def _terminal_columns() -> int:
@@ -426,26 +455,28 @@ def _terminal_columns() -> int:
     return columns or 80
 
 
-def _parser(**kwargs: Any) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(formatter_class=_Formatter, **kwargs)
-
-
-def _common() -> argparse.ArgumentParser:
+def _global_args(p: argparse.ArgumentParser, suppress: str) -> None:
     """Global options, accepted before or after the subcommand (defaults suppressed so a
-    subcommand's parser does not overwrite what was given before it)."""
-    p = _parser(add_help=False)
+    subcommand's parser does not overwrite what was given before it). ``suppress`` is
+    ``argparse.SUPPRESS`` itself for argparse (which tests it by identity), else
+    ``mgpu.plainargs.SUPPRESS``."""
     g = p.add_argument_group("global options")
     g.add_argument(
         "--master",
         metavar="HOST:PORT",
-        default=SUPPRESS,
+        default=suppress,
         help="the master to talk to (else $MGPU_MASTER, else localhost:8080)",
     )
-    g.add_argument("-v", "--verbose", action="store_true", default=SUPPRESS, help="tracebacks")
-    g.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=SUPPRESS)
-    g.add_argument("--log-file", metavar="PATH", default=SUPPRESS)
-    g.add_argument("--log-format", choices=("text", "json"), default=SUPPRESS)
-    return p
+    g.add_argument("-v", "--verbose", action="store_true", default=suppress, help="tracebacks")
+    g.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=suppress)
+    g.add_argument("--log-file", metavar="PATH", default=suppress)
+    g.add_argument("--log-format", choices=("text", "json"), default=suppress)
+
+
+def _top_args(p: argparse.ArgumentParser, suppress: str) -> None:
+    """What ``mgpu`` itself takes before the subcommand."""
+    _global_args(p, suppress)
+    p.add_argument("--version", action="version", version=f"mgpu {__version__}")
 
 
 def _submit_args(p: argparse.ArgumentParser) -> None:
@@ -468,7 +499,7 @@ def _submit_args(p: argparse.ArgumentParser) -> None:
                    help="requeue at most N times (default: the master's, 3)")
     p.add_argument("--parsable", action="store_true", help="print only the job id")
     p.add_argument("--json", action="store_true")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="the command line")
+    p.add_argument("command", nargs=REMAINDER, help="the command line")
 
 
 def _queue_args(p: argparse.ArgumentParser) -> None:
@@ -560,22 +591,45 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     Building every subcommand's parser is a noticeable part of a command's start-up, and
     a run needs one: ``main`` passes ``only`` when it can tell the subcommand from argv.
     """
-    common = _common()
-    parser = _parser(
+    import argparse
+
+    parser = argparse.ArgumentParser(
         prog="mgpu",
         description="A multi-GPU job scheduler: submit, watch and cancel GPU jobs.",
-        parents=[common],
+        formatter_class=_formatter(),
     )
-    parser.add_argument("--version", action="version", version=f"mgpu {__version__}")
+    _top_args(parser, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
     for name, (handler, help, add_args) in COMMANDS.items():
         if only is None or name == only:
-            p = sub.add_parser(
-                name, parents=[common], help=help, description=help, formatter_class=_Formatter
-            )
+            p = sub.add_parser(name, help=help, description=help, formatter_class=_formatter())
+            _global_args(p, argparse.SUPPRESS)
             add_args(p)
             p.set_defaults(func=handler)
     return parser
+
+
+def _plain_args(args: list[str]) -> argparse.Namespace | None:
+    """``build_parser().parse_args(args)`` for the plain command lines :mod:`mgpu.plainargs`
+    reads (most of them), from the same grammar functions, without importing argparse;
+    None for the others."""
+    from mgpu import plainargs
+
+    def grammar(name: str) -> plainargs.Grammar | None:
+        if name not in COMMANDS:
+            return None
+        g = plainargs.Grammar()
+        _global_args(g, plainargs.SUPPRESS)  # type: ignore[arg-type]
+        COMMANDS[name][2](g)  # type: ignore[arg-type]
+        return g
+
+    top = plainargs.Grammar()
+    _top_args(top, plainargs.SUPPRESS)  # type: ignore[arg-type]
+    values = plainargs.parse(args, top, grammar)
+    if values is None:
+        return None
+    values["func"] = COMMANDS[values["subcommand"]][0]
+    return plainargs.Namespace(**values)  # type: ignore[return-value]
 
 
 def _subcommand(argv: list[str]) -> str | None:
@@ -599,11 +653,13 @@ def _subcommand(argv: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     """Run ``mgpu`` with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     args = sys.argv[1:] if argv is None else argv
-    parser = build_parser(_subcommand(args))
-    try:
-        ns = parser.parse_args(args)
-    except SystemExit as e:  # --help, --version and usage errors
-        return e.code if isinstance(e.code, int) else 2
+    ns = _plain_args(args)
+    if ns is None:
+        parser = build_parser(_subcommand(args))
+        try:
+            ns = parser.parse_args(args)
+        except SystemExit as e:  # --help, --version and usage errors
+            return e.code if isinstance(e.code, int) else 2
     verbose = getattr(ns, "verbose", False)
     try:
         return int(ns.func(ns))

@@ -11,16 +11,17 @@ replies are decoded into the structs of :mod:`mgpu.core.models` and
 
 Start-up cost matters here (``mgpu submit`` runs this module in a fresh interpreter), so
 msgspec and the models are imported by the calls that decode into them, not at import;
-:meth:`SimpleClient.submit_job` needs neither.
+:meth:`SimpleClient.submit_job` needs neither, nor even the ``json`` module
+(:mod:`mgpu.utils.plainjson` does its JSON).
 """
 
 from __future__ import annotations
 
-import json
 import os
 
 from mgpu.client.transport import Connection
 from mgpu.core.errors import ApiError, NotFound, Rejected, UsageError
+from mgpu.utils import plainjson
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs start-up time
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ WAIT_POLL = 30.0  # seconds one long poll of ``wait`` may last on the master
 def _error(status: int, body: bytes) -> ApiError:
     """The exception for an error reply (``ErrorReply {error, code}``)."""
     try:
-        message = str(json.loads(body)["error"])
+        message = str(plainjson.loads(body)["error"])
     except (ValueError, KeyError, TypeError):
         message = f"the master answered HTTP {status}"
     if status == 404:
@@ -49,6 +50,18 @@ def _error(status: int, body: bytes) -> ApiError:
     if status == 422:
         return Rejected(message, status)
     return ApiError(message, status)
+
+
+def _login_name() -> str:
+    """``getpass.getuser()``: $LOGNAME, $USER, $LNAME or $USERNAME, else the password
+    database; without importing ``getpass`` (and its ``termios`` and ``contextlib``)."""
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        user = os.environ.get(name)
+        if user:
+            return user
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
 
 
 def _decode(data: bytes, kind: type[T]) -> T:
@@ -167,8 +180,6 @@ class SimpleClient:
         of :class:`~mgpu.core.models.JobSpec`, which the master validates) so that a submit
         does not pay for importing msgspec.
         """
-        import getpass
-
         if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
             raise UsageError(f"gpus must be a positive whole number of GPUs, got {gpus!r}")
         if not cmd.strip():
@@ -179,13 +190,13 @@ class SimpleClient:
             "name": name,
             "cwd": cwd or os.getcwd(),
             "env": dict(os.environ) if env is None else env,
-            "user": getpass.getuser(),
+            "user": _login_name(),
             "time_limit": time_limit,
             "requeue": requeue,
             "max_requeue": max_requeue,
         }
-        body = json.dumps({"jobs": [spec]}, separators=(",", ":")).encode()
-        reply = json.loads(self._call("POST", f"{API}/jobs", body))
+        body = plainjson.dumps({"jobs": [spec]}).encode()
+        reply = plainjson.loads(self._call("POST", f"{API}/jobs", body))
         return int(reply["job_ids"][0])
 
     def submit_jobs(self, specs: list[JobSpec]) -> list[int]:
@@ -205,8 +216,6 @@ class SimpleClient:
 
         ``states`` picks the states to show instead; ``user`` keeps one user's jobs.
         """
-        from urllib.parse import urlencode
-
         from mgpu.core.messages import JobListReply
 
         params: list[tuple[str, str]] = []
@@ -216,7 +225,11 @@ class SimpleClient:
             params.append(("user", user))
         if all:
             params.append(("all", "1"))
-        path = f"{API}/jobs?{urlencode(params)}" if params else f"{API}/jobs"
+        path = f"{API}/jobs"
+        if params:  # urllib.parse only then: it costs `mgpu queue` a few ms of start-up
+            from urllib.parse import urlencode
+
+            path += f"?{urlencode(params)}"
         return _decode(self._call("GET", path), JobListReply).jobs
 
     def get_job(self, job_id: int) -> SimpleJob:

@@ -12,24 +12,27 @@ last_seen``; times are RFC 3339 in UTC (``2024-05-01T12:00:00Z``), absent values
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from mgpu.core.config import describe
 from mgpu.core.messages import CancelResult
 from mgpu.core.models import JobState, NodeInfo, SimpleJob
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
 
 QUEUE_HEADERS = ("ID", "NAME", "USER", "STATE", "GPUS", "NODE", "TIME", "REASON")
 NODE_HEADERS = ("NODE", "STATE", "GPUS", "USED", "FREE", "JOBS")
 
 
 def _enc_hook(obj: Any) -> Any:
-    if isinstance(obj, Path):
-        return str(obj)
+    if isinstance(obj, os.PathLike):  # a Path in a config
+        return os.fspath(obj)
     raise NotImplementedError(f"cannot show {type(obj).__name__} as JSON")
 
 
@@ -131,6 +134,9 @@ def job_detail(job: SimpleJob, now: datetime) -> str:
         ("time_limit", "UNLIMITED" if job.time_limit is None else duration(job.time_limit)),
         ("requeues", str(job.requeues)),
         ("max_requeue", str(job.max_requeue)),
+        ("interactive", "yes" if job.interactive else "no"),
+        ("stdin", "yes" if job.stdin else "no"),
+        ("pty", "yes" if job.pty else "no"),
         ("submitted_at", _when(job.submitted_at)),
         ("started_at", _when(job.started_at)),
         ("ended_at", _when(job.ended_at)),
@@ -198,6 +204,8 @@ Section = tuple[str, Any, dict[str, str]]  # (name, config dataclass, sources)
 def config_table(sections: Sequence[Section], file: str) -> str:
     """``mgpu config``: every effective value and where it came from (``file``: which
     config file was read, in words)."""
+    from mgpu.core.config import describe
+
     rows = [
         (name, key, value, source)
         for name, cfg, sources in sections
@@ -209,6 +217,8 @@ def config_table(sections: Sequence[Section], file: str) -> str:
 
 def config_json(sections: Sequence[Section], file: Path | None) -> str:
     """``mgpu config --json``: ``{"file": ..., SECTION: {KEY: {"value", "source"}}}``."""
+    from mgpu.core.config import describe
+
     data: dict[str, Any] = {"file": str(file) if file else None}
     for name, cfg, sources in sections:
         data[name] = {

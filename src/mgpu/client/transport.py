@@ -16,11 +16,14 @@ Contract of :class:`Connection`:
   request re-sent, only when nothing of a response arrived (the server never saw it).
 * Every socket failure becomes :class:`~mgpu.core.errors.ConnectionFailed` naming the
   master's address; nothing else of ``OSError`` escapes.
+
+It works on ``_socket``, the C module under ``socket``: ``import socket`` adds ``selectors``,
+``array`` and its enums (a few ms of start-up), for wrappers this client does not use.
 """
 
 from __future__ import annotations
 
-import socket
+import _socket
 
 from mgpu.core.errors import ConnectionFailed
 
@@ -104,8 +107,7 @@ class Connection:
         self.port = port
         self.timeout = timeout
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self._sock: socket.socket | None = None
-        self._file: socket.SocketIO | None = None
+        self._sock: _socket.socket | None = None
         self._buf = b""
         self._keep = True
         self.wait = timeout or 0.0  # the socket timeout of the request under way
@@ -114,7 +116,6 @@ class Connection:
         if self._sock is not None:
             self._sock.close()
         self._sock = None
-        self._file = None
         self._buf = b""
 
     def request(
@@ -163,20 +164,32 @@ class Connection:
 
     # ------------------------------------------------------------------------ internals
 
-    def _connect(self) -> socket.socket:
+    def _connect(self) -> _socket.socket:
+        """The open socket, else a new one: ``socket.create_connection`` on ``_socket``."""
         if self._sock is not None:
             return self._sock
+        # An ASCII host goes as bytes: a str would load the IDNA codec (start-up time).
+        host = self.host.encode() if self.host.isascii() else self.host
+        sock = None
         try:
-            # An ASCII host goes as bytes: a str would load the IDNA codec (start-up time).
-            host = self.host.encode() if self.host.isascii() else self.host
-            address = (host, self.port)
-            sock = socket.create_connection(address, self.timeout)  # type: ignore[arg-type]
+            for family, kind, proto, _, address in _socket.getaddrinfo(
+                host, self.port, 0, _socket.SOCK_STREAM
+            ):
+                sock = _socket.socket(family, kind, proto)
+                try:
+                    sock.settimeout(self.timeout)
+                    sock.connect(address)
+                    break
+                except OSError:
+                    sock.close()
+                    sock = None
         except OSError:
-            raise unreachable(self.address) from None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock = None
+        if sock is None:
+            raise unreachable(self.address)
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_KEEPALIVE, 1)
         self._sock = sock
-        self._file = socket.SocketIO(sock, "rb")
         self._keep = True
         return sock
 
@@ -224,8 +237,8 @@ class Connection:
         if self._buf:
             data, self._buf = self._buf, b""
             return data
-        assert self._file is not None
-        return self._file.read(65536) or b""
+        assert self._sock is not None
+        return self._sock.recv(65536)
 
     def _read_line(self) -> bytes:
         while True:
@@ -235,8 +248,8 @@ class Connection:
                 return line
             if len(self._buf) > _MAX_LINE:
                 raise ConnectionFailed(f"the master at {self.address} sent an overlong line")
-            assert self._file is not None
-            data = self._file.read(65536)
+            assert self._sock is not None
+            data = self._sock.recv(65536)
             if not data:
                 line, self._buf = self._buf, b""
                 return line
@@ -247,8 +260,8 @@ class Connection:
         got = len(parts[0])
         self._buf = self._buf[n:]
         while got < n:
-            assert self._file is not None
-            data = self._file.read(min(n - got, 1 << 20))
+            assert self._sock is not None
+            data = self._sock.recv(min(n - got, 1 << 20))
             if not data:
                 raise ConnectionFailed(f"the master at {self.address} closed the connection")
             parts.append(data)

@@ -56,6 +56,7 @@ class MasterConfig:
                                     metadata=_env("MGPU_DEFAULT_TIME_LIMIT"))
     max_time_limit: str = field(default="UNLIMITED", metadata=_env("MGPU_MAX_TIME_LIMIT"))
     max_requeue: int = field(default=3, metadata=_env("MGPU_MAX_REQUEUE"))
+    srun_grace: float = field(default=10.0, metadata=_env("MGPU_SRUN_GRACE"))
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Output frames, kept apart from the messages so the lean shepherd can use them alone.
 
-A frame is ``stream:u8 | length:u32 big-endian | data``; stream 1 is stdout, 2 is stderr and
-0 (:data:`STREAM_END`) closes a stream to a client with a JSON ``OutputEnd``. Offsets count
-bytes of framed data, so a reader resumes exactly where it stopped.
+A frame is ``stream:u8 | length:u32 big-endian | data``; stream 1 is stdout, 2 is stderr.
+Streams to a client also carry 3 (:data:`STREAM_STATUS`, JSON ``OutputStatus``: the job was
+placed, ...) and end with 0 (:data:`STREAM_END`, JSON ``OutputEnd``). Offsets count bytes of
+the job's output (frames 1 and 2 only), so a reader resumes exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import struct
 STREAM_END = 0
 STREAM_STDOUT = 1
 STREAM_STDERR = 2
+STREAM_STATUS = 3  # to a client only, never in a spool: JSON ``OutputStatus``
 FRAME_HEADER = struct.Struct(">BI")
 
 

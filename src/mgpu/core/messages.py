@@ -17,11 +17,12 @@ import msgspec
 
 from mgpu.core.frames import FRAME_HEADER as FRAME_HEADER
 from mgpu.core.frames import STREAM_END as STREAM_END
+from mgpu.core.frames import STREAM_STATUS as STREAM_STATUS
 from mgpu.core.frames import STREAM_STDERR as STREAM_STDERR
 from mgpu.core.frames import STREAM_STDOUT as STREAM_STDOUT
 from mgpu.core.frames import frame as frame
 from mgpu.core.frames import split_frames as split_frames
-from mgpu.core.models import GpuInfo, JobSpec, SimpleJob
+from mgpu.core.models import GpuInfo, JobSpec, SimpleJob, run_key
 
 PROTOCOL_VERSION = 1
 
@@ -38,6 +39,9 @@ class MessageType(enum.StrEnum):
     START_JOB = "start_job"
     CANCEL_JOB = "cancel_job"
     ENDED_ACK = "ended_ack"
+    JOB_INPUT = "job_input"
+    JOB_SIGNAL = "job_signal"
+    JOB_RESIZE = "job_resize"
 
 
 # ---------------------------------------------------------------- client → master (JSON)
@@ -54,6 +58,15 @@ class CancelRequest(msgspec.Struct, forbid_unknown_fields=True):
 class WaitRequest(msgspec.Struct, forbid_unknown_fields=True):
     job_ids: list[int]
     timeout: float = 30.0
+
+
+class SignalRequest(msgspec.Struct, forbid_unknown_fields=True):
+    signum: int
+
+
+class ResizeRequest(msgspec.Struct, forbid_unknown_fields=True):
+    rows: int
+    cols: int
 
 
 # ---------------------------------------------------------------- master → client (JSON)
@@ -94,6 +107,18 @@ class OutputEnd(msgspec.Struct):
 
     state: str
     exit_code: int | None
+    reason: str | None = None
+    started: bool = True
+
+
+class OutputStatus(msgspec.Struct):
+    """A ``STREAM_STATUS`` frame: where the job is, sent when it changes (``status=1``)."""
+
+    state: str
+    node: str | None
+    gpu_ids: list[int]
+    gpus: int
+    ahead: int  # pending jobs ahead of it in the queue
 
 
 # ---------------------------------------------------------------- node → master (msgpack)
@@ -107,7 +132,12 @@ class RunningReport(msgspec.Struct):
     """
 
     job_id: int
+    run: int
     output_size: int
+
+    @property
+    def key(self) -> str:
+        return run_key(self.job_id, self.run)
 
 
 class Register(msgspec.Struct, tag=MessageType.REGISTER.value):
@@ -119,7 +149,7 @@ class Register(msgspec.Struct, tag=MessageType.REGISTER.value):
 
 
 class Heartbeat(msgspec.Struct, tag=MessageType.HEARTBEAT.value):
-    pass
+    """Sent by agents every heartbeat interval; the master answers each with one."""
 
 
 class JobStarted(msgspec.Struct, tag=MessageType.JOB_STARTED.value):
@@ -128,9 +158,10 @@ class JobStarted(msgspec.Struct, tag=MessageType.JOB_STARTED.value):
 
 
 class JobOutput(msgspec.Struct, tag=MessageType.JOB_OUTPUT.value):
-    """Framed output bytes of a job, starting at ``offset`` in the node's spool."""
+    """Framed output bytes of a job's run, starting at ``offset`` in the run's spool."""
 
     job_id: int
+    run: int
     offset: int
     data: bytes
 
@@ -139,10 +170,15 @@ class JobEnded(msgspec.Struct, tag=MessageType.JOB_ENDED.value):
     """A job's end, sent after all of its output. ``state`` is the ended state."""
 
     job_id: int
+    run: int
     state: str
     exit_code: int | None
     reason: str | None
     output_size: int
+
+    @property
+    def key(self) -> str:
+        return run_key(self.job_id, self.run)
 
 
 NodeMessage = Register | Heartbeat | JobStarted | JobOutput | JobEnded
@@ -154,21 +190,26 @@ NodeMessage = Register | Heartbeat | JobStarted | JobOutput | JobEnded
 class Registered(msgspec.Struct, tag=MessageType.REGISTERED.value):
     """The master's answer to :class:`Register`.
 
-    ``output_offsets`` says how much output the master already holds of each job the node
-    reported running, so the node resends only the rest. ``kill`` lists jobs the node must
-    stop at once (they were ended or requeued while it was away).
+    ``output_offsets`` says how much output the master already holds of each run the node
+    reported, so the node resends only the rest. ``kill`` lists runs the node must stop at
+    once (their jobs were ended or requeued while it was away). Runs are named by
+    :func:`~mgpu.core.models.run_key`.
     """
 
     accepted: bool
     error: str | None = None
-    output_offsets: dict[int, int] = msgspec.field(default_factory=dict)
-    kill: list[int] = msgspec.field(default_factory=list)
+    output_offsets: dict[str, int] = msgspec.field(default_factory=dict)
+    kill: list[str] = msgspec.field(default_factory=list)
     heartbeat_interval: float = 2.0
     node_timeout: float = 10.0
 
 
 class StartJob(msgspec.Struct, tag=MessageType.START_JOB.value):
+    """Run a job. ``run`` counts its runs (0, then 1 after a requeue, ...): output and
+    ends of an old run that comes back late are told apart from the current one."""
+
     job_id: int
+    run: int
     command: str
     cwd: str
     env: dict[str, str]
@@ -176,6 +217,8 @@ class StartJob(msgspec.Struct, tag=MessageType.START_JOB.value):
     user: str
     name: str
     time_limit: float | None = None
+    stdin: bool = False
+    pty: bool = False
 
 
 class CancelJob(msgspec.Struct, tag=MessageType.CANCEL_JOB.value):
@@ -184,12 +227,33 @@ class CancelJob(msgspec.Struct, tag=MessageType.CANCEL_JOB.value):
 
 
 class EndedAck(msgspec.Struct, tag=MessageType.ENDED_ACK.value):
-    """The master has saved these jobs' ends; the node may forget them."""
+    """The master has saved these runs' ends (run keys); the node may forget them."""
 
-    job_ids: list[int]
+    runs: list[str]
 
 
-MasterMessage = Registered | StartJob | CancelJob | EndedAck
+class JobInput(msgspec.Struct, tag=MessageType.JOB_INPUT.value):
+    """Bytes for a job's stdin; ``eof`` closes it."""
+
+    job_id: int
+    data: bytes
+    eof: bool = False
+
+
+class JobSignal(msgspec.Struct, tag=MessageType.JOB_SIGNAL.value):
+    job_id: int
+    signum: int
+
+
+class JobResize(msgspec.Struct, tag=MessageType.JOB_RESIZE.value):
+    job_id: int
+    rows: int
+    cols: int
+
+
+MasterMessage = (
+    Registered | StartJob | CancelJob | EndedAck | JobInput | JobSignal | JobResize | Heartbeat
+)
 
 node_encoder = msgspec.msgpack.Encoder()
 node_message_decoder = msgspec.msgpack.Decoder(NodeMessage)

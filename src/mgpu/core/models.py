@@ -63,6 +63,12 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 }
 
 
+def run_key(job_id: int, run: int) -> str:
+    """The name of one run of a job on a node: ``"JOBID.RUN"`` (run 0, then 1 after a
+    requeue, ...). Spool and exit files on the node and output files on the master use it."""
+    return f"{job_id}.{run}"
+
+
 def utc(ts: float) -> datetime:
     """A UTC datetime from a Unix timestamp."""
     return datetime.fromtimestamp(ts, UTC)
@@ -80,6 +86,9 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     time_limit: int | None = None  # seconds; None: the master's default; 0: unlimited
     requeue: bool = True  # requeue when its node is lost (batch jobs)
     max_requeue: int | None = None  # None: the master's default (3)
+    interactive: bool = False  # an srun: cancelled when its client goes, never requeued
+    stdin: bool = False  # keep the job's stdin open for `mgpu attach` / srun to write to
+    pty: bool = False  # run it on a pseudo-terminal (srun --pty)
 
 
 class SimpleJob(msgspec.Struct, kw_only=True):
@@ -99,6 +108,9 @@ class SimpleJob(msgspec.Struct, kw_only=True):
     time_limit: int | None = None
     requeues: int = 0
     max_requeue: int = 0
+    interactive: bool = False
+    stdin: bool = False
+    pty: bool = False
     submitted_at: datetime | None = None
     started_at: datetime | None = None
     ended_at: datetime | None = None

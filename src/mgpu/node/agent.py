@@ -43,6 +43,8 @@ class Agent:
         self.port = 0
         self.connected = False
         self.registered = asyncio.Event()
+        self.heard = 0.0  # loop time of the last message from the master
+        self._fenced: set[str] = set()  # run keys killed for want of the master
         self.fatal: MgpuError | None = None
         self._ready = False
         self._out: asyncio.Queue[m.NodeMessage] | None = None
@@ -145,31 +147,29 @@ class Agent:
             fencer.cancel()
 
     async def _fence_on_disconnect(self) -> None:
-        """With ``fence_on_disconnect``, kill every job once the master has been gone for
+        """With ``fence_on_disconnect``, kill every job once the master has been silent for
         the fence time: a cluster that prefers a killed job to one that may run twice
         during a network partition (see docs/failures.md)."""
         if not self.cfg.fence_on_disconnect:
             return
-        lost_since: float | None = None
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(0.1)
             sup = self.supervisor
-            if self.connected or sup is None or sup.fence is None:
-                lost_since = None
+            if sup is None or sup.fence is None or loop.time() - self.heard < sup.fence:
                 continue
-            lost_since = lost_since or loop.time()
-            if loop.time() - lost_since > sup.fence:
-                for job in list(sup.jobs.values()):
-                    if job.ended is None:
-                        self.log.warning("killing job %d: no master for %.1fs "
-                                         "(fence_on_disconnect)", job.job_id, sup.fence)
-                        sup.kill(job.job_id, f"the node lost the master for over "
-                                 f"{sup.fence:g}s (fence_on_disconnect)")
-                lost_since = loop.time()
+            for job in list(sup.jobs.values()):
+                if job.ended is None and job.key not in self._fenced:
+                    self._fenced.add(job.key)
+                    self.log.warning("killing job %s: no word from the master for %.1fs "
+                                     "(fence_on_disconnect)", job.key, sup.fence)
+                    sup.kill(job.key, f"the node lost the master for over "
+                             f"{sup.fence:g}s (fence_on_disconnect)")
 
     async def _dial(self, backoff: float, warned: bool) -> None:
-        async with aiohttp.ClientSession() as session:
+        # A connect that hangs (a partition drops packets) gives up and is retried.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=3.0)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
             while not self._stopping:
                 try:
                     async with session.ws_connect(
@@ -203,7 +203,8 @@ class Agent:
     async def _session(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         sup = self.supervisor
         assert sup is not None and self.gpus is not None
-        held = [m.RunningReport(j.job_id, sup.output_size(j.job_id)) for j in sup.jobs.values()]
+        held = [m.RunningReport(j.job_id, j.run, sup.output_size(j.key))
+                for j in sup.jobs.values()]
         register = m.Register(
             node_id=self.node_id, gpus=self.gpus, hostname=socket.gethostname(), running=held
         )
@@ -230,9 +231,23 @@ class Agent:
             self.connected = True
             self.registered.set()
             self.log.info("registered with the master")
-            async for raw in ws:
+            loop = asyncio.get_running_loop()
+            self.heard = loop.time()
+            # The master answers every heartbeat: silence for the node timeout means the
+            # link is gone even if TCP has not noticed (a partition drops, it does not reset).
+            while True:
+                try:
+                    raw = await ws.receive(timeout=reply.node_timeout)
+                except TimeoutError:
+                    self.log.warning("no word from the master for %gs: reconnecting",
+                                     reply.node_timeout)
+                    return
+                if raw.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
+                                aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                    return
                 if raw.type is not aiohttp.WSMsgType.BINARY:
                     continue
+                self.heard = loop.time()
                 self._on_message(m.master_message_decoder.decode(raw.data))
         finally:
             beat.cancel()
@@ -242,16 +257,17 @@ class Agent:
         """After registering: kill fenced jobs, resend missing output, report held ends."""
         sup = self.supervisor
         assert sup is not None
-        for job_id in reply.kill:
-            self.log.warning("killing job %d: the master ended it while we were apart", job_id)
-            sup.kill(job_id, "ended by the master while the node was away")
-            sup.forget(job_id)
-        for job_id, offset in reply.output_offsets.items():
-            sup.rewind(job_id, offset)
-            job = sup.jobs.get(job_id)
-            sup.pump(job_id, job.ended.output_size if job and job.ended else None)
+        for key in reply.kill:
+            self.log.warning("killing job %s: the master ended or requeued it while we were "
+                             "apart", key)
+            sup.kill(key, "ended by the master while the node was away")
+            sup.forget(key)
+        for key, offset in reply.output_offsets.items():
+            sup.rewind(key, offset)
+            job = sup.jobs.get(key)
+            sup.pump(key, job.ended.output_size if job and job.ended else None)
         for job in list(sup.jobs.values()):
-            if job.ended is not None and job.job_id not in reply.kill:
+            if job.ended is not None and job.key not in reply.kill:
                 self._send(job.ended)
 
     async def _write(self, ws: aiohttp.ClientWebSocketResponse,
@@ -270,24 +286,32 @@ class Agent:
     def _on_message(self, msg: m.MasterMessage) -> None:
         sup = self.supervisor
         assert sup is not None
+        if isinstance(msg, m.Heartbeat):
+            return
         if isinstance(msg, m.StartJob):
-            sup.start(msg, msg.time_limit)
+            sup.start(msg)
+        elif isinstance(msg, m.JobInput):
+            sup.write_stdin(msg.job_id, msg.data, msg.eof)
+        elif isinstance(msg, m.JobSignal):
+            sup.signal(msg.job_id, msg.signum)
+        elif isinstance(msg, m.JobResize):
+            sup.resize(msg.job_id, msg.rows, msg.cols)
         elif isinstance(msg, m.CancelJob):
             sup.cancel(msg.job_id, msg.reason)
         elif isinstance(msg, m.EndedAck):
-            for job_id in msg.job_ids:
-                sup.forget(job_id)
+            for key in msg.runs:
+                sup.forget(key)
 
     def _send(self, msg: m.NodeMessage) -> None:
         if self._ready and self._out is not None:
             self._out.put_nowait(msg)
 
-    def _on_output(self, job_id: int, offset: int, data: bytes) -> None:
-        self._send(m.JobOutput(job_id, offset, data))
+    def _on_output(self, job: RunningJob, offset: int, data: bytes) -> None:
+        self._send(m.JobOutput(job.job_id, job.run, offset, data))
 
     def _on_ended(self, job: RunningJob) -> None:
         assert job.ended is not None
-        self.log.debug("job %d ended: %s", job.job_id, job.ended.state)
+        self.log.debug("job %s ended: %s", job.key, job.ended.state)
         self._send(job.ended)
 
 

@@ -8,7 +8,7 @@ still there and re-adopts every job with its output and exit code. For each job 
   exactly the environment it was given (the agent sets ``CUDA_VISIBLE_DEVICES``);
 * is the child subreaper (``PR_SET_CHILD_SUBREAPER``) of everything the job starts, so a
   descendant that left the job's session is still found and killed; each such process is
-  attributed to its job by the ``MGPU_JOB_ID`` it inherited;
+  attributed to its job by the ``MGPU_JOB_ID`` and ``MGPU_JOB_RUN`` it inherited;
 * writes the job's framed output to its spool file and tells the agent how far it has got;
 * enforces the time limit: SIGTERM to the job's whole tree, a grace period, then SIGKILL;
 * when the job's main process exits, kills whatever it left behind, writes ``JOBID.exit``
@@ -24,8 +24,8 @@ processes), which would cap a 2-core node at a few hundred jobs per second; the 
 starts each job with ``vfork`` for a fraction of that. The cost: if the keeper itself is
 killed, the node's jobs lose their watcher; the next agent then reports them as failed.
 
-Messages are ``length:u32 | kind:u8 | body`` with a JSON body (for STDIN: an 8-byte job
-id, then raw bytes). This module imports only the standard library and ``core/frames.py``,
+Messages are ``length:u32 | kind:u8 | body`` with a JSON body (for STDIN: the run key, a
+newline, then raw bytes). This module imports only the standard library and ``core/frames.py``,
 so the keeper starts fast and stays small.
 """
 
@@ -50,27 +50,28 @@ from typing import Any, BinaryIO
 from mgpu.core.frames import STREAM_STDERR, STREAM_STDOUT, frame
 
 LENGTH = struct.Struct(">I")
-JOB_ID = struct.Struct(">Q")
 PR_SET_CHILD_SUBREAPER = 36
 DRAIN_TIMEOUT = 2.0
 READ_SIZE = 1 << 16
 IDLE_EXIT = 10.0  # with no agent and no job for this long, the keeper exits
 MAX_OUTBUF = 8 << 20
 
+# Jobs are named by their run key ("JOBID.RUN"): a requeued job's new run is another job
+# here, even while its old run is still being killed.
 # agent -> keeper
 SPAWN = b"S"  # Spawn
 PING = b"p"  # {fence}
-CANCEL = b"c"  # {job_id, state, reason, grace}
-SIGNAL = b"k"  # {job_id, signum}
-STDIN = b"i"  # job id (8 bytes) + raw bytes
-STDIN_EOF = b"e"  # {job_id}
-RESIZE = b"r"  # {job_id, rows, cols}
-FORGET = b"f"  # {job_id}: the agent has reported the end; drop it
+CANCEL = b"c"  # {key, state, reason, grace}
+SIGNAL = b"k"  # {key, signum}
+STDIN = b"i"  # key, a newline, then raw bytes
+STDIN_EOF = b"e"  # {key}
+RESIZE = b"r"  # {key, rows, cols}
+FORGET = b"f"  # {key}: the agent has reported the end; drop it
 SHUTDOWN = b"q"  # kill every job and exit
 # keeper -> agent
-HELLO = b"h"  # {jobs: [{job_id, pid, size, exited}]}
-SPAWNED = b"P"  # {job_id, pid, error}
-GREW = b"g"  # {job_id, size}
+HELLO = b"h"  # {jobs: [{key, job_id, pid, size, exited}]}
+SPAWNED = b"P"  # {key, pid, error}
+GREW = b"g"  # {key, size}
 EXITED = b"x"  # Exited
 
 
@@ -78,6 +79,7 @@ EXITED = b"x"  # Exited
 class Spawn:
     """Agent -> keeper: start one job."""
 
+    key: str
     job_id: int
     command: str
     cwd: str
@@ -95,8 +97,9 @@ class Spawn:
 
 @dataclass
 class Exited:
-    """How a job ended (also kept in ``JOBID.exit``)."""
+    """How a job ended (also kept in ``KEY.exit``)."""
 
+    key: str
     job_id: int
     state: str
     exit_code: int | None
@@ -175,6 +178,10 @@ class Job:
     result: Exited | None = None
 
     @property
+    def key(self) -> str:
+        return self.req.key
+
+    @property
     def job_id(self) -> int:
         return self.req.job_id
 
@@ -190,7 +197,7 @@ class Keeper:
         self.data_dir = data_dir
         self.listener = listener
         self.sel = selectors.DefaultSelector()
-        self.jobs: dict[int, Job] = {}
+        self.jobs: dict[str, Job] = {}
         self.conn: socket.socket | None = None
         self.inbuf = bytearray()
         self.outbuf = bytearray()
@@ -203,7 +210,7 @@ class Keeper:
 
     def spawn(self, req: Spawn) -> None:
         job = Job(req)
-        self.jobs[req.job_id] = job
+        self.jobs[req.key] = job
         with contextlib.suppress(FileNotFoundError):
             os.unlink(req.exit_file)
         try:
@@ -215,7 +222,7 @@ class Keeper:
         except OSError as e:
             where = f" in {req.cwd}" if isinstance(e, FileNotFoundError | PermissionError) else ""
             reason = f"could not start{where}: {e.strerror or e}"
-            self.send(SPAWNED, {"job_id": req.job_id, "pid": -1, "error": None})
+            self.send(SPAWNED, {"key": req.key, "pid": -1, "error": None})
             with contextlib.suppress(OSError):
                 self.emit(job, STREAM_STDERR, f"mgpu: {reason}\n".encode())
             self.finish(job, "failed", None, reason)
@@ -224,7 +231,7 @@ class Keeper:
         self.sel.register(job.pidfd, selectors.EVENT_READ, ("exit", job))
         if req.time_limit:
             job.limit_at = time.monotonic() + req.time_limit
-        self.send(SPAWNED, {"job_id": req.job_id, "pid": job.proc.pid, "error": None})
+        self.send(SPAWNED, {"key": req.key, "pid": job.proc.pid, "error": None})
 
     def _start_pipes(self, job: Job) -> subprocess.Popen[bytes]:
         req = job.req
@@ -326,12 +333,13 @@ class Keeper:
         reparented to the keeper that carry its ``MGPU_JOB_ID``."""
         found: list[int] = []
         roots = [job.pid] if job.exited_at is None and job.pid > 0 else []
-        marker = f"MGPU_JOB_ID={job.job_id}\0".encode()
+        markers = (f"MGPU_JOB_ID={job.job_id}\0".encode(),
+                   f"MGPU_JOB_RUN={job.key}\0".encode())
         mains = {j.pid for j in self.jobs.values()}
         for pid in _children(os.getpid()):
             if pid in mains:
                 continue  # a job's own main process, not an orphan
-            if pid in job.known or _has_env(pid, marker):
+            if pid in job.known or _has_env(pid, markers):
                 roots.append(pid)
         for root in roots:
             found.append(root)
@@ -403,7 +411,7 @@ class Keeper:
         """Record the end on disk (for an agent that is not there), then report it."""
         if job.spool is not None:
             job.spool.close()
-        job.result = Exited(job.job_id, state, exit_code, reason, job.size)
+        job.result = Exited(job.key, job.job_id, state, exit_code, reason, job.size)
         body = asdict(job.result)
         data = json.dumps(body).encode()
         # One write of a few bytes: a reader sees all of it or, after a crash, invalid JSON.
@@ -459,7 +467,8 @@ class Keeper:
         self.sel.register(conn, selectors.EVENT_READ, ("conn", None))
         jobs = []
         for job in self.jobs.values():
-            jobs.append({"job_id": job.job_id, "pid": job.pid, "size": job.size,
+            jobs.append({"key": job.key, "job_id": job.job_id, "pid": job.pid,
+                         "size": job.size,
                          "exited": asdict(job.result) if job.result else None})
             job.notified = job.size
         self.send(HELLO, {"jobs": jobs})
@@ -485,10 +494,10 @@ class Keeper:
 
     def _on_message(self, kind: bytes, payload: bytes) -> None:
         if kind == STDIN:
-            (job_id,) = JOB_ID.unpack_from(payload)
-            job = self.jobs.get(job_id)
+            key, _, data = payload.partition(b"\n")
+            job = self.jobs.get(key.decode())
             if job is not None and job.stdin_fd is not None:
-                job.stdin_buf += payload[JOB_ID.size :]
+                job.stdin_buf += data
                 self._write_stdin(job)
             return
         body = json.loads(payload) if payload else {}
@@ -506,7 +515,7 @@ class Keeper:
             for job in self.jobs.values():
                 self.stop(job, "cancelled", "the node agent was stopped", 0)
             return
-        job = self.jobs.get(int(body.get("job_id", -1)))
+        job = self.jobs.get(str(body.get("key")))
         if job is None:
             return
         if kind == CANCEL:
@@ -524,7 +533,7 @@ class Keeper:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(job.proc.pid, signal.SIGWINCH)
         elif kind == FORGET and job.result is not None:
-            del self.jobs[job.job_id]
+            del self.jobs[job.key]
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(job.req.exit_file)
 
@@ -602,7 +611,7 @@ class Keeper:
                           f"{self.fence:g}s: job killed so that it cannot run twice", 0)
             if self.conn is not None and job.size != job.notified and not self.outbuf:
                 job.notified = job.size
-                self.send(GREW, {"job_id": job.job_id, "size": job.size})
+                self.send(GREW, {"key": job.key, "size": job.size})
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -641,12 +650,13 @@ def _descendants(root: int) -> list[int]:
     return out
 
 
-def _has_env(pid: int, marker: bytes) -> bool:
+def _has_env(pid: int, markers: tuple[bytes, ...]) -> bool:
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
-            return marker in f.read()
+            env = f.read()
     except OSError:
         return False
+    return all(marker in env for marker in markers)
 
 
 def _reap_orphans(keep: set[int]) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mgpu.core import messages as m
+from mgpu.core.models import run_key
 from mgpu.node import keeper as kp
 
 log = logging.getLogger("mgpu.node.supervisor")
@@ -33,13 +34,14 @@ CONNECT_TIMEOUT = 10.0
 
 
 def job_environment(
-    base: dict[str, str], job_id: int, node_id: str, gpu_ids: list[int], name: str
+    base: dict[str, str], job_id: int, run: int, node_id: str, gpu_ids: list[int], name: str
 ) -> dict[str, str]:
     """The environment a job sees: the submitter's, plus exactly its GPUs."""
     env = dict(base) if base else dict(os.environ)
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
     env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     env["MGPU_JOB_ID"] = str(job_id)
+    env["MGPU_JOB_RUN"] = run_key(job_id, run)
     env["MGPU_NODE_ID"] = node_id
     env["MGPU_JOB_NAME"] = name
     env["MGPU_GPU_COUNT"] = str(len(gpu_ids))
@@ -48,23 +50,30 @@ def job_environment(
 
 @dataclass
 class RunningJob:
-    """One job under supervision, as the agent sees it."""
+    """One run of a job under supervision, as the agent sees it."""
 
     job_id: int
+    run: int
     pid: int = -1
     forwarded: int = 0
     ended: m.JobEnded | None = None
 
+    @property
+    def key(self) -> str:
+        return run_key(self.job_id, self.run)
 
-OnOutput = Callable[[int, int, bytes], None]
+
+OnOutput = Callable[[RunningJob, int, bytes], None]
 OnEnded = Callable[[RunningJob], None]
 
 
 class Supervisor:
     """Starts jobs through the keeper; reports their output and ends through callbacks.
 
-    ``on_output(job_id, offset, framed_bytes)`` is called as output appears in the spool;
-    ``on_ended(job)`` once per job, after all of its output, with ``job.ended`` set.
+    Jobs are kept by run key (a requeued job's new run may start here while its old run is
+    still being killed). ``on_output(job, offset, framed_bytes)`` is called as output
+    appears in the run's spool; ``on_ended(job)`` once per run, after all of its output,
+    with ``job.ended`` set.
     """
 
     def __init__(self, node_id: str, data_dir: Path, on_output: OnOutput, on_ended: OnEnded,
@@ -77,7 +86,7 @@ class Supervisor:
         self.on_ended = on_ended
         self.kill_grace = kill_grace
         self.fence = fence
-        self.jobs: dict[int, RunningJob] = {}
+        self.jobs: dict[str, RunningJob] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._pinger: asyncio.Task[None] | None = None
@@ -87,21 +96,21 @@ class Supervisor:
 
     # ------------------------------------------------------------------ files
 
-    def spool(self, job_id: int) -> Path:
-        return self.spool_dir / f"{job_id}.out"
+    def spool(self, key: str) -> Path:
+        return self.spool_dir / f"{key}.out"
 
-    def _exit_file(self, job_id: int) -> str:
-        return f"{self.jobs_dir}/{job_id}.exit"
+    def _exit_file(self, key: str) -> str:
+        return f"{self.jobs_dir}/{key}.exit"
 
-    def output_size(self, job_id: int) -> int:
+    def output_size(self, key: str) -> int:
         try:
-            return self.spool(job_id).stat().st_size
+            return self.spool(key).stat().st_size
         except FileNotFoundError:
             return 0
 
-    def read_output(self, job_id: int, offset: int, limit: int = READ_CHUNK) -> bytes:
+    def read_output(self, key: str, offset: int, limit: int = READ_CHUNK) -> bytes:
         try:
-            with open(self.spool(job_id), "rb") as f:
+            with open(self.spool(key), "rb") as f:
                 f.seek(offset)
                 return f.read(limit)
         except FileNotFoundError:
@@ -155,22 +164,24 @@ class Supervisor:
     def _adopt(self, held: list[dict[str, Any]]) -> None:
         """Take back the jobs a former agent started: running, or ended while it was away."""
         for item in held:
-            job = RunningJob(item["job_id"], item["pid"])
-            self.jobs[job.job_id] = job
+            job = _from_key(item["key"])
+            job.pid = item["pid"]
+            self.jobs[job.key] = job
             if item["exited"]:
                 exited = kp.Exited(**item["exited"])
                 job.forwarded = exited.size
                 job.ended = _ended(exited)
-            log.info("re-adopted job %d (%s)", job.job_id,
+            log.info("re-adopted job %s (%s)", job.key,
                      job.ended.state if job.ended else "running")
         for name in os.listdir(self.jobs_dir):
-            stem, _, suffix = name.partition(".")
-            if suffix != "exit" or not stem.isdigit() or int(stem) in self.jobs:
+            key, dot, suffix = name.rpartition(".")
+            if not dot or suffix != "exit" or key in self.jobs:
                 continue
-            left = kp.read_exit(self._exit_file(int(stem)))
+            left = kp.read_exit(self._exit_file(key))
             if left is not None:  # the keeper that recorded it is gone
-                self.jobs[left.job_id] = RunningJob(left.job_id, forwarded=left.size,
-                                                    ended=_ended(left))
+                job = _from_key(key)
+                job.forwarded, job.ended = left.size, _ended(left)
+                self.jobs[key] = job
 
     async def close(self, kill_jobs: bool) -> None:
         """Stop supervising; with ``kill_jobs``, the keeper kills every job and exits."""
@@ -219,11 +230,11 @@ class Supervisor:
                 break
             kind, payload = msg
             body = json.loads(payload)
-            job = self.jobs.get(body.get("job_id", -1))
+            job = self.jobs.get(str(body.get("key")))
             if job is None:
                 continue
             if kind == kp.GREW:
-                self.pump(job.job_id, body["size"])
+                self.pump(job.key, body["size"])
             elif kind == kp.SPAWNED:
                 job.pid = body["pid"]
             elif kind == kp.EXITED:
@@ -236,7 +247,7 @@ class Supervisor:
             return
         log.error("lost the node keeper: jobs on this node are no longer watched")
         for job in list(self.jobs.values()):
-            exited = kp.read_exit(self._exit_file(job.job_id))
+            exited = kp.read_exit(self._exit_file(job.key))
             if exited is not None:
                 self._conclude(job, exited)
             else:
@@ -250,15 +261,18 @@ class Supervisor:
 
     # ------------------------------------------------------------------ orders
 
-    def start(self, msg: m.StartJob, time_limit: float | None = None) -> RunningJob:
+    def start(self, msg: m.StartJob) -> RunningJob:
         """Ask the keeper to start a job; its output and end come back by callback."""
-        job = RunningJob(msg.job_id)
-        self.jobs[msg.job_id] = job
-        env = job_environment(msg.env, msg.job_id, self.node_id, msg.gpu_ids, msg.name)
+        job = RunningJob(msg.job_id, msg.run)
+        self.jobs[job.key] = job
+        env = job_environment(msg.env, msg.job_id, msg.run, self.node_id, msg.gpu_ids,
+                              msg.name)
         req = {
-            "job_id": msg.job_id, "command": msg.command, "cwd": msg.cwd, "env": env,
-            "spool": str(self.spool(msg.job_id)), "exit_file": self._exit_file(msg.job_id),
-            "time_limit": time_limit, "grace": self.kill_grace, "fence": self.fence,
+            "key": job.key, "job_id": msg.job_id, "command": msg.command, "cwd": msg.cwd,
+            "env": env, "spool": str(self.spool(job.key)),
+            "exit_file": self._exit_file(job.key),
+            "time_limit": msg.time_limit, "grace": self.kill_grace, "fence": self.fence,
+            "stdin": msg.stdin, "pty": msg.pty,
         }
         try:
             self._send(kp.SPAWN, req)
@@ -266,77 +280,110 @@ class Supervisor:
             self._fail(job, f"could not start: {e}")
         return job
 
+    def active(self, job_id: int) -> RunningJob | None:
+        """The run of ``job_id`` that still runs here, if any."""
+        for job in self.jobs.values():
+            if job.job_id == job_id and job.ended is None:
+                return job
+        return None
+
     def cancel(self, job_id: int, reason: str = "cancelled", grace: float | None = None,
                state: str = "cancelled") -> None:
         """SIGTERM the job's whole tree; SIGKILL it after the grace period."""
-        job = self.jobs.get(job_id)
-        if job is None or job.ended is not None:
-            return
-        grace = self.kill_grace if grace is None else grace
+        job = self.active(job_id)
+        if job is not None:
+            self._stop(job.key, state, reason, self.kill_grace if grace is None else grace)
+
+    def kill(self, key: str, reason: str) -> None:
+        """Kill one run at once (fencing)."""
+        job = self.jobs.get(key)
+        if job is not None and job.ended is None:
+            self._stop(key, "node_fail", reason, 0)
+
+    def _stop(self, key: str, state: str, reason: str, grace: float) -> None:
         with contextlib.suppress(ConnectionError):
-            self._send(kp.CANCEL, {"job_id": job_id, "state": state, "reason": reason,
+            self._send(kp.CANCEL, {"key": key, "state": state, "reason": reason,
                                    "grace": grace})
 
-    def kill(self, job_id: int, reason: str) -> None:
-        """Kill at once (fencing)."""
-        self.cancel(job_id, reason, grace=0, state="node_fail")
-
     def signal(self, job_id: int, signum: int) -> None:
-        job = self.jobs.get(job_id)
-        if job is not None and job.ended is None:
+        job = self.active(job_id)
+        if job is not None:
             with contextlib.suppress(ConnectionError):
-                self._send(kp.SIGNAL, {"job_id": job_id, "signum": signum})
+                self._send(kp.SIGNAL, {"key": job.key, "signum": signum})
 
-    def forget(self, job_id: int) -> None:
-        """Drop an ended job once the master has saved its end (its spool stays)."""
-        job = self.jobs.get(job_id)
+    def write_stdin(self, job_id: int, data: bytes, eof: bool) -> None:
+        job = self.active(job_id)
+        if job is None:
+            return
+        with contextlib.suppress(ConnectionError):
+            if data:
+                self._send(kp.STDIN, job.key.encode() + b"\n" + data)
+            if eof:
+                self._send(kp.STDIN_EOF, {"key": job.key})
+
+    def resize(self, job_id: int, rows: int, cols: int) -> None:
+        job = self.active(job_id)
+        if job is not None:
+            with contextlib.suppress(ConnectionError):
+                self._send(kp.RESIZE, {"key": job.key, "rows": rows, "cols": cols})
+
+    def forget(self, key: str) -> None:
+        """Drop an ended run once the master has saved its end (its spool stays)."""
+        job = self.jobs.get(key)
         if job is None or job.ended is None:
             return
-        del self.jobs[job_id]
+        del self.jobs[key]
         try:
-            self._send(kp.FORGET, {"job_id": job_id})
+            self._send(kp.FORGET, {"key": key})
         except ConnectionError:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._exit_file(job_id))
+                os.unlink(self._exit_file(key))
 
     # ------------------------------------------------------------------ output and ends
 
-    def rewind(self, job_id: int, offset: int) -> None:
+    def rewind(self, key: str, offset: int) -> None:
         """The master holds output up to ``offset``: forward from there on."""
-        job = self.jobs.get(job_id)
+        job = self.jobs.get(key)
         if job is not None:
             job.forwarded = offset
 
-    def pump(self, job_id: int, size: int | None = None) -> None:
+    def pump(self, key: str, size: int | None = None) -> None:
         """Forward output from the last forwarded offset up to ``size`` (default: the end)."""
-        job = self.jobs.get(job_id)
+        job = self.jobs.get(key)
         if job is None:
             return
-        end = self.output_size(job_id) if size is None else size
+        end = self.output_size(key) if size is None else size
         while job.forwarded < end:
-            data = self.read_output(job_id, job.forwarded, min(READ_CHUNK, end - job.forwarded))
+            data = self.read_output(key, job.forwarded, min(READ_CHUNK, end - job.forwarded))
             if not data:
                 break
-            self.on_output(job_id, job.forwarded, data)
+            self.on_output(job, job.forwarded, data)
             job.forwarded += len(data)
 
     def _conclude(self, job: RunningJob, exited: kp.Exited) -> None:
         if job.ended is not None:
             return
-        self.pump(job.job_id, exited.size)
+        self.pump(job.key, exited.size)
         job.ended = _ended(exited)
         self.on_ended(job)
 
     def _fail(self, job: RunningJob, reason: str) -> None:
         if job.ended is not None:
             return
-        with open(self.spool(job.job_id), "ab") as f:
+        with open(self.spool(job.key), "ab") as f:
             f.write(m.frame(m.STREAM_STDERR, f"mgpu: {reason}\n".encode()))
-        size = self.output_size(job.job_id)
-        self.pump(job.job_id, size)
-        job.ended = m.JobEnded(job.job_id, "failed", None, reason, size)
+        size = self.output_size(job.key)
+        self.pump(job.key, size)
+        job.ended = m.JobEnded(job.job_id, job.run, "failed", None, reason, size)
         self.on_ended(job)
 
 
+def _from_key(key: str) -> RunningJob:
+    job_id, _, run = key.partition(".")
+    return RunningJob(int(job_id), int(run or 0))
+
+
 def _ended(exited: kp.Exited) -> m.JobEnded:
-    return m.JobEnded(exited.job_id, exited.state, exited.exit_code, exited.reason, exited.size)
+    job = _from_key(exited.key)
+    return m.JobEnded(job.job_id, job.run, exited.state, exited.exit_code, exited.reason,
+                      exited.size)

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from mgpu.core import messages as m
 from mgpu.core.errors import ApiError, MgpuError, NotFound, Rejected, StoreError, UsageError
-from mgpu.core.models import ENDED_STATES, JobState
+from mgpu.core.models import ENDED_STATES, JobState, SimpleJob, run_key
 
 if TYPE_CHECKING:
     from mgpu.server.master import Master
@@ -164,8 +164,17 @@ async def wait(request: web.Request) -> web.Response:
     return reply(m.JobListReply(jobs=jobs))
 
 
+def _flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name) in ("1", "true")
+
+
 async def output(request: web.Request) -> web.StreamResponse:
-    """Stream a job's framed output from ``offset``; with ``follow``, until it ends."""
+    """Stream a job's framed output from ``offset``; with ``follow``, until it ends.
+
+    ``status=1`` adds a STATUS frame whenever the job's placement changes (srun shows
+    "queued" and "running on"); ``attach=1`` makes this stream one of an interactive
+    job's clients, without which the job is cancelled after the grace period.
+    """
     master = master_of(request)
     job_id = job_id_arg(request)
     job = master.state.get(job_id)
@@ -173,19 +182,28 @@ async def output(request: web.Request) -> web.StreamResponse:
         offset = int(request.query.get("offset", "0"))
     except ValueError:
         raise UsageError("offset must be a whole number of bytes") from None
-    follow = request.query.get("follow") in ("1", "true")
+    follow, status, attach = (_flag(request, n) for n in ("follow", "status", "attach"))
     spool = master.output
     assert spool is not None
     resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
     resp.enable_chunked_encoding()
     ev = asyncio.Event()
     master.watchers.setdefault(job_id, set()).add(ev)
+    if attach:
+        master.attach(job_id)
+    shown: tuple[str, str | None] | None = None
     try:
         await resp.prepare(request)
         while True:
             ev.clear()
             ended = job.state in ENDED_STATES
-            data = spool.read(job_id, offset)
+            if status and (job.state.value, job.node) != shown and not ended:
+                shown = (job.state.value, job.node)
+                await resp.write(m.frame(m.STREAM_STATUS, _encode(m.OutputStatus(
+                    state=job.state.value, node=job.node, gpu_ids=job.gpu_ids, gpus=job.gpus,
+                    ahead=master.state.queue_position(job_id)))))
+            data = spool.read_across(
+                [run_key(job_id, r) for r in range(job.requeues + 1)], offset)
             if data:
                 await resp.write(data)
                 offset += len(data)
@@ -194,7 +212,8 @@ async def output(request: web.Request) -> web.StreamResponse:
                 break
             await ev.wait()
         if job.state in ENDED_STATES:
-            end = m.OutputEnd(state=job.state.value, exit_code=job.exit_code)
+            end = m.OutputEnd(state=job.state.value, exit_code=job.exit_code,
+                              reason=job.reason, started=job.started_at is not None)
             await resp.write(m.frame(m.STREAM_END, _encode(end)))
         await resp.write_eof()
     except (ConnectionResetError, asyncio.CancelledError):
@@ -205,7 +224,73 @@ async def output(request: web.Request) -> web.StreamResponse:
             watchers.discard(ev)
             if not watchers:
                 del master.watchers[job_id]
+        if attach:
+            master.detach(job_id)
     return resp
+
+
+async def _until_running(master: Master, job_id: int) -> SimpleJob:
+    """The job once it runs (for input, signals): 409 if it has ended by then."""
+    job = master.state.get(job_id)
+    ev = asyncio.Event()
+    master.watchers.setdefault(job_id, set()).add(ev)
+    try:
+        while job.state is JobState.PENDING and not master.closing:
+            ev.clear()
+            await ev.wait()
+    finally:
+        master.watchers.get(job_id, set()).discard(ev)
+    if job.state is not JobState.RUNNING or job.node is None:
+        raise ApiError(f"job {job_id} is not running ({job.state.value})", 409)
+    return job
+
+
+async def stdin(request: web.Request) -> web.Response:
+    """Stream the request body into a running job's stdin; its end closes the stdin."""
+    master = master_of(request)
+    job_id = job_id_arg(request)
+    job = master.state.get(job_id)
+    if not job.stdin:
+        raise ApiError(f"job {job_id} was not started with --stdin: it reads no input", 409)
+    job = await _until_running(master, job_id)
+    node = job.node
+    sent = 0
+    async for chunk in request.content.iter_chunked(1 << 16):
+        conn = master.conns.get(node or "")
+        if conn is None or job.state is not JobState.RUNNING:
+            raise ApiError(f"job {job_id} is no longer running", 409)
+        conn.send(m.JobInput(job_id, chunk))
+        sent += len(chunk)
+        await conn.drained()
+    conn = master.conns.get(node or "")
+    if conn is not None:
+        conn.send(m.JobInput(job_id, b"", eof=True))
+    return reply({"job_id": job_id, "bytes": sent})
+
+
+async def send_signal(request: web.Request) -> web.Response:
+    master = master_of(request)
+    job_id = job_id_arg(request)
+    req = await body(request, m.SignalRequest)
+    if not 1 <= req.signum <= 64:
+        raise UsageError(f"{req.signum} is not a signal number")
+    job = master.state.get(job_id)
+    if job.state is not JobState.RUNNING or job.node not in master.conns:
+        raise ApiError(f"job {job_id} is not running ({job.state.value})", 409)
+    master.conns[job.node].send(m.JobSignal(job_id, req.signum))
+    return reply({"job_id": job_id, "signum": req.signum})
+
+
+async def resize(request: web.Request) -> web.Response:
+    master = master_of(request)
+    job_id = job_id_arg(request)
+    req = await body(request, m.ResizeRequest)
+    if not (0 < req.rows < 10000 and 0 < req.cols < 10000):
+        raise UsageError("rows and cols must be between 1 and 9999")
+    job = master.state.get(job_id)
+    if job.state is JobState.RUNNING and job.node in master.conns:
+        master.conns[job.node].send(m.JobResize(job_id, req.rows, req.cols))
+    return reply({"job_id": job_id})
 
 
 async def nodes(request: web.Request) -> web.Response:
@@ -238,6 +323,9 @@ def build_app(master: Master) -> web.Application:
             web.post("/api/v1/jobs/wait", wait),
             web.get("/api/v1/jobs/{job_id}", show_job),
             web.get("/api/v1/jobs/{job_id}/output", output),
+            web.post("/api/v1/jobs/{job_id}/stdin", stdin),
+            web.post("/api/v1/jobs/{job_id}/signal", send_signal),
+            web.post("/api/v1/jobs/{job_id}/resize", resize),
             web.get("/api/v1/nodes", nodes),
             web.get("/api/v1/health", health),
             web.get("/api/v1/node/ws", node_ws),

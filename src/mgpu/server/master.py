@@ -26,7 +26,7 @@ from aiohttp import web
 from mgpu.core import messages as m
 from mgpu.core.config import LogConfig, MasterConfig
 from mgpu.core.errors import MgpuError, StoreError
-from mgpu.core.models import JobState
+from mgpu.core.models import JobState, run_key
 from mgpu.core.scheduler import Policy, schedule
 from mgpu.core.timefmt import parse_duration
 from mgpu.server.state import ClusterState, Effects
@@ -99,15 +99,24 @@ class NodeConn:
         self.node_id = node_id
         self.ws = ws
         self.queue: asyncio.Queue[m.MasterMessage] = asyncio.Queue()
+        self.empty = asyncio.Event()
         self.writer = asyncio.create_task(self._write())
 
     def send(self, msg: m.MasterMessage) -> None:
         self.queue.put_nowait(msg)
+        self.empty.clear()
+
+    async def drained(self, most: int = 16) -> None:
+        """Until at most ``most`` messages wait to go out (back-pressure for job input)."""
+        while self.queue.qsize() > most and not self.writer.done():
+            await self.empty.wait()
 
     async def _write(self) -> None:
         encode = m.node_encoder.encode
         with contextlib.suppress(ConnectionError, asyncio.CancelledError):
             while True:
+                if self.queue.empty():
+                    self.empty.set()
                 msg = await self.queue.get()
                 await self.ws.send_bytes(encode(msg))
 
@@ -129,6 +138,8 @@ class Master:
         self.store: Store | None = None
         self.committer: Committer | None = None
         self.watchers: dict[int, set[asyncio.Event]] = {}
+        self.attached: dict[int, int] = {}  # interactive job -> clients following it
+        self._detach_timers: dict[int, asyncio.TimerHandle] = {}
         self.ended = asyncio.Condition()
         self.port = 0
         self.closing = False
@@ -151,7 +162,10 @@ class Master:
         from mgpu.server.api import build_app
 
         app = build_app(self)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # handler_cancellation: a client that goes away ends its handler (and so detaches
+        # from an interactive job) at once, even while the handler waits for output.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port, reuse_address=True)
         try:
@@ -260,27 +274,30 @@ class Master:
             self.state.unplace(started, time.time(), "the master could not save its state")
 
     def _on_saved(self, effects: Effects) -> None:
-        acks: dict[str, list[int]] = {}
+        acks: dict[str, list[str]] = {}
         for node_id, msg in effects.sends:
             if isinstance(msg, m.EndedAck):  # one ack per node per batch
-                acks.setdefault(node_id, []).extend(msg.job_ids)
+                acks.setdefault(node_id, []).extend(msg.runs)
                 continue
             conn = self.conns.get(node_id)
             if conn is not None:
                 conn.send(msg)
+                if isinstance(msg, m.StartJob):
+                    self.notify_output(msg.job_id)  # followers see it placed
             elif isinstance(msg, m.StartJob):
                 # The node left between placement and send: it never got the job.
                 self.state.unplace([msg.job_id], time.time(), f"node {node_id} disconnected")
                 self.apply(Effects())
-        for node_id, job_ids in acks.items():
+        for node_id, keys in acks.items():
             conn = self.conns.get(node_id)
             if conn is not None:
-                conn.send(m.EndedAck(job_ids))
+                conn.send(m.EndedAck(keys))
         if effects.ended:
             for job_id in effects.ended:
                 self.notify_output(job_id)
-                if self.output is not None:
-                    self.output.close(job_id)
+                job = self.state.jobs.get(job_id)
+                if self.output is not None and job is not None:
+                    self.output.close(run_key(job_id, job.requeues))
             self.spawn(self._notify_ended())
 
     async def _notify_ended(self) -> None:
@@ -295,6 +312,39 @@ class Master:
     def notify_output(self, job_id: int) -> None:
         for ev in self.watchers.get(job_id, ()):
             ev.set()
+
+    # ------------------------------------------------------------------ interactive jobs
+
+    def attach(self, job_id: int) -> None:
+        """A client follows an interactive job (srun, attach)."""
+        self.attached[job_id] = self.attached.get(job_id, 0) + 1
+        timer = self._detach_timers.pop(job_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def detach(self, job_id: int) -> None:
+        """A client stopped following: with none left for the grace period, cancel the job."""
+        left = self.attached.get(job_id, 1) - 1
+        if left > 0:
+            self.attached[job_id] = left
+            return
+        self.attached.pop(job_id, None)
+        job = self.state.jobs.get(job_id)
+        if job is None or not job.interactive or job.state.ended or self.closing:
+            return
+        self._detach_timers[job_id] = asyncio.get_running_loop().call_later(
+            self.cfg.srun_grace, self._client_gone, job_id)
+
+    def _client_gone(self, job_id: int) -> None:
+        self._detach_timers.pop(job_id, None)
+        job = self.state.jobs.get(job_id)
+        if job is None or job.state.ended or self.attached.get(job_id):
+            return
+        log.warning("job %d: its interactive client has been gone for %gs: cancelling it",
+                    job_id, self.cfg.srun_grace)
+        _, effects = self.state.on_cancel([job_id], time.time(),
+                                          reason="its srun client went away")
+        self.apply(effects)
 
     # ------------------------------------------------------------------ node messages
 
@@ -359,12 +409,16 @@ class Master:
     def on_node_message(self, node_id: str, msg: m.NodeMessage) -> None:
         now = time.time()
         self.state.on_heartbeat(node_id, now)
-        if isinstance(msg, m.JobOutput):
+        if isinstance(msg, m.Heartbeat):
+            conn = self.conns.get(node_id)
+            if conn is not None:
+                conn.send(msg)  # so the agent can tell a silent master from a quiet one
+        elif isinstance(msg, m.JobOutput):
             assert self.output is not None
             job = self.state.jobs.get(msg.job_id)
-            if job is None or job.node != node_id:
-                return
-            if self.output.append_at(msg.job_id, msg.offset, msg.data):
+            if job is None or job.node != node_id or job.requeues != msg.run:
+                return  # an old run's late output: not this job's any more
+            if self.output.append_at(run_key(msg.job_id, msg.run), msg.offset, msg.data):
                 self.notify_output(msg.job_id)
             else:
                 log.error("gap in output of job %d from node %s", msg.job_id, node_id)

@@ -13,7 +13,16 @@ from dataclasses import dataclass, field
 
 from mgpu.core import messages as m
 from mgpu.core.errors import NotFound, Rejected, UsageError
-from mgpu.core.models import GpuInfo, JobSpec, JobState, NodeInfo, SimpleJob, advance, utc
+from mgpu.core.models import (
+    GpuInfo,
+    JobSpec,
+    JobState,
+    NodeInfo,
+    SimpleJob,
+    advance,
+    run_key,
+    utc,
+)
 from mgpu.core.scheduler import NodeSnapshot, PendingJob, Policy, schedule
 from mgpu.server.store import Batch, LoadedJob
 
@@ -157,8 +166,11 @@ class ClusterState:
                 cwd=spec.cwd or "/",
                 submitted_at=submitted,
                 time_limit=self._time_limit(spec, ""),
-                max_requeue=(0 if not spec.requeue else
+                max_requeue=(0 if not spec.requeue or spec.interactive else
                              self.max_requeue if spec.max_requeue is None else spec.max_requeue),
+                interactive=spec.interactive,
+                stdin=spec.stdin or spec.pty,
+                pty=spec.pty,
             )
             self.jobs[job_id] = job
             self.pending[job_id] = PendingJob(job_id, spec.gpus, job.user)
@@ -198,7 +210,9 @@ class ClusterState:
             raise NotFound(f"no job {job_id}: `mgpu queue --all` lists the jobs there are")
         return job
 
-    def on_cancel(self, job_ids: list[int], now: float) -> tuple[list[m.CancelResult], Effects]:
+    def on_cancel(
+        self, job_ids: list[int], now: float, reason: str = "cancelled"
+    ) -> tuple[list[m.CancelResult], Effects]:
         """Cancel pending jobs at once; ask the node to stop running ones."""
         effects = Effects()
         results: list[m.CancelResult] = []
@@ -209,14 +223,14 @@ class ClusterState:
             elif job.state is JobState.PENDING:
                 self.pending.pop(job_id, None)
                 self.envs.pop(job_id, None)
-                advance(job, JobState.CANCELLED, now, reason="cancelled while pending")
+                advance(job, JobState.CANCELLED, now, reason=f"{reason} while pending")
                 effects.update(job)
                 effects.ended.append(job_id)
                 results.append(m.CancelResult(job_id, True, state=job.state.value))
             elif job.state is JobState.RUNNING:
                 self.cancel_requested.add(job_id)
                 if job.node is not None:
-                    effects.sends.append((job.node, m.CancelJob(job_id, "cancelled")))
+                    effects.sends.append((job.node, m.CancelJob(job_id, reason)))
                 results.append(m.CancelResult(job_id, True, state="cancelling"))
             else:
                 results.append(
@@ -281,6 +295,7 @@ class ClusterState:
                     node.node_id,
                     m.StartJob(
                         job_id=job.id,
+                        run=job.requeues,
                         command=job.command,
                         cwd=job.cwd,
                         env=env,
@@ -288,6 +303,8 @@ class ClusterState:
                         user=job.user,
                         name=job.name,
                         time_limit=job.time_limit,
+                        stdin=job.stdin,
+                        pty=job.pty,
                     ),
                 )
             )
@@ -325,24 +342,23 @@ class ClusterState:
                                   for g in msg.gpus],
                     hostname=msg.hostname, last_seen=now)
         self.nodes[msg.node_id] = node
-        reported = {r.job_id: r.output_size for r in msg.running}
-        kill: list[int] = []
-        offsets: dict[int, int] = {}
-        believed = {j.id for j in self.running_on(msg.node_id)}
+        reported = {r.key for r in msg.running}
+        kill: list[str] = []
+        offsets: dict[str, int] = {}
+        believed = {run_key(j.id, j.requeues): j for j in self.running_on(msg.node_id)}
         by_index = {g.index: g for g in node.gpus}
-        for job_id in believed:
-            job = self.jobs[job_id]
-            if job_id in reported:
+        for key, job in believed.items():
+            if key in reported:
                 for i in job.gpu_ids:
                     if i in by_index:
-                        by_index[i].job_id = job_id
-                offsets[job_id] = -1  # filled in by the outer layer (it owns the files)
+                        by_index[i].job_id = job.id
+                offsets[key] = -1  # filled in by the outer layer (it owns the files)
             else:
                 effects.merge(self.node_lost(
                     job, f"node {msg.node_id} restarted without this job", now))
-        for job_id in reported:
-            if job_id not in believed:
-                kill.append(job_id)
+        for key in sorted(reported):
+            if key not in believed:
+                kill.append(key)
         return (
             m.Registered(accepted=True, output_offsets=offsets, kill=kill),
             effects,
@@ -363,11 +379,12 @@ class ClusterState:
     ) -> Effects:
         """A node reports a job's end (after all its output)."""
         effects = Effects()
-        effects.sends.append((node_id, m.EndedAck([msg.job_id])))
+        effects.sends.append((node_id, m.EndedAck([msg.key])))
         job = self.jobs.get(msg.job_id)
         node = node or self.nodes.get(node_id)
-        if job is None or job.state is not JobState.RUNNING or job.node != node_id:
-            return effects  # already settled (e.g. a resent report): just acknowledge
+        if (job is None or job.state is not JobState.RUNNING or job.node != node_id
+                or job.requeues != msg.run):
+            return effects  # settled already, or an old run: just acknowledge
         if node is not None:
             node.release(job.id)
         try:

@@ -1,8 +1,9 @@
 """Append-only files of framed job output, read by byte offset.
 
-The node writes each job's output to its spool (``spool/JOBID.out``); the master keeps a
-copy of the same bytes (``output/JOBID.out``). Both use :class:`SpoolDir`. Appends carry the
-offset they start at, so a resent chunk is written once and a resumed stream loses nothing.
+The master keeps a copy of each run's output (``output/JOBID.RUN.out``, named by
+:func:`~mgpu.core.models.run_key`), written as the node sends it. Appends carry the offset
+they start at, so a resent chunk is written once and a resumed stream loses nothing; a
+job's output is the concatenation of its runs' files (:meth:`SpoolDir.read_across`).
 """
 
 from __future__ import annotations
@@ -13,72 +14,81 @@ from typing import BinaryIO
 
 
 class SpoolDir:
-    """One directory of per-job output files, with open handles for jobs still writing."""
+    """One directory of output files, one per run, with open handles for runs writing."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._files: dict[int, BinaryIO] = {}
-        self._sizes: dict[int, int] = {}
+        self._files: dict[str, BinaryIO] = {}
+        self._sizes: dict[str, int] = {}
 
-    def file(self, job_id: int) -> Path:
-        return self.path / f"{job_id}.out"
+    def file(self, key: str) -> Path:
+        return self.path / f"{key}.out"
 
-    def size(self, job_id: int) -> int:
-        size = self._sizes.get(job_id)
+    def size(self, key: str) -> int:
+        size = self._sizes.get(key)
         if size is None:
             try:
-                size = os.stat(self.file(job_id)).st_size
+                size = os.stat(self.file(key)).st_size
             except FileNotFoundError:
                 size = 0
-            self._sizes[job_id] = size
+            self._sizes[key] = size
         return size
 
-    def _handle(self, job_id: int) -> BinaryIO:
-        f = self._files.get(job_id)
+    def _handle(self, key: str) -> BinaryIO:
+        f = self._files.get(key)
         if f is None:
-            f = open(self.file(job_id), "ab")  # noqa: SIM115 - kept open while the job writes
-            self._files[job_id] = f
+            f = open(self.file(key), "ab")  # noqa: SIM115 - kept open while the job writes
+            self._files[key] = f
         return f
 
-    def append(self, job_id: int, data: bytes) -> int:
+    def append(self, key: str, data: bytes) -> int:
         """Append ``data``; return the offset it starts at."""
-        start = self.size(job_id)
-        f = self._handle(job_id)
+        start = self.size(key)
+        f = self._handle(key)
         f.write(data)
         f.flush()
-        self._sizes[job_id] = start + len(data)
+        self._sizes[key] = start + len(data)
         return start
 
-    def append_at(self, job_id: int, offset: int, data: bytes) -> bool:
+    def append_at(self, key: str, offset: int, data: bytes) -> bool:
         """Append the part of ``data`` (which starts at ``offset``) not yet held.
 
         Returns False when ``offset`` is beyond the end (a gap: the caller must resend from
         :meth:`size`), True otherwise.
         """
-        size = self.size(job_id)
+        size = self.size(key)
         if offset > size:
             return False
         skip = size - offset
         if skip < len(data):
-            self.append(job_id, data[skip:] if skip else data)
+            self.append(key, data[skip:] if skip else data)
         return True
 
-    def read(self, job_id: int, offset: int, limit: int = 1 << 20) -> bytes:
-        if offset >= self.size(job_id):
+    def read(self, key: str, offset: int, limit: int = 1 << 20) -> bytes:
+        if offset >= self.size(key):
             return b""
         try:
-            with open(self.file(job_id), "rb") as f:
+            with open(self.file(key), "rb") as f:
                 f.seek(offset)
                 return f.read(limit)
         except FileNotFoundError:
             return b""
 
-    def close(self, job_id: int) -> None:
-        f = self._files.pop(job_id, None)
+    def read_across(self, keys: list[str], offset: int, limit: int = 1 << 20) -> bytes:
+        """Read at ``offset`` of the files of ``keys`` taken end to end (a job's runs)."""
+        for key in keys:
+            size = self.size(key)
+            if offset < size:
+                return self.read(key, offset, limit)
+            offset -= size
+        return b""
+
+    def close(self, key: str) -> None:
+        f = self._files.pop(key, None)
         if f is not None:
             f.close()
 
     def close_all(self) -> None:
-        for job_id in list(self._files):
-            self.close(job_id)
+        for key in list(self._files):
+            self.close(key)
