@@ -190,6 +190,7 @@ JOB_FIELDS = [
     "interactive",
     "stdin",
     "pty",
+    "argv",
     "submitted_at",
     "started_at",
     "ended_at",

@@ -85,9 +85,9 @@ def test_dumps_refuses_what_is_not_plain(obj: Any) -> None:
 @given(st.lists(st.text(), min_size=2, max_size=5))
 def test_a_command_of_several_words_is_joined_as_shlex_joins(words: list[str]) -> None:
     if words[0] != "--":
-        assert _command(words) == shlex.join(words)
+        assert _command(words) == (shlex.join(words), words)
 
 
 def test_a_command_of_one_word_is_kept_as_it_is() -> None:
-    assert _command(["python train.py --lr 3e-4"]) == "python train.py --lr 3e-4"
-    assert _command(["--", "a b", "it's"]) == shlex.join(["a b", "it's"])
+    assert _command(["python train.py --lr 3e-4"]) == ("python train.py --lr 3e-4", None)
+    assert _command(["--", "a b", "it's"]) == (shlex.join(["a b", "it's"]), ["a b", "it's"])

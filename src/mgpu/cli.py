@@ -147,16 +147,17 @@ def _job_env(exports: list[str], envs: list[str]) -> dict[str, str]:
     return env
 
 
-def _command(words: list[str]) -> str:
-    """The job's shell command line: one word as it is (``'python t.py'``), several joined
-    as ``shlex.join`` does (``python t.py --name 'a b'``)."""
+def _command(words: list[str]) -> tuple[str, list[str] | None]:
+    """The job's command: one word is a shell command line (``'python t.py'``), run by
+    ``/bin/sh -c``; several words are run as they are, without a shell, as srun does (and
+    shown joined as ``shlex.join`` does: ``python t.py --name 'a b'``)."""
     if words and words[0] == "--":
         words = words[1:]
     if not words:
         raise UsageError("a job needs a command: mgpu submit [options] 'COMMAND ...'")
     if len(words) == 1:
-        return words[0]
-    return " ".join(map(_shell_quote, words))
+        return words[0], None
+    return " ".join(map(_shell_quote, words)), list(words)
 
 
 # The characters shlex.quote leaves unquoted: [\w@%+=:,./-] with re.ASCII.
@@ -207,7 +208,7 @@ def _time_limit(text: str | None) -> int | None:
 
 def cmd_submit(ns: argparse.Namespace) -> int:
     gpus = _gpus(ns)
-    command = _command(ns.command)
+    command, argv = _command(ns.command)
     env = _job_env(ns.export or [], ns.env or [])
     cwd = os.path.abspath(ns.chdir) if ns.chdir else os.getcwd()
     limit = _time_limit(ns.time)
@@ -215,7 +216,7 @@ def cmd_submit(ns: argparse.Namespace) -> int:
         raise UsageError("--max-requeue must be 0 or more")
     job_id = _client(ns).submit_job(
         gpus=gpus, cmd=command, name=ns.job_name, cwd=cwd, env=env, time_limit=limit,
-        requeue=not ns.no_requeue, max_requeue=ns.max_requeue,
+        requeue=not ns.no_requeue, max_requeue=ns.max_requeue, stdin=ns.stdin, argv=argv,
     )
     if ns.json:
         _write(f'{{"job_id": {job_id}}}\n')
@@ -224,6 +225,75 @@ def cmd_submit(ns: argparse.Namespace) -> int:
     else:
         _write(f"Submitted job {job_id}\n")
     return 0
+
+
+def cmd_srun(ns: argparse.Namespace) -> int:
+    """Run a command as an interactive job: wait for GPUs, then stream it here, live."""
+    gpus = _gpus(ns)
+    command, argv = _command(ns.command)
+    env = _job_env(ns.export or [], ns.env or [])
+    cwd = os.path.abspath(ns.chdir) if ns.chdir else os.getcwd()
+    client = _client(ns)
+    forward = ns.pty or _has_input()
+    job_id = client.submit_job(
+        gpus=gpus, cmd=command, name=ns.job_name, cwd=cwd, env=env,
+        time_limit=_time_limit(ns.time), interactive=True, stdin=forward, pty=ns.pty,
+        argv=argv,
+    )
+    return _interact(client, job_id, ns.quiet, forward, ns.pty)
+
+
+def cmd_attach(ns: argparse.Namespace) -> int:
+    """Follow a job's output live, and feed its stdin if it was started with --stdin."""
+    client = _client(ns)
+    job = client.get_job(ns.job_id)
+    forward = job.stdin and (job.pty or _has_input())
+    return _interact(client, ns.job_id, ns.quiet, forward, job.pty)
+
+
+def _has_input() -> bool:
+    """Whether this process has a stdin worth forwarding (open, and not /dev/null)."""
+    import stat
+
+    try:
+        mine, null = os.fstat(0), os.stat(os.devnull)
+    except OSError:
+        return False
+    return not (stat.S_ISCHR(mine.st_mode) and mine.st_rdev == null.st_rdev)
+
+
+def _interact(client: SimpleClient, job_id: int, quiet: bool, forward: bool, pty: bool) -> int:
+    """Follow ``job_id`` as srun does; the status to exit with."""
+    import signal
+
+    from mgpu.client.srun import Interactive
+
+    grace = float(os.environ.get("MGPU_SRUN_GRACE") or 10.0)
+    tty = pty and os.isatty(0)
+    session = Interactive(client, job_id, quiet=quiet, stdin_fd=0 if forward else None,
+                          grace=grace)
+    restore = None
+    if tty:
+        import termios
+        import tty as ttymod
+
+        def size() -> None:
+            cols, rows = os.get_terminal_size(0)
+            session.resize(rows, cols)
+
+        session.on_running = size
+        signal.signal(signal.SIGWINCH, lambda *_: size())
+        restore = termios.tcgetattr(0)
+        ttymod.setraw(0)  # keys (Ctrl-C too) go to the job's terminal as they are typed
+    else:
+        signal.signal(signal.SIGINT, lambda *_: session.interrupt())
+    try:
+        return session.run()
+    finally:
+        if restore is not None:
+            import termios
+
+            termios.tcsetattr(0, termios.TCSAFLUSH, restore)
 
 
 def cmd_queue(ns: argparse.Namespace) -> int:
@@ -479,7 +549,8 @@ def _top_args(p: argparse.ArgumentParser, suppress: str) -> None:
     p.add_argument("--version", action="version", version=f"mgpu {__version__}")
 
 
-def _submit_args(p: argparse.ArgumentParser) -> None:
+def _job_options(p: argparse.ArgumentParser) -> None:
+    """What a job needs, for ``submit`` and ``srun`` alike."""
     p.add_argument("-G", "--gpus", metavar="N", help="GPUs the job needs (default 1)")
     p.add_argument("--gres", metavar="gpu:N", help="SLURM's form of -G")
     p.add_argument("-J", "--job-name", metavar="NAME")
@@ -493,13 +564,31 @@ def _submit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env", action="append", metavar="KEY=VAL", help="one variable to set")
     p.add_argument("-t", "--time", metavar="TIME",
                    help="time limit: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS")
+
+
+def _submit_args(p: argparse.ArgumentParser) -> None:
+    _job_options(p)
     p.add_argument("--no-requeue", action="store_true",
                    help="do not requeue the job if its node is lost")
     p.add_argument("--max-requeue", type=int, metavar="N",
                    help="requeue at most N times (default: the master's, 3)")
+    p.add_argument("--stdin", action="store_true",
+                   help="keep the job's stdin open, for `mgpu attach` to write to")
     p.add_argument("--parsable", action="store_true", help="print only the job id")
     p.add_argument("--json", action="store_true")
     p.add_argument("command", nargs=REMAINDER, help="the command line")
+
+
+def _srun_args(p: argparse.ArgumentParser) -> None:
+    _job_options(p)
+    p.add_argument("--pty", action="store_true", help="run it on a terminal (bash, vim, ...)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no 'queued'/'running' lines")
+    p.add_argument("command", nargs=REMAINDER, help="the command line")
+
+
+def _attach_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job_id", type=_job_id)
+    p.add_argument("-q", "--quiet", action="store_true", help="no 'queued'/'running' lines")
 
 
 def _queue_args(p: argparse.ArgumentParser) -> None:
@@ -572,6 +661,8 @@ def _up_args(p: argparse.ArgumentParser) -> None:
 # name -> (handler, one-line help, adds the subcommand's own arguments)
 COMMANDS: dict[str, tuple[Handler, str, Callable[[argparse.ArgumentParser], None]]] = {
     "submit": (cmd_submit, "queue a command to run on GPUs", _submit_args),
+    "srun": (cmd_srun, "run a command interactively, output here, live", _srun_args),
+    "attach": (cmd_attach, "follow a job's output live (and feed its stdin)", _attach_args),
     "queue": (cmd_queue, "list pending and running jobs", _queue_args),
     "show": (cmd_show, "one job in full", _job_args),
     "logs": (cmd_logs, "a job's output", _logs_args),
@@ -701,5 +792,6 @@ def _as(subcommand: str) -> Callable[[list[str] | None], int]:
 server_main = _as("server")  # python src/mgpu_server.py --host 0.0.0.0 --port 8080
 node_main = _as("node")  # python src/mgpu_node.py --node-id node1 --master-host localhost
 client_main = _as("submit")  # python src/mgpu_client.py --gpus 2 'python train.py'
+srun_main = _as("srun")  # python src/mgpu_srun.py --gpus 2 'python train.py'
 queue_main = _as("queue")  # python src/mgpu_queue.py
 cancel_main = _as("cancel")  # python src/mgpu_cancel.py 3 4

@@ -25,7 +25,7 @@ from mgpu.utils import plainjson
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs start-up time
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
     from typing import Any, TypeVar
 
     from mgpu.client.transport import Response
@@ -86,9 +86,11 @@ def _encode(obj: Any) -> bytes:
 class OutputStream:
     """A job's output as ``(stream, data)`` frames, in the order it was written.
 
-    ``stream`` is 1 for stdout and 2 for stderr; ``data`` is raw bytes. Iterate once. When
-    iteration stops, :attr:`end` holds how the job ended if the master sent the END frame
-    (it does once the job has ended), else ``None``; :attr:`offset` is where to resume.
+    ``stream`` is 1 for stdout and 2 for stderr; ``data`` is raw bytes. With ``status``,
+    frames of stream 3 carry JSON ``OutputStatus`` (the job's placement, when it changes).
+    Iterate once. When iteration stops, :attr:`end` holds how the job ended if the master
+    sent the END frame (it does once the job has ended), else ``None``; :attr:`offset` is
+    where to resume (it counts the job's output only, not status frames).
     The stream has a connection of its own, closed when iteration stops or by
     :meth:`close`.
     """
@@ -110,11 +112,12 @@ class OutputStream:
                 frames, used = split_frames(buf)
                 buf = buf[used:]
                 for stream, data in frames:
-                    self.offset += FRAME_HEADER.size + len(data)
                     if stream == STREAM_END:
                         self.end = _decode(data, OutputEnd)
-                    else:
-                        yield stream, data
+                        continue
+                    if stream in (1, 2):
+                        self.offset += FRAME_HEADER.size + len(data)
+                    yield stream, data
         finally:
             self._conn.close()
 
@@ -171,14 +174,21 @@ class SimpleClient:
         time_limit: int | None = None,
         requeue: bool = True,
         max_requeue: int | None = None,
+        interactive: bool = False,
+        stdin: bool = False,
+        pty: bool = False,
+        argv: list[str] | None = None,
     ) -> int:
         """Queue ``cmd`` (a shell command line) to run with ``gpus`` GPUs; return its id.
 
         ``cwd`` defaults to the current directory and ``env`` to this process's whole
         environment; ``user`` is the submitting Unix user. ``time_limit`` is in seconds
-        (None: the master's default; 0: unlimited). Built as plain JSON (the fields
-        of :class:`~mgpu.core.models.JobSpec`, which the master validates) so that a submit
-        does not pay for importing msgspec.
+        (None: the master's default; 0: unlimited). ``interactive`` marks an srun (never
+        requeued, cancelled when its clients go), ``stdin`` keeps the job's input open for
+        ``mgpu attach``, ``pty`` runs it on a pseudo-terminal. With ``argv`` the job runs
+        that program and arguments without a shell (``cmd`` is then what listings show).
+        Built as plain JSON (the fields of :class:`~mgpu.core.models.JobSpec`, which the
+        master validates) so that a submit does not pay for importing msgspec.
         """
         if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
             raise UsageError(f"gpus must be a positive whole number of GPUs, got {gpus!r}")
@@ -194,6 +204,10 @@ class SimpleClient:
             "time_limit": time_limit,
             "requeue": requeue,
             "max_requeue": max_requeue,
+            "interactive": interactive,
+            "stdin": stdin,
+            "pty": pty,
+            "argv": argv,
         }
         body = plainjson.dumps({"jobs": [spec]}).encode()
         reply = plainjson.loads(self._call("POST", f"{API}/jobs", body))
@@ -273,13 +287,24 @@ class SimpleClient:
 
     # --------------------------------------------------------------------------- output
 
-    def stream_output(self, job_id: int, offset: int = 0, follow: bool = True) -> OutputStream:
+    def stream_output(
+        self,
+        job_id: int,
+        offset: int = 0,
+        follow: bool = True,
+        *,
+        status: bool = False,
+        attach: bool = False,
+    ) -> OutputStream:
         """A job's output frames from byte ``offset`` of its framed output.
 
         With ``follow`` the stream stays open while the job runs and ends with the job;
-        without it, it ends with the output there is now.
+        without it, it ends with the output there is now. ``status`` adds placement frames
+        (stream 3); ``attach`` counts this stream as a client of an interactive job (which
+        is cancelled once it has none for the master's grace period).
         """
-        path = f"{API}/jobs/{int(job_id)}/output?offset={int(offset)}&follow={int(follow)}"
+        path = (f"{API}/jobs/{int(job_id)}/output?offset={int(offset)}&follow={int(follow)}"
+                f"&status={int(status)}&attach={int(attach)}")
         # A connection of its own, so the client can make other calls while it streams.
         conn = Connection(self.host, self.port, self.timeout)
         resp = conn.request("GET", path, endless=follow)
@@ -288,6 +313,38 @@ class SimpleClient:
             conn.close()
             raise _error(resp.status, data)
         return OutputStream(conn, resp, offset)
+
+    def signal(self, job_id: int, signum: int) -> None:
+        """Send signal ``signum`` to a running job's process group."""
+        body = plainjson.dumps({"signum": int(signum)}).encode()
+        self._call("POST", f"{API}/jobs/{int(job_id)}/signal", body)
+
+    def resize(self, job_id: int, rows: int, cols: int) -> None:
+        """Tell a job running on a pseudo-terminal its new window size."""
+        body = plainjson.dumps({"rows": int(rows), "cols": int(cols)}).encode()
+        self._call("POST", f"{API}/jobs/{int(job_id)}/resize", body)
+
+    def run_interactive(
+        self,
+        cmd: str,
+        gpus: int = 1,
+        stdin: bytes | None = None,
+        on_stdout: Callable[[bytes], None] | None = None,
+        on_stderr: Callable[[bytes], None] | None = None,
+        quiet: bool = True,
+        **options: Any,
+    ) -> int:
+        """Run ``cmd`` as an interactive job (``mgpu srun``) and wait for it: its stdout and
+        stderr go to the callbacks as they come (default: this process's own), ``stdin``
+        (bytes) is its input. Returns its exit code (128+N for signal N), or 125 when it
+        never ran to one. ``options`` are :meth:`submit_job`'s."""
+        from mgpu.client.srun import Interactive
+
+        job_id = self.submit_job(gpus=gpus, cmd=cmd, interactive=True,
+                                 stdin=stdin is not None, **options)
+        session = Interactive(self, job_id, quiet=quiet, on_stdout=on_stdout,
+                              on_stderr=on_stderr, stdin_data=stdin)
+        return session.run()
 
     def logs(self, job_id: int, offset: int = 0) -> str:
         """All output so far, stdout and stderr in the order written, decoded as UTF-8."""

@@ -137,6 +137,7 @@ def job_detail(job: SimpleJob, now: datetime) -> str:
         ("interactive", "yes" if job.interactive else "no"),
         ("stdin", "yes" if job.stdin else "no"),
         ("pty", "yes" if job.pty else "no"),
+        ("argv", "-" if job.argv is None else " ".join(job.argv)),
         ("submitted_at", _when(job.submitted_at)),
         ("started_at", _when(job.started_at)),
         ("ended_at", _when(job.ended_at)),

@@ -29,7 +29,7 @@ from mgpu.core.errors import ConnectionFailed
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs start-up time
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
 
 _USER_AGENT = "mgpu-client/0.1.0"
 _MAX_LINE = 65536
@@ -161,6 +161,25 @@ class Connection:
                 if not (reused and attempt == 0):
                     raise self._failed(e) from None
         raise ConnectionFailed(f"the master at {self.address} closed the connection")
+
+    def upload(self, path: str, chunks: Iterable[bytes]) -> Response:
+        """``POST`` a body sent in chunks as ``chunks`` yields them (a job's stdin); the
+        response once the body has ended. Never re-sent: nothing to resend it from."""
+        head = [f"POST {path} HTTP/1.1", f"Host: {self.address}", f"User-Agent: {_USER_AGENT}",
+                "Content-Type: application/octet-stream", "Transfer-Encoding: chunked"]
+        self.wait = 0.0
+        try:
+            sock = self._connect()
+            sock.settimeout(None)
+            sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+            for data in chunks:
+                if data:
+                    sock.sendall(b"%x\r\n" % len(data) + data + b"\r\n")
+            sock.sendall(b"0\r\n\r\n")
+            return self._read_head(False)
+        except OSError as e:
+            self.close()
+            raise self._failed(e) from None
 
     # ------------------------------------------------------------------------ internals
 

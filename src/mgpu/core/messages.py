@@ -219,6 +219,7 @@ class StartJob(msgspec.Struct, tag=MessageType.START_JOB.value):
     time_limit: float | None = None
     stdin: bool = False
     pty: bool = False
+    argv: list[str] | None = None
 
 
 class CancelJob(msgspec.Struct, tag=MessageType.CANCEL_JOB.value):

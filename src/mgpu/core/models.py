@@ -89,6 +89,7 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     interactive: bool = False  # an srun: cancelled when its client goes, never requeued
     stdin: bool = False  # keep the job's stdin open for `mgpu attach` / srun to write to
     pty: bool = False  # run it on a pseudo-terminal (srun --pty)
+    argv: list[str] | None = None  # run this without a shell (``command`` shows it joined)
 
 
 class SimpleJob(msgspec.Struct, kw_only=True):
@@ -111,6 +112,7 @@ class SimpleJob(msgspec.Struct, kw_only=True):
     interactive: bool = False
     stdin: bool = False
     pty: bool = False
+    argv: list[str] | None = None
     submitted_at: datetime | None = None
     started_at: datetime | None = None
     ended_at: datetime | None = None

@@ -93,6 +93,7 @@ class Spawn:
     pty: bool = False
     rows: int = 24
     cols: int = 80
+    argv: list[str] | None = None
 
 
 @dataclass
@@ -146,6 +147,32 @@ def read_exit(path: str) -> Exited | None:
             return Exited(**json.loads(f.read()))
     except (FileNotFoundError, ValueError, TypeError):
         return None
+
+
+# Words that only a shell understands: a command starting with one needs /bin/sh.
+_SHELL_WORDS = frozenset((
+    "alias", "bg", "break", "builtin", "cd", "command", "continue", "declare", "eval",
+    "exec", "exit", "export", "fc", "fg", "getopts", "hash", "jobs", "let", "local", "read",
+    "readonly", "return", "set", "shift", "source", "times", "trap", "type", "typeset",
+    "ulimit", "umask", "unalias", "unset", "wait", ".", ":", "!", "{", "}", "if", "then",
+    "else", "elif", "fi", "case", "esac", "for", "while", "until", "do", "done", "function",
+    "select", "time",
+))
+_PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_@%+=:,./- ")
+
+
+def command_argv(req: Spawn) -> list[str]:
+    """What to execute: the job's argv; else its command line split on spaces when it is
+    a plain list of words that any shell would run the same way (no quotes, variables,
+    globs, redirections, builtins; this saves a fork and lets the program itself get
+    signals); else ``/bin/sh -c COMMAND``."""
+    if req.argv:
+        return req.argv
+    words = req.command.split()
+    if (words and set(req.command) <= _PLAIN and words[0] not in _SHELL_WORDS
+            and "=" not in words[0]):
+        return words
+    return ["/bin/sh", "-c", req.command]
 
 
 def format_duration(seconds: float) -> str:
@@ -220,12 +247,21 @@ class Keeper:
         try:
             job.proc = self._start_pty(job) if req.pty else self._start_pipes(job)
         except OSError as e:
-            where = f" in {req.cwd}" if isinstance(e, FileNotFoundError | PermissionError) else ""
-            reason = f"could not start{where}: {e.strerror or e}"
+            argv = command_argv(req)
+            exit_code: int | None = None
+            if e.filename == argv[0] and isinstance(e, FileNotFoundError | PermissionError):
+                # What a shell would say and return for a program it cannot run.
+                missing = isinstance(e, FileNotFoundError)
+                exit_code = 127 if missing else 126
+                reason = f"{argv[0]}: {'command not found' if missing else e.strerror}"
+            elif isinstance(e, FileNotFoundError | PermissionError):
+                reason = f"could not start in {req.cwd}: {e.strerror or e}"
+            else:
+                reason = f"could not start: {e.strerror or e}"
             self.send(SPAWNED, {"key": req.key, "pid": -1, "error": None})
             with contextlib.suppress(OSError):
                 self.emit(job, STREAM_STDERR, f"mgpu: {reason}\n".encode())
-            self.finish(job, "failed", None, reason)
+            self.finish(job, "failed", exit_code, reason)
             return
         job.pidfd = os.pidfd_open(job.proc.pid)
         self.sel.register(job.pidfd, selectors.EVENT_READ, ("exit", job))
@@ -236,7 +272,7 @@ class Keeper:
     def _start_pipes(self, job: Job) -> subprocess.Popen[bytes]:
         req = job.req
         proc = subprocess.Popen(
-            ["/bin/sh", "-c", req.command], cwd=req.cwd or "/", env=req.env,
+            command_argv(req), cwd=req.cwd or "/", env=req.env,
             stdin=subprocess.PIPE if req.stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
         )
@@ -258,7 +294,7 @@ class Keeper:
         _set_size(slave_fd, req.rows, req.cols)
         try:
             proc = subprocess.Popen(
-                ["/bin/sh", "-c", req.command], cwd=req.cwd or "/", env=req.env,
+                command_argv(req), cwd=req.cwd or "/", env=req.env,
                 stdin=slave_fd, stdout=slave_fd, stderr=slave_fd, start_new_session=True,
                 preexec_fn=_take_terminal,
             )
@@ -681,8 +717,9 @@ def socket_path(data_dir: str) -> str:
 def main(argv: list[str]) -> int:
     """``python -m mgpu.node.keeper DATA_DIR``: run the keeper of the node using DATA_DIR."""
     data_dir = argv[0]
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    # Not SIGINT: an ignored signal is inherited, and a shell cannot trap what it was born
+    # ignoring. The keeper has a session of its own, so no terminal's Ctrl-C reaches it.
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # Popen restores it for the jobs
     path = socket_path(data_dir)
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

@@ -272,7 +272,7 @@ class Supervisor:
             "env": env, "spool": str(self.spool(job.key)),
             "exit_file": self._exit_file(job.key),
             "time_limit": msg.time_limit, "grace": self.kill_grace, "fence": self.fence,
-            "stdin": msg.stdin, "pty": msg.pty,
+            "stdin": msg.stdin, "pty": msg.pty, "argv": msg.argv,
         }
         try:
             self._send(kp.SPAWN, req)

@@ -197,7 +197,7 @@ async def output(request: web.Request) -> web.StreamResponse:
         while True:
             ev.clear()
             ended = job.state in ENDED_STATES
-            if status and (job.state.value, job.node) != shown and not ended:
+            if status and (job.state.value, job.node) != shown:
                 shown = (job.state.value, job.node)
                 await resp.write(m.frame(m.STREAM_STATUS, _encode(m.OutputStatus(
                     state=job.state.value, node=job.node, gpu_ids=job.gpu_ids, gpus=job.gpus,

@@ -137,6 +137,9 @@ class ClusterState:
                 raise UsageError(f"{where}gpus must be at least 1, got {spec.gpus}")
             if not spec.command.strip():
                 raise UsageError(f"{where}the command is empty")
+            if spec.argv is not None and (not spec.argv or not spec.argv[0]
+                                          or any("\0" in a for a in spec.argv)):
+                raise UsageError(f"{where}argv must name a program and hold no NUL bytes")
             if len(spec.command) > MAX_COMMAND:
                 raise UsageError(f"{where}the command is longer than {MAX_COMMAND} bytes")
             if spec.name is not None and len(spec.name) > MAX_NAME:
@@ -171,6 +174,7 @@ class ClusterState:
                 interactive=spec.interactive,
                 stdin=spec.stdin or spec.pty,
                 pty=spec.pty,
+                argv=spec.argv or None,
             )
             self.jobs[job_id] = job
             self.pending[job_id] = PendingJob(job_id, spec.gpus, job.user)
@@ -305,6 +309,7 @@ class ClusterState:
                         time_limit=job.time_limit,
                         stdin=job.stdin,
                         pty=job.pty,
+                        argv=job.argv,
                     ),
                 )
             )

@@ -1,0 +1,212 @@
+"""Interactive runs: the client side of ``mgpu srun`` and ``mgpu attach``.
+
+An :class:`Interactive` session follows one job's output stream with ``status=1&attach=1``
+(so the master knows a client is there, and cancels an interactive job whose clients have
+all been gone for the grace period), writes stdout and stderr frames to their own file
+descriptors as they come, forwards input through a chunked ``POST .../stdin`` from a
+thread, and reconnects after a dropped connection, resuming at the byte it had reached, for
+as long as the grace period lasts. Exit status: the job's exit code (128+N for signal N), or
+:data:`NOT_RUN` when the job never started or ended without one (cancelled while pending,
+lost node), with a message saying which.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+
+from mgpu.client.transport import Connection
+from mgpu.core.errors import ApiError, ConnectionFailed
+from mgpu.utils import plainjson
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from mgpu.client.client import SimpleClient
+    from mgpu.core.messages import OutputEnd
+
+NOT_RUN = 125  # the job did not run to an exit code of its own
+DOUBLE_INTERRUPT = 1.0  # two Ctrl-C within this many seconds cancel the job
+READ_SIZE = 1 << 16
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+class Interactive:
+    """One client following one job; :meth:`run` returns the exit status to leave with."""
+
+    def __init__(
+        self,
+        client: SimpleClient,
+        job_id: int,
+        *,
+        quiet: bool = False,
+        on_stdout: Callable[[bytes], None] | None = None,
+        on_stderr: Callable[[bytes], None] | None = None,
+        on_running: Callable[[], None] | None = None,
+        stdin_fd: int | None = None,
+        stdin_data: bytes | None = None,
+        grace: float = 10.0,
+    ) -> None:
+        self.client = client
+        self.job_id = job_id
+        self.quiet = quiet
+        self.on_stdout = on_stdout or (lambda data: write_all(1, data))
+        self.on_stderr = on_stderr or (lambda data: write_all(2, data))
+        self.on_running = on_running
+        self.stdin_fd = stdin_fd
+        self.stdin_data = stdin_data
+        self.grace = grace
+        self.offset = 0
+        self.end: OutputEnd | None = None
+        self._said: set[str] = set()
+        self._last_interrupt = 0.0
+        self._uploader: threading.Thread | None = None
+
+    def say(self, key: str, text: str) -> None:
+        """A line about the job on stderr, once per ``key`` (none with ``quiet``)."""
+        if self.quiet or key in self._said:
+            return
+        self._said.add(key)
+        sys.stderr.write(f"mgpu: {text}\n")
+        sys.stderr.flush()
+
+    # -------------------------------------------------------------------------- output
+
+    def run(self) -> int:
+        lost_at: float | None = None
+        while self.end is None:
+            try:
+                stream = self.client.stream_output(self.job_id, self.offset, follow=True,
+                                                   status=True, attach=True)
+                lost_at = None
+                try:
+                    for kind, data in stream:
+                        if kind == 1:
+                            self.on_stdout(data)
+                        elif kind == 2:
+                            self.on_stderr(data)
+                        elif kind == 3:
+                            self._on_status(plainjson.loads(data))
+                finally:
+                    self.offset = stream.offset  # what was written: resume after it
+                self.end = stream.end
+            except ConnectionFailed:
+                if lost_at is None:
+                    lost_at = time.monotonic()
+                    self.say("lost", "lost the master; reconnecting")
+                if time.monotonic() - lost_at > self.grace:
+                    raise
+                time.sleep(0.2)
+        return self._exit_status(self.end)
+
+    def _on_status(self, status: dict[str, object]) -> None:
+        state = status.get("state")
+        if state == "pending":
+            gpus = status.get("gpus")
+            noun = "GPU" if gpus == 1 else "GPUs"
+            self.say("queued", f"job {self.job_id} queued, waiting for {gpus} {noun} "
+                     f"({status.get('ahead')} jobs ahead)")
+        elif status.get("node"):  # running, or already over by the time we looked
+            gpu_ids = status.get("gpu_ids")
+            ids = ",".join(str(i) for i in gpu_ids) if isinstance(gpu_ids, list) else ""
+            self.say("running", f"job {self.job_id} running on {status.get('node')} "
+                     f"(GPUs {ids})")
+            self._start_upload()
+            if self.on_running is not None:
+                self.on_running()
+
+    def _exit_status(self, end: OutputEnd) -> int:
+        why = f": {end.reason}" if end.reason else ""
+        if not end.started:
+            self.say("end", f"job {self.job_id} never started ({end.state}{why})")
+            return NOT_RUN
+        if end.exit_code is None:
+            self.say("end", f"job {self.job_id} ended without an exit code ({end.state}{why})")
+            return NOT_RUN
+        if end.state in ("cancelled", "timeout", "node_fail"):
+            self.say("end", f"job {self.job_id} {end.state}{why}")
+        return end.exit_code
+
+    # --------------------------------------------------------------------------- input
+
+    def _start_upload(self) -> None:
+        if self._uploader is not None or (self.stdin_fd is None and self.stdin_data is None):
+            return
+        self._uploader = threading.Thread(target=self._upload, name="mgpu-stdin", daemon=True)
+        self._uploader.start()
+
+    def _chunks(self) -> Iterator[bytes]:
+        if self.stdin_data is not None:
+            for i in range(0, len(self.stdin_data), READ_SIZE):
+                yield self.stdin_data[i : i + READ_SIZE]
+            return
+        assert self.stdin_fd is not None
+        while True:
+            try:
+                data = os.read(self.stdin_fd, READ_SIZE)
+            except OSError:
+                return
+            if not data:
+                return
+            yield data
+
+    def _upload(self) -> None:
+        """Stream stdin to the job (one chunked POST); its end is the job's EOF."""
+        conn = Connection(self.client.host, self.client.port, None)
+        try:
+            resp = conn.upload(f"/api/v1/jobs/{self.job_id}/stdin", self._chunks())
+            answer = resp.read()
+            if resp.status >= 300:
+                from mgpu.client.client import _error
+
+                raise _error(resp.status, answer)
+        except (ConnectionFailed, ApiError) as e:
+            self.say("stdin", f"input to job {self.job_id} stopped: {e}")
+        finally:
+            conn.close()
+
+    # ------------------------------------------------------------------------- control
+
+    def interrupt(self) -> None:
+        """Ctrl-C: SIGINT to the job; a second one within a second cancels it."""
+        # The clock is read and set first: a second Ctrl-C may run this handler again
+        # inside the first one (Python runs handlers between any two bytecodes).
+        now, last = time.monotonic(), self._last_interrupt
+        self._last_interrupt = now
+        if now - last < DOUBLE_INTERRUPT:
+            self.say("cancel", f"cancelling job {self.job_id}")
+            self._background(lambda c: c.cancel(self.job_id))
+        else:
+            self._said.discard("interrupt")
+            self.say("interrupt", f"interrupt sent to job {self.job_id} "
+                     "(once more within 1 s to cancel it)")
+            self._background(lambda c: c.signal(self.job_id, 2))
+
+    def resize(self, rows: int, cols: int) -> None:
+        self._background(lambda c: c.resize(self.job_id, rows, cols))
+
+    def wait_stdin(self, timeout: float = 5.0) -> None:
+        """Let the input still in flight reach the master before the process ends."""
+        if self._uploader is not None:
+            self._uploader.join(timeout)
+
+    def _background(self, call: Callable[[SimpleClient], object]) -> None:
+        """A control call on a connection of its own, off the signal handler."""
+        from mgpu.client.client import SimpleClient
+
+        def go() -> None:
+            with (SimpleClient(self.client.host, self.client.port, 10.0) as c,
+                  contextlib.suppress(ConnectionFailed, ApiError)):
+                call(c)
+
+        threading.Thread(target=go, daemon=True).start()
