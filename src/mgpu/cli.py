@@ -264,7 +264,7 @@ def _has_input() -> bool:
 
 def _interact(client: SimpleClient, job_id: int, quiet: bool, forward: bool, pty: bool) -> int:
     """Follow ``job_id`` as srun does; the status to exit with."""
-    import signal
+    import _signal as signal  # type: ignore[import-not-found]  # `signal` imports enum
 
     from mgpu.client.srun import Interactive
 

@@ -99,11 +99,22 @@ class OutputStream:
         self._conn = conn
         self._response = response
         self.offset = offset
-        self.end: OutputEnd | None = None
+        self.end_fields: dict[str, Any] | None = None  # the END frame, as plain JSON
+
+    @property
+    def end(self) -> OutputEnd | None:
+        """How the job ended (the END frame), or None if the stream stopped before it."""
+        if self.end_fields is None:
+            return None
+        import msgspec
+
+        from mgpu.core.messages import OutputEnd
+
+        return msgspec.convert(self.end_fields, OutputEnd)
 
     def __iter__(self) -> Iterator[tuple[int, bytes]]:
+        # No msgspec here: srun's start-up goes through this loop.
         from mgpu.core.frames import FRAME_HEADER, STREAM_END, split_frames
-        from mgpu.core.messages import OutputEnd
 
         buf = b""
         try:
@@ -113,7 +124,7 @@ class OutputStream:
                 buf = buf[used:]
                 for stream, data in frames:
                     if stream == STREAM_END:
-                        self.end = _decode(data, OutputEnd)
+                        self.end_fields = plainjson.loads(data)
                         continue
                     if stream in (1, 2):
                         self.offset += FRAME_HEADER.size + len(data)

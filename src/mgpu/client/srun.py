@@ -12,10 +12,8 @@ lost node), with a message saying which.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-import threading
 import time
 
 from mgpu.client.transport import Connection
@@ -25,9 +23,10 @@ from mgpu.utils import plainjson
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+    from threading import Thread
+    from typing import Any
 
     from mgpu.client.client import SimpleClient
-    from mgpu.core.messages import OutputEnd
 
 NOT_RUN = 125  # the job did not run to an exit code of its own
 DOUBLE_INTERRUPT = 1.0  # two Ctrl-C within this many seconds cancel the job
@@ -67,10 +66,10 @@ class Interactive:
         self.stdin_data = stdin_data
         self.grace = grace
         self.offset = 0
-        self.end: OutputEnd | None = None
+        self.end: dict[str, Any] | None = None  # the END frame's fields
         self._said: set[str] = set()
         self._last_interrupt = 0.0
-        self._uploader: threading.Thread | None = None
+        self._uploader: Thread | None = None
 
     def say(self, key: str, text: str) -> None:
         """A line about the job on stderr, once per ``key`` (none with ``quiet``)."""
@@ -99,7 +98,7 @@ class Interactive:
                             self._on_status(plainjson.loads(data))
                 finally:
                     self.offset = stream.offset  # what was written: resume after it
-                self.end = stream.end
+                self.end = stream.end_fields
             except ConnectionFailed:
                 if lost_at is None:
                     lost_at = time.monotonic()
@@ -125,24 +124,27 @@ class Interactive:
             if self.on_running is not None:
                 self.on_running()
 
-    def _exit_status(self, end: OutputEnd) -> int:
-        why = f": {end.reason}" if end.reason else ""
-        if not end.started:
-            self.say("end", f"job {self.job_id} never started ({end.state}{why})")
+    def _exit_status(self, end: dict[str, Any]) -> int:
+        state, code, reason = end.get("state"), end.get("exit_code"), end.get("reason")
+        why = f": {reason}" if reason else ""
+        if not end.get("started", True):
+            self.say("end", f"job {self.job_id} never started ({state}{why})")
             return NOT_RUN
-        if end.exit_code is None:
-            self.say("end", f"job {self.job_id} ended without an exit code ({end.state}{why})")
+        if not isinstance(code, int):
+            self.say("end", f"job {self.job_id} ended without an exit code ({state}{why})")
             return NOT_RUN
-        if end.state in ("cancelled", "timeout", "node_fail"):
-            self.say("end", f"job {self.job_id} {end.state}{why}")
-        return end.exit_code
+        if state in ("cancelled", "timeout", "node_fail"):
+            self.say("end", f"job {self.job_id} {state}{why}")
+        return code
 
     # --------------------------------------------------------------------------- input
 
     def _start_upload(self) -> None:
         if self._uploader is not None or (self.stdin_fd is None and self.stdin_data is None):
             return
-        self._uploader = threading.Thread(target=self._upload, name="mgpu-stdin", daemon=True)
+        from threading import Thread
+
+        self._uploader = Thread(target=self._upload, name="mgpu-stdin", daemon=True)
         self._uploader.start()
 
     def _chunks(self) -> Iterator[bytes]:
@@ -202,6 +204,9 @@ class Interactive:
 
     def _background(self, call: Callable[[SimpleClient], object]) -> None:
         """A control call on a connection of its own, off the signal handler."""
+        import contextlib
+        from threading import Thread
+
         from mgpu.client.client import SimpleClient
 
         def go() -> None:
@@ -209,4 +214,4 @@ class Interactive:
                   contextlib.suppress(ConnectionFailed, ApiError)):
                 call(c)
 
-        threading.Thread(target=go, daemon=True).start()
+        Thread(target=go, daemon=True).start()
