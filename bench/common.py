@@ -80,7 +80,8 @@ class Cluster:
     def add_node(self, node_id: str, gpus: int) -> None:
         self._spawn(["node", "--node-id", node_id, "--master-port", str(self.port),
                      "--port", "0", "--fake-gpus", str(gpus),
-                     "--data-dir", str(self.tmp / node_id)], f"{node_id}.log", node_id)
+                     "--data-dir", str(self.tmp / node_id)], f"{node_id}.log", node_id,
+                    {"MGPU_ALLOW_ROOT_JOBS": "1"})  # benchmarks may run as root
 
         def joined() -> bool:
             nodes = get_json(f"http://{self.master}/api/v1/nodes")

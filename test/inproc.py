@@ -49,6 +49,7 @@ class InProcCluster:
 
     async def add_node(self, node_id: str, gpus: int = 4, wait: bool = True,
                        **options: Any) -> Agent:
+        options.setdefault("allow_root_jobs", True)  # tests may run as root
         cfg = NodeConfig(node_id=node_id, master_port=self.port, port=0,
                          data_dir=self.tmp / node_id, **options)
         agent = Agent(cfg, fake_gpus(gpus))

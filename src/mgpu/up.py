@@ -7,6 +7,7 @@ other); ``cli.py`` imports it only for ``mgpu up``.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from dataclasses import replace
@@ -24,6 +25,10 @@ def _say(text: str) -> None:
 
 
 async def _up(master_cfg: MasterConfig, node_cfg: NodeConfig, log_cfg: LogConfig) -> None:
+    if os.geteuid() == 0 and "MGPU_ALLOW_ROOT_JOBS" not in os.environ:
+        node_cfg = replace(node_cfg, allow_root_jobs=True)
+        _say("running as root: root's jobs run as root here (MGPU_ALLOW_ROOT_JOBS=0 to "
+             "refuse them); other users' jobs run under their own accounts")
     restrict = parse_gpu_list(node_cfg.gpus) if node_cfg.gpus else None
     gpus, source = detect_gpus(restrict, node_cfg.fake_gpus)
     if not gpus:

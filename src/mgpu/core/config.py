@@ -74,6 +74,7 @@ class NodeConfig:
     kill_grace: float = field(default=30.0, metadata=_env("MGPU_KILL_GRACE"))
     fence_timeout: float | None = field(default=None, metadata=_env("MGPU_FENCE_TIMEOUT"))
     fence_on_disconnect: bool = field(default=False, metadata=_env("MGPU_FENCE_ON_DISCONNECT"))
+    allow_root_jobs: bool = field(default=False, metadata=_env("MGPU_ALLOW_ROOT_JOBS"))
 
     @property
     def effective_data_dir(self) -> Path:

@@ -77,7 +77,8 @@ class Supervisor:
     """
 
     def __init__(self, node_id: str, data_dir: Path, on_output: OnOutput, on_ended: OnEnded,
-                 kill_grace: float = 30.0, fence: float | None = None) -> None:
+                 kill_grace: float = 30.0, fence: float | None = None,
+                 allow_root: bool = False) -> None:
         self.node_id = node_id
         self.data_dir = data_dir
         self.spool_dir = data_dir / "spool"
@@ -86,6 +87,7 @@ class Supervisor:
         self.on_ended = on_ended
         self.kill_grace = kill_grace
         self.fence = fence
+        self.allow_root = allow_root
         self.jobs: dict[str, RunningJob] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -272,7 +274,8 @@ class Supervisor:
             "env": env, "spool": str(self.spool(job.key)),
             "exit_file": self._exit_file(job.key),
             "time_limit": msg.time_limit, "grace": self.kill_grace, "fence": self.fence,
-            "stdin": msg.stdin, "pty": msg.pty, "argv": msg.argv,
+            "stdin": msg.stdin, "pty": msg.pty, "argv": msg.argv, "user": msg.user,
+            "allow_root": self.allow_root,
         }
         try:
             self._send(kp.SPAWN, req)
