@@ -16,6 +16,7 @@ half the floor; durable single submits at least 2,000 jobs/s.
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import subprocess
 import time
@@ -45,7 +46,8 @@ def floor(n: int, parallel: int = 8) -> float:
 def api_batch(n: int) -> tuple[float, float]:
     with cluster({"n1": 8}) as c:
         client = SimpleClient("127.0.0.1", c.port, timeout=300)
-        spec = JobSpec(command="true", gpus=1, cwd="/", env={"PATH": os.environ["PATH"]})
+        spec = JobSpec(command="true", gpus=1, cwd="/", env={"PATH": os.environ["PATH"]},
+                       user=getpass.getuser())
         start = time.perf_counter()
         ids = client.submit_jobs([spec] * n)
         submitted = time.perf_counter()

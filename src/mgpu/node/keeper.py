@@ -163,24 +163,41 @@ class Account:
     shell: str
 
 
+ACCOUNT_TTL = 30.0  # seconds an account lookup is reused (passwd and group files)
+_accounts: dict[str, tuple[float, Account | None]] = {}
+
+
 def account_of(req: Spawn) -> Account | None:
     """Whom to run the job as: its owner's account when the keeper is root, else nobody
     else (the job runs as the keeper's user). PermissionError, with the reason, when the
     owner has no account here or is root and root jobs are not allowed."""
     if os.geteuid() != 0:
         return None
-    import pwd
-
-    try:
-        entry = pwd.getpwnam(req.user)
-    except KeyError:
+    now = time.monotonic()
+    cached = _accounts.get(req.user)
+    if cached is not None and now - cached[0] < ACCOUNT_TTL:
+        acct = cached[1]
+    else:
+        acct = _lookup(req.user)
+        _accounts[req.user] = (now, acct)
+    if acct is None:
         raise PermissionError(
             f"user {req.user!r} has no account on this node: create it (same name as on "
-            "the master) or run the job from an account that exists here") from None
-    if entry.pw_uid == 0 and not req.allow_root:
+            "the master) or run the job from an account that exists here")
+    if acct.uid == 0 and not req.allow_root:
         raise PermissionError(
             "jobs do not run as root: submit as another user, or allow root jobs on this "
             "node (MGPU_ALLOW_ROOT_JOBS=1, allow_root_jobs in [node])")
+    return acct
+
+
+def _lookup(user: str) -> Account | None:
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return None
     groups = os.getgrouplist(entry.pw_name, entry.pw_gid)
     return Account(entry.pw_name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir,
                    entry.pw_shell)
@@ -505,19 +522,17 @@ class Keeper:
         self.finish(job, state, exit_code_of(returncode), reason or None)
 
     def finish(self, job: Job, state: str, exit_code: int | None, reason: str | None) -> None:
-        """Record the end on disk (for an agent that is not there), then report it."""
+        """Report the end to the agent, or record it on disk when no agent is there.
+
+        The keeper also keeps the end in memory until the agent says FORGET (a reconnecting
+        agent gets it in HELLO); the file is for a keeper that dies before then."""
         if job.spool is not None:
             job.spool.close()
         job.result = Exited(job.key, job.job_id, state, exit_code, reason, job.size)
-        body = asdict(job.result)
-        data = json.dumps(body).encode()
-        # One write of a few bytes: a reader sees all of it or, after a crash, invalid JSON.
-        fd = os.open(job.req.exit_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        self.send(EXITED, body)
+        if self.conn is None:
+            _write_exit(job)
+        else:
+            self.send(EXITED, asdict(job.result))
 
     # ------------------------------------------------------------------ the agent
 
@@ -547,6 +562,9 @@ class Keeper:
             with contextlib.suppress(KeyError, ValueError):
                 self.sel.unregister(self.conn)
             self.conn.close()
+            for job in self.jobs.values():  # ends the agent may not have passed on
+                if job.result is not None:
+                    _write_exit(job)
         self.conn = None
         self.outbuf.clear()
         self.inbuf.clear()
@@ -712,6 +730,19 @@ class Keeper:
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def _write_exit(job: Job) -> None:
+    """``KEY.exit``: one write of a few bytes, so a reader sees all of it or (after a
+    crash) invalid JSON, which it ignores."""
+    assert job.result is not None
+    data = json.dumps(asdict(job.result)).encode()
+    with contextlib.suppress(OSError):
+        fd = os.open(job.req.exit_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
 
 
 def _set_size(fd: int, rows: int, cols: int) -> None:
