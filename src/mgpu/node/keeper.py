@@ -272,6 +272,7 @@ class Job:
     known: set[int] = field(default_factory=set)
     result: Exited | None = None
     account: Account | None = None  # the owner to run as (None: the keeper's own user)
+    exit_written: bool = False
 
     @property
     def key(self) -> str:
@@ -305,14 +306,10 @@ class Keeper:
     # ------------------------------------------------------------------ jobs
 
     def spawn(self, req: Spawn) -> None:
+        # A run key is used once (a requeue is the next run), so its spool and exit files
+        # are new: nothing to look at or clear first.
         job = Job(req)
         self.jobs[req.key] = job
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(req.exit_file)
-        try:
-            job.size = os.stat(req.spool).st_size  # a requeued job appends to its output
-        except FileNotFoundError:
-            job.size = 0
         try:
             job.account = account_of(req)
         except PermissionError as e:
@@ -649,8 +646,9 @@ class Keeper:
                     os.killpg(job.proc.pid, signal.SIGWINCH)
         elif kind == FORGET and job.result is not None:
             del self.jobs[job.key]
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(job.req.exit_file)
+            if job.exit_written:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(job.req.exit_file)
 
     # ------------------------------------------------------------------ the loop
 
@@ -736,6 +734,9 @@ def _write_exit(job: Job) -> None:
     """``KEY.exit``: one write of a few bytes, so a reader sees all of it or (after a
     crash) invalid JSON, which it ignores."""
     assert job.result is not None
+    if job.exit_written:
+        return
+    job.exit_written = True
     data = json.dumps(asdict(job.result)).encode()
     with contextlib.suppress(OSError):
         fd = os.open(job.req.exit_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
