@@ -20,6 +20,16 @@
 The master is found as docs/protocol.md says: ``TMP/master/master.json`` holds
 ``{"host", "port", "pid", "version"}`` once it listens, and ``GET /api/v1/nodes`` lists the
 nodes that registered.
+
+Security is on, as users get it: the master writes its admin token to
+``TMP/home/config/mgpu/token`` (every component and command runs with ``XDG_CONFIG_HOME``
+there, so ``cluster.mgpu(...)`` finds it with no set-up, as a user on the master's machine
+does), nodes join with ``--join-token-file TMP/master/join.token``, and ``cluster.api()``
+sends the token. ``cluster.token`` is that admin token; ``cluster.user_token(name)`` makes
+another user's.
+
+Every test also runs with its own ``XDG_CONFIG_HOME`` and ``XDG_DATA_HOME`` (and without
+``MGPU_TOKEN``): nothing a test starts in-process reads or writes the real home's tokens.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import contextlib
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -146,6 +157,9 @@ class Cluster:
         self.nodes: dict[str, Component] = {}
         self.stopped: list[Component] = []  # components that are no longer current
         self.allow_tracebacks = False
+        self._tokens: dict[str, str] = {}
+        self.tls = False  # the master serves HTTPS (master.json says so)
+        self.ca: Path | None = None  # the CA that signed its certificate, for api()
         self._node_args: dict[str, list[str]] = {}
         self._log_counts: dict[str, int] = {}
         self.base_env = self._isolated_env(env or {})
@@ -180,12 +194,35 @@ class Cluster:
 
     @property
     def url(self) -> str:
-        return f"http://{self.master_addr}"
+        return f"{'https' if self.tls else 'http'}://{self.master_addr}"
 
     @property
     def env(self) -> dict[str, str]:
-        """The environment for running ``mgpu`` against this cluster (MGPU_MASTER set)."""
+        """The environment for running ``mgpu`` against this cluster (MGPU_MASTER set; the
+        admin token in the default token file of ``XDG_CONFIG_HOME``)."""
         return {**self.base_env, "MGPU_MASTER": self.master_addr}
+
+    @property
+    def token_file(self) -> Path:
+        """Where the master wrote its admin token for the ``mgpu`` command."""
+        return Path(self.base_env["XDG_CONFIG_HOME"]) / "mgpu" / "token"
+
+    @property
+    def join_token_file(self) -> Path:
+        return self.master_dir / "join.token"
+
+    @property
+    def token(self) -> str:
+        """The admin token (of the Unix user running the tests)."""
+        return self.token_file.read_text().strip()
+
+    def user_token(self, user: str, admin: bool = False) -> str:
+        """A token for ``user`` (made once per cluster, through ``mgpu token create``)."""
+        key = f"{user}{' admin' if admin else ''}"
+        if key not in self._tokens:
+            out = self.mgpu("token", "create", user, *(["--admin"] if admin else [])).stdout
+            self._tokens[key] = out.strip()
+        return self._tokens[key]
 
     # ------------------------------------------------------------------ starting
 
@@ -232,6 +269,7 @@ class Cluster:
         assert info is not None
         assert {"host", "port", "pid", "version"} <= set(info), info
         self.port = int(info["port"])
+        self.tls = bool(info.get("tls"))
         return master
 
     def add_node(
@@ -243,8 +281,10 @@ class Cluster:
         env: dict[str, str] | None = None,
         master_host: str = "127.0.0.1",
         wrap: tuple[str, ...] = (),
+        join: bool = True,
     ) -> Component:
-        """Start a node agent with ``gpus`` fake GPUs; by default wait until it is up."""
+        """Start a node agent with ``gpus`` fake GPUs; by default wait until it is up.
+        ``join=False`` leaves out ``--join-token-file`` (the node finds its secret, or not)."""
         assert self.port, "start the master first"
         node_id = node_id or f"node{len(self._node_args) + 1}"
         old = self.nodes.get(node_id)
@@ -265,6 +305,7 @@ class Cluster:
             str(gpus),
             "--data-dir",
             str(self.tmp / node_id),
+            *(["--join-token-file", str(self.join_token_file)] if join else []),
             *args,
         ]
         self._node_args[node_id] = argv
@@ -293,17 +334,22 @@ class Cluster:
 
     # ------------------------------------------------------------------ using it
 
-    def api(self, path: str, body: Any = None, timeout: float = 10.0) -> Any:
-        """GET (or POST ``body`` as JSON) ``path`` on the master; the decoded JSON reply.
+    def api(self, path: str, body: Any = None, timeout: float = 10.0,
+            token: str | None = None, raw: bool = False) -> Any:
+        """GET (or POST ``body`` as JSON) ``path`` on the master with ``token`` (default:
+        the admin token); the decoded JSON reply (the bytes with ``raw``).
 
         An error status raises ``urllib.error.HTTPError`` (an OSError).
         """
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data)
+        req.add_header("Authorization", f"Bearer {token or self.token}")
         if data is not None:
             req.add_header("Content-Type", "application/json")
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read() or b"null")
+        context = ssl.create_default_context(cafile=self.ca) if self.tls else None
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
+            data = resp.read()
+            return data if raw else json.loads(data or b"null")
 
     def job(self, job_id: int) -> dict[str, Any]:
         """The job as ``GET /api/v1/jobs/{id}`` returns it."""
@@ -480,6 +526,28 @@ class Cluster:
 # ---------------------------------------------------------------- fixtures
 
 CLUSTERS = pytest.StashKey[list[Cluster]]()
+SUMMARY: list[str] = []  # lines for the end of the run (e.g. fuzz case counts)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if SUMMARY:
+        terminalreporter.section("mgpu")
+        for line in SUMMARY:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory,
+                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads or writes the real home's mgpu tokens, data or config."""
+    home = tmp_path_factory.mktemp("home")
+    for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME"):
+        path = home / var.lower()
+        path.mkdir(mode=0o700)
+        monkeypatch.setenv(var, str(path))
+    for var in ("MGPU_TOKEN", "MGPU_JOIN_TOKEN", "MGPU_JOIN_TOKEN_FILE", "MGPU_CA", "MGPU_TLS",
+                "MGPU_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
 
 
 def pytest_configure(config: pytest.Config) -> None:

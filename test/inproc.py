@@ -47,9 +47,16 @@ class InProcCluster:
         assert self.master is not None
         await self.master.stop()
 
+    @property
+    def token(self) -> str:
+        """The admin token the master made on its first start."""
+        return (self.tmp / "master" / "admin.token").read_text().strip()
+
     async def add_node(self, node_id: str, gpus: int = 4, wait: bool = True,
                        **options: Any) -> Agent:
         options.setdefault("allow_root_jobs", True)  # tests may run as root
+        assert self.master is not None
+        options.setdefault("join_token", self.master.join.secret)
         cfg = NodeConfig(node_id=node_id, master_port=self.port, port=0,
                          data_dir=self.tmp / node_id, **options)
         agent = Agent(cfg, fake_gpus(gpus))
@@ -59,8 +66,9 @@ class InProcCluster:
             await asyncio.wait_for(agent.registered.wait(), 10)
         return agent
 
-    def client(self) -> SimpleClient:
-        client = SimpleClient("127.0.0.1", self.port)
+    def client(self, token: str | None = None) -> SimpleClient:
+        """A client with ``token`` (default: the admin token)."""
+        client = SimpleClient("127.0.0.1", self.port, token=token or self.token)
         self.clients.append(client)
         return client
 

@@ -238,6 +238,15 @@ def test_config_shows_values_and_their_sources(
     assert data["node"]["fake_gpus"]["value"] == 2
     assert data["log"]["level"] == {"value": "debug", "source": "flag"}
 
+    assert data["node"]["join_token"] == {"value": None, "source": "default"}
+
+    monkeypatch.setenv("MGPU_JOIN_TOKEN", "s3cret-join")  # a secret is never shown
+    code, out, _ = run(["config"], capsys)
+    assert code == 0 and "s3cret-join" not in out
+    assert ["node", "join_token", "(set)", "env", "MGPU_JOIN_TOKEN"] in [
+        line.split() for line in out.splitlines()]
+    code, out, _ = run(["config", "--json"], capsys)
+    assert json.loads(out)["node"]["join_token"]["value"] == "(set)"
     code, out, _ = run(["config"], capsys)
     assert code == 0
     lines = out.splitlines()

@@ -37,7 +37,7 @@ def hold(flag: Path, before: str = "", after: str = "") -> str:
 
 
 def client(cluster: Cluster) -> SimpleClient:
-    return SimpleClient("127.0.0.1", cluster.port, timeout=10)
+    return SimpleClient("127.0.0.1", cluster.port, timeout=10, token=cluster.token)
 
 
 def mgpu_bytes(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[bytes]:

@@ -103,6 +103,13 @@ def test_precedence_is_per_field_and_types_are_coerced() -> None:
         "max_time_limit": "default",
         "max_requeue": "default",
         "srun_grace": "default",
+        "auth": "default",
+        "private_jobs": "default",
+        "tls_cert": "default",
+        "tls_key": "default",
+        "max_batch_jobs": "default",
+        "max_pending_per_user": "default",
+        "read_timeout": "default",
     }
 
 
@@ -303,6 +310,8 @@ CLIENT_CASES: list[tuple[dict[str, Any], dict[str, str], dict[str, Any]]] = [
     ({}, {"MGPU_TIMEOUT": "2.5"}, {"client": {"timeout": 9}}),
     ({}, {"MGPU_TIMEOUT": ""}, {"client": {"timeout": 9, "master_host": "file"}}),
     ({}, {}, {"client": {"master_port": "8081"}, "master": {"port": 1}}),
+    ({"ca": "/etc/ca.pem"}, {"MGPU_CA": "/other.pem", "MGPU_TLS": "1"}, {}),
+    ({}, {"MGPU_TLS": "yes"}, {"client": {"ca": "~/ca.pem"}}),
     # errors, worded alike
     ({}, {"MGPU_MASTER_PORT": "eighty"}, {}),
     ({}, {"MGPU_TIMEOUT": "soon"}, {}),
@@ -319,7 +328,7 @@ def test_client_settings_is_load_client_config(
 ) -> None:
     try:
         cfg, _ = load_client(flags, env, file)
-        want: object = (cfg.master_host, cfg.master_port, cfg.timeout)
+        want: object = (cfg.master_host, cfg.master_port, cfg.timeout, cfg.ca, cfg.tls)
     except ConfigError as e:
         want = ("error", e.message)
     try:
@@ -338,8 +347,8 @@ def test_client_settings_reads_the_same_file(
     for name in ("MGPU_MASTER", "MGPU_MASTER_HOST", "MGPU_MASTER_PORT", "MGPU_TIMEOUT"):
         monkeypatch.delenv(name, raising=False)
     cfg, _ = load(ClientConfig)
-    assert client_settings() == (cfg.master_host, cfg.master_port, cfg.timeout)
-    assert client_settings() == ("from-file", DEFAULT_PORT, 4.0)
+    assert client_settings() == (cfg.master_host, cfg.master_port, cfg.timeout, cfg.ca, cfg.tls)
+    assert client_settings() == ("from-file", DEFAULT_PORT, 4.0, None, False)
     path.write_text("[client\n")
     with pytest.raises(ConfigError) as light:
         client_settings()

@@ -173,7 +173,7 @@ def test_kill9_of_master_during_a_submit_storm_loses_no_acknowledged_job(
     restarted = threading.Event()
 
     def client(i: int) -> None:
-        sc = SimpleClient("127.0.0.1", cluster.port, timeout=10)
+        sc = SimpleClient("127.0.0.1", cluster.port, timeout=10, token=cluster.token)
         done = 0
         while done < 500:
             try:

@@ -33,11 +33,11 @@ def account() -> Iterator[str]:
 
 
 def submit_as(cluster: Cluster, user: str, command: str) -> int:
-    """Submit ``command`` as ``user`` (the owner the master records for the job)."""
+    """Submit ``command`` with ``user``'s token (the job's owner is the token's user)."""
     reply = cluster.api("/api/v1/jobs", {"jobs": [{
-        "command": command, "gpus": 1, "cwd": "/", "user": user,
+        "command": command, "gpus": 1, "cwd": "/",
         "env": {"PATH": os.environ["PATH"], "HOME": "/root", "USER": "root"},
-    }]})
+    }]}, token=cluster.user_token(user))
     return int(reply["job_ids"][0])
 
 

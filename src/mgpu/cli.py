@@ -96,14 +96,25 @@ def _log_flags(ns: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _client_flags(ns: argparse.Namespace) -> dict[str, Any]:
+    """``--master`` and ``--ca`` as ClientConfig flags (empty when not given)."""
+    flags = _master_flags(ns)
+    ca = getattr(ns, "ca", None)
+    if ca:
+        flags["ca"] = ca
+    return flags
+
+
 def _client(ns: argparse.Namespace) -> SimpleClient:
     """A client of the master that ``--master``, the environment and the config file name:
-    ``load(ClientConfig)``'s values, resolved without importing ``dataclasses``."""
+    ``load(ClientConfig)``'s values, resolved without importing ``dataclasses``; its token
+    from ``--token-file``, ``$MGPU_TOKEN`` or the default token file."""
     from mgpu.client.client import SimpleClient
     from mgpu.core.config_sources import client_settings
 
-    host, port, timeout = client_settings(_master_flags(ns))
-    return SimpleClient(host, port, timeout)
+    host, port, timeout, ca, tls = client_settings(_client_flags(ns))
+    return SimpleClient(host, port, timeout, token_file=getattr(ns, "token_file", None),
+                        ca=ca, tls=tls)
 
 
 def _count(text: str, what: str) -> int:
@@ -375,7 +386,7 @@ def cmd_config(ns: argparse.Namespace) -> int:
 
     sections = []
     for name, cls, flags in (
-        ("client", ClientConfig, _master_flags(ns)),
+        ("client", ClientConfig, _client_flags(ns)),
         ("master", MasterConfig, {}),
         ("node", NodeConfig, {}),
         ("log", LogConfig, _log_flags(ns)),
@@ -390,24 +401,90 @@ def cmd_config(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token(ns: argparse.Namespace) -> int:
+    """``mgpu token create USER [--admin]`` | ``list`` | ``revoke USER|ID`` (admins)."""
+    from mgpu.client import output
+
+    client = _client(ns)
+    if ns.action == "list":
+        if ns.name is not None:
+            raise UsageError("mgpu token list takes no argument")
+        tokens = client.list_tokens()
+        _write(output.to_json(tokens) if ns.json else output.tokens_table(tokens))
+        return 0
+    if ns.name is None:
+        raise UsageError(f"mgpu token {ns.action} needs a user name"
+                         + (" or a token id" if ns.action == "revoke" else ""))
+    if ns.action == "create":
+        made = client.create_token(ns.name, admin=ns.admin)
+        if ns.json:
+            _write(output.to_json(made))
+        else:
+            kind = "admin token" if made.admin else "token"
+            _write(f"{made.token}\n")
+            _write(f"mgpu: {kind} {made.id} for {made.user}: shown only now. Give it to "
+                   f"{made.user}, to put in ~/.config/mgpu/token (chmod 600) or "
+                   "MGPU_TOKEN\n", err=True)
+        return 0
+    if ns.admin:
+        raise UsageError("--admin goes with mgpu token create")
+    if ns.name.isascii() and ns.name.isdigit():
+        ids = client.revoke_tokens(token_id=int(ns.name))
+    else:
+        ids = client.revoke_tokens(user=ns.name)
+    if ns.json:
+        _write(output.to_json({"revoked": ids}))
+    else:
+        _write("".join(f"Revoked token {i}\n" for i in ids))
+    return 0
+
+
+def cmd_events(ns: argparse.Namespace) -> int:
+    """The audit log (admins): who did what, and when."""
+    from mgpu.client import output
+
+    events = _client(ns).events(ns.n)
+    _write(output.to_json(events) if ns.json else output.events_table(events))
+    return 0
+
+
+def cmd_certs(ns: argparse.Namespace) -> int:
+    """A self-signed CA and a server certificate for the master (``cryptography``)."""
+    from mgpu.utils.certs import make_certs
+
+    out = ns.dir or os.path.join(
+        os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"), "mgpu", "tls")
+    hosts = ns.host or None
+    made = make_certs(out, hosts)
+    _write(made)
+    return 0
+
+
 def _master_config(ns: argparse.Namespace) -> Any:
     from mgpu.core.config import MasterConfig
 
-    flags = {"host": ns.host, "port": ns.port, "data_dir": ns.data_dir}
+    flags = {"host": ns.host, "port": ns.port, "data_dir": ns.data_dir,
+             "tls_cert": ns.tls_cert, "tls_key": ns.tls_key}
     flags["node_timeout"] = getattr(ns, "node_timeout", None)
     return _load(ns, MasterConfig, flags)[0]
 
 
 def _node_config(ns: argparse.Namespace, **extra: Any) -> Any:
+    from dataclasses import replace
+
     from mgpu.core.config import NodeConfig
 
     flags = {
         "node_id": ns.node_id,
         "gpus": ns.gpus,
         "fake_gpus": ns.fake_gpus,
+        "ca": getattr(ns, "ca", None),
         **extra,
     }
-    return _load(ns, NodeConfig, flags)[0]
+    cfg = _load(ns, NodeConfig, flags)[0]
+    if extra.get("join_token_file"):  # the flag wins over MGPU_JOIN_TOKEN
+        cfg = replace(cfg, join_token=None)
+    return cfg
 
 
 def _log_config(ns: argparse.Namespace) -> Any:
@@ -430,6 +507,7 @@ def cmd_node(ns: argparse.Namespace) -> int:
         master_port=ns.master_port or master.get("master_port"),
         port=ns.port,
         data_dir=ns.data_dir,
+        join_token_file=ns.join_token_file,
     )
     from mgpu.node.agent import run_node
 
@@ -471,6 +549,12 @@ def _count_arg(text: str) -> int:
     if text.isascii() and text.isdigit():
         return int(text)
     raise _bad_value(f"must be a whole number, got {text!r}")
+
+
+def _positive(text: str) -> int:
+    if text.isascii() and text.isdigit() and 0 < int(text) <= 10_000:
+        return int(text)
+    raise _bad_value(f"must be a whole number from 1 to 10000, got {text!r}")
 
 
 def _seconds(text: str) -> float:
@@ -537,6 +621,10 @@ def _global_args(p: argparse.ArgumentParser, suppress: str) -> None:
         default=suppress,
         help="the master to talk to (else $MGPU_MASTER, else localhost:8080)",
     )
+    g.add_argument("--token-file", metavar="PATH", default=suppress,
+                   help="your token (else $MGPU_TOKEN, else ~/.config/mgpu/token)")
+    g.add_argument("--ca", metavar="PATH", default=suppress,
+                   help="CA file to verify the master's TLS certificate (else $MGPU_CA)")
     g.add_argument("-v", "--verbose", action="store_true", default=suppress, help="tracebacks")
     g.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=suppress)
     g.add_argument("--log-file", metavar="PATH", default=suppress)
@@ -630,6 +718,8 @@ def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=_port, help="port to listen on (default 8080; 0: any)")
     p.add_argument("--data-dir", metavar="DIR")
+    p.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate")
+    p.add_argument("--tls-key", metavar="PEM", help="... and this private key")
 
 
 def _gpu_args(p: argparse.ArgumentParser) -> None:
@@ -649,7 +739,32 @@ def _node_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--master-port", type=_port, metavar="PORT")
     p.add_argument("--port", type=_port, help="the agent's health port")
     p.add_argument("--data-dir", metavar="DIR")
+    p.add_argument("--join-token-file", metavar="PATH",
+                   help="the master's join secret (else $MGPU_JOIN_TOKEN, else the local "
+                   "master's, when readable)")
     _gpu_args(p)
+
+
+def _token_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=("create", "list", "revoke"),
+                   help="create USER [--admin] | list | revoke USER|ID")
+    p.add_argument("name", nargs="?", metavar="USER|ID")
+    p.add_argument("--admin", action="store_true", help="create: an admin's token")
+    p.add_argument("--json", action="store_true")
+
+
+def _events_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", type=_positive, default=50, metavar="N",
+                   help="the last N entries (default 50)")
+    p.add_argument("--json", action="store_true")
+
+
+def _certs_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dir", metavar="DIR",
+                   help="where to write them (default ~/.local/share/mgpu/tls)")
+    p.add_argument("--host", action="append", metavar="NAME",
+                   help="a name or address clients use for the master (repeatable; "
+                   "default: this host's name, localhost, 127.0.0.1)")
 
 
 def _up_args(p: argparse.ArgumentParser) -> None:
@@ -670,6 +785,9 @@ COMMANDS: dict[str, tuple[Handler, str, Callable[[argparse.ArgumentParser], None
     "cancel": (cmd_cancel, "cancel jobs", _jobs_args),
     "nodes": (cmd_nodes, "nodes and their GPUs", _json_args),
     "config": (cmd_config, "the effective configuration and where it came from", _json_args),
+    "token": (cmd_token, "create, list or revoke tokens (admins)", _token_args),
+    "events": (cmd_events, "the audit log: who did what (admins)", _events_args),
+    "certs": (cmd_certs, "make a CA and a TLS certificate for the master", _certs_args),
     "server": (cmd_server, "run the master", _master_args),
     "node": (cmd_node, "run a node agent", _node_args),
     "up": (cmd_up, "run a master and a local node in one process", _up_args),
@@ -731,7 +849,8 @@ def _subcommand(argv: list[str]) -> str | None:
             skip = False
         elif arg in COMMANDS:
             return arg
-        elif arg in ("--master", "--log-level", "--log-file", "--log-format"):
+        elif arg in ("--master", "--log-level", "--log-file", "--log-format", "--token-file",
+                     "--ca"):
             skip = True  # the option's value follows
         elif arg in ("-h", "--help", "--version") or not arg.startswith("-"):
             return None

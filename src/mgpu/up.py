@@ -45,12 +45,16 @@ async def _up(master_cfg: MasterConfig, node_cfg: NodeConfig, log_cfg: LogConfig
     await master.start()
     agent: Agent | None = None
     try:
+        # The node joins with the master's secret, passed in-process; with TLS it dials
+        # https and verifies the master against --ca / MGPU_CA.
         node_cfg = replace(node_cfg, master_host=_dial_host(master_cfg.host),
-                           master_port=master.port)
+                           master_port=master.port, join_token=master.join.secret,
+                           join_token_file=None, tls=master_cfg.tls_cert is not None)
         agent = Agent(node_cfg, gpus)
         await agent.start()
         address = f"{_dial_host(master_cfg.host)}:{master.port}"
-        _say(f"master listening on http://{master_cfg.host}:{master.port}")
+        scheme = "https" if master_cfg.tls_cert is not None else "http"
+        _say(f"master listening on {scheme}://{master_cfg.host}:{master.port}")
         _say(f"data in {master_cfg.data_dir} and {node_cfg.effective_data_dir}")
         _say("logs go to " + (str(log_cfg.file) if log_cfg.file else "this terminal (stderr)"))
         env_hint = "" if master.port == 8080 else f"MGPU_MASTER={address} "

@@ -7,7 +7,12 @@ replies are decoded into the structs of :mod:`mgpu.core.models` and
 * the master cannot be reached → :class:`~mgpu.core.errors.ConnectionFailed`
 * 404 (unknown job) → :class:`~mgpu.core.errors.NotFound`
 * 422 (refused, e.g. more GPUs than any node has) → :class:`~mgpu.core.errors.Rejected`
+* 401 (no token, or one the master does not accept) → :class:`~mgpu.core.errors.Unauthorized`
+* 403 (not yours: another user's job, or an admin's command) →
+  :class:`~mgpu.core.errors.Forbidden`
 * any other error status → :class:`~mgpu.core.errors.ApiError` with the master's text
+
+Every request carries the client's token (:mod:`mgpu.client.auth` says where it comes from).
 
 Start-up cost matters here (``mgpu submit`` runs this module in a fresh interpreter), so
 msgspec and the models are imported by the calls that decode into them, not at import;
@@ -19,8 +24,9 @@ from __future__ import annotations
 
 import os
 
+from mgpu.client.auth import find_token
 from mgpu.client.transport import Connection
-from mgpu.core.errors import ApiError, NotFound, Rejected, UsageError
+from mgpu.core.errors import ApiError, Forbidden, NotFound, Rejected, Unauthorized, UsageError
 from mgpu.utils import plainjson
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs start-up time
@@ -30,7 +36,15 @@ if TYPE_CHECKING:
 
     from mgpu.client.transport import Response
     from mgpu.core.config import ClientConfig
-    from mgpu.core.messages import CancelResult, HealthReply, OutputEnd
+    from mgpu.core.messages import (
+        AuditEvent,
+        CancelResult,
+        HealthReply,
+        OutputEnd,
+        TokenCreated,
+        TokenInfo,
+        WhoAmIReply,
+    )
     from mgpu.core.models import JobSpec, JobState, NodeInfo, SimpleJob
 
     T = TypeVar("T")
@@ -49,6 +63,10 @@ def _error(status: int, body: bytes) -> ApiError:
         return NotFound(message)
     if status == 422:
         return Rejected(message, status)
+    if status == 401:
+        return Unauthorized(message)
+    if status == 403:
+        return Forbidden(message)
     return ApiError(message, status)
 
 
@@ -145,19 +163,38 @@ class OutputStream:
 class SimpleClient:
     """A client of one master: ``SimpleClient('localhost', 8080).submit_job(gpus=2, cmd=...)``.
 
-    ``timeout`` bounds each request in seconds (a followed output stream has none). Not
-    thread-safe: use one client per thread.
+    ``timeout`` bounds each request in seconds (a followed output stream has none). The
+    token is ``token``, else the one in ``token_file``, else ``$MGPU_TOKEN``, else the one
+    the master wrote to ``$XDG_CONFIG_HOME/mgpu/token``. With ``ca`` (a CA file) or ``tls``
+    it speaks HTTPS and verifies the master's certificate. Not thread-safe: use one client
+    per thread.
     """
 
-    def __init__(self, host: str = "localhost", port: int = 8080, timeout: float = 30.0) -> None:
+    def __init__(self, host: str = "localhost", port: int = 8080, timeout: float = 30.0, *,
+                 token: str | None = None, token_file: str | None = None,
+                 ca: str | None = None, tls: bool = False) -> None:
         self.host = host
         self.port = port
         self.timeout = timeout
-        self._conn = Connection(host, port, timeout)
+        self.token = token if token is not None else find_token(token_file)
+        self.ca = ca
+        self.tls = tls or ca is not None
+        self._conn = self.connection(timeout)
 
     @classmethod
-    def from_config(cls, cfg: ClientConfig) -> SimpleClient:
-        return cls(cfg.master_host, cfg.master_port, cfg.timeout)
+    def from_config(cls, cfg: ClientConfig, token_file: str | None = None) -> SimpleClient:
+        return cls(cfg.master_host, cfg.master_port, cfg.timeout, token_file=token_file,
+                   ca=cfg.ca, tls=cfg.tls)
+
+    def connection(self, timeout: float | None) -> Connection:
+        """A new connection to the master, with this client's token and TLS settings."""
+        return Connection(self.host, self.port, timeout, token=self.token, tls=self.tls,
+                          ca=self.ca)
+
+    def copy(self, timeout: float | None = None) -> SimpleClient:
+        """Another client of the same master as the same user (for another thread)."""
+        return SimpleClient(self.host, self.port, self.timeout if timeout is None else timeout,
+                            token=self.token or "", ca=self.ca, tls=self.tls)
 
     @property
     def address(self) -> str:
@@ -317,7 +354,7 @@ class SimpleClient:
         path = (f"{API}/jobs/{int(job_id)}/output?offset={int(offset)}&follow={int(follow)}"
                 f"&status={int(status)}&attach={int(attach)}")
         # A connection of its own, so the client can make other calls while it streams.
-        conn = Connection(self.host, self.port, self.timeout)
+        conn = self.connection(self.timeout)
         resp = conn.request("GET", path, endless=follow)
         if resp.status >= 300:
             data = resp.read()
@@ -379,6 +416,43 @@ class SimpleClient:
         from mgpu.core.messages import HealthReply
 
         return _decode(self._call("GET", f"{API}/health"), HealthReply)
+
+    def whoami(self) -> WhoAmIReply:
+        """The user (and whether an admin) this client's token stands for."""
+        from mgpu.core.messages import WhoAmIReply
+
+        return _decode(self._call("GET", f"{API}/whoami"), WhoAmIReply)
+
+    # ------------------------------------------------------------------- admin: tokens
+
+    def create_token(self, user: str, admin: bool = False) -> TokenCreated:
+        """A new token for ``user`` (admins only); the token itself is shown only here."""
+        from mgpu.core.messages import TokenCreated, TokenCreateRequest
+
+        body = _encode(TokenCreateRequest(user=user, admin=admin))
+        return _decode(self._call("POST", f"{API}/tokens", body), TokenCreated)
+
+    def list_tokens(self) -> list[TokenInfo]:
+        """Every active token, without the tokens themselves (admins only)."""
+        from mgpu.core.messages import TokenListReply
+
+        return _decode(self._call("GET", f"{API}/tokens"), TokenListReply).tokens
+
+    def revoke_tokens(self, *, user: str | None = None, token_id: int | None = None
+                      ) -> list[int]:
+        """Revoke one token by id, or every token of ``user`` (admins only); their ids."""
+        from mgpu.core.messages import TokenRevokeReply, TokenRevokeRequest
+
+        body = _encode(TokenRevokeRequest(id=token_id, user=user))
+        return _decode(self._call("POST", f"{API}/tokens/revoke", body),
+                       TokenRevokeReply).revoked
+
+    def events(self, limit: int = 50) -> list[AuditEvent]:
+        """The last ``limit`` entries of the audit log, oldest first (admins only)."""
+        from mgpu.core.messages import EventListReply
+
+        data = self._call("GET", f"{API}/events?limit={int(limit)}")
+        return _decode(data, EventListReply).events
 
     # ------------------------------------------------------------------------ internals
 

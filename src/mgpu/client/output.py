@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from mgpu.core.messages import CancelResult
+from mgpu.core.messages import AuditEvent, CancelResult, TokenInfo
 from mgpu.core.models import JobState, NodeInfo, SimpleJob
 
 TYPE_CHECKING = False
@@ -199,6 +199,19 @@ def wait_report(jobs: Sequence[SimpleJob]) -> str:
     return "".join(lines)
 
 
+def tokens_table(tokens: Sequence[TokenInfo]) -> str:
+    """``mgpu token list``: one row per active token (never the token itself)."""
+    rows = [(str(t.id), _clean(t.user), "yes" if t.admin else "no", _when(t.created_at))
+            for t in tokens]
+    return table(("ID", "USER", "ADMIN", "CREATED"), rows, right=(0,))
+
+
+def events_table(events: Sequence[AuditEvent]) -> str:
+    """``mgpu events``: the audit log, oldest first."""
+    rows = [(_when(e.time), _clean(e.user), e.action, _clean(e.detail)) for e in events]
+    return table(("TIME", "USER", "ACTION", "DETAIL"), rows)
+
+
 Section = tuple[str, Any, dict[str, str]]  # (name, config dataclass, sources)
 
 
@@ -223,7 +236,7 @@ def config_json(sections: Sequence[Section], file: Path | None) -> str:
     data: dict[str, Any] = {"file": str(file) if file else None}
     for name, cfg, sources in sections:
         data[name] = {
-            key: {"value": getattr(cfg, key), "source": source}
-            for key, _, source in describe(cfg, sources)
+            key: {"value": shown if shown == "(set)" else getattr(cfg, key), "source": source}
+            for key, shown, source in describe(cfg, sources)
         }
     return to_json(data)

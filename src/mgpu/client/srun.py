@@ -16,7 +16,6 @@ import os
 import sys
 import time
 
-from mgpu.client.transport import Connection
 from mgpu.core.errors import ApiError, ConnectionFailed
 from mgpu.utils import plainjson
 
@@ -164,7 +163,7 @@ class Interactive:
 
     def _upload(self) -> None:
         """Stream stdin to the job (one chunked POST); its end is the job's EOF."""
-        conn = Connection(self.client.host, self.client.port, None)
+        conn = self.client.connection(None)
         try:
             resp = conn.upload(f"/api/v1/jobs/{self.job_id}/stdin", self._chunks())
             answer = resp.read()
@@ -207,10 +206,8 @@ class Interactive:
         import contextlib
         from threading import Thread
 
-        from mgpu.client.client import SimpleClient
-
         def go() -> None:
-            with (SimpleClient(self.client.host, self.client.port, 10.0) as c,
+            with (self.client.copy(timeout=10.0) as c,
                   contextlib.suppress(ConnectionFailed, ApiError)):
                 call(c)
 

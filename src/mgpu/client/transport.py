@@ -16,6 +16,9 @@ Contract of :class:`Connection`:
   request re-sent, only when nothing of a response arrived (the server never saw it).
 * Every socket failure becomes :class:`~mgpu.core.errors.ConnectionFailed` naming the
   master's address; nothing else of ``OSError`` escapes.
+* With a ``token``, every request (uploads too) carries ``Authorization: Bearer TOKEN``.
+* With ``tls`` (or a ``ca`` file), the socket is wrapped in TLS and the master's certificate
+  is verified against ``ca`` (else the system's CAs); ``ssl`` is imported only then.
 
 It works on ``_socket``, the C module under ``socket``: ``import socket`` adds ``selectors``,
 ``array`` and its enums (a few ms of start-up), for wrappers this client does not use.
@@ -24,6 +27,7 @@ It works on ``_socket``, the C module under ``socket``: ``import socket`` adds `
 from __future__ import annotations
 
 import _socket
+import os
 
 from mgpu.core.errors import ConnectionFailed
 
@@ -102,11 +106,15 @@ class Response:
 class Connection:
     """A persistent HTTP/1.1 connection to one ``host:port``."""
 
-    def __init__(self, host: str, port: int, timeout: float | None) -> None:
+    def __init__(self, host: str, port: int, timeout: float | None, *,
+                 token: str | None = None, tls: bool = False, ca: str | None = None) -> None:
         self.host = host
         self.port = port
         self.timeout = timeout
+        self.tls = tls or ca is not None
+        self.ca = ca
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._auth = f"Authorization: Bearer {token}" if token else None
         self._sock: _socket.socket | None = None
         self._buf = b""
         self._keep = True
@@ -134,6 +142,8 @@ class Connection:
         stay silent as long as its job does).
         """
         head = [f"{method} {path} HTTP/1.1", f"Host: {self.address}", f"User-Agent: {_USER_AGENT}"]
+        if self._auth is not None:
+            head.append(self._auth)
         if body is not None:
             head.append("Content-Type: application/json")
             head.append(f"Content-Length: {len(body)}")
@@ -167,6 +177,8 @@ class Connection:
         response once the body has ended. Never re-sent: nothing to resend it from."""
         head = [f"POST {path} HTTP/1.1", f"Host: {self.address}", f"User-Agent: {_USER_AGENT}",
                 "Content-Type: application/octet-stream", "Transfer-Encoding: chunked"]
+        if self._auth is not None:
+            head.append(self._auth)
         self.wait = 0.0
         try:
             sock = self._connect()
@@ -208,9 +220,41 @@ class Connection:
             raise unreachable(self.address)
         sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_KEEPALIVE, 1)
+        if self.tls:
+            sock = self._wrap(sock)
         self._sock = sock
         self._keep = True
         return sock
+
+    def _wrap(self, sock: _socket.socket) -> _socket.socket:
+        """``sock`` in TLS, the master's certificate verified (host name or IP included)."""
+        import ssl
+
+        try:
+            ctx = ssl.create_default_context(
+                cafile=os.path.expanduser(self.ca) if self.ca else None)
+        except (OSError, ssl.SSLError) as e:
+            sock.close()
+            raise ConnectionFailed(
+                f"cannot load the CA file {self.ca} ({e}): check --ca / MGPU_CA"
+            ) from None
+        try:
+            return ctx.wrap_socket(sock, server_hostname=self.host)  # type: ignore[arg-type]
+        except ssl.SSLCertVerificationError as e:
+            sock.close()
+            hint = ("it is not signed by the CA in " + self.ca if self.ca else
+                    "pass --ca FILE or set MGPU_CA to the CA that signed it "
+                    "(`mgpu certs` writes ca.pem)")
+            raise ConnectionFailed(
+                f"cannot verify the TLS certificate of the master at {self.address} "
+                f"({e.verify_message}): {hint}"
+            ) from None
+        except (ssl.SSLError, OSError) as e:
+            sock.close()
+            raise ConnectionFailed(
+                f"TLS with the master at {self.address} failed ({e}): is it serving TLS "
+                "(--tls-cert)? For a master without TLS, unset MGPU_TLS and MGPU_CA"
+            ) from None
 
     def _failed(self, e: OSError) -> ConnectionFailed:
         if isinstance(e, ConnectionRefusedError):
@@ -227,12 +271,14 @@ class Connection:
         if not line:
             if reused:
                 raise _Dropped
-            raise ConnectionFailed(f"the master at {self.address} closed the connection")
+            raise ConnectionFailed(f"the master at {self.address} closed the connection"
+                                   + ("" if self.tls else self._tls_hint))
         while True:
             version, _, rest = line.partition(b" ")
             code = rest[:3]
             if not version.startswith(b"HTTP/") or not code.isdigit():
-                raise ConnectionFailed(f"{self.address} does not answer like an mgpu master")
+                raise ConnectionFailed(f"{self.address} does not answer like an mgpu master"
+                                       + ("" if self.tls else self._tls_hint))
             headers = self._read_headers()
             status = int(code)
             if status != 100:
@@ -241,6 +287,8 @@ class Connection:
         conn_header = headers.get("connection", "").lower()
         self._keep = version == b"HTTP/1.1" and "close" not in conn_header
         return Response(self, status, headers)
+
+    _tls_hint = " (if it serves TLS, pass --ca FILE or set MGPU_CA, or MGPU_TLS=1)"
 
     def _read_headers(self) -> dict[str, str]:
         headers: dict[str, str] = {}

@@ -30,8 +30,9 @@ from mgpu.core.config_sources import (
 DEFAULT_NODE_PORT = 8081
 
 
-def _env(name: str) -> dict[str, str]:
-    return {"env": name}
+def _env(name: str, *, secret: bool = False) -> dict[str, Any]:
+    """Field metadata: its environment variable; ``secret`` hides its value in ``mgpu config``."""
+    return {"env": name, "secret": True} if secret else {"env": name}
 
 
 def xdg_data_home() -> Path:
@@ -57,6 +58,15 @@ class MasterConfig:
     max_time_limit: str = field(default="UNLIMITED", metadata=_env("MGPU_MAX_TIME_LIMIT"))
     max_requeue: int = field(default=3, metadata=_env("MGPU_MAX_REQUEUE"))
     srun_grace: float = field(default=10.0, metadata=_env("MGPU_SRUN_GRACE"))
+    # Security (README "Security"): off only for benchmarks, and loudly.
+    auth: bool = field(default=True, metadata=_env("MGPU_AUTH"))
+    private_jobs: bool = field(default=False, metadata=_env("MGPU_PRIVATE_JOBS"))
+    tls_cert: Path | None = field(default=None, metadata=_env("MGPU_TLS_CERT"))
+    tls_key: Path | None = field(default=None, metadata=_env("MGPU_TLS_KEY"))
+    # Limits against hostile or broken clients.
+    max_batch_jobs: int = field(default=10_000, metadata=_env("MGPU_MAX_BATCH"))
+    max_pending_per_user: int = field(default=100_000, metadata=_env("MGPU_MAX_PENDING"))
+    read_timeout: float = field(default=30.0, metadata=_env("MGPU_READ_TIMEOUT"))
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,13 @@ class NodeConfig:
     kill_grace: float = field(default=30.0, metadata=_env("MGPU_KILL_GRACE"))
     fence_timeout: float | None = field(default=None, metadata=_env("MGPU_FENCE_TIMEOUT"))
     fence_on_disconnect: bool = field(default=False, metadata=_env("MGPU_FENCE_ON_DISCONNECT"))
+    # The master's join secret: --join-token-file wins over MGPU_JOIN_TOKEN; with neither,
+    # the default master data dir's join.token when readable (a node on the master's machine).
+    join_token_file: Path | None = field(default=None, metadata=_env("MGPU_JOIN_TOKEN_FILE"))
+    join_token: str | None = field(default=None,
+                                   metadata=_env("MGPU_JOIN_TOKEN", secret=True))
+    ca: Path | None = field(default=None, metadata=_env("MGPU_CA"))
+    tls: bool = field(default=False, metadata=_env("MGPU_TLS"))
     allow_root_jobs: bool = field(default=False, metadata=_env("MGPU_ALLOW_ROOT_JOBS"))
 
     @property
@@ -85,11 +102,17 @@ class NodeConfig:
 
 @dataclass(frozen=True)
 class ClientConfig:
-    """Where the client finds the master."""
+    """Where the client finds the master, and how it checks it is the real one (TLS).
+
+    The token is not a setting here: ``--token-file``, else ``$MGPU_TOKEN``, else
+    ``$XDG_CONFIG_HOME/mgpu/token`` (``mgpu.client.auth``).
+    """
 
     master_host: str = field(default="localhost", metadata=_env("MGPU_MASTER_HOST"))
     master_port: int = field(default=DEFAULT_PORT, metadata=_env("MGPU_MASTER_PORT"))
     timeout: float = field(default=30.0, metadata=_env("MGPU_TIMEOUT"))
+    ca: str | None = field(default=None, metadata=_env("MGPU_CA"))  # verify the master's TLS
+    tls: bool = field(default=False, metadata=_env("MGPU_TLS"))  # https (implied by ``ca``)
 
 
 @dataclass(frozen=True)
@@ -150,9 +173,16 @@ def load(
 def describe(cfg: Any, sources: dict[str, str]) -> list[tuple[str, str, str]]:
     """Rows of (name, value, source) for ``mgpu config``."""
     return [
-        (f.name, str(getattr(cfg, f.name)), sources.get(f.name, "default"))
+        (f.name, _shown(cfg, f), sources.get(f.name, "default"))
         for f in dataclasses.fields(cfg)
     ]
+
+
+def _shown(cfg: Any, f: dataclasses.Field[Any]) -> str:
+    value = getattr(cfg, f.name)
+    if f.metadata.get("secret") and value is not None:
+        return "(set)"
+    return str(value)
 
 
 __all__ = [

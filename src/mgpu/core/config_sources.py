@@ -32,11 +32,15 @@ CLIENT_FIELDS: tuple[Field, ...] = (
     ("master_host", "str", "MGPU_MASTER_HOST"),
     ("master_port", "int", "MGPU_MASTER_PORT"),
     ("timeout", "float", "MGPU_TIMEOUT"),
+    ("ca", "str | None", "MGPU_CA"),
+    ("tls", "bool", "MGPU_TLS"),
 )
 CLIENT_DEFAULTS: dict[str, Any] = {
     "master_host": "localhost",
     "master_port": DEFAULT_PORT,
     "timeout": 30.0,
+    "ca": None,
+    "tls": False,
 }
 
 
@@ -184,13 +188,14 @@ def client_settings(
     file_data: Mapping[str, Any] | None = None,
     file_path: str | PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
-) -> tuple[str, int, float]:
-    """``(master_host, master_port, timeout)``: what ``load(ClientConfig, ...)`` gives, by
-    the same rule and with the same errors, without building the dataclass."""
+) -> tuple[str, int, float, str | None, bool]:
+    """``(master_host, master_port, timeout, ca, tls)``: what ``load(ClientConfig, ...)``
+    gives, by the same rule and with the same errors, without building the dataclass."""
     env = os.environ if environ is None else environ
     if file_data is None:
         file_data, file_path = read_config()
     values, sources = resolve("client", CLIENT_FIELDS, flags or {}, env, file_data, file_path)
     apply_master_env(env, values, sources)
     merged = {**CLIENT_DEFAULTS, **values}
-    return merged["master_host"], merged["master_port"], merged["timeout"]
+    return (merged["master_host"], merged["master_port"], merged["timeout"], merged["ca"],
+            merged["tls"])

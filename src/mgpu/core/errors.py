@@ -8,7 +8,9 @@
     ├── ConnectionFailed           exit 3   the master cannot be reached
     ├── ApiError                   exit 1   the master answered with an error (carries status)
     │   ├── NotFound               exit 4   an unknown job id
-    │   └── Rejected               exit 5   a request the master refuses (e.g. too many GPUs)
+    │   ├── Rejected               exit 5   a request the master refuses (e.g. too many GPUs)
+    │   ├── Unauthorized           exit 6   no token, or one the master does not accept (401)
+    │   └── Forbidden              exit 6   a token that may not do this (403: not your job)
     ├── InvalidTransition          exit 1   a job state change the state machine forbids
     └── StoreError                 exit 1   the database cannot be written (full disk, ...)
 
@@ -60,6 +62,20 @@ class Rejected(ApiError):
     exit_code = 5
 
     def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message, status)
+
+
+class Unauthorized(ApiError):
+    exit_code = 6
+
+    def __init__(self, message: str, status: int = 401) -> None:
+        super().__init__(message, status)
+
+
+class Forbidden(ApiError):
+    exit_code = 6
+
+    def __init__(self, message: str, status: int = 403) -> None:
         super().__init__(message, status)
 
 

@@ -12,6 +12,8 @@ in ``core/frames.py`` and re-exported here.
 from __future__ import annotations
 
 import enum
+from datetime import datetime
+from typing import Annotated
 
 import msgspec
 
@@ -25,6 +27,16 @@ from mgpu.core.frames import split_frames as split_frames
 from mgpu.core.models import GpuInfo, JobSpec, SimpleJob, run_key
 
 PROTOCOL_VERSION = 1
+
+# Bounds checked as node messages are decoded: a message outside them is malformed, and the
+# master cuts off the node that sent it (docs/protocol.md).
+JobId = Annotated[int, msgspec.Meta(ge=1, le=2**62)]
+RunNo = Annotated[int, msgspec.Meta(ge=0, le=2**31)]
+Offset = Annotated[int, msgspec.Meta(ge=0, le=2**50)]
+ExitCode = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
+Reason = Annotated[str, msgspec.Meta(max_length=4096)]
+UserName = Annotated[str, msgspec.Meta(min_length=1, max_length=64,
+                                       pattern=r"^[A-Za-z0-9_][A-Za-z0-9._@-]*$")]
 
 
 class MessageType(enum.StrEnum):
@@ -69,6 +81,20 @@ class ResizeRequest(msgspec.Struct, forbid_unknown_fields=True):
     cols: int
 
 
+class TokenCreateRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """A new token for ``user`` (a Unix login name), an admin's when ``admin``."""
+
+    user: UserName
+    admin: bool = False
+
+
+class TokenRevokeRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Revoke the token ``id``, or every token of ``user`` (exactly one of them)."""
+
+    id: int | None = None
+    user: str | None = None
+
+
 # ---------------------------------------------------------------- master → client (JSON)
 
 
@@ -102,6 +128,49 @@ class HealthReply(msgspec.Struct):
     protocol: int = PROTOCOL_VERSION
 
 
+class WhoAmIReply(msgspec.Struct):
+    user: str
+    admin: bool
+
+
+class TokenCreated(msgspec.Struct):
+    """A new token: ``token`` is shown this once (the master keeps only its digest)."""
+
+    id: int
+    user: str
+    admin: bool
+    token: str
+
+
+class TokenInfo(msgspec.Struct):
+    id: int
+    user: str
+    admin: bool
+    created_at: datetime
+
+
+class TokenListReply(msgspec.Struct):
+    tokens: list[TokenInfo]
+
+
+class TokenRevokeReply(msgspec.Struct):
+    revoked: list[int]
+
+
+class AuditEvent(msgspec.Struct):
+    """One entry of the audit log: who did what (``action``), to what (``detail``), when."""
+
+    id: int
+    time: datetime
+    user: str
+    action: str
+    detail: str
+
+
+class EventListReply(msgspec.Struct):
+    events: list[AuditEvent]
+
+
 class OutputEnd(msgspec.Struct):
     """The last frame of an output stream: how the job ended."""
 
@@ -131,9 +200,9 @@ class RunningReport(msgspec.Struct):
     and then, for an ended job, its :class:`JobEnded`.
     """
 
-    job_id: int
-    run: int
-    output_size: int
+    job_id: JobId
+    run: RunNo
+    output_size: Offset
 
     @property
     def key(self) -> str:
@@ -141,11 +210,12 @@ class RunningReport(msgspec.Struct):
 
 
 class Register(msgspec.Struct, tag=MessageType.REGISTER.value):
-    node_id: str
-    gpus: list[GpuInfo]
+    node_id: Annotated[str, msgspec.Meta(max_length=256)]
+    gpus: Annotated[list[GpuInfo], msgspec.Meta(max_length=4096)]
     protocol: int = PROTOCOL_VERSION
-    hostname: str = ""
-    running: list[RunningReport] = msgspec.field(default_factory=list)
+    hostname: Annotated[str, msgspec.Meta(max_length=256)] = ""
+    running: Annotated[list[RunningReport], msgspec.Meta(max_length=1_000_000)] = (
+        msgspec.field(default_factory=list))
 
 
 class Heartbeat(msgspec.Struct, tag=MessageType.HEARTBEAT.value):
@@ -153,28 +223,28 @@ class Heartbeat(msgspec.Struct, tag=MessageType.HEARTBEAT.value):
 
 
 class JobStarted(msgspec.Struct, tag=MessageType.JOB_STARTED.value):
-    job_id: int
-    pid: int
+    job_id: JobId
+    pid: Annotated[int, msgspec.Meta(ge=-1, le=2**31)]
 
 
 class JobOutput(msgspec.Struct, tag=MessageType.JOB_OUTPUT.value):
     """Framed output bytes of a job's run, starting at ``offset`` in the run's spool."""
 
-    job_id: int
-    run: int
-    offset: int
+    job_id: JobId
+    run: RunNo
+    offset: Offset
     data: bytes
 
 
 class JobEnded(msgspec.Struct, tag=MessageType.JOB_ENDED.value):
     """A job's end, sent after all of its output. ``state`` is the ended state."""
 
-    job_id: int
-    run: int
-    state: str
-    exit_code: int | None
-    reason: str | None
-    output_size: int
+    job_id: JobId
+    run: RunNo
+    state: str  # an ended state's value; the master cuts off a node that sends another
+    exit_code: ExitCode | None
+    reason: Reason | None
+    output_size: Offset
 
     @property
     def key(self) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -163,10 +163,10 @@ def advance(
 class GpuInfo(msgspec.Struct, kw_only=True):
     """One GPU of a node; ``job_id`` is the job holding it, if any."""
 
-    index: int
-    name: str
-    memory_total_mib: int
-    uuid: str | None = None
+    index: Annotated[int, msgspec.Meta(ge=0, le=65535)]
+    name: Annotated[str, msgspec.Meta(max_length=256)]
+    memory_total_mib: Annotated[int, msgspec.Meta(ge=0, le=2**40)]
+    uuid: Annotated[str, msgspec.Meta(max_length=256)] | None = None
     job_id: int | None = None
 
 

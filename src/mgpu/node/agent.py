@@ -5,6 +5,12 @@ GPUs and the jobs it still holds, then runs :class:`StartJob` / :class:`CancelJo
 through its :class:`Supervisor`. Output and ends go back over the same socket in order.
 When the link drops, jobs keep running and their output stays in the spool; the agent
 reconnects with back-off and resends from the offsets the master says it has.
+
+The agent joins with the master's join secret (``Authorization: Bearer`` on the WebSocket
+handshake): ``join_token`` (``MGPU_JOIN_TOKEN``), else ``join_token_file``, else the join
+secret of a master on this machine (its default data dir), when readable. A master that
+refuses the secret, or whose TLS certificate does not verify, is not retried: the agent
+stops with an error that says what to fix.
 """
 
 from __future__ import annotations
@@ -17,16 +23,18 @@ import os
 import signal
 import socket
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import msgspec
 from aiohttp import web
 
 from mgpu.core import messages as m
-from mgpu.core.config import LogConfig, NodeConfig
-from mgpu.core.errors import MgpuError
+from mgpu.core.config import LogConfig, NodeConfig, xdg_data_home
+from mgpu.core.errors import ConfigError, MgpuError
 from mgpu.core.models import GpuInfo
 from mgpu.node.supervisor import RunningJob, Supervisor
+from mgpu.utils.secretfile import read_secret
 
 MAX_BACKOFF = 2.0
 
@@ -52,10 +60,47 @@ class Agent:
         self._task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self.supervisor: Supervisor | None = None
+        self._secret: str | None = None
+        self._ssl_context: Any = None
+
+    @property
+    def tls(self) -> bool:
+        return self.cfg.tls or self.cfg.ca is not None
 
     @property
     def master_url(self) -> str:
-        return f"http://{self.cfg.master_host}:{self.cfg.master_port}/api/v1/node/ws"
+        host = self.cfg.master_host
+        if ":" in host:
+            host = f"[{host}]"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{host}:{self.cfg.master_port}/api/v1/node/ws"
+
+    def join_secret(self) -> str | None:
+        """The join secret to present: ``join_token``, else ``join_token_file``'s, else a
+        local master's (its default data dir), when readable; None when there is none."""
+        if self.cfg.join_token:
+            return self.cfg.join_token.strip()
+        if self.cfg.join_token_file is not None:
+            return read_secret(self.cfg.join_token_file, "join secret file", must_exist=True)
+        local = xdg_data_home() / "mgpu" / "master" / "join.token"
+        try:
+            return read_secret(local, "join secret file")
+        except ConfigError as e:  # not ours to read, or too open: as if absent, but say so
+            self.log.warning("not using %s: %s", local, e.message)
+            return None
+
+    def _ssl(self) -> Any:
+        """The client SSL context that verifies the master (``ca``, else the system's)."""
+        if not self.tls:
+            return None
+        import ssl
+
+        try:
+            return ssl.create_default_context(
+                cafile=str(self.cfg.ca) if self.cfg.ca is not None else None)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"cannot load the CA file {self.cfg.ca} ({e}): check --ca / "
+                              "MGPU_CA") from e
 
     async def start(self) -> None:
         if self.gpus is None:
@@ -68,6 +113,8 @@ class Agent:
                     "no GPUs found on this machine (NVML and nvidia-smi found none): "
                     "pass --fake-gpus N (or set MGPU_FAKE_GPUS) to declare some for testing"
                 )
+        self._secret = self.join_secret()
+        self._ssl_context = self._ssl()
         data_dir = self.cfg.effective_data_dir
         self.supervisor = Supervisor(
             self.node_id, data_dir, self._on_output, self._on_ended, self.cfg.kill_grace,
@@ -169,15 +216,34 @@ class Agent:
     async def _dial(self, backoff: float, warned: bool) -> None:
         # A connect that hangs (a partition drops packets) gives up and is retried.
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=3.0)
+        headers = {"Authorization": f"Bearer {self._secret}"} if self._secret else {}
+        ssl_arg: Any = self._ssl_context if self._ssl_context is not None else True
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while not self._stopping:
                 try:
                     async with session.ws_connect(
-                        self.master_url, max_msg_size=64 * 1024 * 1024, heartbeat=None
+                        self.master_url, max_msg_size=64 * 1024 * 1024, heartbeat=None,
+                        headers=headers, ssl=ssl_arg,
                     ) as ws:
                         backoff = 0.05
                         warned = False
                         await self._session(ws)
+                except aiohttp.WSServerHandshakeError as e:
+                    self._refused(e)
+                    if self.fatal is None and not warned:
+                        self.log.warning("the master at %s:%d refused the connection (HTTP "
+                                         "%d %s); retrying", self.cfg.master_host,
+                                         self.cfg.master_port, e.status, e.message)
+                        warned = True
+                except aiohttp.ClientConnectorCertificateError as e:
+                    self.fatal = MgpuError(
+                        f"cannot verify the TLS certificate of the master at "
+                        f"{self.cfg.master_host}:{self.cfg.master_port} "
+                        f"({e.certificate_error}): "
+                        + (f"it is not signed by the CA in {self.cfg.ca}" if self.cfg.ca
+                           else "pass --ca FILE (or set MGPU_CA) to the CA that signed it")
+                    )
+                    self.log.error("%s", self.fatal.message)
                 except (aiohttp.ClientError, OSError, TimeoutError) as e:
                     if not warned:
                         self.log.warning(
@@ -191,6 +257,22 @@ class Agent:
                     return
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _refused(self, e: aiohttp.WSServerHandshakeError) -> None:
+        """A 401 on the handshake: the join secret is missing or wrong. Not retried."""
+        if e.status != 401:
+            return
+        where = f"{self.cfg.master_host}:{self.cfg.master_port}"
+        if self._secret is None:
+            why = "this node has no join secret"
+        else:
+            why = "it does not accept this node's join secret"
+        self.fatal = MgpuError(
+            f"the master at {where} refused node {self.node_id}: {why}; give the node the "
+            "master's join secret (the master's DATA_DIR/join.token): --join-token-file FILE "
+            "or MGPU_JOIN_TOKEN"
+        )
+        self.log.error("%s", self.fatal.message)
 
     def _lost_link(self) -> None:
         if self.connected:

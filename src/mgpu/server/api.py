@@ -1,99 +1,54 @@
 """HTTP routes of the master, one small function per endpoint (see docs/protocol.md).
 
-Bodies are decoded into the structs of ``core/messages.py`` with validation, so a malformed
-request becomes a 400 that names the field; every ``MgpuError`` becomes its status with an
-``ErrorReply``; a 500 only ever means a bug, and is logged with its traceback.
+Every request but ``/api/v1/health`` is authenticated (``server/http.py``). A job belongs
+to the user whose token submitted it; acting on a job (cancel, output, input, signal,
+resize) is for its owner and admins, and with ``private_jobs`` so is seeing it. Admin
+routes (tokens, the audit log) are in ``server/admin.py``. The route table
+:data:`ROUTES` also feeds the OpenAPI document (``server/openapi.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import msgspec
 from aiohttp import web
 
 from mgpu.core import messages as m
-from mgpu.core.errors import ApiError, MgpuError, NotFound, Rejected, StoreError, UsageError
+from mgpu.core.errors import ApiError, StoreError, UsageError
 from mgpu.core.models import ENDED_STATES, JobState, SimpleJob, run_key
+from mgpu.server import admin
+from mgpu.server.http import (
+    API,
+    MASTER,
+    NODE_WS,
+    Handler,
+    body,
+    encode,
+    guard,
+    identity,
+    job_id_arg,
+    master_of,
+    reply,
+)
 
 if TYPE_CHECKING:
     from mgpu.server.master import Master
 
-log = logging.getLogger("mgpu.api")
 
-MASTER: web.AppKey[Master] = web.AppKey("master")
-T = TypeVar("T")
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-_encode = msgspec.json.Encoder().encode
-_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
-
-
-def reply(obj: object, status: int = 200) -> web.Response:
-    return web.Response(body=_encode(obj), status=status, content_type="application/json")
-
-
-def error(message: str, status: int, code: str) -> web.Response:
-    return reply(m.ErrorReply(error=message, code=code), status)
-
-
-async def body(request: web.Request, kind: type[T]) -> T:
-    raw = await request.read()
-    dec = _decoders.get(kind)
-    if dec is None:
-        dec = _decoders[kind] = msgspec.json.Decoder(kind)
-    try:
-        result: T = dec.decode(raw)
-    except msgspec.ValidationError as e:
-        raise UsageError(f"invalid request: {e}") from None
-    except msgspec.DecodeError as e:
-        raise UsageError(f"the request body is not valid JSON: {e}") from None
-    return result
-
-
-def job_id_arg(request: web.Request) -> int:
-    text = request.match_info["job_id"]
-    try:
-        return int(text)
-    except ValueError:
-        raise UsageError(f"{text!r} is not a job id: job ids are whole numbers") from None
-
-
-@web.middleware
-async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except web.HTTPException as e:
-        if e.status < 400:
-            raise
-        return error(e.reason if e.text is None else e.text, e.status, "http")
-    except NotFound as e:
-        return error(e.message, 404, "not_found")
-    except Rejected as e:
-        return error(e.message, 422, "rejected")
-    except UsageError as e:
-        return error(e.message, 400, "bad_request")
-    except StoreError as e:
-        return error(e.message, 507, "store")
-    except ApiError as e:
-        return error(e.message, e.status, "error")
-    except MgpuError as e:
-        return error(e.message, 400, "error")
-
-
-def master_of(request: web.Request) -> Master:
-    return request.app[MASTER]
+# ---------------------------------------------------------------------- jobs
 
 
 async def submit(request: web.Request) -> web.Response:
     master = master_of(request)
+    who = identity(request)
     req = await body(request, m.SubmitRequest)
     now = time.time()
-    ids, effects = master.state.on_submit(req.jobs, now)
+    owner = who.user if master.cfg.auth else None
+    ids, effects = master.state.on_submit(req.jobs, now, user=owner)
+    first = master.state.jobs[ids[0]]
+    effects.audit(now, first.user, "submit", _submitted(master, ids))
     try:
         await master.apply(effects, now)
     except StoreError:
@@ -102,8 +57,18 @@ async def submit(request: web.Request) -> web.Response:
     return reply(m.SubmitReply(job_ids=ids), 201)
 
 
+def _submitted(master: Master, ids: list[int]) -> str:
+    """The audit detail of a submit: the job (GPUs, command), or the range of a batch."""
+    if len(ids) == 1:
+        job = master.state.jobs[ids[0]]
+        return f"job {job.id} ({job.gpus} GPU{'s' if job.gpus > 1 else ''}): {job.command[:200]}"
+    return f"jobs {ids[0]}-{ids[-1]} ({len(ids)} jobs)"
+
+
 async def list_jobs(request: web.Request) -> web.Response:
     master = master_of(request)
+    who = identity(request)
+    private = master.cfg.private_jobs
     q = request.query
     states: set[JobState] | None = None
     if "state" in q:
@@ -111,7 +76,7 @@ async def list_jobs(request: web.Request) -> web.Response:
             states = {JobState(s.strip().lower()) for s in q["state"].split(",") if s.strip()}
         except ValueError:
             raise UsageError(
-                f"unknown state in {q['state']!r}: use "
+                f"unknown state in {q['state'][:100]!r}: use "
                 + ", ".join(s.value for s in JobState)
             ) from None
     elif q.get("all") not in ("1", "true"):
@@ -121,13 +86,14 @@ async def list_jobs(request: web.Request) -> web.Response:
     jobs = [
         j for j in master.state.jobs.values()
         if (states is None or j.state in states) and (user is None or j.user == user)
+        and (not private or who.owns(j))
     ]
     return reply(m.JobListReply(jobs=jobs))
 
 
 async def show_job(request: web.Request) -> web.Response:
     master = master_of(request)
-    job = master.state.get(job_id_arg(request))
+    job = master.state.get(job_id_arg(request), identity(request), master.cfg.private_jobs)
     if job.state is JobState.PENDING:
         master.state.refresh_pending_reasons()
     return reply(job)
@@ -135,17 +101,26 @@ async def show_job(request: web.Request) -> web.Response:
 
 async def cancel(request: web.Request) -> web.Response:
     master = master_of(request)
+    who = identity(request)
     req = await body(request, m.CancelRequest)
     now = time.time()
-    results, effects = master.state.on_cancel(req.job_ids, now)
+    results, effects = master.state.on_cancel(req.job_ids, now, who=who,
+                                              private=master.cfg.private_jobs)
+    done = [r.job_id for r in results if r.ok]
+    if done:
+        refused = len(results) - len(done)
+        effects.audit(now, who.user, "cancel", f"jobs {', '.join(map(str, done[:50]))}"
+                      + (f" (+{len(done) - 50})" if len(done) > 50 else "")
+                      + (f"; {refused} refused" if refused else ""))
     await master.apply(effects, now)
     return reply(m.CancelReply(results=results))
 
 
 async def wait(request: web.Request) -> web.Response:
     master = master_of(request)
+    who = identity(request)
     req = await body(request, m.WaitRequest)
-    jobs = [master.state.get(i) for i in req.job_ids]
+    jobs = [master.state.get(i, who, master.cfg.private_jobs) for i in req.job_ids]
     deadline = time.monotonic() + max(0.0, min(req.timeout, 300.0))
     waiting = [j for j in reversed(jobs) if j.state not in ENDED_STATES]
     async with master.ended:
@@ -168,6 +143,13 @@ def _flag(request: web.Request, name: str) -> bool:
     return request.query.get(name) in ("1", "true")
 
 
+def _own_job(request: web.Request, what: str) -> SimpleJob:
+    """The job of the route, if the caller may ``what`` it (owner or admin)."""
+    master = master_of(request)
+    return master.state.get_own(job_id_arg(request), identity(request),
+                                master.cfg.private_jobs, what)
+
+
 async def output(request: web.Request) -> web.StreamResponse:
     """Stream a job's framed output from ``offset``; with ``follow``, until it ends.
 
@@ -176,12 +158,12 @@ async def output(request: web.Request) -> web.StreamResponse:
     job's clients, without which the job is cancelled after the grace period.
     """
     master = master_of(request)
-    job_id = job_id_arg(request)
-    job = master.state.get(job_id)
-    try:
-        offset = int(request.query.get("offset", "0"))
-    except ValueError:
-        raise UsageError("offset must be a whole number of bytes") from None
+    job = _own_job(request, "read the output of")
+    job_id = job.id
+    text = request.query.get("offset", "0")
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
+        raise UsageError("offset must be a whole number of bytes")
+    offset = int(text)
     follow, status, attach = (_flag(request, n) for n in ("follow", "status", "attach"))
     spool = master.output
     assert spool is not None
@@ -199,7 +181,7 @@ async def output(request: web.Request) -> web.StreamResponse:
             ended = job.state in ENDED_STATES
             if status and (job.state.value, job.node) != shown:
                 shown = (job.state.value, job.node)
-                await resp.write(m.frame(m.STREAM_STATUS, _encode(m.OutputStatus(
+                await resp.write(m.frame(m.STREAM_STATUS, encode(m.OutputStatus(
                     state=job.state.value, node=job.node, gpu_ids=job.gpu_ids, gpus=job.gpus,
                     ahead=master.state.queue_position(job_id)))))
             data = spool.read_across(
@@ -214,7 +196,7 @@ async def output(request: web.Request) -> web.StreamResponse:
         if job.state in ENDED_STATES:
             end = m.OutputEnd(state=job.state.value, exit_code=job.exit_code,
                               reason=job.reason, started=job.started_at is not None)
-            await resp.write(m.frame(m.STREAM_END, _encode(end)))
+            await resp.write(m.frame(m.STREAM_END, encode(end)))
         await resp.write_eof()
     except (ConnectionResetError, asyncio.CancelledError):
         pass
@@ -248,11 +230,12 @@ async def _until_running(master: Master, job_id: int) -> SimpleJob:
 async def stdin(request: web.Request) -> web.Response:
     """Stream the request body into a running job's stdin; its end closes the stdin."""
     master = master_of(request)
-    job_id = job_id_arg(request)
-    job = master.state.get(job_id)
+    job = _own_job(request, "write the input of")
+    job_id = job.id
     if not job.stdin:
         raise ApiError(f"job {job_id} was not started with --stdin: it reads no input", 409)
     job = await _until_running(master, job_id)
+    await master.audit(identity(request).user, "stdin", f"job {job_id}")
     node = job.node
     sent = 0
     async for chunk in request.content.iter_chunked(1 << 16):
@@ -270,27 +253,32 @@ async def stdin(request: web.Request) -> web.Response:
 
 async def send_signal(request: web.Request) -> web.Response:
     master = master_of(request)
-    job_id = job_id_arg(request)
+    job = _own_job(request, "signal")
     req = await body(request, m.SignalRequest)
     if not 1 <= req.signum <= 64:
         raise UsageError(f"{req.signum} is not a signal number")
-    job = master.state.get(job_id)
     if job.state is not JobState.RUNNING or job.node not in master.conns:
-        raise ApiError(f"job {job_id} is not running ({job.state.value})", 409)
-    master.conns[job.node].send(m.JobSignal(job_id, req.signum))
-    return reply({"job_id": job_id, "signum": req.signum})
+        raise ApiError(f"job {job.id} is not running ({job.state.value})", 409)
+    await master.audit(identity(request).user, "signal", f"job {job.id}: signal {req.signum}")
+    conn = master.conns.get(job.node or "")
+    if conn is None or job.state is not JobState.RUNNING:
+        raise ApiError(f"job {job.id} is no longer running", 409)
+    conn.send(m.JobSignal(job.id, req.signum))
+    return reply({"job_id": job.id, "signum": req.signum})
 
 
 async def resize(request: web.Request) -> web.Response:
     master = master_of(request)
-    job_id = job_id_arg(request)
+    job = _own_job(request, "resize the terminal of")
     req = await body(request, m.ResizeRequest)
     if not (0 < req.rows < 10000 and 0 < req.cols < 10000):
         raise UsageError("rows and cols must be between 1 and 9999")
-    job = master.state.get(job_id)
     if job.state is JobState.RUNNING and job.node in master.conns:
-        master.conns[job.node].send(m.JobResize(job_id, req.rows, req.cols))
-    return reply({"job_id": job_id})
+        master.conns[job.node].send(m.JobResize(job.id, req.rows, req.cols))
+    return reply({"job_id": job.id})
+
+
+# ---------------------------------------------------------------------- cluster
 
 
 async def nodes(request: web.Request) -> web.Response:
@@ -304,31 +292,76 @@ async def health(request: web.Request) -> web.Response:
     return reply(m.HealthReply(status="ok", version=VERSION))
 
 
+async def openapi(request: web.Request) -> web.Response:
+    from mgpu.server.openapi import document
+
+    return web.Response(body=document(), content_type="application/json")
+
+
 async def node_ws(request: web.Request) -> web.StreamResponse:
     master = master_of(request)
     ws = web.WebSocketResponse(max_msg_size=16 * 1024 * 1024)
     await ws.prepare(request)
-    await master.serve_node(ws)
+    await master.serve_node(ws, request.remote or "?")
     return ws
 
 
+# ---------------------------------------------------------------------- the table
+
+
+class Route(NamedTuple):
+    """One endpoint: what it takes and answers (for the OpenAPI document too)."""
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    request: Any = None  # the body's struct
+    response: Any = None  # the 2xx body's struct (None: not JSON, or a small dict)
+    status: int = 200
+    query: tuple[tuple[str, str], ...] = ()  # (name, description)
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("POST", f"{API}/jobs", submit, "Queue jobs (saved together)", m.SubmitRequest,
+          m.SubmitReply, 201),
+    Route("GET", f"{API}/jobs", list_jobs, "Jobs in queue order", None, m.JobListReply,
+          query=(("state", "comma list of states"), ("user", "one user's jobs"),
+                 ("all", "1: ended jobs too"))),
+    Route("POST", f"{API}/jobs/cancel", cancel, "Cancel jobs (the caller's, or any: admins)",
+          m.CancelRequest, m.CancelReply),
+    Route("POST", f"{API}/jobs/wait", wait, "Long poll until the jobs end", m.WaitRequest,
+          m.JobListReply),
+    Route("GET", f"{API}/jobs/{{job_id}}", show_job, "One job", None, SimpleJob),
+    Route("GET", f"{API}/jobs/{{job_id}}/output", output,
+          "A job's framed output (owner or admin)", None, None,
+          query=(("offset", "byte to start at"), ("follow", "1: until the job ends"),
+                 ("status", "1: placement frames"), ("attach", "1: count as a client"))),
+    Route("POST", f"{API}/jobs/{{job_id}}/stdin", stdin,
+          "Stream the body into a job's stdin (owner or admin)"),
+    Route("POST", f"{API}/jobs/{{job_id}}/signal", send_signal,
+          "Signal a running job (owner or admin)", m.SignalRequest),
+    Route("POST", f"{API}/jobs/{{job_id}}/resize", resize,
+          "A job's terminal size (owner or admin)", m.ResizeRequest),
+    Route("GET", f"{API}/nodes", nodes, "Nodes and their GPUs"),
+    Route("GET", f"{API}/health", health, "Liveness (no token needed)", None, m.HealthReply),
+    Route("GET", f"{API}/whoami", admin.whoami, "The token's user", None, m.WhoAmIReply),
+    Route("GET", f"{API}/openapi.json", openapi, "This document"),
+    Route("POST", f"{API}/tokens", admin.create_token, "A new token (admins)", m.TokenCreateRequest,
+          m.TokenCreated, 201),
+    Route("GET", f"{API}/tokens", admin.list_tokens, "Active tokens (admins)", None,
+          m.TokenListReply),
+    Route("POST", f"{API}/tokens/revoke", admin.revoke_tokens, "Revoke tokens (admins)",
+          m.TokenRevokeRequest, m.TokenRevokeReply),
+    Route("GET", f"{API}/events", admin.events, "The audit log (admins)", None, m.EventListReply,
+          query=(("limit", f"entries, 1 to {admin.MAX_EVENTS} (default 50)"),)),
+    Route("GET", NODE_WS, node_ws, "Node agents' WebSocket (join secret)"),
+)
+
+
 def build_app(master: Master) -> web.Application:
-    app = web.Application(middlewares=[errors], client_max_size=master.cfg.max_request_bytes)
+    app = web.Application(middlewares=[guard],
+                          client_max_size=master.cfg.max_request_bytes)
     app[MASTER] = master
-    app.add_routes(
-        [
-            web.post("/api/v1/jobs", submit),
-            web.get("/api/v1/jobs", list_jobs),
-            web.post("/api/v1/jobs/cancel", cancel),
-            web.post("/api/v1/jobs/wait", wait),
-            web.get("/api/v1/jobs/{job_id}", show_job),
-            web.get("/api/v1/jobs/{job_id}/output", output),
-            web.post("/api/v1/jobs/{job_id}/stdin", stdin),
-            web.post("/api/v1/jobs/{job_id}/signal", send_signal),
-            web.post("/api/v1/jobs/{job_id}/resize", resize),
-            web.get("/api/v1/nodes", nodes),
-            web.get("/api/v1/health", health),
-            web.get("/api/v1/node/ws", node_ws),
-        ]
-    )
+    app.add_routes([web.route(r.method, r.path, r.handler) for r in ROUTES])
     return app

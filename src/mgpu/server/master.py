@@ -9,7 +9,6 @@ sent or acknowledged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import os
@@ -25,12 +24,14 @@ from aiohttp import web
 
 from mgpu.core import messages as m
 from mgpu.core.config import LogConfig, MasterConfig
-from mgpu.core.errors import MgpuError, StoreError
+from mgpu.core.errors import MgpuError, StoreError, Unauthorized
 from mgpu.core.models import JobState, run_key
 from mgpu.core.scheduler import Policy, schedule
 from mgpu.core.timefmt import parse_duration
+from mgpu.server.auth import JOIN_HINT, JoinSecret, Tokens, bearer, load_secrets, tls_context
+from mgpu.server.nodeconn import NodeConn, Violation
 from mgpu.server.state import ClusterState, Effects
-from mgpu.server.store import Batch, Store
+from mgpu.server.store import AuditRow, Batch, Store, TokenRow
 from mgpu.utils.spool import SpoolDir
 
 log = logging.getLogger("mgpu.master")
@@ -66,8 +67,7 @@ class Committer:
             items, self._queue = self._queue, []
             batch = Batch()
             for effects, _ in items:
-                batch.inserts.extend(effects.batch.inserts)
-                batch.updates.update(effects.batch.updates)
+                batch.merge(effects.batch)
             try:
                 if batch:
                     await loop.run_in_executor(self._executor, self._store.write, batch)
@@ -84,6 +84,10 @@ class Committer:
                     if not fut.done():
                         fut.set_result(None)
 
+    async def read(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` (a read of the store) on the store's thread, between writes."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
     async def drain(self) -> None:
         while self._task is not None and not self._task.done():
             await asyncio.shield(self._task)
@@ -92,33 +96,7 @@ class Committer:
         self._executor.shutdown(wait=True)
 
 
-class NodeConn:
-    """One agent's WebSocket and the queue of messages waiting to go out on it."""
-
-    def __init__(self, node_id: str, ws: web.WebSocketResponse) -> None:
-        self.node_id = node_id
-        self.ws = ws
-        self.queue: asyncio.Queue[m.MasterMessage] = asyncio.Queue()
-        self.empty = asyncio.Event()
-        self.writer = asyncio.create_task(self._write())
-
-    def send(self, msg: m.MasterMessage) -> None:
-        self.queue.put_nowait(msg)
-        self.empty.clear()
-
-    async def drained(self, most: int = 16) -> None:
-        """Until at most ``most`` messages wait to go out (back-pressure for job input)."""
-        while self.queue.qsize() > most and not self.writer.done():
-            await self.empty.wait()
-
-    async def _write(self) -> None:
-        encode = m.node_encoder.encode
-        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
-            while True:
-                if self.queue.empty():
-                    self.empty.set()
-                msg = await self.queue.get()
-                await self.ws.send_bytes(encode(msg))
+REFUSAL_QUIET = 60.0  # seconds: one peer's refusals are logged and audited at most this often
 
 
 class Master:
@@ -132,7 +110,13 @@ class Master:
             default_time_limit=parse_duration(cfg.default_time_limit, "default_time_limit"),
             max_time_limit=parse_duration(cfg.max_time_limit, "max_time_limit"),
             max_requeue=cfg.max_requeue,
+            max_batch_jobs=cfg.max_batch_jobs,
+            max_pending_per_user=cfg.max_pending_per_user,
         )
+        self.tokens = Tokens([], 0)
+        self.join = JoinSecret("")
+        # (peer, why) -> (when last logged, refusals since): a flood is logged once a minute
+        self._refused: dict[tuple[str, str], tuple[float, int]] = {}
         self.conns: dict[str, NodeConn] = {}
         self.output: SpoolDir | None = None
         self.store: Store | None = None
@@ -153,21 +137,29 @@ class Master:
     async def start(self) -> None:
         data_dir = self.cfg.data_dir
         prepare_data_dir(data_dir)
+        ssl_context = tls_context(self.cfg)
         self.store = Store(data_dir / "mgpu.db")
         self.output = SpoolDir(data_dir / "output")
         self.state.load(self.store.load(), self.store.last_id())
         self.state.nodes.clear()
         self._started_at = time.time()
+        self.tokens, self.join = load_secrets(self.store, data_dir)
         self.committer = Committer(self.store, self._on_saved)
         from mgpu.server.api import build_app
 
         app = build_app(self)
         # handler_cancellation: a client that goes away ends its handler (and so detaches
         # from an interactive job) at once, even while the handler waits for output.
+        # lingering_time: after an early error (413, 408) the rest of a body is read and
+        # dropped for at most 1 s, not aiohttp's 10; keepalive_timeout: a connection that
+        # sends nothing, or headers that never end, is closed after the read timeout (a
+        # slow client holds nothing long; an idle client reconnects).
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                                     handler_cancellation=True)
+                                     handler_cancellation=True, lingering_time=1.0,
+                                     keepalive_timeout=self.cfg.read_timeout)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port, reuse_address=True)
+        site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port, reuse_address=True,
+                           ssl_context=ssl_context)
         try:
             await site.start()
         except OSError as e:
@@ -181,18 +173,29 @@ class Master:
         self.port = self._runner.addresses[0][1]
         n_jobs = len(self.state.jobs)
         running = sum(1 for j in self.state.jobs.values() if j.state is JobState.RUNNING)
+        scheme = "https" if ssl_context is not None else "http"
         log.info(
-            "listening on http://%s:%d (data in %s; %d jobs loaded, %d pending, %d running)",
-            self.cfg.host, self.port, data_dir, n_jobs, len(self.state.pending), running,
+            "listening on %s://%s:%d (data in %s; %d jobs loaded, %d pending, %d running)",
+            scheme, self.cfg.host, self.port, data_dir, n_jobs, len(self.state.pending),
+            running,
         )
-        if self.cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        if not self.cfg.auth:
             log.warning(
-                "listening on %s without TLS or authentication: anyone who can reach port %d "
-                "can run commands on your nodes; bind 127.0.0.1 unless the network is trusted",
-                self.cfg.host, self.port,
+                "AUTHENTICATION IS OFF (auth = false / MGPU_AUTH=0): anyone who can reach port "
+                "%d can run commands on your nodes as any user; this switch is for "
+                "benchmarks only", self.port,
+            )
+        if ssl_context is None and self.cfg.host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning(
+                "listening on %s without TLS: requests are authenticated, but tokens, the "
+                "join secret, commands, environments and job output cross the network in "
+                "clear text, readable (and tokens reusable) by anyone on the path; use "
+                "--tls-cert/--tls-key (`mgpu certs` makes them) unless the network is trusted",
+                self.cfg.host,
             )
         write_json(data_dir / "master.json", {
             "host": self.cfg.host, "port": self.port, "pid": os.getpid(), "version": VERSION,
+            "tls": ssl_context is not None,
         })
         self._tick = asyncio.create_task(self._ticker())
 
@@ -313,6 +316,67 @@ class Master:
         for ev in self.watchers.get(job_id, ()):
             ev.set()
 
+    # ------------------------------------------------------------------ who may do what
+
+    def admit_node(self, request: web.Request) -> None:
+        """Let a node's WebSocket handshake through with the join secret, or refuse it with
+        a 401 before anything changes (logged and audited, at most once a minute a peer)."""
+        if not self.cfg.auth:
+            return
+        given = bearer(request.headers.get("Authorization"))
+        if self.join.check(given):
+            return
+        why = "no join secret" if given is None else "a wrong join secret"
+        self._refusal(request.remote or "?", why)
+        raise Unauthorized(f"node refused: {why}; {JOIN_HINT}")
+
+    def _refusal(self, peer: str, why: str) -> None:
+        now = time.time()
+        last, since = self._refused.get((peer, why), (0.0, 0))
+        if now - last < REFUSAL_QUIET:
+            self._refused[peer, why] = (last, since + 1)
+            return
+        if len(self._refused) > 10_000:
+            self._refused.clear()
+        self._refused[peer, why] = (now, 0)
+        more = f" ({since} more refused since the last report)" if since else ""
+        log.warning("refused a node from %s: %s%s; %s", peer, why, more, JOIN_HINT)
+        effects = Effects()
+        effects.audit(now, f"node@{peer}", "node.refused", f"{why}{more}")
+        self.committer_submit(effects)
+
+    def committer_submit(self, effects: Effects) -> asyncio.Future[None]:
+        assert self.committer is not None
+        fut = self.committer.submit(effects)
+        fut.add_done_callback(_consume)
+        return fut
+
+    async def audit(self, user: str, action: str, detail: str) -> None:
+        """Save an audit entry for a request that changes nothing else, before acting."""
+        effects = Effects()
+        effects.audit(time.time(), user, action, detail)
+        assert self.committer is not None
+        await self.committer.submit(effects)
+
+    async def save_tokens(self, new: list[TokenRow], revoked: dict[int, float], user: str,
+                          action: str, detail: str, now: float) -> None:
+        """Save token changes with their audit entry; then they take effect."""
+        effects = Effects()
+        effects.batch.tokens.extend(new)
+        effects.batch.revokes.update(revoked)
+        effects.audit(now, user, action, detail)
+        assert self.committer is not None
+        await self.committer.submit(effects)
+        for row in new:
+            self.tokens.add(row)
+        self.tokens.revoke(set(revoked))
+
+    async def read_events(self, limit: int) -> list[AuditRow]:
+        assert self.committer is not None and self.store is not None
+        store = self.store
+        rows: list[AuditRow] = await self.committer.read(lambda: store.events(limit))
+        return rows
+
     # ------------------------------------------------------------------ interactive jobs
 
     def attach(self, job_id: int) -> None:
@@ -348,24 +412,36 @@ class Master:
 
     # ------------------------------------------------------------------ node messages
 
-    async def serve_node(self, ws: web.WebSocketResponse) -> None:
-        """Run one agent's connection: register, then its messages until it goes."""
-        first = await ws.receive(timeout=30)
+    async def serve_node(self, ws: web.WebSocketResponse, peer: str = "?") -> None:
+        """Run one agent's connection: register, then its messages until it goes. A node
+        that sends what it could not honestly send is cut off (docs/protocol.md)."""
+        try:
+            first = await ws.receive(timeout=30)
+        except TimeoutError:
+            await ws.close(message=b"no register message within 30 s")
+            return
         if first.type is not web.WSMsgType.BINARY:
             await ws.close(message=b"expected a register message")
             return
         try:
             msg = m.node_message_decoder.decode(first.data)
-        except msgspec.DecodeError as e:
-            await ws.close(message=f"bad register message: {e}"[:120].encode())
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            log.error("node from %s sent a malformed register message (%s): cut off", peer,
+                      str(e)[:200])
+            await ws.close(code=1008, message=f"bad register message: {e}"[:120].encode())
             return
         if not isinstance(msg, m.Register):
-            await ws.close(message=b"the first message must be register")
+            log.error("node from %s did not start with a register message: cut off", peer)
+            await ws.close(code=1008, message=b"the first message must be register")
             return
         now = time.time()
         reply, effects = self.state.on_register(msg, now)
         if not reply.accepted:
-            log.warning("refused node %s: %s", msg.node_id, reply.error)
+            log.warning("refused node %r from %s: %s", msg.node_id[:128], peer, reply.error)
+            refusal = Effects()
+            refusal.audit(now, f"node@{peer}", "node.refused",
+                          f"{msg.node_id[:128]!r}: {reply.error}")
+            self.committer_submit(refusal)
             await ws.send_bytes(m.node_encoder.encode(reply))
             await ws.close()
             return
@@ -379,26 +455,40 @@ class Master:
         # Several heartbeats per timeout, so that a live node is never taken for a lost one.
         reply.heartbeat_interval = min(self.cfg.heartbeat_interval, self.cfg.node_timeout / 4)
         reply.node_timeout = self.cfg.node_timeout
-        conn = NodeConn(node_id, ws)
+        conn = NodeConn(node_id, ws, {r.key for r in msg.running})
         self.conns[node_id] = conn
         conn.send(reply)
         log.info(
-            "node %s joined with %d GPUs (%d jobs still running there)",
-            node_id, len(msg.gpus), len(reply.output_offsets),
+            "node %s joined from %s with %d GPUs (%d jobs still running there)",
+            node_id, peer, len(msg.gpus), len(reply.output_offsets),
         )
+        effects.audit(now, f"node:{node_id}", "node.join",
+                      f"{node_id} from {peer} ({msg.hostname[:64] or '?'}): {len(msg.gpus)} "
+                      f"GPUs, {len(reply.output_offsets)} jobs running")
         if reply.kill:
             log.warning("node %s runs jobs %s that ended here: told to kill them",
                         node_id, reply.kill)
         self.apply(effects, now)
         try:
             async for raw in ws:
+                if raw.type is web.WSMsgType.ERROR:  # e.g. a frame over max_msg_size
+                    log.error("node %s (%s): %s: cut off", node_id, peer, raw.data)
+                    break
                 if raw.type is not web.WSMsgType.BINARY:
                     continue
                 try:
-                    self.on_node_message(node_id, m.node_message_decoder.decode(raw.data))
+                    msg = m.node_message_decoder.decode(raw.data)
+                    conn.check(msg)
                 except (msgspec.DecodeError, msgspec.ValidationError) as e:
-                    log.error("node %s sent a malformed message (%s): disconnecting", node_id, e)
-                    break
+                    why = f"it sent a malformed message ({str(e)[:200]})"
+                except Violation as e:
+                    why = str(e)
+                else:
+                    self.on_node_message(node_id, msg)
+                    continue
+                log.error("node %s (%s): %s: cut off", node_id, peer, why)
+                await ws.close(code=1008, message=why[:120].encode())
+                break
         finally:
             conn.writer.cancel()
             if self.conns.get(node_id) is conn:
@@ -416,8 +506,9 @@ class Master:
         elif isinstance(msg, m.JobOutput):
             assert self.output is not None
             job = self.state.jobs.get(msg.job_id)
-            if job is None or job.node != node_id or job.requeues != msg.run:
-                return  # an old run's late output: not this job's any more
+            if (job is None or job.node != node_id or job.requeues != msg.run
+                    or job.state is not JobState.RUNNING):
+                return  # an old run's late output (or a killed one's): not kept
             if self.output.append_at(run_key(msg.job_id, msg.run), msg.offset, msg.data):
                 self.notify_output(msg.job_id)
             else:
@@ -426,8 +517,13 @@ class Master:
             self.apply(self.state.on_job_ended(node_id, msg, now), now)
         elif isinstance(msg, m.JobStarted):
             log.debug("job %d started on %s as pid %d", msg.job_id, node_id, msg.pid)
-        elif isinstance(msg, m.Register):
-            raise msgspec.ValidationError("register sent twice")
+
+
+
+def _consume(fut: asyncio.Future[None]) -> None:
+    """Fire-and-forget saves: their failure is logged by the committer already."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 async def _close(ws: web.WebSocketResponse, why: bytes) -> None:

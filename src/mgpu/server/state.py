@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from mgpu.core import messages as m
-from mgpu.core.errors import NotFound, Rejected, UsageError
+from mgpu.core.errors import Forbidden, NotFound, Rejected, UsageError
 from mgpu.core.models import (
     GpuInfo,
     JobSpec,
@@ -24,10 +24,9 @@ from mgpu.core.models import (
     utc,
 )
 from mgpu.core.scheduler import NodeSnapshot, PendingJob, Policy, schedule
-from mgpu.server.store import Batch, LoadedJob
-
-MAX_COMMAND = 128 * 1024
-MAX_NAME = 256
+from mgpu.server.auth import Identity
+from mgpu.server.store import AuditRow, Batch, LoadedJob
+from mgpu.server.validate import MAX_TIME_LIMIT, check_spec, register_problem
 
 
 @dataclass
@@ -41,9 +40,12 @@ class Effects:
     def update(self, job: SimpleJob) -> None:
         self.batch.updates[job.id] = job
 
+    def audit(self, now: float, user: str, action: str, detail: str) -> None:
+        """Record a state-changing request (saved with the change it made)."""
+        self.batch.audit.append(AuditRow(now, user, action, detail))
+
     def merge(self, other: Effects) -> Effects:
-        self.batch.inserts.extend(other.batch.inserts)
-        self.batch.updates.update(other.batch.updates)
+        self.batch.merge(other.batch)
         self.sends.extend(other.sends)
         self.ended.extend(other.ended)
         return self
@@ -90,9 +92,12 @@ class ClusterState:
         default_time_limit: int | None = None,
         max_time_limit: int | None = None,
         max_requeue: int = 3,
+        max_batch_jobs: int = 10_000,
+        max_pending_per_user: int = 100_000,
     ) -> None:
         self.jobs: dict[int, SimpleJob] = {}
         self.pending: dict[int, PendingJob] = {}  # queue order = insertion order = id order
+        self.pending_by_user: dict[str, int] = {}  # kept by _enqueue and _dequeue
         self.envs: dict[int, dict[str, str]] = {}  # of jobs not yet ended (kept to requeue)
         self.nodes: dict[str, Node] = {}
         self.cancel_requested: set[int] = set()
@@ -102,6 +107,24 @@ class ClusterState:
         self.default_time_limit = default_time_limit
         self.max_time_limit = max_time_limit
         self.max_requeue = max_requeue
+        self.max_batch_jobs = max_batch_jobs
+        self.max_pending_per_user = max_pending_per_user
+
+    def _enqueue(self, job: SimpleJob, *, in_place: bool = False) -> None:
+        """Put ``job`` in the pending queue: at the end, or (``in_place``) at its id's place."""
+        self.pending[job.id] = PendingJob(job.id, job.gpus, job.user)
+        self.pending_by_user[job.user] = self.pending_by_user.get(job.user, 0) + 1
+        if in_place:
+            self.pending = dict(sorted(self.pending.items()))
+
+    def _dequeue(self, job_id: int) -> None:
+        p = self.pending.pop(job_id, None)
+        if p is not None:
+            left = self.pending_by_user[p.user] - 1
+            if left:
+                self.pending_by_user[p.user] = left
+            else:
+                del self.pending_by_user[p.user]
 
     # ------------------------------------------------------------------ start-up
 
@@ -111,7 +134,7 @@ class ClusterState:
             job = row.job
             self.jobs[job.id] = job
             if job.state is JobState.PENDING:
-                self.pending[job.id] = PendingJob(job.id, job.gpus, job.user)
+                self._enqueue(job)
             if not job.state.ended:
                 self.envs[job.id] = row.env
         self.next_id = last_id + 1
@@ -126,27 +149,38 @@ class ClusterState:
     def largest_node(self) -> int:
         return max((len(n.gpus) for n in self.nodes.values()), default=0)
 
-    def on_submit(self, specs: list[JobSpec], now: float) -> tuple[list[int], Effects]:
-        """Accept a batch of jobs whole, or reject it whole with the reason."""
+    def on_submit(
+        self, specs: list[JobSpec], now: float, user: str | None = None
+    ) -> tuple[list[int], Effects]:
+        """Accept a batch of jobs whole, or reject it whole with the reason.
+
+        ``user`` owns the jobs (the token's user); None takes each spec's ``user`` (only
+        when authentication is off).
+        """
         if not specs:
             raise UsageError("no jobs to submit: give at least one job")
+        if len(specs) > self.max_batch_jobs:
+            raise Rejected(
+                f"{len(specs)} jobs in one submit is over this master's limit of "
+                f"{self.max_batch_jobs} (max_batch_jobs / MGPU_MAX_BATCH): submit in batches"
+            )
+        owners: dict[str, int] = {}
+        for spec in specs:
+            owner = user if user is not None else (spec.user or "unknown")
+            owners[owner] = owners.get(owner, 0) + 1
+        for owner, count in owners.items():
+            queued = self.pending_by_user.get(owner, 0)
+            if queued + count > self.max_pending_per_user:
+                raise Rejected(
+                    f"{owner} has {queued} pending jobs; {count} more would pass this "
+                    f"master's limit of {self.max_pending_per_user} pending jobs per user "
+                    "(max_pending_per_user / MGPU_MAX_PENDING): wait for some to start"
+                )
         largest = self.largest_node()
         for i, spec in enumerate(specs):
             where = f"job {i + 1} of the batch: " if len(specs) > 1 else ""
-            if spec.gpus < 1:
-                raise UsageError(f"{where}gpus must be at least 1, got {spec.gpus}")
-            if not spec.command.strip():
-                raise UsageError(f"{where}the command is empty")
-            if spec.argv is not None and (not spec.argv or not spec.argv[0]
-                                          or any("\0" in a for a in spec.argv)):
-                raise UsageError(f"{where}argv must name a program and hold no NUL bytes")
-            if len(spec.command) > MAX_COMMAND:
-                raise UsageError(f"{where}the command is longer than {MAX_COMMAND} bytes")
-            if spec.name is not None and len(spec.name) > MAX_NAME:
-                raise UsageError(f"{where}the name is longer than {MAX_NAME} characters")
+            check_spec(spec, where)
             self._time_limit(spec, where)
-            if spec.max_requeue is not None and spec.max_requeue < 0:
-                raise UsageError(f"{where}max_requeue must be 0 or more")
             if self.nodes and spec.gpus > largest:
                 biggest = max(self.nodes.values(), key=lambda n: len(n.gpus))
                 raise Rejected(
@@ -162,7 +196,7 @@ class ClusterState:
             job = SimpleJob(
                 id=job_id,
                 name=spec.name or _default_name(spec.command),
-                user=spec.user or "unknown",
+                user=user if user is not None else (spec.user or "unknown"),
                 state=JobState.PENDING,
                 gpus=spec.gpus,
                 command=spec.command,
@@ -177,7 +211,7 @@ class ClusterState:
                 argv=spec.argv or None,
             )
             self.jobs[job_id] = job
-            self.pending[job_id] = PendingJob(job_id, spec.gpus, job.user)
+            self._enqueue(job)
             self.envs[job_id] = spec.env
             effects.batch.inserts.append((job, spec.env))
             ids.append(job_id)
@@ -186,8 +220,8 @@ class ClusterState:
     def forget_submit(self, ids: list[int]) -> None:
         """Undo :meth:`on_submit` when its batch could not be saved (nothing was promised)."""
         for job_id in ids:
+            self._dequeue(job_id)
             self.jobs.pop(job_id, None)
-            self.pending.pop(job_id, None)
             self.envs.pop(job_id, None)
 
     def _time_limit(self, spec: JobSpec, where: str) -> int | None:
@@ -195,8 +229,9 @@ class ClusterState:
         from mgpu.core.timefmt import format_duration
 
         asked = spec.time_limit
-        if asked is not None and asked < 0:
-            raise UsageError(f"{where}the time limit must be positive (0 means unlimited)")
+        if asked is not None and not 0 <= asked <= MAX_TIME_LIMIT:
+            raise UsageError(f"{where}the time limit must be from 0 (unlimited) to "
+                             f"{MAX_TIME_LIMIT} seconds")
         limit = self.default_time_limit if asked is None else (asked or None)
         top = self.max_time_limit
         if top is not None and asked is not None and (asked == 0 or asked > top):
@@ -208,24 +243,46 @@ class ClusterState:
             limit = top
         return limit
 
-    def get(self, job_id: int) -> SimpleJob:
+    def get(self, job_id: int, who: Identity | None = None, private: bool = False) -> SimpleJob:
+        """The job, for ``who`` to see (a job ``private_jobs`` hides is not found)."""
         job = self.jobs.get(job_id)
-        if job is None:
+        if job is None or (who is not None and not who.sees(job, private)):
             raise NotFound(f"no job {job_id}: `mgpu queue --all` lists the jobs there are")
         return job
 
+    def get_own(self, job_id: int, who: Identity | None, private: bool, what: str) -> SimpleJob:
+        """The job, for ``who`` to act on (``what``: "read the output of", ...): its owner
+        or an admin; 403 for anyone else."""
+        job = self.get(job_id, who, private)
+        if who is not None and not who.owns(job):
+            raise Forbidden(
+                f"job {job_id} belongs to {job.user}: only its owner or an admin may {what} it"
+            )
+        return job
+
     def on_cancel(
-        self, job_ids: list[int], now: float, reason: str = "cancelled"
+        self,
+        job_ids: list[int],
+        now: float,
+        reason: str = "cancelled",
+        who: Identity | None = None,
+        private: bool = False,
     ) -> tuple[list[m.CancelResult], Effects]:
-        """Cancel pending jobs at once; ask the node to stop running ones."""
+        """Cancel pending jobs at once; ask the node to stop running ones. ``who`` may
+        cancel only its own jobs, unless an admin (None: the master itself)."""
         effects = Effects()
         results: list[m.CancelResult] = []
         for job_id in job_ids:
             job = self.jobs.get(job_id)
-            if job is None:
+            if job is None or (who is not None and not who.sees(job, private)):
                 results.append(m.CancelResult(job_id, False, error=f"no job {job_id}"))
+            elif who is not None and not who.owns(job):
+                results.append(m.CancelResult(
+                    job_id, False, state=job.state.value,
+                    error=f"job {job_id} belongs to {job.user}: only its owner or an admin "
+                    "may cancel it"))
             elif job.state is JobState.PENDING:
-                self.pending.pop(job_id, None)
+                self._dequeue(job_id)
                 self.envs.pop(job_id, None)
                 advance(job, JobState.CANCELLED, now, reason=f"{reason} while pending")
                 effects.update(job)
@@ -288,7 +345,7 @@ class ClusterState:
                 raise AssertionError(f"policy made an impossible placement: {p}")
             for i in p.gpu_ids:
                 held[i].job_id = job.id
-            del self.pending[job.id]
+            self._dequeue(job.id)
             env = self.envs.get(job.id, {})
             advance(job, JobState.RUNNING, now)
             job.node = node.node_id
@@ -325,22 +382,19 @@ class ClusterState:
             if node is not None:
                 node.release(job_id)
             advance(job, JobState.PENDING, now, reason=reason)
-            self.pending[job_id] = PendingJob(job_id, job.gpus, job.user)
-            self.pending = dict(sorted(self.pending.items()))
+            self._enqueue(job, in_place=True)
 
     # ------------------------------------------------------------------ nodes
 
     def on_register(self, msg: m.Register, now: float) -> tuple[m.Registered, Effects]:
-        """A node (re)joins: reconcile what it runs with what the master believes."""
-        if msg.protocol != m.PROTOCOL_VERSION:
-            return (
-                m.Registered(
-                    accepted=False,
-                    error=f"protocol {msg.protocol} is not {m.PROTOCOL_VERSION}: "
-                    "run the same mgpu version on the master and the nodes",
-                ),
-                Effects(),
-            )
+        """A node (re)joins: reconcile what it runs with what the master believes.
+
+        A registration that cannot be true (no GPUs, the same GPU twice, a node id that
+        cannot be one) is refused, and nothing changes.
+        """
+        why = register_problem(msg)
+        if why is not None:
+            return m.Registered(accepted=False, error=why), Effects()
         effects = Effects()
         node = Node(msg.node_id, [GpuInfo(index=g.index, name=g.name,
                                           memory_total_mib=g.memory_total_mib, uuid=g.uuid)
@@ -441,8 +495,7 @@ class ClusterState:
             job.requeues += 1
             advance(job, JobState.PENDING, now,
                     reason=f"requeued ({job.requeues} of {job.max_requeue}): {why}")
-            self.pending[job.id] = PendingJob(job.id, job.gpus, job.user)
-            self.pending = dict(sorted(self.pending.items()))  # back in its original place
+            self._enqueue(job, in_place=True)  # back in its original place
             return effects
         else:
             advance(job, JobState.NODE_FAIL, now, reason=why)

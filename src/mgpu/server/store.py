@@ -4,9 +4,14 @@ One SQLite database in WAL mode with ``synchronous=FULL``: a change is on disk w
 :meth:`Store.write` returns, so the master acknowledges only what survives a crash or a
 power cut. Callers batch many changes into one :meth:`Store.write` (group commit).
 
-Schema version lives in ``PRAGMA user_version``. A job row keeps the job as msgspec JSON in
+Schema version lives in ``PRAGMA user_version``; an older database is brought up to date
+step by step (``_MIGRATIONS``) when it is opened. A job row keeps the job as msgspec JSON in
 ``data`` (the JSON contract, so rows are readable with the sqlite3 shell) beside the columns
 that queries need; the submitter's environment sits in its own column, written once.
+
+Version 2 added ``tokens`` (client tokens, kept only as SHA-256 digests of the token) and
+``audit`` (one row per state-changing request: who did what, when). Both are written in the
+same transactions as the job changes they go with.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ import msgspec
 from mgpu.core.errors import StoreError
 from mgpu.core.models import SimpleJob
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
+# Version 1, what a new database starts from; _MIGRATIONS then brings it to SCHEMA_VERSION.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id        INTEGER PRIMARY KEY,
@@ -37,9 +43,53 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 """
 
+# Step N brings a database from version N-1 to N (each runs in one transaction).
+_MIGRATIONS: dict[int, str] = {
+    2: """
+CREATE TABLE IF NOT EXISTS tokens (
+    id       INTEGER PRIMARY KEY,
+    user     TEXT NOT NULL,
+    admin    INTEGER NOT NULL,
+    digest   TEXT NOT NULL UNIQUE,
+    created  REAL NOT NULL,
+    revoked  REAL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id       INTEGER PRIMARY KEY,
+    ts       REAL NOT NULL,
+    user     TEXT NOT NULL,
+    action   TEXT NOT NULL,
+    detail   TEXT NOT NULL
+);
+""",
+}
+
 _job_encoder = msgspec.json.Encoder()
 _job_decoder = msgspec.json.Decoder(SimpleJob)
 _env_decoder = msgspec.json.Decoder(dict[str, str])
+
+
+@dataclass
+class TokenRow:
+    """A client token as saved: never the token itself, only its SHA-256 digest (hex)."""
+
+    id: int
+    user: str
+    admin: bool
+    digest: str
+    created: float
+    revoked: float | None = None
+
+
+@dataclass
+class AuditRow:
+    """One state-changing request: when, by whom, what (``action``) and on what (``detail``)."""
+
+    ts: float
+    user: str
+    action: str
+    detail: str
+    id: int | None = None  # given by the database
 
 
 @dataclass
@@ -48,9 +98,19 @@ class Batch:
 
     inserts: list[tuple[SimpleJob, dict[str, str]]] = field(default_factory=list)
     updates: dict[int, SimpleJob] = field(default_factory=dict)
+    tokens: list[TokenRow] = field(default_factory=list)
+    revokes: dict[int, float] = field(default_factory=dict)  # token id -> when
+    audit: list[AuditRow] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.inserts or self.updates)
+        return bool(self.inserts or self.updates or self.tokens or self.revokes or self.audit)
+
+    def merge(self, other: Batch) -> None:
+        self.inserts.extend(other.inserts)
+        self.updates.update(other.updates)
+        self.tokens.extend(other.tokens)
+        self.revokes.update(other.revokes)
+        self.audit.extend(other.audit)
 
 
 @dataclass
@@ -81,8 +141,14 @@ class Store:
             raise StoreError(
                 f"{self.path} was written by a newer mgpu (schema {version}); upgrade mgpu"
             )
-        self._db.executescript(_SCHEMA)
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        if version == 0:
+            self._db.executescript(_SCHEMA)
+            version = 1
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            # executescript commits first; BEGIN makes the step and its version one change.
+            self._db.executescript(
+                f"BEGIN IMMEDIATE; {_MIGRATIONS[step]}; PRAGMA user_version={step}; COMMIT;"
+            )
 
     def close(self) -> None:
         self._db.close()
@@ -101,6 +167,26 @@ class Store:
         row = self._db.execute("SELECT value FROM meta WHERE key='last_id'").fetchone()
         (max_row,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()
         return max(int(row[0]) if row else 0, int(max_row))
+
+    def load_tokens(self) -> list[TokenRow]:
+        """Every token not revoked, in id order."""
+        rows = self._db.execute(
+            "SELECT id, user, admin, digest, created FROM tokens WHERE revoked IS NULL "
+            "ORDER BY id"
+        ).fetchall()
+        return [TokenRow(i, u, bool(a), d, c) for i, u, a, d, c in rows]
+
+    def last_token_id(self) -> int:
+        (top,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM tokens").fetchone()
+        return int(top)
+
+    def events(self, limit: int) -> list[AuditRow]:
+        """The last ``limit`` audit rows, oldest first."""
+        rows = self._db.execute(
+            "SELECT id, ts, user, action, detail FROM audit ORDER BY id DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [AuditRow(ts, u, a, d, i) for i, ts, u, a, d in reversed(rows)]
 
     def write(self, batch: Batch) -> None:
         """Save ``batch`` in one durable transaction, or raise :class:`StoreError`."""
@@ -129,6 +215,22 @@ class Store:
                             (j.state.value, _job_encoder.encode(j), j.id)
                             for j in batch.updates.values()
                         ],
+                    )
+                if batch.tokens:
+                    self._db.executemany(
+                        "INSERT INTO tokens(id, user, admin, digest, created) VALUES (?,?,?,?,?)",
+                        [(t.id, t.user, int(t.admin), t.digest, t.created)
+                         for t in batch.tokens],
+                    )
+                if batch.revokes:
+                    self._db.executemany(
+                        "UPDATE tokens SET revoked=? WHERE id=? AND revoked IS NULL",
+                        [(ts, i) for i, ts in batch.revokes.items()],
+                    )
+                if batch.audit:
+                    self._db.executemany(
+                        "INSERT INTO audit(ts, user, action, detail) VALUES (?,?,?,?)",
+                        [(a.ts, a.user, a.action, a.detail) for a in batch.audit],
                     )
                 self._db.execute("COMMIT")
             except BaseException:

@@ -1,0 +1,39 @@
+"""The client's token: where it comes from, read with plain ``os`` calls (start-up time).
+
+Precedence: a token file named by the caller (``--token-file``), else ``$MGPU_TOKEN`` (the
+token itself), else ``$XDG_CONFIG_HOME/mgpu/token`` (``~/.config/mgpu/token``), which the
+master writes for the Unix user it runs as. No token at all is not an error here: the
+request goes without one and the master's 401 says what to do.
+
+A token file that group or others may read or write is refused, as ssh refuses such a
+key (a :class:`~mgpu.core.errors.ConfigError` naming the ``chmod`` that fixes it).
+"""
+
+from __future__ import annotations
+
+import os
+
+from mgpu.utils.secretfile import read_secret
+
+TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs start-up time
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+
+def default_token_file(environ: Mapping[str, str] | None = None) -> str:
+    """``$XDG_CONFIG_HOME/mgpu/token``, else ``~/.config/mgpu/token``."""
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "mgpu", "token")
+
+
+def find_token(token_file: str | None = None,
+               environ: Mapping[str, str] | None = None) -> str | None:
+    """The token to send: ``token_file``'s, else ``$MGPU_TOKEN``, else the default file's."""
+    env = os.environ if environ is None else environ
+    if token_file:
+        return read_secret(os.path.expanduser(token_file), "token file", must_exist=True)
+    token = env.get("MGPU_TOKEN", "").strip()
+    if token:
+        return token
+    return read_secret(default_token_file(env), "token file")

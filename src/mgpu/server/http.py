@@ -1,0 +1,168 @@
+"""The HTTP layer shared by the master's routes: replies, bodies, who is asking, errors.
+
+:func:`guard`, the one middleware, authenticates every request but ``/api/v1/health``
+(:func:`authenticate`): a client token (``Authorization: Bearer TOKEN``) stands for a user,
+admin or not, kept on the request (:func:`identity`); the node WebSocket takes the join
+secret instead. It also turns every ``MgpuError`` into its status with an ``ErrorReply``
+(one line, saying what to do); a 500 only ever means a bug, and is logged with its
+traceback. Bodies are decoded into the structs of ``core/messages.py`` with validation
+(:func:`body`), so a malformed request becomes a 400 that names the field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
+from aiohttp import web
+
+from mgpu.core import messages as m
+from mgpu.core.errors import (
+    ApiError,
+    Forbidden,
+    MgpuError,
+    NotFound,
+    Rejected,
+    StoreError,
+    Unauthorized,
+    UsageError,
+)
+from mgpu.server.auth import BAD_TOKEN, NO_TOKEN, Identity, bearer
+
+if TYPE_CHECKING:
+    from mgpu.server.master import Master
+
+MASTER: web.AppKey[Master] = web.AppKey("master")
+IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity", Identity)
+T = TypeVar("T")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+API = "/api/v1"
+OPEN = frozenset({f"{API}/health"})  # answered without a token
+NODE_WS = f"{API}/node/ws"  # the join secret, not a user token
+AUTH_OFF = Identity("(auth off)", admin=True)
+
+encode = msgspec.json.Encoder().encode
+_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+
+
+def reply(obj: object, status: int = 200) -> web.Response:
+    return web.Response(body=encode(obj), status=status, content_type="application/json")
+
+
+def error(message: str, status: int, code: str) -> web.Response:
+    """An ``ErrorReply``; its message on one line (aiohttp's own may hold several)."""
+    if "\n" in message:
+        message = " ".join(message.split())
+    return reply(m.ErrorReply(error=message, code=code), status)
+
+
+async def body(request: web.Request, kind: type[T]) -> T:
+    """The request body as ``kind``: 400 naming what is wrong, 413 when too large, 408 when
+    it trickles in for longer than the master's read timeout."""
+    cfg = master_of(request).cfg
+    try:
+        raw = await asyncio.wait_for(request.read(), cfg.read_timeout)
+    except TimeoutError:
+        raise ApiError(
+            f"the request body took longer than {cfg.read_timeout:g} s to arrive "
+            "(read_timeout / MGPU_READ_TIMEOUT): send it at once", 408) from None
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(
+            f"the request body is larger than this master's limit of "
+            f"{cfg.max_request_bytes} bytes (max_request_bytes / MGPU_MAX_REQUEST): "
+            "send less at once (e.g. fewer jobs per submit)", 413) from None
+    dec = _decoders.get(kind)
+    if dec is None:
+        dec = _decoders[kind] = msgspec.json.Decoder(kind)
+    try:
+        result: T = dec.decode(raw)
+    except msgspec.ValidationError as e:
+        raise UsageError(f"invalid request: {e}") from None
+    except msgspec.DecodeError as e:
+        raise UsageError(f"the request body is not valid JSON: {e}") from None
+    return result
+
+
+def job_id_arg(request: web.Request) -> int:
+    text = request.match_info["job_id"]
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
+        raise UsageError(f"{text[:40]!r} is not a job id: job ids are whole numbers")
+    return int(text)
+
+
+# ---------------------------------------------------------------------- middleware
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Authenticate the request, run its handler, and turn errors into ``ErrorReply``s.
+
+    One middleware, not two: each layer costs a coroutine per request (bench/auth.py).
+    """
+    try:
+        authenticate(request)
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return error(e.reason if e.text is None else e.text, e.status, "http")
+    except NotFound as e:
+        return error(e.message, 404, "not_found")
+    except Rejected as e:
+        return error(e.message, 422, "rejected")
+    except UsageError as e:
+        return error(e.message, 400, "bad_request")
+    except StoreError as e:
+        return error(e.message, 507, "store")
+    except Unauthorized as e:
+        resp = error(e.message, 401, "unauthorized")
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="mgpu"'
+        return resp
+    except Forbidden as e:
+        return error(e.message, 403, "forbidden")
+    except ApiError as e:
+        resp = error(e.message, e.status, "error")
+        if e.status == 408:
+            resp.force_close()  # the rest of the body may still be on its way
+        return resp
+    except MgpuError as e:
+        return error(e.message, 400, "error")
+
+
+def authenticate(request: web.Request) -> None:
+    """Who is asking: the identity of the request's token, or :class:`Unauthorized` with
+    what to do. ``/api/v1/health`` is open; the node WebSocket takes the join secret."""
+    master = request.app[MASTER]
+    if not master.cfg.auth:
+        request[IDENTITY] = AUTH_OFF
+        return
+    path = request.path
+    if path in OPEN:
+        return
+    if path == NODE_WS:
+        master.admit_node(request)  # raises Unauthorized, logged and audited
+        return
+    token = bearer(request.headers.get("Authorization"))
+    who = master.tokens.check(token)
+    if who is None:
+        raise Unauthorized(NO_TOKEN if token is None else BAD_TOKEN)
+    request[IDENTITY] = who
+
+
+def master_of(request: web.Request) -> Master:
+    return request.app[MASTER]
+
+
+def identity(request: web.Request) -> Identity:
+    return request[IDENTITY]
+
+
+def admin_only(who: Identity, what: str) -> None:
+    if not who.admin:
+        raise Forbidden(
+            f"{what} is for admins, and {who.user}'s token is not an admin's: ask an admin "
+            "(the master's own admin token is in its DATA_DIR/admin.token)"
+        )

@@ -1,0 +1,82 @@
+"""One node agent's connection, as the master holds it: its outgoing queue, and what the
+node may honestly say on it.
+
+A node may speak only of the runs it reported when it registered and those started on it
+since; a run's end comes after all of its output, and ends in an ended state. Anything else
+(output or an end of a run it was never given, output after an end, a second
+registration) is a :class:`Violation`, and the master cuts the node off; malformed and
+oversized messages are caught as they are decoded (``core/messages.py`` bounds them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from aiohttp import web
+
+from mgpu.core import messages as m
+from mgpu.core.models import ENDED_STATES, run_key
+
+_ENDED_VALUES = frozenset(s.value for s in ENDED_STATES)
+
+
+class Violation(Exception):
+    """A node broke the protocol (a message it could not honestly send): cut it off."""
+
+
+class NodeConn:
+    """One agent's WebSocket, the queue of messages waiting to go out on it, and the runs
+    it may speak of: those it reported when it registered and those started on it since
+    (an agent that reports output or an end of any other run is lying, or broken)."""
+
+    def __init__(self, node_id: str, ws: web.WebSocketResponse, reported: set[str]) -> None:
+        self.node_id = node_id
+        self.ws = ws
+        self.queue: asyncio.Queue[m.MasterMessage] = asyncio.Queue()
+        self.empty = asyncio.Event()
+        self.runs = set(reported)
+        self.job_ids = {int(k.partition(".")[0]) for k in reported}
+        self.ended: set[str] = set()  # runs whose end it reported on this connection
+        self.writer = asyncio.create_task(self._write())
+
+    def send(self, msg: m.MasterMessage) -> None:
+        if isinstance(msg, m.StartJob):
+            self.runs.add(run_key(msg.job_id, msg.run))
+            self.job_ids.add(msg.job_id)
+        self.queue.put_nowait(msg)
+        self.empty.clear()
+
+    def check(self, msg: m.NodeMessage) -> None:
+        """Raise :class:`Violation` unless ``msg`` is one this node could honestly send."""
+        if isinstance(msg, m.Register):
+            raise Violation("it sent a second register message")
+        if isinstance(msg, m.JobStarted):
+            if msg.job_id not in self.job_ids:
+                raise Violation(f"it says job {msg.job_id} started, which it was never given")
+        elif isinstance(msg, m.JobOutput | m.JobEnded):
+            key = run_key(msg.job_id, msg.run)
+            what = "output" if isinstance(msg, m.JobOutput) else "the end"
+            if key not in self.runs:
+                raise Violation(f"it sent {what} of run {key}, which it was never given")
+            if key in self.ended:
+                raise Violation(f"it sent {what} of run {key} after that run's end")
+            if isinstance(msg, m.JobEnded):
+                if msg.state not in _ENDED_VALUES:
+                    raise Violation(f"it ended run {key} as {msg.state[:40]!r}, which is not "
+                                    "an ended state")
+                self.ended.add(key)
+
+    async def drained(self, most: int = 16) -> None:
+        """Until at most ``most`` messages wait to go out (back-pressure for job input)."""
+        while self.queue.qsize() > most and not self.writer.done():
+            await self.empty.wait()
+
+    async def _write(self) -> None:
+        encode = m.node_encoder.encode
+        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+            while True:
+                if self.queue.empty():
+                    self.empty.set()
+                msg = await self.queue.get()
+                await self.ws.send_bytes(encode(msg))
