@@ -264,3 +264,13 @@ def test_split_resumes_at_any_offset(chunks: list[tuple[int, bytes]], cuts: list
         pending = pending[used:]
     assert got == chunks
     assert pending == b""
+
+
+def test_complete_frames_stops_before_a_partial_frame() -> None:
+    from mgpu.core.frames import complete_frames
+
+    two = frame(STREAM_STDOUT, b"a" * 70_000) + frame(STREAM_STDERR, b"bc")
+    assert complete_frames(two) == len(two)
+    assert complete_frames(two[:-1]) == FRAME_HEADER.size + 70_000
+    assert complete_frames(two[:3]) == 0
+    assert complete_frames(b"") == 0

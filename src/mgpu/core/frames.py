@@ -22,6 +22,19 @@ def frame(stream: int, data: bytes) -> bytes:
     return FRAME_HEADER.pack(stream, len(data)) + data
 
 
+def complete_frames(buf: bytes) -> int:
+    """How many bytes at the start of ``buf`` are whole frames."""
+    pos = 0
+    size = FRAME_HEADER.size
+    end = len(buf)
+    while pos + size <= end:
+        length = FRAME_HEADER.unpack_from(buf, pos)[1]
+        if pos + size + length > end:
+            break
+        pos += size + length
+    return pos
+
+
 def split_frames(buf: bytes) -> tuple[list[tuple[int, bytes]], int]:
     """Parse complete frames from ``buf``; return them and how many bytes they used."""
     out: list[tuple[int, bytes]] = []

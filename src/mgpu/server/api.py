@@ -17,6 +17,7 @@ from aiohttp import web
 
 from mgpu.core import messages as m
 from mgpu.core.errors import ApiError, StoreError, UsageError
+from mgpu.core.frames import complete_frames
 from mgpu.core.models import ENDED_STATES, JobState, SimpleJob, run_key
 from mgpu.server import admin
 from mgpu.server.http import (
@@ -186,9 +187,12 @@ async def output(request: web.Request) -> web.StreamResponse:
                     ahead=master.state.queue_position(job_id)))))
             data = spool.read_across(
                 [run_key(job_id, r) for r in range(job.requeues + 1)], offset)
-            if data:
-                await resp.write(data)
-                offset += len(data)
+            # Whole frames only: the copy may end inside a frame while the node's next
+            # chunk is on its way, and a STATUS or END frame must not land inside one.
+            whole = complete_frames(data)
+            if whole:
+                await resp.write(data[:whole] if whole < len(data) else data)
+                offset += whole
                 continue
             if ended or not follow or master.closing:
                 break
@@ -300,6 +304,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 async def node_ws(request: web.Request) -> web.StreamResponse:
     master = master_of(request)
+    master.admit_node(request)  # the join secret, or 401 (logged and audited)
     ws = web.WebSocketResponse(max_msg_size=16 * 1024 * 1024)
     await ws.prepare(request)
     await master.serve_node(ws, request.remote or "?")
