@@ -120,6 +120,10 @@ class Component:
                 self.descendants.add(child.pid)
 
     def signal_group(self, sig: int) -> None:
+        """Signal its process group, while its pid is still its own: once reaped, the pid
+        (and so the group id) may be another process's (pids wrap around quickly here)."""
+        if self.proc.returncode is not None:
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
 
@@ -131,15 +135,22 @@ class Component:
         return "\n".join(text.splitlines()[-lines:])
 
 
+MARKER = "MGPU_TEST_CLUSTER"  # in every component's environment, and so its jobs'
+
+
 def _kill_pids(pids: set[int], sig: int) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
 
 
-def _alive(pid: int) -> bool:
+def _ours(pid: int, marker: str) -> bool:
+    """``pid`` is alive and one of this cluster's processes (its environment says so): a
+    remembered pid may since have been given to another process."""
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        proc = psutil.Process(pid)
+        return (proc.status() != psutil.STATUS_ZOMBIE
+                and proc.environ().get(MARKER) == marker)
     except psutil.Error:
         return False
 
@@ -183,6 +194,7 @@ class Cluster:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
         env.pop("PYTHONWARNINGS", None)
+        env[MARKER] = str(self.tmp)
         if os.geteuid() == 0:  # CI runs as root: its jobs (owned by root) may run as root
             env["MGPU_ALLOW_ROOT_JOBS"] = "1"
         env.update(extra)
@@ -503,14 +515,22 @@ class Cluster:
                 code = comp.proc.wait()
             if code not in (0, -signal.SIGTERM):
                 problems.append(f"{comp.name} exited with status {code} on SIGTERM")
-        # Whatever the components started and left behind (jobs of killed nodes).
-        leftover = {pid for c in comps for pid in c.descendants if _alive(pid)}
+        # Whatever the components started and left behind (jobs of killed nodes), and
+        # anything left in their process groups: only processes of this cluster.
+        marker = str(self.tmp)
+        groups = {c.pid for c in comps}
+        with contextlib.suppress(psutil.Error):
+            for proc in psutil.process_iter():
+                with contextlib.suppress(psutil.Error, OSError):
+                    if os.getpgid(proc.pid) in groups:
+                        comps[0].descendants.add(proc.pid)
+        leftover = {pid for c in comps for pid in c.descendants if _ours(pid, marker)}
         _kill_pids(leftover, signal.SIGTERM)
         with contextlib.suppress(psutil.Error):
-            psutil.wait_procs([psutil.Process(p) for p in leftover if _alive(p)], timeout=5)
-        _kill_pids({p for p in leftover if _alive(p)}, signal.SIGKILL)
+            psutil.wait_procs([psutil.Process(p) for p in leftover if _ours(p, marker)],
+                              timeout=5)
+        _kill_pids({p for p in leftover if _ours(p, marker)}, signal.SIGKILL)
         for comp in comps:
-            comp.signal_group(signal.SIGKILL)  # anything left in its group
             if comp.proc.poll() is None:
                 comp.proc.wait()
         if not self.allow_tracebacks:
