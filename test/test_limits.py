@@ -104,3 +104,20 @@ def test_request_body_size_and_slow_bodies(make_cluster: Any) -> None:
     # A long poll outlasts it: the timeout is for what the client sends.
     waited = post(cluster, "/api/v1/jobs/wait", {"job_ids": [999], "timeout": 1})
     assert waited[0] == 404
+
+
+def test_malformed_http_is_a_400_and_one_log_line(cluster: Cluster) -> None:
+    """What aiohttp's parser turns away (bad URL bytes, bad headers, not HTTP at all) gets a
+    4xx; the master logs one line for it, not a traceback (teardown checks for those)."""
+    for raw in (b"GET /api/v1/jobs/\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"GET /api/v1/jobs HTTP/1.1\r\nBad Header\r\n\r\n",
+                b"GET /api/v1/jobs HTTP/9.9\r\nHost: x\r\n\r\n",
+                b"POST /api/v1/jobs HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+                b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", cluster.port), timeout=20) as s:
+            s.sendall(raw)
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.") and b" 4" in answer.split(b"\r\n")[0], answer
+    assert cluster.api("/api/v1/health")["status"] == "ok"

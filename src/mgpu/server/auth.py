@@ -160,7 +160,8 @@ class JoinSecret:
     def check(self, given: str | None) -> bool:
         if given is None or len(given) > MAX_TOKEN:
             return False
-        return hmac.compare_digest(hashlib.sha256(given.encode()).digest(), self._digest)
+        return hmac.compare_digest(
+            hashlib.sha256(given.encode("utf-8", "surrogateescape")).digest(), self._digest)
 
 
 # ---------------------------------------------------------------------- files

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from mgpu.core import messages as m
 from mgpu.core.errors import (
@@ -141,7 +141,7 @@ def authenticate(request: web.Request) -> None:
     if not master.cfg.auth:
         request[IDENTITY] = AUTH_OFF
         return
-    token = bearer(request.headers.get("Authorization"))
+    token = bearer(request.headers.get(hdrs.AUTHORIZATION))  # istr: no case folding
     who = master.tokens.check(token)
     if who is not None:
         request[IDENTITY] = who

@@ -135,6 +135,7 @@ class Master:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        _quiet_bad_requests()
         data_dir = self.cfg.data_dir
         prepare_data_dir(data_dir)
         ssl_context = tls_context(self.cfg)
@@ -518,6 +519,30 @@ class Master:
         elif isinstance(msg, m.JobStarted):
             log.debug("job %d started on %s as pid %d", msg.job_id, node_id, msg.pid)
 
+
+class _BadRequests(logging.Filter):
+    """A malformed request (bad URL, header or method, turned away by aiohttp's parser with
+    a 4xx) is a client's mistake, not the master's: one warning line, not a traceback a
+    hostile client could fill the log with. Anything else passes unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        code = getattr(exc, "code", 0)
+        if (exc is not None and type(exc).__module__.startswith("aiohttp.http_exceptions")
+                and isinstance(code, int) and 400 <= code < 500):
+            first = str(getattr(exc, "message", "") or exc).strip().splitlines()
+            what = record.getMessage()
+            record.msg = "%s: %d %s"
+            record.args = (what, code, first[0][:200] if first else "")
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def _quiet_bad_requests() -> None:
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _BadRequests) for f in server.filters):
+        server.addFilter(_BadRequests())
 
 
 def _consume(fut: asyncio.Future[None]) -> None:
