@@ -45,14 +45,23 @@ QUEUE_TARGET_MS = 250.0
 SQUEUE_MS = 267.0  # SLURM's squeue on the reference machine (issue #2)
 
 
+def token_home(home: Path, token: str) -> str:
+    """A config home holding ``mgpu/token`` (mode 0600), as a master writes it for its user."""
+    (home / "mgpu").mkdir(parents=True, mode=0o700)
+    path = home / "mgpu" / "token"
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return str(home)
+
+
 def compile_src() -> None:
     subprocess.run([PY, "-m", "compileall", "-q", str(ROOT / "src")], check=True)
 
 
-def fill(port: int, n: int, batch: int = 1000) -> None:
+def fill(port: int, token: str, n: int, batch: int = 1000) -> None:
     """Queue ``n`` one-GPU jobs on a master with no node: they stay pending."""
     spec = JobSpec(command="true", gpus=1, cwd="/", env={})
-    with SimpleClient("127.0.0.1", port, timeout=300) as client:
+    with SimpleClient("127.0.0.1", port, timeout=300, token=token) as client:
         left = n
         while left:
             k = min(batch, left)
@@ -101,13 +110,15 @@ def main() -> None:
     compile_src()
     with tempfile.TemporaryDirectory(prefix="mgpu-bench-cfg-") as cfg, \
             cluster({"n1": 4}) as small, cluster({}) as big:
-        fill(big.port, args.jobs)
-        client = SimpleClient("127.0.0.1", small.port, timeout=60)
-        # No user config file or MGPU_* settings of this machine's user: only MGPU_MASTER.
+        fill(big.port, big.token, args.jobs)
+        client = SimpleClient("127.0.0.1", small.port, timeout=60, token=small.token)
+        # No user config file or MGPU_* settings of this machine's user: only MGPU_MASTER,
+        # and each master's token in the file where the CLI looks for it (as users have it).
         base = {k: v for k, v in os.environ.items() if not k.startswith("MGPU_")}
-        base["XDG_CONFIG_HOME"] = cfg
-        env = {**base, "MGPU_MASTER": small.master}
-        big_env = {**base, "MGPU_MASTER": big.master}
+        env = {**base, "MGPU_MASTER": small.master,
+               "XDG_CONFIG_HOME": token_home(Path(cfg) / "small", small.token)}
+        big_env = {**base, "MGPU_MASTER": big.master,
+                   "XDG_CONFIG_HOME": token_home(Path(cfg) / "big", big.token)}
 
         def wait_job(stdout: str) -> None:
             job_id = int(stdout.split()[-1])  # "Submitted job N"
