@@ -26,6 +26,7 @@ from typing import Any
 from mgpu.core import messages as m
 from mgpu.core.models import run_key
 from mgpu.node import keeper as kp
+from mgpu.utils.spool import read_at
 
 log = logging.getLogger("mgpu.node.supervisor")
 
@@ -111,12 +112,7 @@ class Supervisor:
             return 0
 
     def read_output(self, key: str, offset: int, limit: int = READ_CHUNK) -> bytes:
-        try:
-            with open(self.spool(key), "rb") as f:
-                f.seek(offset)
-                return f.read(limit)
-        except FileNotFoundError:
-            return b""
+        return read_at(self.spool(key), offset, limit)
 
     # ------------------------------------------------------------------ life cycle
 

@@ -13,6 +13,16 @@ from pathlib import Path
 from typing import BinaryIO
 
 
+def read_at(path: Path, offset: int, limit: int) -> bytes:
+    """Up to ``limit`` bytes of ``path`` from ``offset`` (nothing when it does not exist)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(limit)
+    except FileNotFoundError:
+        return b""
+
+
 class SpoolDir:
     """One directory of output files, one per run, with open handles for runs writing."""
 
@@ -68,12 +78,7 @@ class SpoolDir:
     def read(self, key: str, offset: int, limit: int = 1 << 20) -> bytes:
         if offset >= self.size(key):
             return b""
-        try:
-            with open(self.file(key), "rb") as f:
-                f.seek(offset)
-                return f.read(limit)
-        except FileNotFoundError:
-            return b""
+        return read_at(self.file(key), offset, limit)
 
     def read_across(self, keys: list[str], offset: int, limit: int = 1 << 20) -> bytes:
         """Read at ``offset`` of the files of ``keys`` taken end to end (a job's runs)."""
