@@ -110,6 +110,24 @@ def test_ctrl_c_is_forwarded_and_twice_cancels(cluster: Cluster) -> None:
     assert b"cancelled" in err
 
 
+def test_a_ctrl_c_inside_the_handling_of_another_is_done_after_it() -> None:
+    """The second Ctrl-C of a double one can land while the first one's handler is still
+    importing ``threading`` (its first use): it must not run then, half-way through, but
+    once the first is done (this once failed the test above with a circular import)."""
+    from mgpu.client.srun import Interactive
+
+    session = Interactive(Any, 1, quiet=True)  # type: ignore[arg-type]  # no call is made
+    done: list[str] = []
+
+    def first() -> None:
+        session._want(lambda: done.append("second"))  # a handler that interrupts this one
+        done.append("first")
+
+    session._want(first)
+    session._want(lambda: done.append("third"))
+    assert done == ["first", "second", "third"]
+
+
 def test_killed_client_cancels_its_job_and_frees_the_gpus(make_cluster: Any) -> None:
     cluster = make_cluster(nodes=1, env={"MGPU_SRUN_GRACE": "0.5"})
     proc = start_srun(cluster, "-q", "-G", "4", "sh", "-c", "echo ready; sleep 300")

@@ -69,6 +69,8 @@ class Interactive:
         self._said: set[str] = set()
         self._last_interrupt = 0.0
         self._uploader: Thread | None = None
+        self._wanted: list[Callable[[], None]] = []  # what signal handlers asked for
+        self._handling = False
 
     def say(self, key: str, text: str) -> None:
         """A line about the job on stderr, once per ``key`` (none with ``quiet``)."""
@@ -184,17 +186,33 @@ class Interactive:
         # inside the first one (Python runs handlers between any two bytecodes).
         now, last = time.monotonic(), self._last_interrupt
         self._last_interrupt = now
-        if now - last < DOUBLE_INTERRUPT:
-            self.say("cancel", f"cancelling job {self.job_id}")
-            self._background(lambda c: c.cancel(self.job_id))
-        else:
-            self._said.discard("interrupt")
-            self.say("interrupt", f"interrupt sent to job {self.job_id} "
-                     "(once more within 1 s to cancel it)")
-            self._background(lambda c: c.signal(self.job_id, 2))
+        self._want(self._cancel if now - last < DOUBLE_INTERRUPT else self._forward_interrupt)
+
+    def _cancel(self) -> None:
+        self.say("cancel", f"cancelling job {self.job_id}")
+        self._background(lambda c: c.cancel(self.job_id))
+
+    def _forward_interrupt(self) -> None:
+        self._said.discard("interrupt")
+        self.say("interrupt", f"interrupt sent to job {self.job_id} "
+                 "(once more within 1 s to cancel it)")
+        self._background(lambda c: c.signal(self.job_id, 2))
 
     def resize(self, rows: int, cols: int) -> None:
-        self._background(lambda c: c.resize(self.job_id, rows, cols))
+        self._want(lambda: self._background(lambda c: c.resize(self.job_id, rows, cols)))
+
+    def _want(self, action: Callable[[], None]) -> None:
+        """Do ``action`` now, from a signal handler; or, when this handler interrupted
+        another one (which may be half-way through importing ``threading``, the first
+        time), leave it to that one, which does it once it is done with its own."""
+        self._wanted.append(action)
+        while not self._handling and self._wanted:
+            self._handling = True
+            try:
+                while self._wanted:
+                    self._wanted.pop(0)()
+            finally:
+                self._handling = False
 
     def wait_stdin(self, timeout: float = 5.0) -> None:
         """Let the input still in flight reach the master before the process ends."""

@@ -33,12 +33,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import json
 import os
 import selectors
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -55,6 +57,7 @@ DRAIN_TIMEOUT = 2.0
 READ_SIZE = 1 << 16
 IDLE_EXIT = 10.0  # with no agent and no job for this long, the keeper exits
 MAX_OUTBUF = 8 << 20
+GREW_BELOW = 1 << 16  # progress is reported while less than this waits to go to the agent
 
 # Jobs are named by their run key ("JOBID.RUN"): a requeued job's new run is another job
 # here, even while its old run is still being killed.
@@ -243,6 +246,32 @@ def command_argv(req: Spawn) -> list[str]:
     return ["/bin/sh", "-c", req.command]
 
 
+# Signals the keeper ignores, which an exec would pass on to the job as ignored.
+_RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+
+
+def _executable(name: str, env: dict[str, str]) -> str:
+    """The file ``execvp`` would run for ``name``, searching the job's own PATH (not the
+    keeper's): FileNotFoundError, or PermissionError when only files it may not execute
+    were found, each naming ``name``."""
+    if "/" in name:
+        return name
+    denied = False
+    for d in env.get("PATH", os.defpath).split(os.pathsep):
+        path = f"{d or '.'}/{name}"
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            if os.access(path, os.X_OK):
+                return path
+            denied = True
+    if denied:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
+
+
 def format_duration(seconds: float) -> str:
     s = int(seconds)
     days, s = divmod(s, 86400)
@@ -258,7 +287,9 @@ class Job:
     spool: BinaryIO | None = None
     size: int = 0
     notified: int = -1
-    proc: subprocess.Popen[bytes] | None = None
+    pid: int = -1  # the job's main process (and its process group), once started
+    popen: subprocess.Popen[bytes] | None = None  # when Popen started it (pty, another user)
+    out_fds: list[int] = field(default_factory=list)  # the read ends of its output
     pidfd: int = -1
     open_streams: int = 0
     exited_at: float | None = None
@@ -282,10 +313,6 @@ class Job:
     def job_id(self) -> int:
         return self.req.job_id
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid if self.proc is not None else -1
-
 
 class Keeper:
     """The keeper's event loop: jobs, their pipes, the agent's connection, the deadlines."""
@@ -298,6 +325,9 @@ class Keeper:
         self.conn: socket.socket | None = None
         self.inbuf = bytearray()
         self.outbuf = bytearray()
+        self.writing = False  # is the connection registered for EVENT_WRITE?
+        self.devnull = os.open(os.devnull, os.O_RDWR)  # the stdin of jobs that take none
+        self.home = os.open(".", os.O_RDONLY | os.O_DIRECTORY)  # see _spawn_here
         self.last_heard = time.monotonic()
         self.idle_since = time.monotonic()
         self.fence: float | None = None
@@ -319,7 +349,10 @@ class Keeper:
             self.finish(job, "failed", None, str(e))
             return
         try:
-            job.proc = self._start_pty(job) if req.pty else self._start_pipes(job)
+            if req.pty:
+                self._start_pty(job)
+            else:
+                self._start_pipes(job)
         except OSError as e:
             argv = command_argv(req)
             exit_code: int | None = None
@@ -337,42 +370,80 @@ class Keeper:
                 self.emit(job, STREAM_STDERR, f"mgpu: {reason}\n".encode())
             self.finish(job, "failed", exit_code, reason)
             return
-        job.pidfd = os.pidfd_open(job.proc.pid)
+        job.pidfd = os.pidfd_open(job.pid)
         self.sel.register(job.pidfd, selectors.EVENT_READ, ("exit", job))
         if req.time_limit:
             job.limit_at = time.monotonic() + req.time_limit
-        self.send(SPAWNED, {"key": req.key, "pid": job.proc.pid, "error": None})
+        self.send(SPAWNED, {"key": req.key, "pid": job.pid, "error": None})
 
-    def _start_pipes(self, job: Job) -> subprocess.Popen[bytes]:
+    def _start_pipes(self, job: Job) -> None:
+        """Start the job with its stdout and stderr on pipes (and its stdin on a pipe too
+        when it takes input, else on /dev/null)."""
         req = job.req
-        proc = subprocess.Popen(
-            command_argv(req), cwd=req.cwd or "/",
-            stdin=subprocess.PIPE if req.stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-            **_as_owner(job),
-        )
-        assert proc.stdout is not None and proc.stderr is not None
-        for stream, pipe in ((STREAM_STDOUT, proc.stdout), (STREAM_STDERR, proc.stderr)):
-            os.set_blocking(pipe.fileno(), False)
-            self.sel.register(pipe.fileno(), selectors.EVENT_READ, ("out", (job, stream)))
-            job.open_streams += 1
-        if proc.stdin is not None:
-            job.stdin_fd = proc.stdin.fileno()
-            os.set_blocking(job.stdin_fd, False)
-        return proc
+        argv = command_argv(req)
+        opts = _as_owner(job)
+        out_r, out_w = os.pipe()  # both ends close on exec; the child gets dup2'd copies
+        err_r, err_w = os.pipe()
+        in_r, in_w = os.pipe() if req.stdin else (-1, -1)
+        try:
+            fds = (in_r if req.stdin else self.devnull, out_w, err_w)
+            if "user" in opts:  # another account: Popen changes the ids in the child
+                job.popen = subprocess.Popen(
+                    argv, cwd=req.cwd or "/", stdin=fds[0], stdout=fds[1], stderr=fds[2],
+                    start_new_session=True, **opts)
+                job.pid = job.popen.pid
+            else:
+                job.pid = self._spawn_here(argv, req.cwd or "/", opts["env"], fds)
+        except BaseException:
+            for fd in (out_r, err_r, in_w):
+                if fd >= 0:
+                    os.close(fd)
+            raise
+        finally:
+            for fd in (out_w, err_w, in_r):
+                if fd >= 0:
+                    os.close(fd)
+        for stream, fd in ((STREAM_STDOUT, out_r), (STREAM_STDERR, err_r)):
+            fcntl.fcntl(fd, fcntl.F_SETFL, os.O_NONBLOCK)
+            self.sel.register(fd, selectors.EVENT_READ, ("out", (job, stream)))
+            job.out_fds.append(fd)
+        job.open_streams = 2
+        if in_w >= 0:
+            fcntl.fcntl(in_w, fcntl.F_SETFL, os.O_NONBLOCK)
+            job.stdin_fd = in_w
 
-    def _start_pty(self, job: Job) -> subprocess.Popen[bytes]:
+    def _spawn_here(self, argv: list[str], cwd: str, env: dict[str, str],
+                    fds: tuple[int, int, int]) -> int:
+        """Start ``argv`` as the keeper's own user with ``posix_spawn`` (a vfork and an
+        exec, without Popen's error pipe and bookkeeping): in a new session, with ``fds``
+        as its stdin, stdout and stderr and the signals the keeper ignores set back to
+        their defaults. posix_spawn cannot change directory, so the keeper (one thread)
+        steps into ``cwd`` for the call and back out after it."""
+        os.chdir(cwd)
+        try:
+            path = _executable(argv[0], env)
+            try:
+                return os.posix_spawn(
+                    path, argv, env, setsid=True, setsigdef=_RESET_SIGNALS,
+                    file_actions=[(os.POSIX_SPAWN_DUP2, fd, n) for n, fd in enumerate(fds)])
+            except (FileNotFoundError, PermissionError) as e:
+                raise type(e)(e.errno, e.strerror, argv[0]) from None
+        finally:
+            os.fchdir(self.home)
+
+    def _start_pty(self, job: Job) -> None:
         import pty
 
         req = job.req
         master_fd, slave_fd = pty.openpty()
         _set_size(slave_fd, req.rows, req.cols)
         try:
-            proc = subprocess.Popen(
+            job.popen = subprocess.Popen(
                 command_argv(req), cwd=req.cwd or "/",
                 stdin=slave_fd, stdout=slave_fd, stderr=slave_fd, start_new_session=True,
                 preexec_fn=_take_terminal, **_as_owner(job),
             )
+            job.pid = job.popen.pid
         except BaseException:
             os.close(master_fd)
             raise
@@ -382,7 +453,6 @@ class Keeper:
         job.pty_fd = job.stdin_fd = master_fd
         self.sel.register(master_fd, selectors.EVENT_READ, ("out", (job, STREAM_STDOUT)))
         job.open_streams = 1
-        return proc
 
     def emit(self, job: Job, stream: int, data: bytes) -> None:
         if job.spool is None:  # opened on first output: a silent job costs no file
@@ -433,10 +503,9 @@ class Keeper:
             self.sel.register(fd, selectors.EVENT_WRITE, ("in", job))
         elif not job.stdin_buf and registered:
             self.sel.unregister(fd)
-        if not job.stdin_buf and job.stdin_eof and job.proc is not None:
-            if job.proc.stdin is not None:
-                with contextlib.suppress(OSError):
-                    job.proc.stdin.close()
+        if not job.stdin_buf and job.stdin_eof:
+            with contextlib.suppress(OSError):
+                os.close(fd)
             job.stdin_fd = None
 
     def tree(self, job: Job) -> list[int]:
@@ -447,7 +516,7 @@ class Keeper:
         markers = (f"MGPU_JOB_ID={job.job_id}\0".encode(),
                    f"MGPU_JOB_RUN={job.key}\0".encode())
         mains = {j.pid for j in self.jobs.values()}
-        for pid in _children(os.getpid()):
+        for pid in _own_children():
             if pid in mains:
                 continue  # a job's own main process, not an orphan
             if pid in job.known or _has_env(pid, markers):
@@ -459,9 +528,9 @@ class Keeper:
         return found
 
     def signal_tree(self, job: Job, sig: int) -> None:
-        if job.proc is not None:
+        if job.pid > 0 and job.exited_at is None:  # (after the exit, _on_exit killed it)
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(job.proc.pid, sig)
+                os.killpg(job.pid, sig)
         for pid in self.tree(job):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
@@ -492,31 +561,45 @@ class Keeper:
 
     def conclude(self, job: Job) -> None:
         """After the main process exited and its output drained (or the drain timed out)."""
-        assert job.proc is not None
-        returncode = job.proc.wait()
-        self.signal_tree(job, signal.SIGKILL)
-        for fd_owner in (job.proc.stdout, job.proc.stderr):
-            if fd_owner is not None and not fd_owner.closed:
+        self.signal_tree(job, signal.SIGKILL)  # what left its group (the main is a zombie)
+        returncode = self._reap(job)
+        for fd in job.out_fds:
+            if fd != job.pty_fd:
                 with contextlib.suppress(KeyError, ValueError):
-                    self.sel.unregister(fd_owner.fileno())
-                fd_owner.close()
+                    self.sel.unregister(fd)
+                os.close(fd)
+        job.out_fds.clear()
         if job.stdin_fd is not None and job.pty_fd is None:
             with contextlib.suppress(KeyError, ValueError):
                 self.sel.unregister(job.stdin_fd)
-        if job.proc.stdin is not None:
             with contextlib.suppress(OSError):
-                job.proc.stdin.close()
+                os.close(job.stdin_fd)
+            job.stdin_fd = None
         if job.pty_fd is not None:
             with contextlib.suppress(KeyError, ValueError):
                 self.sel.unregister(job.pty_fd)
             with contextlib.suppress(OSError):
                 os.close(job.pty_fd)
-        if job.ending is not None:
-            state, reason = job.ending
+        if returncode is None:
+            state, exit_code, reason = "failed", None, "its exit status was lost"
         else:
+            exit_code = exit_code_of(returncode)
             state = "completed" if returncode == 0 else "failed"
             reason = describe_exit(returncode) or ""
-        self.finish(job, state, exit_code_of(returncode), reason or None)
+        if job.ending is not None:
+            state, reason = job.ending
+        self.finish(job, state, exit_code, reason or None)
+
+    @staticmethod
+    def _reap(job: Job) -> int | None:
+        """The main process's return code, as Popen gives it (-N: killed by signal N)."""
+        if job.popen is not None:
+            return job.popen.wait()
+        try:
+            _, status = os.waitpid(job.pid, 0)
+        except ChildProcessError:
+            return None
+        return os.waitstatus_to_exitcode(status)
 
     def finish(self, job: Job, state: str, exit_code: int | None, reason: str | None) -> None:
         """Report the end to the agent, or record it on disk when no agent is there.
@@ -529,15 +612,16 @@ class Keeper:
         if self.conn is None:
             _write_exit(job)
         else:
-            self.send(EXITED, asdict(job.result))
+            self.send(EXITED, dict(vars(job.result)))
 
     # ------------------------------------------------------------------ the agent
 
     def send(self, kind: bytes, body: dict[str, Any]) -> None:
+        """Queue a message to the agent; what a turn of the loop queued goes out together
+        at its end (``_flush``)."""
         if self.conn is None or len(self.outbuf) > MAX_OUTBUF:
             return  # the agent reads the rest from HELLO and the files when it returns
         self.outbuf += pack(kind, body)
-        self._flush()
 
     def _flush(self) -> None:
         if self.conn is None:
@@ -551,8 +635,10 @@ class Keeper:
         except OSError:
             self._drop_conn()
             return
-        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.outbuf else 0)
-        self.sel.modify(self.conn, want, ("conn", None))
+        if self.writing != bool(self.outbuf):
+            self.writing = bool(self.outbuf)
+            want = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.writing else 0)
+            self.sel.modify(self.conn, want, ("conn", None))
 
     def _drop_conn(self) -> None:
         if self.conn is not None:
@@ -563,6 +649,7 @@ class Keeper:
                 if job.result is not None:
                     _write_exit(job)
         self.conn = None
+        self.writing = False
         self.outbuf.clear()
         self.inbuf.clear()
         self.idle_since = time.monotonic()
@@ -633,17 +720,17 @@ class Keeper:
         if kind == CANCEL:
             self.stop(job, body["state"], body["reason"], float(body["grace"]))
         elif kind == SIGNAL:
-            if job.proc is not None and job.result is None:
+            if job.pid > 0 and job.exited_at is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(job.proc.pid, int(body["signum"]))
+                    os.killpg(job.pid, int(body["signum"]))
         elif kind == STDIN_EOF:
             job.stdin_eof = True
             self._write_stdin(job)
         elif kind == RESIZE and job.pty_fd is not None:
             _set_size(job.pty_fd, int(body["rows"]), int(body["cols"]))
-            if job.proc is not None:
+            if job.pid > 0 and job.exited_at is None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(job.proc.pid, signal.SIGWINCH)
+                    os.killpg(job.pid, signal.SIGWINCH)
         elif kind == FORGET and job.result is not None:
             del self.jobs[job.key]
             if job.exit_written:
@@ -678,6 +765,8 @@ class Keeper:
                     self._on_conn(mask)
             now = time.monotonic()
             self._check(now)
+            if self.outbuf:
+                self._flush()
             if now >= next_reap:
                 _reap_orphans({j.pid for j in self.jobs.values() if j.result is None})
                 next_reap = now + 1.0
@@ -722,7 +811,8 @@ class Keeper:
             if fenced and job.ending is None:
                 self.stop(job, "node_fail", f"the node agent stopped answering for "
                           f"{self.fence:g}s: job killed so that it cannot run twice", 0)
-            if self.conn is not None and job.size != job.notified and not self.outbuf:
+            if (self.conn is not None and job.size != job.notified
+                    and len(self.outbuf) < GREW_BELOW):
                 job.notified = job.size
                 self.send(GREW, {"key": job.key, "size": job.size})
 
@@ -757,16 +847,37 @@ def _take_terminal() -> None:
 
 
 def _children(pid: int) -> list[int]:
+    """The children of every thread of ``pid``."""
     out: list[int] = []
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except FileNotFoundError:
         return out
     for tid in tids:
-        with (contextlib.suppress(FileNotFoundError, ProcessLookupError),
-              open(f"/proc/{pid}/task/{tid}/children") as f):
-            out.extend(int(k) for k in f.read().split())
+        out.extend(_read_children(f"/proc/{pid}/task/{tid}/children"))
     return out
+
+
+def _own_children() -> list[int]:
+    """The keeper's children: it has one thread, whose list holds them all."""
+    pid = os.getpid()
+    return _read_children(f"/proc/{pid}/task/{pid}/children")
+
+
+def _read_children(path: str) -> list[int]:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    except ProcessLookupError:
+        return []
+    finally:
+        os.close(fd)
+    return [int(k) for k in b"".join(chunks).split()]
 
 
 def _descendants(root: int) -> list[int]:
@@ -790,7 +901,7 @@ def _has_env(pid: int, markers: tuple[bytes, ...]) -> bool:
 
 def _reap_orphans(keep: set[int]) -> None:
     """Reap exited orphans that were reparented to the keeper (never a job's main pid)."""
-    for pid in _children(os.getpid()):
+    for pid in _own_children():
         if pid in keep:
             continue
         with contextlib.suppress(ChildProcessError):
