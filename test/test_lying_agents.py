@@ -104,6 +104,9 @@ def test_forged_and_malformed_messages_cut_the_liar_off(cluster: Cluster, tmp_pa
         ("output of run 1.0, which it was never given",
          send(m.JobOutput(job_id, 0, 0, m.frame(1, b"forged\n")))),
         ("started, which it was never given", send(m.JobStarted(job_id, 4242))),
+        ("the end of run 1.0, which it was never given",  # inside a batch frame
+         send([m.Heartbeat(), m.JobEnded(job_id, 0, "completed", 0, None, 0)])),
+        ("malformed message", send([m.Heartbeat()] * (m.MAX_BATCH + 1))),
         ("second register message",
          send(m.Register(node_id="liar", gpus=fake_gpus(1)))),
         ("malformed message", send(b"\xc1 not msgpack")),

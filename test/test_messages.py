@@ -113,6 +113,37 @@ def test_master_message_round_trip(msg: Any) -> None:
         node_message_decoder.decode(wire)
 
 
+def test_a_frame_carries_one_message_or_a_bounded_list_of_them() -> None:
+    from mgpu.core.messages import MAX_BATCH, master_frame_decoder, messages_of, node_frame_decoder
+
+    node = [msg for msg in NODE_MESSAGES if not isinstance(msg, Register)]
+    assert messages_of(node_frame_decoder.decode(node_encoder.encode(node))) == node
+    assert messages_of(node_frame_decoder.decode(node_encoder.encode(node[0]))) == node[:1]
+    assert messages_of(master_frame_decoder.decode(
+        node_encoder.encode(MASTER_MESSAGES))) == MASTER_MESSAGES
+    with pytest.raises(msgspec.ValidationError):
+        node_frame_decoder.decode(node_encoder.encode([Heartbeat()] * (MAX_BATCH + 1)))
+    with pytest.raises(msgspec.ValidationError):  # a master's message in a node's frame
+        node_frame_decoder.decode(node_encoder.encode([Heartbeat(), MASTER_MESSAGES[1]]))
+
+
+def test_take_batch_takes_what_waits_up_to_the_bounds() -> None:
+    import asyncio
+
+    from mgpu.core.messages import BATCH_BYTES, JobOutput, take_batch
+
+    q: asyncio.Queue[Any] = asyncio.Queue()
+    assert take_batch(Heartbeat(), q) == Heartbeat()  # alone: a frame of one message
+    for _ in range(3):
+        q.put_nowait(Heartbeat())
+    assert take_batch(Heartbeat(), q) == [Heartbeat()] * 4 and q.empty()
+    big = JobOutput(1, 0, 0, bytes(BATCH_BYTES))
+    q.put_nowait(big)
+    q.put_nowait(Heartbeat())
+    assert take_batch(Heartbeat(), q) == [Heartbeat(), big]  # full: the rest waits
+    assert q.qsize() == 1
+
+
 def test_every_message_type_is_covered_and_tagged_by_type() -> None:
     tags = set()
     for msg in NODE_MESSAGES + MASTER_MESSAGES:

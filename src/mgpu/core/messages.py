@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Protocol, TypeVar
 
 import msgspec
 
@@ -326,6 +326,44 @@ MasterMessage = (
     Registered | StartJob | CancelJob | EndedAck | JobInput | JobSignal | JobResize | Heartbeat
 )
 
+# A WebSocket frame carries one message, or a list of them (what a sender had queued at
+# once: one frame, one write, one wake-up of the reader, however many jobs it concerns).
+MAX_BATCH = 1024  # messages in one frame
+BATCH_BYTES = 1 << 20  # a batch takes no more messages once its payloads reach this size
+NodeFrame = NodeMessage | Annotated[list[NodeMessage], msgspec.Meta(max_length=MAX_BATCH)]
+MasterFrame = (
+    MasterMessage | Annotated[list[MasterMessage], msgspec.Meta(max_length=MAX_BATCH)])
+
 node_encoder = msgspec.msgpack.Encoder()
 node_message_decoder = msgspec.msgpack.Decoder(NodeMessage)
 master_message_decoder = msgspec.msgpack.Decoder(MasterMessage)
+node_frame_decoder = msgspec.msgpack.Decoder(NodeFrame)
+master_frame_decoder = msgspec.msgpack.Decoder(MasterFrame)
+
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class _Queue(Protocol[T_co]):
+    def empty(self) -> bool: ...
+    def get_nowait(self) -> T_co: ...
+
+
+def take_batch(first: T, queue: _Queue[T]) -> T | list[T]:
+    """``first``, or ``first`` and what else waits in ``queue`` (up to :data:`MAX_BATCH`
+    messages and about :data:`BATCH_BYTES` of payload), to go out as one frame."""
+    if queue.empty():
+        return first
+    batch = [first]
+    size = len(getattr(first, "data", b""))
+    while not queue.empty() and len(batch) < MAX_BATCH and size < BATCH_BYTES:
+        msg = queue.get_nowait()
+        batch.append(msg)
+        size += len(getattr(msg, "data", b""))
+    return batch
+
+
+def messages_of(frame: T | list[T]) -> list[T]:
+    """The messages a decoded frame carries, in order."""
+    return frame if isinstance(frame, list) else [frame]

@@ -294,7 +294,7 @@ class Agent:
         first = await ws.receive(timeout=30)
         if first.type is not aiohttp.WSMsgType.BINARY:
             raise aiohttp.ClientError(f"the master closed the connection ({first.extra})")
-        reply = m.master_message_decoder.decode(first.data)
+        reply, *after = m.messages_of(m.master_frame_decoder.decode(first.data))
         if not isinstance(reply, m.Registered):
             raise aiohttp.ClientError("the master did not answer the registration")
         if not reply.accepted:
@@ -315,6 +315,8 @@ class Agent:
             self.log.info("registered with the master")
             loop = asyncio.get_running_loop()
             self.heard = loop.time()
+            for msg in after:
+                self._on_message(msg)
             # The master answers every heartbeat: silence for the node timeout means the
             # link is gone even if TCP has not noticed (a partition drops, it does not reset).
             while True:
@@ -330,7 +332,8 @@ class Agent:
                 if raw.type is not aiohttp.WSMsgType.BINARY:
                     continue
                 self.heard = loop.time()
-                self._on_message(m.master_message_decoder.decode(raw.data))
+                for msg in m.messages_of(m.master_frame_decoder.decode(raw.data)):
+                    self._on_message(msg)
         finally:
             beat.cancel()
             writer.cancel()
@@ -358,7 +361,7 @@ class Agent:
         with contextlib.suppress(ConnectionError):
             while True:
                 msg = await out.get()
-                await ws.send_bytes(encode(msg))
+                await ws.send_bytes(encode(m.take_batch(msg, out)))
 
     async def _heartbeat(self, out: asyncio.Queue[m.NodeMessage], interval: float) -> None:
         while True:

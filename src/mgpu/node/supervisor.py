@@ -91,6 +91,7 @@ class Supervisor:
         self.allow_root = allow_root
         self.jobs: dict[str, RunningJob] = {}
         self._writer: asyncio.StreamWriter | None = None
+        self._outbox = bytearray()  # messages to the keeper, written at the end of a turn
         self._reader_task: asyncio.Task[None] | None = None
         self._pinger: asyncio.Task[None] | None = None
         self._keeper: subprocess.Popen[bytes] | None = None
@@ -195,6 +196,7 @@ class Supervisor:
         if self._reader_task is not None:
             self._reader_task.cancel()
         if self._writer is not None:
+            self._flush()
             self._writer.close()
             self._writer = None
         if self._keeper is not None and kill_jobs:
@@ -208,9 +210,18 @@ class Supervisor:
     # ------------------------------------------------------------------ the keeper link
 
     def _send(self, kind: bytes, body: dict[str, Any] | bytes) -> None:
+        """Queue a message to the keeper: what one turn of the event loop queued goes
+        out in one write."""
         if self._writer is None:
             raise ConnectionError("the node keeper is not connected")
-        self._writer.write(kp.pack(kind, body))
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox += kp.pack(kind, body)
+
+    def _flush(self) -> None:
+        if self._writer is not None and self._outbox:
+            self._writer.write(self._outbox)
+        self._outbox = bytearray()
 
     @staticmethod
     async def _read_message(reader: asyncio.StreamReader) -> tuple[bytes, bytes] | None:
@@ -222,21 +233,17 @@ class Supervisor:
         return raw[:1], raw[1:]
 
     async def _follow(self, reader: asyncio.StreamReader) -> None:
+        buf = bytearray()
         while True:
-            msg = await self._read_message(reader)
-            if msg is None:
+            try:
+                data = await reader.read(1 << 18)
+            except ConnectionError:
+                data = b""
+            if not data:
                 break
-            kind, payload = msg
-            body = json.loads(payload)
-            job = self.jobs.get(str(body.get("key")))
-            if job is None:
-                continue
-            if kind == kp.GREW:
-                self.pump(job.key, body["size"])
-            elif kind == kp.SPAWNED:
-                job.pid = body["pid"]
-            elif kind == kp.EXITED:
-                self._conclude(job, kp.Exited(**body))
+            buf += data
+            for kind, payload in kp.unpack_all(buf):
+                self._on_keeper(kind, payload)
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -250,6 +257,18 @@ class Supervisor:
                 self._conclude(job, exited)
             else:
                 self._fail(job, "the node keeper died while the job ran")
+
+    def _on_keeper(self, kind: bytes, payload: bytes) -> None:
+        body = json.loads(payload)
+        job = self.jobs.get(str(body.get("key")))
+        if job is None:
+            return
+        if kind == kp.GREW:
+            self.pump(job.key, body["size"])
+        elif kind == kp.SPAWNED:
+            job.pid = body["pid"]
+        elif kind == kp.EXITED:
+            self._conclude(job, kp.Exited(**body))
 
     async def _ping_loop(self) -> None:
         while True:

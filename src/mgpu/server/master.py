@@ -477,15 +477,8 @@ class Master:
                     break
                 if raw.type is not web.WSMsgType.BINARY:
                     continue
-                try:
-                    msg = m.node_message_decoder.decode(raw.data)
-                    conn.check(msg)
-                except (msgspec.DecodeError, msgspec.ValidationError) as e:
-                    why = f"it sent a malformed message ({str(e)[:200]})"
-                except Violation as e:
-                    why = str(e)
-                else:
-                    self.on_node_message(node_id, msg)
+                why = self.on_node_frame(conn, raw.data)
+                if why is None:
                     continue
                 log.error("node %s (%s): %s: cut off", node_id, peer, why)
                 await ws.close(code=1008, message=why[:120].encode())
@@ -497,7 +490,29 @@ class Master:
                 self.state.on_disconnect(node_id, time.time())
                 log.warning("node %s disconnected", node_id)
 
-    def on_node_message(self, node_id: str, msg: m.NodeMessage) -> None:
+    def on_node_frame(self, conn: NodeConn, data: bytes) -> str | None:
+        """Handle a frame of the node's messages; why to cut the node off, if it must be.
+
+        The ends a frame reports are scheduled and saved together: one pass of the
+        scheduler and one write for a batch of ends, however many there are."""
+        effects = Effects()
+        ends = False
+        try:
+            for msg in m.messages_of(m.node_frame_decoder.decode(data)):
+                conn.check(msg)
+                self.on_node_message(conn.node_id, msg, effects)
+                ends = ends or isinstance(msg, m.JobEnded)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            return f"it sent a malformed message ({str(e)[:200]})"
+        except Violation as e:
+            return str(e)
+        finally:
+            if ends:  # (what came before a violation still counts)
+                self.apply(effects)
+        return None
+
+    def on_node_message(self, node_id: str, msg: m.NodeMessage, effects: Effects) -> None:
+        """One message of a node's; what it changes goes into ``effects``."""
         now = time.time()
         self.state.on_heartbeat(node_id, now)
         if isinstance(msg, m.Heartbeat):
@@ -515,7 +530,7 @@ class Master:
             else:
                 log.error("gap in output of job %d from node %s", msg.job_id, node_id)
         elif isinstance(msg, m.JobEnded):
-            self.apply(self.state.on_job_ended(node_id, msg, now), now)
+            effects.merge(self.state.on_job_ended(node_id, msg, now))
         elif isinstance(msg, m.JobStarted):
             log.debug("job %d started on %s as pid %d", msg.job_id, node_id, msg.pid)
 
