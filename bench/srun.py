@@ -3,7 +3,8 @@
 Measured in one run on a warm cluster (a master and one node of 8 fake GPUs, as processes):
 
 * start-up: median and p90 wall time of ``mgpu srun -G 1 true`` over N runs, against
-  ``python -c pass`` and ``sh -c true`` in the same venv (target: at most 2.5x python);
+  ``python -c pass`` and ``sh -c true`` in the same venv, the three round-robin (target:
+  at most 2.5x python);
 * latency: a job prints a line with its send time every 10 ms (``flush=True``); the
   client's receive time minus that, p50 and p99 (target: p99 under 20 ms on loopback);
 * relay throughput: MB/s of a job's stdout through the node, the master and srun to a
@@ -27,12 +28,15 @@ PY = sys.executable
 MGPU = str(Path(PY).with_name("mgpu"))
 
 
-def timed(argv: list[str], env: dict[str, str], runs: int) -> list[float]:
-    out = []
+def timed(commands: list[list[str]], env: dict[str, str], runs: int) -> list[list[float]]:
+    """Wall times in ms of each command, run round-robin ``runs`` times: a change in the
+    machine's load reaches every command alike."""
+    out: list[list[float]] = [[] for _ in commands]
     for _ in range(runs):
-        start = time.perf_counter()
-        subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
-        out.append((time.perf_counter() - start) * 1000)
+        for argv, times in zip(commands, out, strict=True):
+            start = time.perf_counter()
+            subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
+            times.append((time.perf_counter() - start) * 1000)
     return out
 
 
@@ -73,10 +77,10 @@ def main() -> None:
                    check=True)
     with cluster({"n1": 8}) as c:
         env = {**c.env(), "PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE", "")}
-        timed([MGPU, "srun", "-q", "true"], env, 3)  # warm up
-        py = timed([PY, "-c", "pass"], env, args.runs)
-        sh = timed(["sh", "-c", "true"], env, args.runs)
-        srun = timed([MGPU, "srun", "-q", "-G", "1", "true"], env, args.runs)
+        commands = [[PY, "-c", "pass"], ["sh", "-c", "true"],
+                    [MGPU, "srun", "-q", "-G", "1", "true"]]
+        timed(commands, env, 3)  # warm up
+        py, sh, srun = timed(commands, env, args.runs)
         print(f"python -c pass:        median {median(py):6.1f} ms  p90 {pct(py, 90):6.1f} ms")
         print(f"sh -c true:            median {median(sh):6.1f} ms  p90 {pct(sh, 90):6.1f} ms")
         print(f"mgpu srun -G 1 true:   median {median(srun):6.1f} ms  p90 {pct(srun, 90):6.1f} ms"
