@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -292,6 +293,53 @@ def test_cli_submit_environment_directory_and_words(cluster: Cluster, tmp_path: 
     assert cluster.mgpu("logs", str(relative)).stdout == f"{work}\n"
     assert cluster.mgpu("logs", str(words)).stdout == "a b|c'd|"
     assert cluster.job(words)["command"] == "printf '%s|' 'a b' 'c'\"'\"'d'"
+
+
+def test_programs_are_found_on_the_jobs_path_and_failures_say_what_a_shell_would(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    bin_dir = tmp_path / "bin dir"
+    bin_dir.mkdir()
+    tool = bin_dir / "mgpu-test-tool"
+    tool.write_text("#!/bin/sh\necho tool in \"$PWD\" with \"$1\"\n")
+    tool.chmod(0o755)
+    (bin_dir / "mgpu-test-noexec").write_text("echo never\n")
+    (bin_dir / "mgpu-test-noexec").chmod(0o644)
+    work = tmp_path / "work"
+    work.mkdir()
+    path = {"PATH": f"{tmp_path / 'missing'}::{bin_dir}:{os.environ['PATH']}"}
+
+    def run(*argv: str, cwd: Path = work) -> dict[str, Any]:
+        job_id = int(cluster.mgpu("submit", "--parsable", "--", *argv, env=path,
+                                  cwd=cwd).stdout)
+        return cast(dict[str, Any], cluster.wait_job(job_id))
+
+    found = run("mgpu-test-tool", "x")  # on the submitter's PATH only, not the node's
+    assert (found["state"], found["exit_code"]) == ("completed", 0)
+    assert cluster.mgpu("logs", str(found["id"])).stdout == f"tool in {work} with x\n"
+    local = run("./mgpu-test-tool", "y", cwd=bin_dir)  # relative to the job's directory
+    assert cluster.mgpu("logs", str(local["id"])).stdout == f"tool in {bin_dir} with y\n"
+    empty_entry = run("mgpu-test-tool", cwd=bin_dir)  # an empty PATH entry is the cwd
+    assert empty_entry["state"] == "completed"
+
+    missing = run("mgpu-test-nosuch")
+    assert (missing["state"], missing["exit_code"]) == ("failed", 127)
+    assert missing["reason"] == "mgpu-test-nosuch: command not found"
+    assert "mgpu-test-nosuch: command not found" in cluster.mgpu(
+        "logs", str(missing["id"])).stderr
+    denied = run("mgpu-test-noexec")
+    assert (denied["state"], denied["exit_code"]) == ("failed", 126)
+    assert denied["reason"] == "mgpu-test-noexec: Permission denied"
+    gone = run("./nothing-here")
+    assert (gone["state"], gone["exit_code"]) == ("failed", 127)
+
+    nowhere = tmp_path / "nowhere"  # a directory the node does not have
+    job_id = int(cluster.mgpu("submit", "--parsable", "-D", str(nowhere), "pwd").stdout)
+    ended = cluster.wait_job(job_id)
+    assert (ended["state"], ended["exit_code"]) == ("failed", None)
+    assert ended["reason"] == f"could not start in {nowhere}: No such file or directory"
+    # The keeper stepped back out of each job's directory: a new job still runs.
+    assert run("true")["state"] == "completed"
 
 
 def test_founding_scripts(cluster: Cluster) -> None:
