@@ -6,6 +6,7 @@ import hashlib
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -176,10 +177,21 @@ def test_job_cancelled_while_pending_exits_with_the_not_run_code(
     gate.touch()
 
 
-def test_too_many_gpus_is_refused_before_queueing(cluster: Cluster) -> None:
-    done = srun(cluster, "-G", "64", "true")
-    assert done.returncode != 0
+def test_srun_that_cannot_start_its_job_exits_with_the_not_run_code(cluster: Cluster) -> None:
+    done = srun(cluster, "-G", "64", "true")  # refused: more GPUs than any node has
+    assert done.returncode == 125
     assert b"largest node" in done.stderr and b"Traceback" not in done.stderr
+    with socket.socket() as s:  # a port where no master listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = srun(cluster, "--master", f"127.0.0.1:{port}", "true")
+    assert done.returncode == 125
+    assert b"cannot reach the master" in done.stderr
+    done = srun(cluster, "-G", "0", "true")  # a mistake on the command line stays 2
+    assert done.returncode == 2
+    done = subprocess.run([PY, "-m", "mgpu", "attach", "999"], capture_output=True,
+                          env=cluster.env, timeout=60)
+    assert done.returncode == 125 and b"999" in done.stderr
 
 
 def test_pty_gives_a_real_terminal(cluster: Cluster) -> None:

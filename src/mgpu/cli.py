@@ -881,6 +881,12 @@ def main(argv: list[str] | None = None) -> int:
 
             traceback.print_exc()
         _write(f"error: {e.message}\n", err=True)
+        if ns.func in (cmd_srun, cmd_attach) and e.exit_code != 2:
+            # They exit with the job's own status, so their own failures (refused, the
+            # master unreachable or lost) must not look like one: the job never ran.
+            from mgpu.client.srun import NOT_RUN
+
+            return NOT_RUN
         return e.exit_code
     except BrokenPipeError:
         # The reader went away (`mgpu queue | head`): stop quietly, like other tools.

@@ -7,7 +7,8 @@ descriptors as they come, forwards input through a chunked ``POST .../stdin`` fr
 thread, and reconnects after a dropped connection, resuming at the byte it had reached, for
 as long as the grace period lasts. Exit status: the job's exit code (128+N for signal N), or
 :data:`NOT_RUN` when the job never started or ended without one (cancelled while pending,
-lost node), with a message saying which.
+lost node), with a message saying which; ``mgpu.cli`` also exits with :data:`NOT_RUN` when
+srun could not get its job going (refused at submit, the master unreachable or lost).
 """
 
 from __future__ import annotations
