@@ -12,6 +12,8 @@ import json
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -149,6 +151,50 @@ def test_tokens_create_list_revoke(cluster: Cluster) -> None:
     assert cluster.mgpu("token", "revoke", str(listed[0]["id"])).returncode == 0
     assert as_user(cluster, second, "token", "list").returncode == 0
     cluster.mgpu("queue", check=6)  # the revoked admin token in the default file
+
+
+def test_revoking_a_token_ends_what_is_open_with_it(cluster: Cluster) -> None:
+    """A follow, an srun and a wait made with a token stop when it is revoked, and say
+    why; the admin's own requests go on."""
+    runner = cluster.user_token(RUNNER)
+    env = {**cluster.env, "MGPU_TOKEN": runner, "XDG_CONFIG_HOME": str(cluster.tmp / "nobody")}
+
+    def start(*args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "mgpu", "--master", cluster.master_addr, *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd="/", text=True)
+
+    code, reply = status_of(cluster, "/api/v1/jobs", {"jobs": [{
+        "command": "echo started; exec sleep 300", "cwd": "/",
+        "env": {"PATH": os.environ["PATH"]}}]}, token=runner)
+    assert code == 201
+    [job_id] = reply["job_ids"]
+    follow = start("logs", "-f", str(job_id))
+    srun = start("srun", "-q", "sh", "-c", "echo interactive; exec sleep 300")
+    wait = start("wait", str(job_id))
+    admin = subprocess.Popen(
+        [sys.executable, "-m", "mgpu", "--master", cluster.master_addr, "logs", "-f",
+         str(job_id)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cluster.env,
+        text=True)
+    procs = (follow, srun, wait, admin)
+    try:
+        assert follow.stdout is not None and srun.stdout is not None
+        assert follow.stdout.readline() == "started\n"
+        assert srun.stdout.readline() == "interactive\n"
+        assert admin.stdout is not None and admin.stdout.readline() == "started\n"
+        cluster.mgpu("token", "revoke", RUNNER)
+        for proc, code in ((follow, 6), (srun, 125), (wait, 6)):
+            _, err = proc.communicate(timeout=30)
+            assert proc.returncode == code, (proc.args, proc.returncode, err)
+            assert "not accepted" in err and "Traceback" not in err, err
+        assert admin.poll() is None  # another token's follow goes on
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+    assert cluster.job(job_id)["state"] == "running"  # the token went, not the job
+    cluster.mgpu("cancel", str(job_id))
 
 
 # ------------------------------------------------------------------ whose jobs

@@ -343,6 +343,8 @@ def cmd_logs(ns: argparse.Namespace) -> int:
     if not ns.follow:
         return 0
     if stream.end is None:
+        # Say why if the master says (a revoked token, say); else that it stopped.
+        _client(ns).get_job(ns.job_id)
         raise ConnectionFailed(f"the output of job {ns.job_id} stopped before the job ended")
     return exit_status(stream.end.state, stream.end.exit_code)
 

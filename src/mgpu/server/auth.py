@@ -89,6 +89,8 @@ def bearer(header: str | None) -> str | None:
     return token or None
 
 
+REVOKED = "its token was revoked"  # why a request still open with a token is cancelled
+
 @dataclass(frozen=True)
 class Identity:
     """Who made a request: a token's user, or (auth off) whoever the request says."""

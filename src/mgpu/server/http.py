@@ -29,7 +29,7 @@ from mgpu.core.errors import (
     Unauthorized,
     UsageError,
 )
-from mgpu.server.auth import BAD_TOKEN, NO_TOKEN, Identity, bearer
+from mgpu.server.auth import BAD_TOKEN, NO_TOKEN, REVOKED, Identity, bearer
 
 if TYPE_CHECKING:
     from mgpu.server.master import Master
@@ -103,8 +103,27 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     One middleware, not two: each layer costs a coroutine per request (bench/auth.py).
     """
     try:
-        authenticate(request)
-        return await handler(request)
+        who = authenticate(request)
+        if who is None or who.token_id is None:
+            return await handler(request)
+        # Requests are kept by token while they run, so that revoking a token ends those
+        # still open with it (a follow, a wait, an upload) at once.
+        requests = request.app[MASTER].open_requests
+        task = asyncio.current_task()
+        assert task is not None
+        held = requests.setdefault(who.token_id, set())
+        held.add(task)
+        try:
+            return await handler(request)
+        except asyncio.CancelledError as e:
+            if e.args != (REVOKED,):
+                raise
+            task.uncancel()
+            raise Unauthorized(BAD_TOKEN) from None
+        finally:
+            held.discard(task)
+            if not held:
+                requests.pop(who.token_id, None)
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -132,7 +151,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error(e.message, 400, "error")
 
 
-def authenticate(request: web.Request) -> None:
+def authenticate(request: web.Request) -> Identity | None:
     """Who is asking: the identity of the request's token, or :class:`Unauthorized` with
     what to do. ``/api/v1/health`` is open; the node WebSocket's handler checks the join
     secret itself (``Master.admit_node``). The token is looked at before the path: that is
@@ -140,15 +159,15 @@ def authenticate(request: web.Request) -> None:
     master = request.app[MASTER]
     if not master.cfg.auth:
         request[IDENTITY] = AUTH_OFF
-        return
+        return AUTH_OFF
     token = bearer(request.headers.get(hdrs.AUTHORIZATION))  # istr: no case folding
     who = master.tokens.check(token)
     if who is not None:
         request[IDENTITY] = who
-        return
+        return who
     path = request.path
     if path in OPEN or path == NODE_WS:
-        return
+        return None
     raise Unauthorized(NO_TOKEN if token is None else BAD_TOKEN)
 
 

@@ -28,7 +28,15 @@ from mgpu.core.errors import MgpuError, StoreError, Unauthorized
 from mgpu.core.models import JobState, run_key
 from mgpu.core.scheduler import Policy, schedule
 from mgpu.core.timefmt import parse_duration
-from mgpu.server.auth import JOIN_HINT, JoinSecret, Tokens, bearer, load_secrets, tls_context
+from mgpu.server.auth import (
+    JOIN_HINT,
+    REVOKED,
+    JoinSecret,
+    Tokens,
+    bearer,
+    load_secrets,
+    tls_context,
+)
 from mgpu.server.nodeconn import NodeConn, Violation
 from mgpu.server.state import ClusterState, Effects
 from mgpu.server.store import AuditRow, Batch, Store, TokenRow
@@ -118,6 +126,8 @@ class Master:
         # (peer, why) -> (when last logged, refusals since): a flood is logged once a minute
         self._refused: dict[tuple[str, str], tuple[float, int]] = {}
         self.conns: dict[str, NodeConn] = {}
+        # token id -> the handlers of requests made with it that still run (http.guard)
+        self.open_requests: dict[int, set[asyncio.Task[Any]]] = {}
         self.output: SpoolDir | None = None
         self.store: Store | None = None
         self.committer: Committer | None = None
@@ -371,6 +381,11 @@ class Master:
         for row in new:
             self.tokens.add(row)
         self.tokens.revoke(set(revoked))
+        me = asyncio.current_task()
+        for token_id in revoked:  # what is still open with a revoked token ends now
+            for task in self.open_requests.pop(token_id, set()):
+                if task is not me:
+                    task.cancel(REVOKED)
 
     async def read_events(self, limit: int) -> list[AuditRow]:
         assert self.committer is not None and self.store is not None
