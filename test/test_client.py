@@ -330,6 +330,8 @@ def test_programs_are_found_on_the_jobs_path_and_failures_say_what_a_shell_would
     denied = run("mgpu-test-noexec")
     assert (denied["state"], denied["exit_code"]) == ("failed", 126)
     assert denied["reason"] == "mgpu-test-noexec: Permission denied"
+    (bin_dir / "mgpu-test-dir").mkdir()  # a directory of the name: as execvp, 126
+    assert run("mgpu-test-dir")["exit_code"] == 126
     gone = run("./nothing-here")
     assert (gone["state"], gone["exit_code"]) == ("failed", 127)
 

@@ -123,25 +123,46 @@ def test_a_frame_carries_one_message_or_a_bounded_list_of_them() -> None:
         node_encoder.encode(MASTER_MESSAGES))) == MASTER_MESSAGES
     with pytest.raises(msgspec.ValidationError):
         node_frame_decoder.decode(node_encoder.encode([Heartbeat()] * (MAX_BATCH + 1)))
+    with pytest.raises(msgspec.ValidationError):  # an empty frame says nothing
+        node_frame_decoder.decode(node_encoder.encode([]))
     with pytest.raises(msgspec.ValidationError):  # a master's message in a node's frame
         node_frame_decoder.decode(node_encoder.encode([Heartbeat(), MASTER_MESSAGES[1]]))
 
 
-def test_take_batch_takes_what_waits_up_to_the_bounds() -> None:
+def test_take_frame_takes_what_waits_up_to_the_bounds() -> None:
     import asyncio
 
-    from mgpu.core.messages import BATCH_BYTES, JobOutput, take_batch
+    from mgpu.core.messages import (
+        BATCH_BYTES,
+        MAX_BATCH,
+        JobOutput,
+        messages_of,
+        node_frame_decoder,
+        take_frame,
+    )
+
+    def sent(frame: bytes) -> list[Any]:
+        return messages_of(node_frame_decoder.decode(frame))
 
     q: asyncio.Queue[Any] = asyncio.Queue()
-    assert take_batch(Heartbeat(), q) == Heartbeat()  # alone: a frame of one message
+    assert take_frame(Heartbeat(), q) == node_encoder.encode(Heartbeat())  # alone: as is
     for _ in range(3):
         q.put_nowait(Heartbeat())
-    assert take_batch(Heartbeat(), q) == [Heartbeat()] * 4 and q.empty()
+    assert sent(take_frame(Heartbeat(), q)) == [Heartbeat()] * 4 and q.empty()
+    for n in (15, 16, 40):  # both forms of the array header
+        for _ in range(n):
+            q.put_nowait(Heartbeat())
+        assert sent(take_frame(Heartbeat(), q)) == [Heartbeat()] * (n + 1)
     big = JobOutput(1, 0, 0, bytes(BATCH_BYTES))
     q.put_nowait(big)
     q.put_nowait(Heartbeat())
-    assert take_batch(Heartbeat(), q) == [Heartbeat(), big]  # full: the rest waits
+    assert sent(take_frame(Heartbeat(), q)) == [Heartbeat(), big]  # full: the rest waits
     assert q.qsize() == 1
+    q.get_nowait()
+    for _ in range(2 * MAX_BATCH):
+        q.put_nowait(Heartbeat())
+    assert len(sent(take_frame(Heartbeat(), q))) == MAX_BATCH
+    assert q.qsize() == MAX_BATCH + 1
 
 
 def test_every_message_type_is_covered_and_tagged_by_type() -> None:

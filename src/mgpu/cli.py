@@ -883,13 +883,7 @@ def main(argv: list[str] | None = None) -> int:
 
             traceback.print_exc()
         _write(f"error: {e.message}\n", err=True)
-        if ns.func in (cmd_srun, cmd_attach) and e.exit_code != 2:
-            # They exit with the job's own status, so their own failures (refused, the
-            # master unreachable or lost) must not look like one: the job never ran.
-            from mgpu.client.srun import NOT_RUN
-
-            return NOT_RUN
-        return e.exit_code
+        return _failed(ns, e.exit_code)
     except BrokenPipeError:
         # The reader went away (`mgpu queue | head`): stop quietly, like other tools.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -904,7 +898,18 @@ def main(argv: list[str] | None = None) -> int:
             f"error: unexpected {type(e).__name__}: {e} (run with -v for the traceback)\n",
             err=True,
         )
-        return 1
+        return _failed(ns, 1)
+
+
+def _failed(ns: argparse.Namespace, code: int) -> int:
+    """The status for a command that failed with ``code``. srun and attach exit with their
+    job's own status, so their own failures (refused, the master unreachable or lost) must
+    not look like one: the job did not run (a mistake on the command line stays 2)."""
+    if ns.func in (cmd_srun, cmd_attach) and code != 2:
+        from mgpu.client.srun import NOT_RUN
+
+        return NOT_RUN
+    return code
 
 
 def _as(subcommand: str) -> Callable[[list[str] | None], int]:

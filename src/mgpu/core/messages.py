@@ -26,7 +26,11 @@ from mgpu.core.frames import frame as frame
 from mgpu.core.frames import split_frames as split_frames
 from mgpu.core.models import GpuInfo, JobSpec, SimpleJob, run_key
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: a frame may carry a list of messages
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+T_msg = TypeVar("T_msg")
 
 # Bounds checked as node messages are decoded: a message outside them is malformed, and the
 # master cuts off the node that sent it (docs/protocol.md).
@@ -329,10 +333,10 @@ MasterMessage = (
 # A WebSocket frame carries one message, or a list of them (what a sender had queued at
 # once: one frame, one write, one wake-up of the reader, however many jobs it concerns).
 MAX_BATCH = 1024  # messages in one frame
-BATCH_BYTES = 1 << 20  # a batch takes no more messages once its payloads reach this size
-NodeFrame = NodeMessage | Annotated[list[NodeMessage], msgspec.Meta(max_length=MAX_BATCH)]
-MasterFrame = (
-    MasterMessage | Annotated[list[MasterMessage], msgspec.Meta(max_length=MAX_BATCH)])
+BATCH_BYTES = 1 << 20  # a frame takes no more messages once it has this many bytes
+_Batch = Annotated[list[T_msg], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]
+NodeFrame = NodeMessage | _Batch[NodeMessage]
+MasterFrame = MasterMessage | _Batch[MasterMessage]
 
 node_encoder = msgspec.msgpack.Encoder()
 node_message_decoder = msgspec.msgpack.Decoder(NodeMessage)
@@ -341,27 +345,29 @@ node_frame_decoder = msgspec.msgpack.Decoder(NodeFrame)
 master_frame_decoder = msgspec.msgpack.Decoder(MasterFrame)
 
 
-T = TypeVar("T")
-T_co = TypeVar("T_co", covariant=True)
-
-
 class _Queue(Protocol[T_co]):
     def empty(self) -> bool: ...
     def get_nowait(self) -> T_co: ...
 
 
-def take_batch(first: T, queue: _Queue[T]) -> T | list[T]:
-    """``first``, or ``first`` and what else waits in ``queue`` (up to :data:`MAX_BATCH`
-    messages and about :data:`BATCH_BYTES` of payload), to go out as one frame."""
+def take_frame(first: object, queue: _Queue[object]) -> bytes:
+    """The frame to send: ``first`` encoded, or, when more messages wait in ``queue``, the
+    msgpack array of ``first`` and as many of them as fit (:data:`MAX_BATCH` messages,
+    about :data:`BATCH_BYTES`), each message encoded once."""
+    one = node_encoder.encode(first)
     if queue.empty():
-        return first
-    batch = [first]
-    size = len(getattr(first, "data", b""))
-    while not queue.empty() and len(batch) < MAX_BATCH and size < BATCH_BYTES:
-        msg = queue.get_nowait()
-        batch.append(msg)
-        size += len(getattr(msg, "data", b""))
-    return batch
+        return one
+    parts = [one]
+    size = len(one)
+    while not queue.empty() and len(parts) < MAX_BATCH and size < BATCH_BYTES:
+        part = node_encoder.encode(queue.get_nowait())
+        parts.append(part)
+        size += len(part)
+    if len(parts) == 1:
+        return one
+    n = len(parts)  # a msgpack array header: fixarray, or array 16 (MAX_BATCH < 2**16)
+    head = bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
+    return head + b"".join(parts)
 
 
 def messages_of(frame: T | list[T]) -> list[T]:

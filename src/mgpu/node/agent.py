@@ -294,7 +294,7 @@ class Agent:
         first = await ws.receive(timeout=30)
         if first.type is not aiohttp.WSMsgType.BINARY:
             raise aiohttp.ClientError(f"the master closed the connection ({first.extra})")
-        reply, *after = m.messages_of(m.master_frame_decoder.decode(first.data))
+        reply, *after = _decode(first.data)
         if not isinstance(reply, m.Registered):
             raise aiohttp.ClientError("the master did not answer the registration")
         if not reply.accepted:
@@ -332,7 +332,7 @@ class Agent:
                 if raw.type is not aiohttp.WSMsgType.BINARY:
                     continue
                 self.heard = loop.time()
-                for msg in m.messages_of(m.master_frame_decoder.decode(raw.data)):
+                for msg in _decode(raw.data):
                     self._on_message(msg)
         finally:
             beat.cancel()
@@ -357,11 +357,10 @@ class Agent:
 
     async def _write(self, ws: aiohttp.ClientWebSocketResponse,
                      out: asyncio.Queue[m.NodeMessage]) -> None:
-        encode = m.node_encoder.encode
         with contextlib.suppress(ConnectionError):
             while True:
                 msg = await out.get()
-                await ws.send_bytes(encode(m.take_batch(msg, out)))
+                await ws.send_bytes(m.take_frame(msg, out))
 
     async def _heartbeat(self, out: asyncio.Queue[m.NodeMessage], interval: float) -> None:
         while True:
@@ -398,6 +397,17 @@ class Agent:
         assert job.ended is not None
         self.log.debug("job %s ended: %s", job.key, job.ended.state)
         self._send(job.ended)
+
+
+def _decode(data: bytes) -> list[m.MasterMessage]:
+    """The messages of a frame from the master; a frame this agent cannot read (a master
+    of another version, say) drops the link, which is then dialled again."""
+    try:
+        return m.messages_of(m.master_frame_decoder.decode(data))
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise aiohttp.ClientError(f"the master sent a message this node cannot read ({e}): "
+                                  "run the same mgpu version on the master and the nodes"
+                                  ) from None
 
 
 async def run_agents(agents: list[Agent]) -> None:

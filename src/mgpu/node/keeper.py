@@ -56,7 +56,6 @@ PR_SET_CHILD_SUBREAPER = 36
 DRAIN_TIMEOUT = 2.0
 READ_SIZE = 1 << 16
 IDLE_EXIT = 10.0  # with no agent and no job for this long, the keeper exits
-MAX_OUTBUF = 8 << 20
 GREW_BELOW = 1 << 16  # progress is reported while less than this waits to go to the agent
 
 # Jobs are named by their run key ("JOBID.RUN"): a requeued job's new run is another job
@@ -256,17 +255,19 @@ def _executable(name: str, env: dict[str, str]) -> str:
     were found, each naming ``name``."""
     if "/" in name:
         return name
-    denied = False
+    denied = False  # as execvp: EACCES if any candidate was there but not runnable
     for d in env.get("PATH", os.defpath).split(os.pathsep):
         path = f"{d or '.'}/{name}"
         try:
             st = os.stat(path)
+        except PermissionError:  # a directory of PATH it may not search
+            denied = True
+            continue
         except OSError:
             continue
-        if stat.S_ISREG(st.st_mode):
-            if os.access(path, os.X_OK):
-                return path
-            denied = True
+        if stat.S_ISREG(st.st_mode) and os.access(path, os.X_OK):
+            return path
+        denied = True  # not executable, or a directory of that name
     if denied:
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
@@ -327,7 +328,7 @@ class Keeper:
         self.outbuf = bytearray()
         self.writing = False  # is the connection registered for EVENT_WRITE?
         self.devnull = os.open(os.devnull, os.O_RDWR)  # the stdin of jobs that take none
-        self.home = os.open(".", os.O_RDONLY | os.O_DIRECTORY)  # see _spawn_here
+        self.home = os.open(".", os.O_PATH | os.O_DIRECTORY)  # see _spawn_here
         self.last_heard = time.monotonic()
         self.idle_since = time.monotonic()
         self.fence: float | None = None
@@ -619,8 +620,10 @@ class Keeper:
     def send(self, kind: bytes, body: dict[str, Any]) -> None:
         """Queue a message to the agent; what a turn of the loop queued goes out together
         at its end (``_flush``)."""
-        if self.conn is None or len(self.outbuf) > MAX_OUTBUF:
-            return  # the agent reads the rest from HELLO and the files when it returns
+        if self.conn is None:
+            return  # the agent reads it from HELLO and the files when it returns
+        # Never dropped while connected: what queues up is bounded by the jobs (a few
+        # messages each; GREW waits while GREW_BELOW bytes are queued).
         self.outbuf += pack(kind, body)
 
     def _flush(self) -> None:

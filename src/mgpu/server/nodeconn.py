@@ -74,10 +74,9 @@ class NodeConn:
 
     async def _write(self) -> None:
         """Send what is queued: one message a frame, or all that waits as one frame."""
-        encode = m.node_encoder.encode
         with contextlib.suppress(ConnectionError, asyncio.CancelledError):
             while True:
                 if self.queue.empty():
                     self.empty.set()
                 msg = await self.queue.get()
-                await self.ws.send_bytes(encode(m.take_batch(msg, self.queue)))
+                await self.ws.send_bytes(m.take_frame(msg, self.queue))
