@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from conftest import SRC, Cluster, wait_until
 from mgpu.client.client import SimpleClient
@@ -342,6 +344,51 @@ def test_programs_are_found_on_the_jobs_path_and_failures_say_what_a_shell_would
     assert ended["reason"] == f"could not start in {nowhere}: No such file or directory"
     # The keeper stepped back out of each job's directory: a new job still runs.
     assert run("true")["state"] == "completed"
+
+
+@given(st.text(st.characters(blacklist_categories=("Cs",))))  # (no lone surrogates)
+def test_query_values_are_quoted_as_urllib_quotes_them(text: str) -> None:
+    from urllib.parse import quote
+
+    from mgpu.client.client import _quote
+
+    assert _quote(text) == quote(text, safe="")
+
+
+def test_the_queue_table_is_read_without_msgspec_and_shows_what_the_models_show(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    ended = cluster.submit("echo done; exit 3", "-J", "with\tcontrol")
+    cluster.wait_job(ended)
+    running = cluster.submit(hold(gate), "-G", "4")
+    cluster.wait_job(running, ("running",))
+    cluster.submit("true", "-J", "waits")
+    code = (
+        "import sys, time\n"
+        "from mgpu.cli import main\n"
+        f"status = main(['--master', {cluster.master_addr!r}, 'queue', '--all'])\n"
+        "sys.stderr.write(' '.join([str(status), *sorted(sys.modules)]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=cluster.env, timeout=60)
+    status, *loaded = done.stderr.split()
+    assert status == "0", done.stderr
+    for name in ("msgspec", "mgpu.core.models", "enum", "json", "re"):
+        assert name not in loaded, f"`mgpu queue` imported {name}"
+    from datetime import UTC, datetime
+
+    from mgpu.client import output
+
+    with client(cluster) as c:
+        models = output.queue_table(c.list_jobs(all=True), datetime.now(UTC))
+    strip = [line.rsplit(None, 0)[0] for line in done.stdout.splitlines()]
+    lines = models.splitlines()
+    assert len(strip) == len(lines) == 4
+    for mine, theirs in zip(strip, lines, strict=True):  # TIME of the running job may tick
+        assert mine.split()[:5] == theirs.split()[:5]
+    assert "with\\tcontrol" in done.stdout and "exit code 3" in done.stdout
+    gate.touch()
 
 
 def test_founding_scripts(cluster: Cluster) -> None:

@@ -309,10 +309,19 @@ def _interact(client: SimpleClient, job_id: int, quiet: bool, forward: bool, pty
 
 def cmd_queue(ns: argparse.Namespace) -> int:
     states = _states(ns.states) if ns.states else None
-    jobs = _client(ns).list_jobs(states=states, user=ns.user, all=ns.all)
-    from mgpu.client import output
+    if ns.json:
+        jobs = _client(ns).list_jobs(states=states, user=ns.user, all=ns.all)
+        from mgpu.client import output
 
-    _write(output.to_json(jobs) if ns.json else output.queue_table(jobs, _now()))
+        _write(output.to_json(jobs))
+        return 0
+    # The table needs no models: the plain path starts in a third of the time.
+    plain = _client(ns).list_jobs_plain(states=states, user=ns.user, all=ns.all)
+    from time import time
+
+    from mgpu.client import tables
+
+    _write(tables.queue_table(tables.queue_rows(plain), time()))
     return 0
 
 

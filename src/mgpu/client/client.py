@@ -82,6 +82,29 @@ def _login_name() -> str:
     return pwd.getpwuid(os.getuid()).pw_name
 
 
+def _jobs_path(states: Iterable[JobState | str] | None, user: str | None, all: bool) -> str:
+    params: list[tuple[str, str]] = []
+    if states is not None:
+        params.append(("state", ",".join(str(s) for s in states)))
+    if user:
+        params.append(("user", user))
+    if all:
+        params.append(("all", "1"))
+    path = f"{API}/jobs"
+    if params:
+        path += "?" + "&".join(f"{k}={_quote(v)}" for k, v in params)
+    return path
+
+
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _quote(text: str) -> str:
+    """``text`` percent-encoded for a query (as ``urllib.parse.quote(text, safe="")``;
+    urllib.parse would cost ``mgpu queue`` 11 ms of start-up, through re and ipaddress)."""
+    return "".join(chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in text.encode())
+
+
 def _decode(data: bytes, kind: type[T]) -> T:
     import msgspec
 
@@ -280,19 +303,23 @@ class SimpleClient:
         """
         from mgpu.core.messages import JobListReply
 
-        params: list[tuple[str, str]] = []
-        if states is not None:
-            params.append(("state", ",".join(str(s) for s in states)))
-        if user:
-            params.append(("user", user))
-        if all:
-            params.append(("all", "1"))
-        path = f"{API}/jobs"
-        if params:  # urllib.parse only then: it costs `mgpu queue` a few ms of start-up
-            from urllib.parse import urlencode
+        return _decode(self._call("GET", _jobs_path(states, user, all)), JobListReply).jobs
 
-            path += f"?{urlencode(params)}"
-        return _decode(self._call("GET", path), JobListReply).jobs
+    def list_jobs_plain(
+        self,
+        states: Iterable[JobState | str] | None = None,
+        user: str | None = None,
+        all: bool = False,
+    ) -> list[dict[str, Any]]:
+        """:meth:`list_jobs` as the master's JSON has them (dicts, times in RFC 3339),
+        read without msgspec: what ``mgpu queue`` needs to start fast."""
+        data = self._call("GET", _jobs_path(states, user, all))
+        try:
+            jobs: list[dict[str, Any]] = plainjson.loads(data)["jobs"]
+        except (ValueError, TypeError, KeyError) as e:
+            raise ApiError(f"cannot read the master's reply ({e}); are the master and this "
+                           "client the same version of mgpu?", 502) from None
+        return jobs
 
     def get_job(self, job_id: int) -> SimpleJob:
         """One job in full; :class:`~mgpu.core.errors.NotFound` for an unknown id."""

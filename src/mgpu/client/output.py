@@ -13,12 +13,17 @@ last_seen``; times are RFC 3339 in UTC (``2024-05-01T12:00:00Z``), absent values
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import msgspec
 
+from mgpu.client import tables
+from mgpu.client.tables import QUEUE_HEADERS as QUEUE_HEADERS
+from mgpu.client.tables import clean as _clean
+from mgpu.client.tables import duration as duration
+from mgpu.client.tables import table as table
 from mgpu.core.messages import AuditEvent, CancelResult, TokenInfo
 from mgpu.core.models import JobState, NodeInfo, SimpleJob
 
@@ -26,7 +31,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
 
-QUEUE_HEADERS = ("ID", "NAME", "USER", "STATE", "GPUS", "NODE", "TIME", "REASON")
 NODE_HEADERS = ("NODE", "STATE", "GPUS", "USED", "FREE", "JOBS")
 
 
@@ -42,19 +46,6 @@ def to_json(obj: Any) -> str:
     return msgspec.json.format(raw, indent=2).decode() + "\n"
 
 
-def duration(seconds: float) -> str:
-    """SLURM's elapsed-time form: ``M:SS``, ``H:MM:SS`` or ``D-HH:MM:SS``."""
-    s = max(0, int(seconds))
-    days, s = divmod(s, 86400)
-    hours, s = divmod(s, 3600)
-    minutes, s = divmod(s, 60)
-    if days:
-        return f"{days}-{hours:02d}:{minutes:02d}:{s:02d}"
-    if hours:
-        return f"{hours}:{minutes:02d}:{s:02d}"
-    return f"{minutes}:{s:02d}"
-
-
 def elapsed(job: SimpleJob, now: datetime) -> float:
     """Seconds the job has run: until ``now`` while running, until its end once ended."""
     if job.started_at is None:
@@ -65,52 +56,13 @@ def elapsed(job: SimpleJob, now: datetime) -> float:
     return (until - job.started_at).total_seconds()
 
 
-def _clean(text: str) -> str:
-    """One table cell: no newlines or other control characters."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Iterable[int] = ()) -> str:
-    """Columns padded to their widest cell, two spaces apart; ``right`` ones right-aligned.
-
-    The last column is not padded and no line ends in spaces.
-    """
-    columns = zip(headers, *rows, strict=True)
-    widths = [max(map(len, col)) for col in columns]
-    right_set = set(right)
-    last = len(headers) - 1
-    specs = []
-    for i, w in enumerate(widths):
-        if i == last and i not in right_set:
-            specs.append("%s")
-        else:
-            specs.append(f"%{'' if i in right_set else '-'}{w}s")
-    fmt = "  ".join(specs)
-    lines = [fmt % tuple(headers)]
-    lines.extend([(fmt % tuple(row)).rstrip() for row in rows])  # an empty last cell
-    return "\n".join(lines) + "\n"
-
-
 def queue_table(jobs: Sequence[SimpleJob], now: datetime) -> str:
-    """The ``mgpu queue`` table: ``ID NAME USER STATE GPUS NODE TIME REASON``."""
-    rows = []
-    for j in jobs:
-        row = (
-            str(j.id),
-            j.name,
-            j.user,
-            j.state.value,
-            str(j.gpus),
-            j.node or "-",
-            "0:00" if j.started_at is None else duration(elapsed(j, now)),
-            j.reason or "",
-        )
-        if not "".join(row).isprintable():
-            row = tuple(map(_clean, row))  # type: ignore[assignment]
-        rows.append(row)
-    return table(QUEUE_HEADERS, rows, right=(0, 4, 6))
+    """The ``mgpu queue`` table (``tables.queue_table``) of jobs as models."""
+    return tables.queue_table(
+        [(j.id, j.name, j.user, j.state.value, j.gpus, j.node,
+          None if j.started_at is None else j.started_at.timestamp(),
+          None if j.ended_at is None else j.ended_at.timestamp(), j.reason) for j in jobs],
+        now.timestamp())
 
 
 def _when(ts: datetime | None) -> str:
