@@ -110,6 +110,7 @@ def test_precedence_is_per_field_and_types_are_coerced() -> None:
         "max_batch_jobs": "default",
         "max_pending_per_user": "default",
         "read_timeout": "default",
+        "audit_days": "default",
     }
 
 

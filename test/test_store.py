@@ -3,12 +3,16 @@ when opened, keeping its jobs (tier 2: real SQLite in a temp dir)."""
 
 from __future__ import annotations
 
+import signal
 import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 
+from conftest import wait_until
 from mgpu.core.errors import StoreError
 from mgpu.core.models import JobState, SimpleJob
 from mgpu.server.store import SCHEMA_VERSION, AuditRow, Batch, Store, TokenRow
@@ -62,3 +66,34 @@ def test_a_newer_database_is_refused(tmp_path: Path) -> None:
     con.close()
     with pytest.raises(StoreError, match="written by a newer mgpu"):
         Store(path)
+
+
+def test_the_audit_log_is_pruned_by_age(tmp_path: Path) -> None:
+    store = Store(tmp_path / "mgpu.db")
+    try:
+        day = 86400.0
+        store.write(Batch(audit=[AuditRow(t * day, "alice", "submit", f"job {t}")
+                                 for t in (1, 2, 3, 10, 11)]))
+        assert store.prune_audit(5 * day) == 3
+        assert [e.detail for e in store.events(10)] == ["job 10", "job 11"]
+        assert store.prune_audit(5 * day) == 0  # nothing older left
+        assert store.prune_audit(100 * day) == 2  # all of it
+        assert store.events(10) == []
+    finally:
+        store.close()
+
+
+def test_a_master_keeps_audit_days_of_events(make_cluster: Any) -> None:
+    """At start (then hourly) the master drops the events older than ``audit_days``."""
+    cluster = make_cluster(nodes=0, env={"MGPU_AUDIT_DAYS": "30"})
+    cluster.mgpu("token", "create", "alice")
+    cluster.kill_master(signal.SIGTERM)
+    con = sqlite3.connect(cluster.master_dir / "mgpu.db")
+    con.execute("INSERT INTO audit(ts, user, action, detail) VALUES (?, 'old', 'submit', "
+                "'from long ago')", (time.time() - 31 * 86400,))
+    con.commit()
+    con.close()
+    master = cluster.start_master()
+    wait_until(lambda: "dropped 1 events older than 30 days" in master.log_path.read_text(), 10)
+    shown = cluster.mgpu("events", "--json").stdout
+    assert "from long ago" not in shown and "alice" in shown

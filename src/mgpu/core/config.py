@@ -67,6 +67,7 @@ class MasterConfig:
     max_batch_jobs: int = field(default=10_000, metadata=_env("MGPU_MAX_BATCH"))
     max_pending_per_user: int = field(default=100_000, metadata=_env("MGPU_MAX_PENDING"))
     read_timeout: float = field(default=30.0, metadata=_env("MGPU_READ_TIMEOUT"))
+    audit_days: float = field(default=365.0, metadata=_env("MGPU_AUDIT_DAYS"))
 
 
 @dataclass(frozen=True)

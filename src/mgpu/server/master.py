@@ -16,6 +16,7 @@ import signal
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,7 @@ class Committer:
         self._executor.shutdown(wait=True)
 
 
+AUDIT_PRUNE_EVERY = 3600.0  # seconds between prunings of the audit log
 REFUSAL_QUIET = 60.0  # seconds: one peer's refusals are logged and audited at most this often
 
 
@@ -140,6 +142,7 @@ class Master:
         self._unclaimed_checked = False
         self._runner: web.AppRunner | None = None
         self._tick: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
@@ -209,6 +212,25 @@ class Master:
             "tls": ssl_context is not None,
         })
         self._tick = asyncio.create_task(self._ticker())
+        self._pruner = asyncio.create_task(self._prune_audit())
+
+    async def _prune_audit(self) -> None:
+        """Keep the audit log to its last ``audit_days`` (0: keep it all): at start, then
+        hourly, on the store's thread between writes."""
+        days = self.cfg.audit_days
+        assert self.committer is not None and self.store is not None
+        store = self.store
+        while days > 0:
+            before = time.time() - days * 86400
+            try:
+                gone = await self.committer.read(partial(store.prune_audit, before))
+            except StoreError as e:
+                log.error("%s", e.message)
+            else:
+                if gone:
+                    log.info("audit log: dropped %d events older than %g days (audit_days)",
+                             gone, days)
+            await asyncio.sleep(AUDIT_PRUNE_EVERY)
 
     async def stop(self) -> None:
         self.closing = True
@@ -218,6 +240,8 @@ class Master:
         await self._notify_ended()  # and every long-poll wait
         if self._tick is not None:
             self._tick.cancel()
+        if self._pruner is not None:
+            self._pruner.cancel()
         for conn in list(self.conns.values()):
             conn.writer.cancel()
             await conn.ws.close()

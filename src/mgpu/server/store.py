@@ -25,7 +25,7 @@ import msgspec
 from mgpu.core.errors import StoreError
 from mgpu.core.models import SimpleJob
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Version 1, what a new database starts from; _MIGRATIONS then brings it to SCHEMA_VERSION.
 _SCHEMA = """
@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS audit (
     detail   TEXT NOT NULL
 );
 """,
+    3: "CREATE INDEX IF NOT EXISTS audit_ts ON audit(ts);",  # pruning by age (audit_days)
 }
 
 _job_encoder = msgspec.json.Encoder()
@@ -187,6 +188,14 @@ class Store:
             (limit,),
         ).fetchall()
         return [AuditRow(ts, u, a, d, i) for i, ts, u, a, d in reversed(rows)]
+
+    def prune_audit(self, before: float) -> int:
+        """Drop the audit events older than ``before`` (a POSIX time); how many went."""
+        try:
+            cur = self._db.execute("DELETE FROM audit WHERE ts < ?", (before,))  # (indexed)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot prune the audit log in {self.path}: {e}") from e
+        return cur.rowcount
 
     def write(self, batch: Batch) -> None:
         """Save ``batch`` in one durable transaction, or raise :class:`StoreError`."""
