@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -79,3 +80,17 @@ def test_restarted_master_keeps_a_running_job(cluster: Cluster) -> None:
     job = cluster.wait_job(job_id)
     assert (job["state"], job["exit_code"]) == ("completed", 0)
     assert cluster.mgpu("logs", str(job_id)).stdout == "before\nafter\n"
+
+
+def test_a_node_whose_data_dir_is_deeper_than_a_socket_path_may_be(make_cluster: Any) -> None:
+    """AF_UNIX takes 107 bytes of path: the keeper's socket in a deeper data dir is reached
+    through /proc/self/fd of its directory."""
+    cluster = make_cluster(nodes=0)
+    deep = cluster.tmp / ("d" * 60) / ("e" * 60)
+    assert len(str(deep / "keeper.sock")) > 107
+    cluster.add_node("node1", 1, "--data-dir", str(deep))
+    job = cluster.submit("echo deep")
+    assert cluster.wait_job(job)["state"] == "completed"
+    assert (deep / "keeper.sock").exists()
+    cluster.restart_node("node1")  # a new agent finds the keeper by the same road
+    assert cluster.wait_job(cluster.submit("true"))["state"] == "completed"

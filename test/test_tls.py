@@ -3,6 +3,7 @@ that verify it, and the errors of those that cannot (tier 3)."""
 
 from __future__ import annotations
 
+import json
 import stat
 from pathlib import Path
 from typing import Any
@@ -94,3 +95,24 @@ def test_a_master_without_its_key_says_so(make_cluster: Any, certs: Path) -> Non
     cluster.stopped.append(comp)
     assert comp.proc.wait(30) == 2
     assert "--tls-cert and --tls-key go together" in comp.log_tail()
+
+
+def test_up_with_tls_needs_no_ca_for_its_own_node(make_cluster: Any, certs: Path) -> None:
+    """`mgpu up --tls-cert --tls-key`: its node trusts the master's own certificate file."""
+    cluster: Cluster = make_cluster(nodes=0)
+    cluster.kill_master()
+    data = Path(cluster.base_env["XDG_DATA_HOME"]) / "mgpu" / "master"  # the default
+    up = cluster._spawn("up", ["up", "--port", "0", "--fake-gpus", "1", "--node-id", "here",
+                               "--tls-cert", str(certs / "server.pem"),
+                               "--tls-key", str(certs / "server.key")], None)
+    cluster.stopped.append(up)
+    info: dict[str, Any] = wait_until(
+        lambda: up.running() and (data / "master.json").exists()
+        and json.loads((data / "master.json").read_text()), 30)
+    assert info["tls"] is True
+    cluster.port, cluster.tls, cluster.ca = int(info["port"]), True, certs / "ca.pem"
+    wait_until(lambda: [n["node_id"] for n in cluster.api("/api/v1/nodes")["nodes"]]
+               == ["here"], 30, ignore=(OSError,))
+    ca = str(certs / "ca.pem")
+    job = int(cluster.mgpu("--ca", ca, "submit", "--parsable", "echo over tls").stdout)
+    assert cluster.wait_job(job)["state"] == "completed"

@@ -46,10 +46,12 @@ async def _up(master_cfg: MasterConfig, node_cfg: NodeConfig, log_cfg: LogConfig
     agent: Agent | None = None
     try:
         # The node joins with the master's secret, passed in-process; with TLS it dials
-        # https and verifies the master against --ca / MGPU_CA.
+        # https and verifies the master against --ca / MGPU_CA, or else against the
+        # master's own certificate file (its chain), which it has at hand.
         node_cfg = replace(node_cfg, master_host=_dial_host(master_cfg.host),
                            master_port=master.port, join_token=master.join.secret,
-                           join_token_file=None, tls=master_cfg.tls_cert is not None)
+                           join_token_file=None, tls=master_cfg.tls_cert is not None,
+                           ca=node_cfg.ca or master_cfg.tls_cert)
         agent = Agent(node_cfg, gpus)
         await agent.start()
         address = f"{_dial_host(master_cfg.host)}:{master.port}"

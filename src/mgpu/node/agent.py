@@ -96,8 +96,11 @@ class Agent:
         import ssl
 
         try:
-            return ssl.create_default_context(
+            ctx = ssl.create_default_context(
                 cafile=str(self.cfg.ca) if self.cfg.ca is not None else None)
+            if self.cfg.ca is not None:  # any certificate in the file may be the anchor
+                ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+            return ctx
         except (OSError, ssl.SSLError) as e:
             raise ConfigError(f"cannot load the CA file {self.cfg.ca} ({e}): check --ca / "
                               "MGPU_CA") from e

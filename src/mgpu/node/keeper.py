@@ -46,6 +46,7 @@ import subprocess
 import sys
 import termios
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO
 
@@ -921,6 +922,25 @@ def socket_path(data_dir: str) -> str:
     return os.path.join(data_dir, "keeper.sock")
 
 
+UNIX_PATH_MAX = 107  # bytes of a socket's path that AF_UNIX takes (sun_path, less its NUL)
+
+
+@contextlib.contextmanager
+def socket_address(data_dir: str) -> Iterator[str]:
+    """The address to bind or connect the keeper's socket by: its path, or, when that is
+    longer than AF_UNIX takes (a deep data dir), the same file reached through
+    ``/proc/self/fd/N/`` of its directory, for as long as the block lasts."""
+    path = socket_path(data_dir)
+    if len(os.fsencode(path)) <= UNIX_PATH_MAX:
+        yield path
+        return
+    fd = os.open(data_dir, os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/keeper.sock"
+    finally:
+        os.close(fd)
+
+
 def main(argv: list[str]) -> int:
     """``python -m mgpu.node.keeper DATA_DIR``: run the keeper of the node using DATA_DIR."""
     data_dir = argv[0]
@@ -930,7 +950,8 @@ def main(argv: list[str]) -> int:
     path = socket_path(data_dir)
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        probe.connect(path)
+        with socket_address(data_dir) as address:
+            probe.connect(address)
     except OSError:
         pass
     else:
@@ -940,7 +961,8 @@ def main(argv: list[str]) -> int:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
+    with socket_address(data_dir) as address:
+        listener.bind(address)
     listener.listen(16)
     _set_subreaper()
     try:

@@ -121,12 +121,11 @@ class Supervisor:
         """Connect to the node's keeper (starting it if none runs) and re-adopt its jobs."""
         for d in (self.spool_dir, self.jobs_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = kp.socket_path(str(self.data_dir))
         try:
-            reader, writer = await asyncio.open_unix_connection(path)
+            reader, writer = await self._connect()
         except OSError:
             self._start_keeper()
-            reader, writer = await self._connect_when_ready(path)
+            reader, writer = await self._connect_when_ready()
         self._writer = writer
         hello = await self._read_message(reader)
         if hello is None or hello[0] != kp.HELLO:
@@ -144,14 +143,16 @@ class Supervisor:
                 start_new_session=True, close_fds=True,
             )
 
-    async def _connect_when_ready(
-        self, path: str
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        with kp.socket_address(str(self.data_dir)) as address:
+            return await asyncio.open_unix_connection(address)
+
+    async def _connect_when_ready(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CONNECT_TIMEOUT
         while True:
             try:
-                return await asyncio.open_unix_connection(path)
+                return await self._connect()
             except OSError:
                 if self._keeper is not None and self._keeper.poll() is not None:
                     raise OSError(f"the node keeper exited at start (see "
