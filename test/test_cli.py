@@ -391,7 +391,7 @@ def test_cancel_and_wait_reports() -> None:
     out, err = output.cancel_report(
         [CancelResult(job_id=1, ok=True), CancelResult(job_id=2, ok=False, error="no job 2")]
     )
-    assert (out, err) == ("Cancelled job 1\n", "error: job 2: no job 2\n")
+    assert (out, err) == ("Cancelled job 1\n", "error: no job 2\n")
     report = output.wait_report(
         [
             job(1, JobState.FAILED, exit_code=3, reason="exit code 3"),

@@ -263,6 +263,23 @@ def test_read_file_bad_toml(tmp_path: Path) -> None:
         read_file(path)
 
 
+def test_a_misspelled_table_or_setting_is_an_error_not_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("[mastr]\nport = 1\n")
+    with pytest.raises(ConfigError, match=r"unknown table \[mastr\]: the tables are "
+                                          r"\[master\], \[node\], \[client\], \[log\]"):
+        read_file(path)
+    path.write_text("[master]\nprot = 1\n")
+    data, found = read_file(path)
+    with pytest.raises(ConfigError, match=r"\[master\] has no setting 'prot': its settings "
+                                          r"are host, port, "):
+        load(MasterConfig, file_data=data, file_path=found, environ={})
+    path.write_text("[client]\nmaster = 'h:1'\n")  # the light client path says the same
+    data, found = read_file(path)
+    with pytest.raises(ConfigError, match=r"\[client\] has no setting 'master'"):
+        client_settings(file_data=data, file_path=found, environ={})
+
+
 def test_config_file_location(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MGPU_CONFIG", raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))

@@ -232,8 +232,9 @@ def test_users_act_only_on_their_own_jobs(cluster: Cluster) -> None:
                                   f"admin may {verb} it", "code": "forbidden"}
     logs = as_user(cluster, bob, "logs", str(job_id), check=6)
     assert f"belongs to {RUNNER}" in logs.stderr and "secret-output" not in logs.stdout
-    cancel = as_user(cluster, bob, "cancel", str(job_id), check=1)
-    assert f"job {job_id}: job {job_id} belongs to {RUNNER}" in cancel.stderr
+    cancel = as_user(cluster, bob, "cancel", str(job_id), check=6)
+    assert cancel.stderr == f"error: job {job_id} belongs to {RUNNER}: only its owner or an " \
+        "admin may cancel it\n"
     assert cluster.job(job_id)["state"] == "running"
     with SimpleClient("127.0.0.1", cluster.port, token=bob) as c, pytest.raises(Forbidden):
         c.signal(job_id, 10)

@@ -48,8 +48,16 @@ def test_status_lines_say_where_it_runs(cluster: Cluster) -> None:
     done = srun(cluster, "-G", "2", "true")
     assert done.returncode == 0
     lines = done.stderr.decode().splitlines()
-    assert any(line.startswith("mgpu: job ") and " running on node1 (GPUs " in line
+    # "running on", or "ran on ...: completed" when it was over by the time srun looked
+    assert any(line.startswith("mgpu: job ") and " on node1 (GPUs " in line
                for line in lines), lines
+    job_id = cluster.submit("echo hi")
+    cluster.wait_job(job_id)
+    attached = subprocess.run([PY, "-m", "mgpu", "attach", str(job_id)], capture_output=True,
+                              env=cluster.env, timeout=60)
+    assert attached.returncode == 0 and attached.stdout == b"hi\n"
+    assert attached.stderr.decode().startswith(f"mgpu: job {job_id} ran on node1 (GPUs 0): "
+                                               "completed"), attached.stderr
 
 
 def test_waiting_job_says_it_is_queued(cluster: Cluster, tmp_path: Path) -> None:

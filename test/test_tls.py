@@ -80,6 +80,10 @@ def test_clients_and_nodes_that_cannot_verify_the_master_say_what_to_do(
     assert "cannot verify the TLS certificate of the master" in node.log_tail()
     assert "pass --ca FILE (or set MGPU_CA)" in node.log_tail()
     wait_until(lambda: cluster.api("/api/v1/nodes")["nodes"] == [], 5)
+    # A node that dials it in clear is dropped without a word; it says what may be wrong.
+    plain_node = cluster.add_node("plain", 1, wait=False)
+    wait_until(lambda: "if it serves TLS, pass --ca FILE" in plain_node.log_tail(), 15)
+    cluster.kill_node("plain")
     # The master warns about neither: it listens on 127.0.0.1, with TLS.
     log = cluster.master.log_path.read_text() if cluster.master else ""
     assert "listening on https://127.0.0.1" in log and "clear text" not in log

@@ -364,8 +364,8 @@ def cmd_wait(ns: argparse.Namespace) -> int:
 
     _write(output.to_json(jobs) if ns.json else output.wait_report(jobs))
     if not all(j.state.ended for j in jobs):
-        left = ", ".join(str(j.id) for j in jobs if not j.state.ended)
-        _write(f"error: timed out after {ns.timeout:g} s; still running: {left}\n", err=True)
+        left = ", ".join(f"{j.id} ({j.state.value})" for j in jobs if not j.state.ended)
+        _write(f"error: timed out after {ns.timeout:g} s; not ended yet: {left}\n", err=True)
         return 124
     return next((c for j in jobs if (c := exit_status(j.state.value, j.exit_code))), 0)
 
@@ -380,7 +380,11 @@ def cmd_cancel(ns: argparse.Namespace) -> int:
         out, err = output.cancel_report(results)
         _write(out)
         _write(err, err=True)
-    return 0 if all(r.ok for r in results) else 1
+    # One kind of failure gives its own status (4 unknown job, 6 not allowed), else 1.
+    kinds = {r.code or "" for r in results if not r.ok}
+    if not kinds:
+        return 0
+    return {"not_found": 4, "forbidden": 6}.get(kinds.pop(), 1) if len(kinds) == 1 else 1
 
 
 def cmd_nodes(ns: argparse.Namespace) -> int:
@@ -403,6 +407,10 @@ def cmd_config(ns: argparse.Namespace) -> int:
         ("log", LogConfig, _log_flags(ns)),
     ):
         cfg, sources = _load(ns, cls, flags)
+        if isinstance(cfg, NodeConfig) and cfg.data_dir is None:  # show where it will be
+            import dataclasses
+
+            cfg = dataclasses.replace(cfg, data_dir=cfg.effective_data_dir)
         sections.append((name, cfg, sources))
     path = ns.config_file[1]
     if ns.json:

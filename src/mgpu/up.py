@@ -31,6 +31,7 @@ async def _up(master_cfg: MasterConfig, node_cfg: NodeConfig, log_cfg: LogConfig
              "refuse them); other users' jobs run under their own accounts")
     restrict = parse_gpu_list(node_cfg.gpus) if node_cfg.gpus else None
     gpus, source = detect_gpus(restrict, node_cfg.fake_gpus)
+    fake = not gpus or source == "fake"
     if not gpus:
         gpus, source = detect_gpus(None, DEFAULT_FAKE_GPUS)
         _say(f"no GPUs found on this machine: using {DEFAULT_FAKE_GPUS} fake GPUs "
@@ -60,7 +61,8 @@ async def _up(master_cfg: MasterConfig, node_cfg: NodeConfig, log_cfg: LogConfig
         _say(f"data in {master_cfg.data_dir} and {node_cfg.effective_data_dir}")
         _say("logs go to " + (str(log_cfg.file) if log_cfg.file else "this terminal (stderr)"))
         env_hint = "" if master.port == 8080 else f"MGPU_MASTER={address} "
-        _say(f"from another terminal: {env_hint}mgpu submit -G 1 'nvidia-smi'; "
+        example = "'echo GPU $CUDA_VISIBLE_DEVICES'" if fake else "nvidia-smi"
+        _say(f"from another terminal: {env_hint}mgpu submit -G 1 {example}; "
              f"{env_hint}mgpu queue")
         _say("press Ctrl-C to stop (running jobs are killed)")
         waiter = asyncio.ensure_future(agent.wait())

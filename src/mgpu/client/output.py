@@ -134,7 +134,8 @@ def cancel_report(results: Sequence[CancelResult]) -> tuple[str, str]:
         if r.ok:
             out.append(f"Cancelled job {r.job_id}\n")
         else:
-            err.append(f"error: job {r.job_id}: {r.error or 'cannot be cancelled'}\n")
+            why = r.error or f"job {r.job_id} cannot be cancelled"
+            err.append(f"error: {why}\n")  # (the master's reason names the job)
     return "".join(out), "".join(err)
 
 

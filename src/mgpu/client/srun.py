@@ -115,13 +115,17 @@ class Interactive:
         if state == "pending":
             gpus = status.get("gpus")
             noun = "GPU" if gpus == 1 else "GPUs"
+            ahead = status.get("ahead")
             self.say("queued", f"job {self.job_id} queued, waiting for {gpus} {noun} "
-                     f"({status.get('ahead')} jobs ahead)")
+                     f"({ahead} job{'' if ahead == 1 else 's'} ahead)")
         elif status.get("node"):  # running, or already over by the time we looked
             gpu_ids = status.get("gpu_ids")
             ids = ",".join(str(i) for i in gpu_ids) if isinstance(gpu_ids, list) else ""
-            self.say("running", f"job {self.job_id} running on {status.get('node')} "
-                     f"(GPUs {ids})")
+            where = f"on {status.get('node')} (GPUs {ids})"
+            if state != "running":
+                self.say("running", f"job {self.job_id} ran {where}: {state}")
+                return
+            self.say("running", f"job {self.job_id} running {where}")
             self._start_upload()
             if self.on_running is not None:
                 self.on_running()

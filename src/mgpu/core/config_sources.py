@@ -61,6 +61,9 @@ def config_path() -> str:
     return os.path.join(base, "mgpu", "config.toml")
 
 
+TABLES = ("master", "node", "client", "log")  # the tables a config file may have
+
+
 def read_config(path: str | PathLike[str] | None = None) -> tuple[dict[str, Any], str | None]:
     """The parsed TOML file and its path (default :func:`config_path`), or ({}, None) when
     there is none; a ``$MGPU_CONFIG`` that names no file is an error."""
@@ -75,9 +78,14 @@ def read_config(path: str | PathLike[str] | None = None) -> tuple[dict[str, Any]
 
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f), path
+            data = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"cannot read config file {_shown(path)}: {e}") from e
+    unknown = sorted(set(data) - set(TABLES))
+    if unknown:  # a typo would otherwise be ignored without a word
+        raise ConfigError(f"config file {_shown(path)}: unknown table [{unknown[0]}]: the "
+                          f"tables are {', '.join(f'[{t}]' for t in TABLES)}")
+    return data, path
 
 
 def coerce(kind: Any, raw: Any) -> Any:
@@ -125,6 +133,12 @@ def resolve(
         raise ConfigError(f"config file {_shown(file_path)}: [{table}] must be a table")
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    fields = list(fields)
+    unknown = sorted(set(section) - {name for name, _, _ in fields})
+    if unknown:
+        raise ConfigError(f"config file {_shown(file_path)}: [{table}] has no setting "
+                          f"{unknown[0]!r}: its settings are "
+                          f"{', '.join(name for name, _, _ in fields)}")
     for name, kind, env_name in fields:
         if flags.get(name) is not None:
             raw, source = flags[name], "flag"

@@ -115,6 +115,7 @@ class CancelResult(msgspec.Struct, omit_defaults=True):
     ok: bool
     state: str | None = None
     error: str | None = None
+    code: str | None = None  # why not: "not_found", "forbidden" or "ended"
 
 
 class CancelReply(msgspec.Struct):

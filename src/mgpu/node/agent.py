@@ -249,9 +249,14 @@ class Agent:
                     self.log.error("%s", self.fatal.message)
                 except (aiohttp.ClientError, OSError, TimeoutError) as e:
                     if not warned:
+                        # A TLS master drops a plain handshake without a word.
+                        hint = ("; if it serves TLS, pass --ca FILE (or set MGPU_CA), or "
+                                "MGPU_TLS=1 for a certificate from a public CA"
+                                if isinstance(e, aiohttp.ServerDisconnectedError)
+                                and not self.tls else "")
                         self.log.warning(
-                            "cannot reach the master at %s:%d (%s); retrying",
-                            self.cfg.master_host, self.cfg.master_port, e,
+                            "cannot reach the master at %s:%d (%s%s); retrying",
+                            self.cfg.master_host, self.cfg.master_port, e, hint,
                         )
                         warned = True
                 finally:

@@ -37,8 +37,9 @@ CONNECT_TIMEOUT = 10.0
 def job_environment(
     base: dict[str, str], job_id: int, run: int, node_id: str, gpu_ids: list[int], name: str
 ) -> dict[str, str]:
-    """The environment a job sees: the submitter's, plus exactly its GPUs."""
-    env = dict(base) if base else dict(os.environ)
+    """The environment a job sees: the submitter's (none with ``--export=NONE``; never the
+    agent's, which holds the node's join secret), plus exactly its GPUs."""
+    env = dict(base)
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
     env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     env["MGPU_JOB_ID"] = str(job_id)

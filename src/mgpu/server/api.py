@@ -110,7 +110,8 @@ async def cancel(request: web.Request) -> web.Response:
     done = [r.job_id for r in results if r.ok]
     if done:
         refused = len(results) - len(done)
-        effects.audit(now, who.user, "cancel", f"jobs {', '.join(map(str, done[:50]))}"
+        listed = ", ".join(map(str, done[:50]))
+        effects.audit(now, who.user, "cancel", f"job{'s' if len(done) > 1 else ''} {listed}"
                       + (f" (+{len(done) - 50})" if len(done) > 50 else "")
                       + (f"; {refused} refused" if refused else ""))
     await master.apply(effects, now)

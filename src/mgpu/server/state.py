@@ -275,12 +275,13 @@ class ClusterState:
         for job_id in job_ids:
             job = self.jobs.get(job_id)
             if job is None or (who is not None and not who.sees(job, private)):
-                results.append(m.CancelResult(job_id, False, error=f"no job {job_id}"))
+                results.append(m.CancelResult(job_id, False, error=f"no job {job_id}",
+                                              code="not_found"))
             elif who is not None and not who.owns(job):
                 results.append(m.CancelResult(
                     job_id, False, state=job.state.value,
                     error=f"job {job_id} belongs to {job.user}: only its owner or an admin "
-                    "may cancel it"))
+                    "may cancel it", code="forbidden"))
             elif job.state is JobState.PENDING:
                 self._dequeue(job_id)
                 self.envs.pop(job_id, None)
@@ -298,6 +299,7 @@ class ClusterState:
                     m.CancelResult(
                         job_id, False, state=job.state.value,
                         error=f"job {job_id} has already ended ({job.state.value})",
+                        code="ended",
                     )
                 )
         return results, effects
