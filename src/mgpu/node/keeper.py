@@ -73,7 +73,6 @@ FORGET = b"f"  # {key}: the agent has reported the end; drop it
 SHUTDOWN = b"q"  # kill every job and exit
 # keeper -> agent
 HELLO = b"h"  # {jobs: [{key, job_id, pid, size, exited}]}
-SPAWNED = b"P"  # {key, pid, error}
 GREW = b"g"  # {key, size}
 EXITED = b"x"  # Exited
 
@@ -345,7 +344,6 @@ class Keeper:
         try:
             job.account = account_of(req)
         except PermissionError as e:
-            self.send(SPAWNED, {"key": req.key, "pid": -1, "error": None})
             with contextlib.suppress(OSError):
                 self.emit(job, STREAM_STDERR, f"mgpu: {e}\n".encode())
             self.finish(job, "failed", None, str(e))
@@ -367,7 +365,6 @@ class Keeper:
                 reason = f"could not start in {req.cwd}: {e.strerror or e}"
             else:
                 reason = f"could not start: {e.strerror or e}"
-            self.send(SPAWNED, {"key": req.key, "pid": -1, "error": None})
             with contextlib.suppress(OSError):
                 self.emit(job, STREAM_STDERR, f"mgpu: {reason}\n".encode())
             self.finish(job, "failed", exit_code, reason)
@@ -376,7 +373,6 @@ class Keeper:
         self.sel.register(job.pidfd, selectors.EVENT_READ, ("exit", job))
         if req.time_limit:
             job.limit_at = time.monotonic() + req.time_limit
-        self.send(SPAWNED, {"key": req.key, "pid": job.pid, "error": None})
 
     def _start_pipes(self, job: Job) -> None:
         """Start the job with its stdout and stderr on pipes (and its stdin on a pipe too

@@ -267,8 +267,6 @@ class Supervisor:
             return
         if kind == kp.GREW:
             self.pump(job.key, body["size"])
-        elif kind == kp.SPAWNED:
-            job.pid = body["pid"]
         elif kind == kp.EXITED:
             self._conclude(job, kp.Exited(**body))
 
