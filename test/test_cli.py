@@ -240,6 +240,20 @@ def test_config_shows_values_and_their_sources(
 
     assert data["node"]["join_token"] == {"value": None, "source": "default"}
 
+    # The node's effective data dir, and which token the client would send, and whence.
+    assert data["node"]["data_dir"]["value"].endswith("/mgpu/node-gpu7")
+    token_file = tmp_path / "token"
+    token_file.write_text("t0ken-of-mine\n")
+    token_file.chmod(0o600)
+    monkeypatch.setenv("MGPU_TOKEN", "t0ken-from-env")
+    code, out, _ = run(["config", "--json"], capsys)
+    assert json.loads(out)["client"]["token"] == {"value": "(set)", "source": "env MGPU_TOKEN"}
+    code, out, _ = run(["config", "--token-file", str(token_file)], capsys)
+    assert ["client", "token", "(set)", "--token-file", str(token_file)] in [
+        line.split() for line in out.splitlines()]
+    assert "t0ken" not in out
+    monkeypatch.delenv("MGPU_TOKEN")
+
     monkeypatch.setenv("MGPU_JOIN_TOKEN", "s3cret-join")  # a secret is never shown
     code, out, _ = run(["config"], capsys)
     assert code == 0 and "s3cret-join" not in out

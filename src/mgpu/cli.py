@@ -413,10 +413,15 @@ def cmd_config(ns: argparse.Namespace) -> int:
             cfg = dataclasses.replace(cfg, data_dir=cfg.effective_data_dir)
         sections.append((name, cfg, sources))
     path = ns.config_file[1]
+    from mgpu.client.auth import token_source
+
+    where = token_source(getattr(ns, "token_file", None))
+    extra = [("client", "token", "(set)" if where else "none", where or "default")]
     if ns.json:
-        _write(output.config_json(sections, path))
+        _write(output.config_json(sections, path, extra))
     else:
-        _write(output.config_table(sections, str(path or f"none (would read {config_file()})")))
+        _write(output.config_table(sections, str(path or f"none (would read {config_file()})"),
+                                   extra))
     return 0
 
 

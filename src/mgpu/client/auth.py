@@ -37,3 +37,16 @@ def find_token(token_file: str | None = None,
     if token:
         return token
     return read_secret(default_token_file(env), "token file")
+
+
+def token_source(token_file: str | None = None,
+                 environ: Mapping[str, str] | None = None) -> str | None:
+    """Where :func:`find_token` takes the token from (``--token-file PATH``,
+    ``env MGPU_TOKEN`` or ``file PATH``), or None when there is none (``mgpu config``)."""
+    env = os.environ if environ is None else environ
+    if token_file:
+        return f"--token-file {os.path.expanduser(token_file)}"
+    if env.get("MGPU_TOKEN", "").strip():
+        return "env MGPU_TOKEN"
+    path = default_token_file(env)
+    return f"file {path}" if os.path.isfile(path) else None

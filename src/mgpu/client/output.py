@@ -168,21 +168,27 @@ def events_table(events: Sequence[AuditEvent]) -> str:
 Section = tuple[str, Any, dict[str, str]]  # (name, config dataclass, sources)
 
 
-def config_table(sections: Sequence[Section], file: str) -> str:
+# A row of ``mgpu config`` beyond the config dataclasses: (section, key, shown, source).
+ExtraRow = tuple[str, str, str, str]
+
+
+def config_table(sections: Sequence[Section], file: str,
+                 extra: Sequence[ExtraRow] = ()) -> str:
     """``mgpu config``: every effective value and where it came from (``file``: which
-    config file was read, in words)."""
+    config file was read, in words); ``extra`` rows go after their section's."""
     from mgpu.core.config import describe
 
-    rows = [
-        (name, key, value, source)
-        for name, cfg, sources in sections
-        for key, value, source in describe(cfg, sources)
-    ]
+    rows: list[ExtraRow] = []
+    for name, cfg, sources in sections:
+        rows.extend((name, key, value, source) for key, value, source in describe(cfg, sources))
+        rows.extend((name, key, value, source) for section, key, value, source in extra
+                    if section == name)
     head = f"config file: {file}\n"
     return head + table(("SECTION", "KEY", "VALUE", "SOURCE"), rows)
 
 
-def config_json(sections: Sequence[Section], file: Path | None) -> str:
+def config_json(sections: Sequence[Section], file: Path | None,
+                extra: Sequence[ExtraRow] = ()) -> str:
     """``mgpu config --json``: ``{"file": ..., SECTION: {KEY: {"value", "source"}}}``."""
     from mgpu.core.config import describe
 
@@ -192,4 +198,6 @@ def config_json(sections: Sequence[Section], file: Path | None) -> str:
             key: {"value": shown if shown == "(set)" else getattr(cfg, key), "source": source}
             for key, shown, source in describe(cfg, sources)
         }
+    for section, key, shown, source in extra:
+        data[section][key] = {"value": shown, "source": source}
     return to_json(data)
