@@ -363,6 +363,25 @@ class Cluster:
             data = resp.read()
             return data if raw else json.loads(data or b"null")
 
+    def status_of(self, path: str, body: Any = None, token: str | None = None, *,
+                  data: bytes | None = None, headers: dict[str, str] | None = None,
+                  timeout: float = 30.0) -> tuple[int, Any]:
+        """(HTTP status, decoded JSON reply) of a request with exactly ``token`` (None: no
+        Authorization header), ``body`` as JSON or ``data`` as it is; an error status is
+        returned, not raised (``api`` raises it)."""
+        if body is not None:
+            data = json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, headers=headers or {})
+        if token is not None:
+            req.add_header("Authorization", f"Bearer {token}")
+        context = ssl.create_default_context(cafile=self.ca) if self.tls else None
+        try:
+            with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as e:
+            with e:
+                return e.code, json.loads(e.read() or b"null")
+
     def job(self, job_id: int) -> dict[str, Any]:
         """The job as ``GET /api/v1/jobs/{id}`` returns it."""
         out: dict[str, Any] = self.api(f"/api/v1/jobs/{job_id}")

@@ -8,10 +8,7 @@ or never end their headers (closed after the read timeout).
 
 from __future__ import annotations
 
-import json
 import socket
-import urllib.error
-import urllib.request
 from typing import Any
 
 from conftest import Cluster
@@ -19,15 +16,8 @@ from mgpu.server.validate import MAX_COMMAND, MAX_ENV
 
 
 def post(cluster: Cluster, path: str, body: Any, token: str | None = None
-         ) -> tuple[int, dict[str, Any]]:
-    req = urllib.request.Request(cluster.url + path, data=json.dumps(body).encode(),
-                                 headers={"Authorization": f"Bearer {token or cluster.token}"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        with e:
-            return e.code, json.loads(e.read())
+         ) -> tuple[int, Any]:
+    return cluster.status_of(path, body, token or cluster.token)
 
 
 def submit(cluster: Cluster, *specs: dict[str, Any], token: str | None = None

@@ -14,8 +14,6 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +30,9 @@ RUNNER = "nobody" if os.geteuid() == 0 else "alice"
 
 
 def status_of(cluster: Cluster, path: str, body: Any = None, token: str | None = None,
-              headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+              headers: dict[str, str] | None = None) -> tuple[int, Any]:
     """(HTTP status, JSON body) of a request with exactly ``token`` (None: no header)."""
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(cluster.url + path, data=data, headers=headers or {})
-    if token is not None:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as e:
-        with e:
-            return e.code, json.loads(e.read() or b"null")
+    return cluster.status_of(path, body, token, headers=headers, timeout=10)
 
 
 def as_user(cluster: Cluster, token: str, *args: str, check: bool | int = True) -> Any:
@@ -244,15 +233,8 @@ def test_users_act_only_on_their_own_jobs(cluster: Cluster) -> None:
     assert cluster.wait_job(job_id)["state"] == "cancelled"
 
 
-def _stdin(cluster: Cluster, job_id: int, token: str) -> tuple[int, dict[str, Any]]:
-    req = urllib.request.Request(f"{cluster.url}/api/v1/jobs/{job_id}/stdin", data=b"x",
-                                 headers={"Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        with e:
-            return e.code, json.loads(e.read())
+def _stdin(cluster: Cluster, job_id: int, token: str) -> tuple[int, Any]:
+    return cluster.status_of(f"/api/v1/jobs/{job_id}/stdin", token=token, data=b"x")
 
 
 def test_private_jobs_hide_other_users_jobs(make_cluster: Any) -> None:
