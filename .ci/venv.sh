@@ -1,8 +1,9 @@
 # shellcheck shell=bash
 # Sourced by ./run-mgpu and ./run-tests: make sure .venv exists and holds mgpu installed
-# in editable mode with its dev extras, and that src/'s bytecode is up to date. Reinstalls
-# only when pyproject.toml (or the Python or the checkout's path) changed since the last
-# install, so reruns cost ~nothing.
+# in editable mode with its dev extras, at the exact versions of .ci/constraints.txt, and
+# that src/'s bytecode is up to date. Reinstalls only when pyproject.toml or the constraints
+# (or the Python or the checkout's path) changed since the last install, so reruns cost
+# ~nothing.
 #   PYTHON=python3.12 ./run-tests     picks the interpreter used to create the venv.
 
 mgpu_ensure_venv() {
@@ -30,7 +31,8 @@ mgpu_ensure_venv() {
         }
     fi
 
-    want="$(cksum <"$root/pyproject.toml") $("$venv/bin/python" -V 2>&1) $root"
+    want="$(cat "$root/pyproject.toml" "$root/.ci/constraints.txt" | cksum)"
+    want="$want $("$venv/bin/python" -V 2>&1) $root"
     have="$(cat "$stamp" 2>/dev/null || true)"
     if [ "$want" != "$have" ]; then
         mgpu_install "$root" "$venv" "$stamp" "$want" || return 1
@@ -53,11 +55,13 @@ mgpu_install() {
         if [ "$want" = "$(cat "$stamp" 2>/dev/null || true)" ]; then
             exit 0
         fi
-        echo "installing mgpu and its dev tools into $venv (pyproject.toml changed)" >&2
+        echo "installing mgpu and its dev tools into $venv (pyproject.toml or" \
+             ".ci/constraints.txt changed)" >&2
         rm -f "$stamp"
-        "$venv/bin/python" -m pip install --quiet --upgrade pip >&2 || true
-        "$venv/bin/python" -m pip install --quiet -e "$root[dev]" >&2 || {
-            echo "error: pip install -e '.[dev]' failed (see above)" >&2
+        local pins="$root/.ci/constraints.txt"
+        "$venv/bin/python" -m pip install --quiet -c "$pins" pip >&2 || true
+        "$venv/bin/python" -m pip install --quiet -c "$pins" -e "$root[dev]" >&2 || {
+            echo "error: pip install -c .ci/constraints.txt -e '.[dev]' failed (see above)" >&2
             exit 1
         }
         printf '%s' "$want" >"$stamp"

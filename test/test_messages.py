@@ -114,13 +114,17 @@ def test_master_message_round_trip(msg: Any) -> None:
 
 
 def test_a_frame_carries_one_message_or_a_bounded_list_of_them() -> None:
-    from mgpu.core.messages import MAX_BATCH, master_frame_decoder, messages_of, node_frame_decoder
+    from mgpu.core.messages import (
+        MAX_BATCH,
+        decode_master_frame,
+        decode_node_frame,
+        node_frame_decoder,
+    )
 
     node = [msg for msg in NODE_MESSAGES if not isinstance(msg, Register)]
-    assert messages_of(node_frame_decoder.decode(node_encoder.encode(node))) == node
-    assert messages_of(node_frame_decoder.decode(node_encoder.encode(node[0]))) == node[:1]
-    assert messages_of(master_frame_decoder.decode(
-        node_encoder.encode(MASTER_MESSAGES))) == MASTER_MESSAGES
+    assert decode_node_frame(node_encoder.encode(node)) == node
+    assert decode_node_frame(node_encoder.encode(node[0])) == node[:1]
+    assert decode_master_frame(node_encoder.encode(MASTER_MESSAGES)) == MASTER_MESSAGES
     with pytest.raises(msgspec.ValidationError):
         node_frame_decoder.decode(node_encoder.encode([Heartbeat()] * (MAX_BATCH + 1)))
     with pytest.raises(msgspec.ValidationError):  # an empty frame says nothing
@@ -136,13 +140,12 @@ def test_take_frame_takes_what_waits_up_to_the_bounds() -> None:
         BATCH_BYTES,
         MAX_BATCH,
         JobOutput,
-        messages_of,
-        node_frame_decoder,
+        decode_node_frame,
         take_frame,
     )
 
     def sent(frame: bytes) -> list[Any]:
-        return messages_of(node_frame_decoder.decode(frame))
+        return list(decode_node_frame(frame))
 
     q: asyncio.Queue[Any] = asyncio.Queue()
     assert take_frame(Heartbeat(), q) == node_encoder.encode(Heartbeat())  # alone: as is

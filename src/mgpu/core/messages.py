@@ -28,7 +28,6 @@ from mgpu.core.models import GpuInfo, JobSpec, SimpleJob, run_key
 
 PROTOCOL_VERSION = 2  # 2: a frame may carry a list of messages
 
-T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 T_msg = TypeVar("T_msg")
 
@@ -371,6 +370,13 @@ def take_frame(first: object, queue: _Queue[object]) -> bytes:
     return head + b"".join(parts)
 
 
-def messages_of(frame: T | list[T]) -> list[T]:
-    """The messages a decoded frame carries, in order."""
+def decode_node_frame(data: bytes) -> list[NodeMessage]:
+    """The messages of a frame from a node, in order (raises msgspec's errors)."""
+    frame = node_frame_decoder.decode(data)
+    return frame if isinstance(frame, list) else [frame]
+
+
+def decode_master_frame(data: bytes) -> list[MasterMessage]:
+    """The messages of a frame from the master, in order (raises msgspec's errors)."""
+    frame = master_frame_decoder.decode(data)
     return frame if isinstance(frame, list) else [frame]

@@ -411,7 +411,7 @@ def _decode(data: bytes) -> list[m.MasterMessage]:
     """The messages of a frame from the master; a frame this agent cannot read (a master
     of another version, say) drops the link, which is then dialled again."""
     try:
-        return m.messages_of(m.master_frame_decoder.decode(data))
+        return m.decode_master_frame(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise aiohttp.ClientError(f"the master sent a message this node cannot read ({e}): "
                                   "run the same mgpu version on the master and the nodes"

@@ -537,7 +537,7 @@ class Master:
         effects = Effects()
         ends = False
         try:
-            for msg in m.messages_of(m.node_frame_decoder.decode(data)):
+            for msg in m.decode_node_frame(data):
                 conn.check(msg)
                 self.on_node_message(conn.node_id, msg, effects)
                 ends = ends or isinstance(msg, m.JobEnded)
