@@ -26,6 +26,7 @@ from mgpu.core.config_sources import (
     read_config,
     resolve,
 )
+from mgpu.core.errors import ConfigError
 
 DEFAULT_NODE_PORT = 8081
 
@@ -171,6 +172,19 @@ def load(
     return cls(**values), sources
 
 
+def from_options(cls: type[C], options: dict[str, Any]) -> C:
+    """``cls`` built as the Python API's classes build it (``SimpleMaster(..., port=0)``):
+    ``options`` are the flags (a string is fine where a path or a number is wanted), then
+    the ``MGPU_*`` environment, the config file and the defaults, as for the commands. An
+    option that is not a setting of ``cls`` is a :class:`ConfigError` naming the settings."""
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise ConfigError(f"{cls.__name__} has no setting {unknown[0]!r}: its settings are "
+                          f"{', '.join(names)}")
+    return load(cls, options)[0]
+
+
 def describe(cfg: Any, sources: dict[str, str]) -> list[tuple[str, str, str]]:
     """Rows of (name, value, source) for ``mgpu config``."""
     return [
@@ -196,6 +210,7 @@ __all__ = [
     "NodeConfig",
     "config_file",
     "describe",
+    "from_options",
     "load",
     "parse_hostport",
     "read_file",

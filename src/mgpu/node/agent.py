@@ -30,7 +30,7 @@ import msgspec
 from aiohttp import web
 
 from mgpu.core import messages as m
-from mgpu.core.config import LogConfig, NodeConfig, xdg_data_home
+from mgpu.core.config import LogConfig, NodeConfig, from_options, xdg_data_home
 from mgpu.core.errors import ConfigError, MgpuError
 from mgpu.core.models import GpuInfo
 from mgpu.node.supervisor import RunningJob, Supervisor
@@ -454,9 +454,9 @@ class SimpleNode:
 
     def __init__(self, node_id: str, master_host: str = "localhost", master_port: int = 8080,
                  node_port: int = 8081, **options: object) -> None:
-        self.config = NodeConfig(node_id=node_id, master_host=master_host,
-                                 master_port=master_port, port=node_port,
-                                 **options)  # type: ignore[arg-type]
+        self.config = from_options(NodeConfig, {
+            "node_id": node_id, "master_host": master_host, "master_port": master_port,
+            "port": node_port, **options})
 
     def start_agent(self) -> None:
         asyncio.run(run_agents([Agent(self.config)]))
@@ -473,10 +473,10 @@ class NodeManager:
     def add_node(self, node_id: str, fake_gpus: int | None = None, gpus: str | None = None,
                  port: int = 0, data_dir: str | Path | None = None,
                  **options: object) -> Agent:
-        cfg = NodeConfig(node_id=node_id, master_host=self.master_host,
-                         master_port=self.master_port, port=port, fake_gpus=fake_gpus,
-                         gpus=gpus, data_dir=Path(data_dir) if data_dir else None,
-                         **options)  # type: ignore[arg-type]
+        cfg = from_options(NodeConfig, {
+            "node_id": node_id, "master_host": self.master_host,
+            "master_port": self.master_port, "port": port, "fake_gpus": fake_gpus,
+            "gpus": gpus, "data_dir": data_dir, **options})
         agent = Agent(cfg)
         self.agents.append(agent)
         return agent

@@ -24,7 +24,7 @@ import msgspec
 from aiohttp import web
 
 from mgpu.core import messages as m
-from mgpu.core.config import LogConfig, MasterConfig
+from mgpu.core.config import LogConfig, MasterConfig, from_options
 from mgpu.core.errors import MgpuError, StoreError, Unauthorized
 from mgpu.core.models import JobState, run_key
 from mgpu.core.scheduler import Policy, schedule
@@ -656,10 +656,8 @@ class SimpleMaster:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8080,
                  data_dir: str | Path | None = None, **options: float) -> None:
-        kwargs: dict[str, object] = {"host": host, "port": port, **options}
-        if data_dir is not None:
-            kwargs["data_dir"] = Path(data_dir)
-        self.config = MasterConfig(**kwargs)  # type: ignore[arg-type]
+        self.config = from_options(MasterConfig, {
+            "host": host, "port": port, "data_dir": data_dir, **options})
 
     def start_server(self) -> None:
         run_master(self.config)
