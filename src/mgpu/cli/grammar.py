@@ -165,7 +165,8 @@ def _job_options(p: argparse.ArgumentParser) -> None:
         "--export",
         action="append",
         metavar="VARS",
-        help="ALL (default), NONE, or KEY=VAL,KEY2,... added to the environment",
+        help="ALL (default: all but mgpu's secrets, MGPU_TOKEN and MGPU_JOIN_TOKEN), "
+        "NONE, or KEY=VAL,KEY2,... added to the environment",
     )
     p.add_argument("--env", action="append", metavar="KEY=VAL", help="one variable to set")
     p.add_argument("-t", "--time", metavar="TIME",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from mgpu.core.errors import UsageError
+from mgpu.utils.secretenv import without_secrets
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs start-up time
 if TYPE_CHECKING:
@@ -50,14 +51,16 @@ def gpu_count(ns: argparse.Namespace) -> int:
 
 
 def job_env(exports: list[str], envs: list[str]) -> dict[str, str]:
-    """The job's environment: the submitter's whole environment (SLURM's ``ALL``) or, with
-    ``--export=NONE``, nothing; then each ``KEY=VAL`` given, and each bare ``KEY`` copied
-    from here. ``--export`` takes a comma list like SLURM; ``--env`` one variable."""
+    """The job's environment: the submitter's whole environment (SLURM's ``ALL``) but for
+    mgpu's own secrets (``MGPU_TOKEN``, ``MGPU_JOIN_TOKEN``: :mod:`mgpu.utils.secretenv`)
+    or, with ``--export=NONE``, nothing; then each ``KEY=VAL`` given, and each bare ``KEY``
+    copied from here, secrets too (named, they are the user's choice). ``--export`` takes a
+    comma list like SLURM; ``--env`` one variable."""
     exported = [i for e in exports for i in e.split(",") if i]
     words = {i.upper() for i in exported} & {"ALL", "NONE"}
     if len(words) == 2:
         raise UsageError("--export: ALL and NONE cannot both be given")
-    env = {} if "NONE" in words else dict(os.environ)
+    env = {} if "NONE" in words else without_secrets(os.environ)
     for item in [i for i in exported if i.upper() not in words] + envs:
         key, sep, value = item.partition("=")
         if not key:
