@@ -14,15 +14,6 @@ import os
 import sys
 
 from mgpu import __version__
-from mgpu.cli.admin_commands import (
-    cmd_certs,
-    cmd_config,
-    cmd_events,
-    cmd_node,
-    cmd_server,
-    cmd_token,
-    cmd_up,
-)
 from mgpu.cli.commands import (
     cmd_attach,
     cmd_cancel,
@@ -42,6 +33,20 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     Handler = Callable[[argparse.Namespace], int]
+
+
+def _admin(name: str) -> Handler:
+    """The handler ``mgpu.cli.admin_commands.cmd_<name>``, imported when its subcommand
+    runs: the job commands, whose start-up time counts, do not load that module."""
+
+    def run(ns: argparse.Namespace) -> int:
+        import mgpu.cli.admin_commands as admin_commands
+
+        handler: Handler = getattr(admin_commands, f"cmd_{name}")
+        return handler(ns)
+
+    run.__name__ = run.__qualname__ = f"cmd_{name}"
+    return run
 
 
 def _bad_value(message: str) -> Exception:
@@ -303,13 +308,13 @@ COMMANDS: dict[str, tuple[Handler, str, Callable[[argparse.ArgumentParser], None
     "wait": (cmd_wait, "wait for jobs to end; exit with the first non-zero code", _wait_args),
     "cancel": (cmd_cancel, "cancel jobs", _jobs_args),
     "nodes": (cmd_nodes, "nodes and their GPUs", _json_args),
-    "config": (cmd_config, "the effective configuration and where it came from", _json_args),
-    "token": (cmd_token, "create, list or revoke tokens (admins)", _token_args),
-    "events": (cmd_events, "the audit log: who did what (admins)", _events_args),
-    "certs": (cmd_certs, "make a CA and a TLS certificate for the master", _certs_args),
-    "server": (cmd_server, "run the master", _master_args),
-    "node": (cmd_node, "run a node agent", _node_args),
-    "up": (cmd_up, "run a master and a local node in one process", _up_args),
+    "config": (_admin("config"), "the effective configuration and where it came from", _json_args),
+    "token": (_admin("token"), "create, list or revoke tokens (admins)", _token_args),
+    "events": (_admin("events"), "the audit log: who did what (admins)", _events_args),
+    "certs": (_admin("certs"), "make a CA and a TLS certificate for the master", _certs_args),
+    "server": (_admin("server"), "run the master", _master_args),
+    "node": (_admin("node"), "run a node agent", _node_args),
+    "up": (_admin("up"), "run a master and a local node in one process", _up_args),
 }
 
 
