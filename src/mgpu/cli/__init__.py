@@ -12,7 +12,7 @@ The package, in the order a command line goes through it:
 * :mod:`~mgpu.cli.jobargs`: the job flags of ``submit`` and ``srun``, turned into a job.
 * :mod:`~mgpu.cli.commands`: one function per subcommand about jobs and nodes.
 * :mod:`~mgpu.cli.admin_commands`: ``config``, ``token``, ``events``, ``certs``, and
-  ``server``, ``node`` and ``up``, which run a master or an agent.
+  ``server``, ``node`` and ``up``, which run a master or an agent (imported only for them).
 * :mod:`~mgpu.cli.shared`: what they share (the client the global options name, output).
 
 Start-up time is part of the interface (``mgpu submit`` costs at most 2.5 times ``python -c

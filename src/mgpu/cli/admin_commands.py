@@ -2,8 +2,9 @@
 ``token``, ``events``, ``certs``, and ``server``, ``node`` and ``up``, which run a master,
 an agent or both in this process.
 
-Only these three import the master or the agent (and with them aiohttp), inside the
-function, so that no other command pays for them (start-up time, see :mod:`mgpu.cli`).
+Only those three import the master or the agent (and with them aiohttp), inside the
+function, so that no other command pays for them; and :mod:`mgpu.cli.grammar` imports this
+module only when one of these subcommands runs (start-up time, see :mod:`mgpu.cli`).
 """
 
 from __future__ import annotations

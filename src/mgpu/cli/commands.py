@@ -3,8 +3,8 @@
 Each reads its flags from ``ns`` (what :mod:`mgpu.cli.grammar` parsed), asks the master
 through :func:`~mgpu.cli.shared.client_for`, prints what it got (rendered by
 :mod:`mgpu.client.output` or :mod:`mgpu.client.tables`) and returns the status for the
-shell. Modules beyond ``os`` and ``sys`` are imported inside the command that needs them
-(start-up time, see :mod:`mgpu.cli`).
+shell. Of the standard library only ``os`` and ``sys`` are imported here, and of the client
+only what a command uses, inside it (start-up time, see :mod:`mgpu.cli`).
 """
 
 from __future__ import annotations
