@@ -18,7 +18,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from mgpu.cli import exit_status, main
+from mgpu.cli import main
+from mgpu.cli.shared import exit_status
 from mgpu.client import output
 from mgpu.core.messages import CancelResult
 from mgpu.core.models import GpuInfo, JobState, NodeInfo, SimpleJob

@@ -1,7 +1,7 @@
-"""``mgpu.plainargs``: the plain command lines ``mgpu`` reads without argparse (tier 1).
+"""``mgpu.cli.plainargs``: the plain command lines ``mgpu`` reads without argparse (tier 1).
 
-The one promise: whenever :func:`mgpu.plainargs.parse` answers, argparse (the parser
-``cli.build_parser`` makes from the same grammar functions) gives the same values, and
+The one promise: whenever :func:`mgpu.cli.plainargs.parse` answers, argparse (the parser
+``grammar.build_parser`` makes from the same grammar functions) gives the same values, and
 exits with no error. Checked on chosen lines and on lines generated from the grammar's own
 option strings, values that look like options, ``=`` forms, abbreviations and ``--``.
 """
@@ -17,12 +17,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mgpu import cli, plainargs
+from mgpu.cli import grammar, plainargs
 
 
 def by_argparse(args: list[str]) -> dict[str, Any] | None:
     """``vars(parse_args(args))``, or None when argparse exits (error, help, version)."""
-    parser = cli.build_parser()
+    parser = grammar.build_parser()
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             return vars(parser.parse_args(args))
@@ -31,7 +31,7 @@ def by_argparse(args: list[str]) -> dict[str, Any] | None:
 
 
 def plain(args: list[str]) -> dict[str, Any] | None:
-    ns = cli._plain_args(args)
+    ns = grammar.plain_args(args)
     return None if ns is None else vars(ns)
 
 
@@ -102,15 +102,15 @@ def test_other_lines_are_left_to_argparse(args: list[str]) -> None:
 def _option_strings() -> list[str]:
     """Every option string of every subcommand's grammar (new subcommands included)."""
     strings: set[str] = set()
-    for _, _, add_args in cli.COMMANDS.values():
+    for _, _, add_args in grammar.COMMANDS.values():
         g = plainargs.Grammar()
-        cli._global_args(g, plainargs.SUPPRESS)  # type: ignore[arg-type]
+        grammar._global_args(g, plainargs.SUPPRESS)  # type: ignore[arg-type]
         add_args(g)  # type: ignore[arg-type]
         strings |= g.options.keys()
     return sorted(strings)
 
 
-SUBCOMMANDS = sorted(cli.COMMANDS)
+SUBCOMMANDS = sorted(grammar.COMMANDS)
 OPTIONS = _option_strings()
 OTHER_WORDS = [
     *OPTIONS,

@@ -1,6 +1,6 @@
 """``mgpu.utils.plainjson`` is ``json`` for plain data (tier 1): same text out, same values in.
 
-Also ``cli._command``'s quoting, the other piece of the standard library that ``mgpu
+Also ``cli.jobargs.command``'s quoting, the other piece of the standard library that ``mgpu
 submit`` spells out for its start-up time, against ``shlex.join``.
 """
 
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mgpu.cli import _command
+from mgpu.cli.jobargs import command as _command
 from mgpu.utils import plainjson
 
 SCALARS = (

@@ -159,7 +159,7 @@ def test_submit_imports_only_what_its_start_up_budget_allows(
 ) -> None:
     """`mgpu submit` has 2.5 x `python -c pass` (bench/cli.py), and argparse or json alone
     (through the re and enum they import) would spend most of it: a plain submit line is
-    read by mgpu.plainargs, its JSON written by mgpu.utils.plainjson, its master found by
+    read by mgpu.cli.plainargs, its JSON written by mgpu.utils.plainjson, its master found by
     mgpu.core.config_sources."""
     code = (
         "import sys\n"

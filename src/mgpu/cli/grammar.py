@@ -1,0 +1,380 @@
+"""The ``mgpu`` grammar: its subcommands, their flags, and reading a command line.
+
+``COMMANDS`` names each subcommand's handler, its one-line help and the function that adds
+its arguments. Those functions take an ``argparse.ArgumentParser`` or a
+:class:`mgpu.cli.plainargs.Grammar`, which records the same calls: :func:`plain_args` reads
+most command lines with the latter, without importing argparse (start-up time, see
+:mod:`mgpu.cli`), and :func:`build_parser` builds argparse's parser for the rest (``--help``,
+errors, abbreviations).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from mgpu import __version__
+from mgpu.cli.commands import (
+    cmd_attach,
+    cmd_cancel,
+    cmd_logs,
+    cmd_nodes,
+    cmd_queue,
+    cmd_show,
+    cmd_srun,
+    cmd_submit,
+    cmd_wait,
+)
+from mgpu.cli.plainargs import REMAINDER, SUPPRESS, Grammar, Namespace, parse
+
+TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs start-up time
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable
+
+    Handler = Callable[[argparse.Namespace], int]
+
+
+def _admin(name: str) -> Handler:
+    """The handler ``mgpu.cli.admin_commands.cmd_<name>``, imported when its subcommand
+    runs: the job commands, whose start-up time counts, do not load that module."""
+
+    def run(ns: argparse.Namespace) -> int:
+        import mgpu.cli.admin_commands as admin_commands
+
+        handler: Handler = getattr(admin_commands, f"cmd_{name}")
+        return handler(ns)
+
+    run.__name__ = run.__qualname__ = f"cmd_{name}"
+    return run
+
+
+def _bad_value(message: str) -> Exception:
+    """The error for an argument its ``type`` refuses (argparse words it as a usage error)."""
+    import argparse
+
+    return argparse.ArgumentTypeError(message)
+
+
+def _port(text: str) -> int:
+    if text.isdigit() and int(text) < 65536:
+        return int(text)
+    raise _bad_value(f"must be a port number (0-65535), got {text!r}")
+
+
+def _job_id(text: str) -> int:
+    if text.isascii() and text.isdigit() and int(text) > 0:
+        return int(text)
+    raise _bad_value(f"not a job id: {text!r}")
+
+
+def _count_arg(text: str) -> int:
+    if text.isascii() and text.isdigit():
+        return int(text)
+    raise _bad_value(f"must be a whole number, got {text!r}")
+
+
+def _positive(text: str) -> int:
+    if text.isascii() and text.isdigit() and 0 < int(text) <= 10_000:
+        return int(text)
+    raise _bad_value(f"must be a whole number from 1 to 10000, got {text!r}")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value >= 0:
+        return value
+    raise _bad_value(f"must be a number of seconds, got {text!r}")
+
+
+_FORMATTER: type[argparse.HelpFormatter] | None = None  # made by _formatter()
+
+
+def _formatter() -> type[argparse.HelpFormatter]:
+    """argparse's help formatter, minus its ``import shutil`` and its terminal query on
+    every ``add_argument`` (both show in the start-up time): the width is found once.
+    The class is made on first use, when argparse is imported."""
+    global _FORMATTER
+    if _FORMATTER is None:
+        import argparse
+
+        columns = _terminal_columns()
+
+        class Formatter(argparse.HelpFormatter):
+            def __init__(
+                self,
+                prog: str,
+                indent_increment: int = 2,
+                max_help_position: int = 24,
+                width: int | None = None,
+            ) -> None:
+                width = columns - 2 if width is None else width
+                super().__init__(prog, indent_increment, max_help_position, width)
+
+        _FORMATTER = Formatter
+    return _FORMATTER
+
+
+def _terminal_columns() -> int:
+    """``shutil.get_terminal_size().columns``: $COLUMNS, else the terminal's, else 80."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+def _global_args(p: argparse.ArgumentParser, suppress: str) -> None:
+    """Global options, accepted before or after the subcommand (defaults suppressed so a
+    subcommand's parser does not overwrite what was given before it). ``suppress`` is
+    ``argparse.SUPPRESS`` itself for argparse (which tests it by identity), else
+    ``mgpu.cli.plainargs.SUPPRESS``."""
+    g = p.add_argument_group("global options")
+    g.add_argument(
+        "--master",
+        metavar="HOST:PORT",
+        default=suppress,
+        help="the master to talk to (else $MGPU_MASTER, else localhost:8080)",
+    )
+    g.add_argument("--token-file", metavar="PATH", default=suppress,
+                   help="your token (else $MGPU_TOKEN, else ~/.config/mgpu/token)")
+    g.add_argument("--ca", metavar="PATH", default=suppress,
+                   help="CA file to verify the master's TLS certificate (else $MGPU_CA)")
+    g.add_argument("-v", "--verbose", action="store_true", default=suppress, help="tracebacks")
+    g.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=suppress)
+    g.add_argument("--log-file", metavar="PATH", default=suppress)
+    g.add_argument("--log-format", choices=("text", "json"), default=suppress)
+
+
+def _top_args(p: argparse.ArgumentParser, suppress: str) -> None:
+    """What ``mgpu`` itself takes before the subcommand."""
+    _global_args(p, suppress)
+    p.add_argument("--version", action="version", version=f"mgpu {__version__}")
+
+
+def _job_options(p: argparse.ArgumentParser) -> None:
+    """What a job needs, for ``submit`` and ``srun`` alike."""
+    p.add_argument("-G", "--gpus", metavar="N", help="GPUs the job needs (default 1)")
+    p.add_argument("--gres", metavar="gpu:N", help="SLURM's form of -G")
+    p.add_argument("-J", "--job-name", metavar="NAME")
+    p.add_argument("-D", "--chdir", metavar="DIR", help="where it runs (default: here)")
+    p.add_argument(
+        "--export",
+        action="append",
+        metavar="VARS",
+        help="ALL (default: all but mgpu's secrets, MGPU_TOKEN and MGPU_JOIN_TOKEN), "
+        "NONE, or KEY=VAL,KEY2,... added to the environment",
+    )
+    p.add_argument("--env", action="append", metavar="KEY=VAL", help="one variable to set")
+    p.add_argument("-t", "--time", metavar="TIME",
+                   help="time limit: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS")
+
+
+def _submit_args(p: argparse.ArgumentParser) -> None:
+    _job_options(p)
+    p.add_argument("--no-requeue", action="store_true",
+                   help="do not requeue the job if its node is lost")
+    p.add_argument("--max-requeue", type=int, metavar="N",
+                   help="requeue at most N times (default: the master's, 3)")
+    p.add_argument("--stdin", action="store_true",
+                   help="keep the job's stdin open, for `mgpu attach` to write to")
+    p.add_argument("--parsable", action="store_true", help="print only the job id")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("command", nargs=REMAINDER, help="the command line")
+
+
+def _srun_args(p: argparse.ArgumentParser) -> None:
+    _job_options(p)
+    p.add_argument("--pty", action="store_true", help="run it on a terminal (bash, vim, ...)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no 'queued'/'running' lines")
+    p.add_argument("command", nargs=REMAINDER, help="the command line")
+
+
+def _attach_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job_id", type=_job_id)
+    p.add_argument("-q", "--quiet", action="store_true", help="no 'queued'/'running' lines")
+
+
+def _queue_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-a", "--all", action="store_true", help="ended jobs too")
+    p.add_argument("-u", "--user", metavar="USER")
+    p.add_argument(
+        "-t", "--states", metavar="STATES", help="comma list, e.g. pending,running or PD,R"
+    )
+    p.add_argument("--json", action="store_true")
+
+
+def _job_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job_id", type=_job_id)
+    p.add_argument("--json", action="store_true")
+
+
+def _logs_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job_id", type=_job_id)
+    p.add_argument(
+        "-f", "--follow", action="store_true", help="until the job ends; exit with its code"
+    )
+
+
+def _jobs_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job_ids", type=_job_id, nargs="+", metavar="JOB_ID")
+    p.add_argument("--json", action="store_true")
+
+
+def _wait_args(p: argparse.ArgumentParser) -> None:
+    _jobs_args(p)
+    p.add_argument("--timeout", type=_seconds, metavar="S", help="give up after S seconds")
+
+
+def _json_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true")
+
+
+def _server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, help="port to listen on (default 8080; 0: any)")
+    p.add_argument("--data-dir", metavar="DIR")
+    p.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate")
+    p.add_argument("--tls-key", metavar="PEM", help="... and this private key")
+
+
+def _gpu_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--gpus", metavar="0,1", help="the GPU indices to offer (default: all)")
+    g.add_argument("--fake-gpus", type=_count_arg, metavar="N", help="declare N fake GPUs")
+
+
+def _master_args(p: argparse.ArgumentParser) -> None:
+    _server_args(p)
+    p.add_argument("--node-timeout", type=_seconds, metavar="S", help="mark a silent node lost")
+
+
+def _node_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--node-id", metavar="ID", help="default: the host name")
+    p.add_argument("--master-host", metavar="HOST")
+    p.add_argument("--master-port", type=_port, metavar="PORT")
+    p.add_argument("--port", type=_port, help="the agent's health port")
+    p.add_argument("--data-dir", metavar="DIR")
+    p.add_argument("--join-token-file", metavar="PATH",
+                   help="the master's join secret (else $MGPU_JOIN_TOKEN, else the local "
+                   "master's, when readable)")
+    _gpu_args(p)
+
+
+def _token_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=("create", "list", "revoke"),
+                   help="create USER [--admin] | list | revoke USER|ID")
+    p.add_argument("name", nargs="?", metavar="USER|ID")
+    p.add_argument("--admin", action="store_true", help="create: an admin's token")
+    p.add_argument("--json", action="store_true")
+
+
+def _events_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", type=_positive, default=50, metavar="N",
+                   help="the last N entries (default 50)")
+    p.add_argument("--json", action="store_true")
+
+
+def _certs_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dir", metavar="DIR",
+                   help="where to write them (default ~/.local/share/mgpu/tls)")
+    p.add_argument("--host", action="append", metavar="NAME",
+                   help="a name or address clients use for the master (repeatable; "
+                   "default: this host's name, localhost, 127.0.0.1)")
+
+
+def _up_args(p: argparse.ArgumentParser) -> None:
+    _server_args(p)
+    p.add_argument("--node-id", metavar="ID", help="default: the host name")
+    _gpu_args(p)
+
+
+# name -> (handler, one-line help, adds the subcommand's own arguments)
+COMMANDS: dict[str, tuple[Handler, str, Callable[[argparse.ArgumentParser], None]]] = {
+    "submit": (cmd_submit, "queue a command to run on GPUs", _submit_args),
+    "srun": (cmd_srun, "run a command interactively, output here, live", _srun_args),
+    "attach": (cmd_attach, "follow a job's output live (and feed its stdin)", _attach_args),
+    "queue": (cmd_queue, "list pending and running jobs", _queue_args),
+    "show": (cmd_show, "one job in full", _job_args),
+    "logs": (cmd_logs, "a job's output", _logs_args),
+    "wait": (cmd_wait, "wait for jobs to end; exit with the first non-zero code", _wait_args),
+    "cancel": (cmd_cancel, "cancel jobs", _jobs_args),
+    "nodes": (cmd_nodes, "nodes and their GPUs", _json_args),
+    "config": (_admin("config"), "the effective configuration and where it came from", _json_args),
+    "token": (_admin("token"), "create, list or revoke tokens (admins)", _token_args),
+    "events": (_admin("events"), "the audit log: who did what (admins)", _events_args),
+    "certs": (_admin("certs"), "make a CA and a TLS certificate for the master", _certs_args),
+    "server": (_admin("server"), "run the master", _master_args),
+    "node": (_admin("node"), "run a node agent", _node_args),
+    "up": (_admin("up"), "run a master and a local node in one process", _up_args),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``mgpu`` parser; with ``only``, the parser for that subcommand alone.
+
+    Building every subcommand's parser is a noticeable part of a command's start-up, and
+    a run needs one: ``main`` passes ``only`` when it can tell the subcommand from argv.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="mgpu",
+        description="A multi-GPU job scheduler: submit, watch and cancel GPU jobs.",
+        formatter_class=_formatter(),
+    )
+    _top_args(parser, argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
+    for name, (handler, help, add_args) in COMMANDS.items():
+        if only is None or name == only:
+            p = sub.add_parser(name, help=help, description=help, formatter_class=_formatter())
+            _global_args(p, argparse.SUPPRESS)
+            add_args(p)
+            p.set_defaults(func=handler)
+    return parser
+
+
+def plain_args(args: list[str]) -> argparse.Namespace | None:
+    """``build_parser().parse_args(args)`` for the plain command lines
+    :mod:`mgpu.cli.plainargs` reads (most of them), from the same grammar functions, without
+    importing argparse; None for the others."""
+
+    def grammar(name: str) -> Grammar | None:
+        if name not in COMMANDS:
+            return None
+        g = Grammar()
+        _global_args(g, SUPPRESS)  # type: ignore[arg-type]
+        COMMANDS[name][2](g)  # type: ignore[arg-type]
+        return g
+
+    top = Grammar()
+    _top_args(top, SUPPRESS)  # type: ignore[arg-type]
+    values = parse(args, top, grammar)
+    if values is None:
+        return None
+    values["func"] = COMMANDS[values["subcommand"]][0]
+    return Namespace(**values)  # type: ignore[return-value]
+
+
+def subcommand_of(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` runs, if it is plain without parsing (else ``None``)."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in COMMANDS:
+            return arg
+        elif arg in ("--master", "--log-level", "--log-file", "--log-format", "--token-file",
+                     "--ca"):
+            skip = True  # the option's value follows
+        elif arg in ("-h", "--help", "--version") or not arg.startswith("-"):
+            return None
+    return None
