@@ -77,3 +77,17 @@ def test_every_secret_setting_is_known_as_one() -> None:
                  "MY_TOKEN", "MGPU_TOKENS_DIR"):
         assert not is_secret(name), name
     assert without_secrets({"MGPU_TOKEN": "t", "MGPU_X": "1"}) == {"MGPU_X": "1"}
+
+
+def test_the_python_api_leaves_out_mgpus_own_secrets_too(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mgpu import SimpleClient
+
+    monkeypatch.setenv("MGPU_JOIN_TOKEN", "join-secret-from-api")
+    monkeypatch.setenv("MGPU_API_PLAIN", "kept")
+    with SimpleClient("127.0.0.1", cluster.port, token=cluster.token) as client:
+        job_id = client.submit_job(gpus=1, cmd="env")
+        client.wait(job_id, timeout=30)
+        out = client.logs(job_id)
+    assert "MGPU_API_PLAIN=kept" in out
+    assert "join-secret-from-api" not in out

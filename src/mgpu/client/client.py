@@ -28,6 +28,7 @@ from mgpu.client.auth import find_token
 from mgpu.client.transport import Connection
 from mgpu.core.errors import ApiError, Forbidden, NotFound, Rejected, Unauthorized, UsageError
 from mgpu.utils import plainjson
+from mgpu.utils.secretenv import without_secrets
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs start-up time
 if TYPE_CHECKING:
@@ -270,7 +271,7 @@ class SimpleClient:
             "gpus": gpus,
             "name": name,
             "cwd": cwd or os.getcwd(),
-            "env": dict(os.environ) if env is None else env,
+            "env": without_secrets(os.environ) if env is None else env,
             "user": _login_name(),
             "time_limit": time_limit,
             "requeue": requeue,
