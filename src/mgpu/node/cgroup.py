@@ -58,6 +58,8 @@ class JobCgroups:
         self.home = home  # the keeper's own cgroup (a directory), where it lives between spawns
         self.root = root  # its subtree of job cgroups
         self.pending_rmdir: set[str] = set()
+        self._pid = str(os.getpid()).encode()
+        self._home_procs = -1  # kept open: the way back home is taken at every spawn
 
     def path(self, key: str) -> str:
         return f"{self.root}/{key}"
@@ -71,17 +73,18 @@ class JobCgroups:
     @contextlib.contextmanager
     def inside(self, path: str) -> Iterator[None]:
         """Run the block (a spawn) with the keeper in ``path``; back home after it."""
-        _move_self(path)
+        _write(f"{path}/cgroup.procs", self._pid)
         try:
             yield
         finally:
-            _move_self(self.home)
+            if self._home_procs < 0:
+                self._home_procs = os.open(f"{self.home}/cgroup.procs", os.O_WRONLY)
+            os.write(self._home_procs, self._pid)
 
     def kill(self, path: str) -> None:
         """SIGKILL every process in the job's cgroup (again: a fork may race the first)."""
         try:
-            with open(f"{path}/cgroup.kill", "w") as f:
-                f.write("1")
+            _write(f"{path}/cgroup.kill", b"1")
             return
         except FileNotFoundError:
             if not os.path.isdir(path):
@@ -109,6 +112,9 @@ class JobCgroups:
 
     def close(self) -> None:
         """At the keeper's exit: remove its subtree (what is empty of it)."""
+        if self._home_procs >= 0:
+            os.close(self._home_procs)
+            self._home_procs = -1
         with contextlib.suppress(OSError):
             for name in os.listdir(self.root):
                 with contextlib.suppress(OSError):
@@ -129,18 +135,30 @@ def procs(path: str) -> list[int]:
 def populated(path: str) -> bool:
     """Does the cgroup still hold a live process (zombies do not count)?"""
     try:
-        with open(f"{path}/cgroup.events") as f:
-            for line in f:
-                if line.startswith("populated "):
-                    return line.split()[1] != "0"
+        fd = os.open(f"{path}/cgroup.events", os.O_RDONLY)
     except FileNotFoundError:
         return False
-    return bool(procs(path))
+    try:
+        events = os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    at = events.find(b"populated ")
+    if at < 0:
+        return bool(procs(path))
+    return events[at + 10 : at + 11] != b"0"
+
+
+def _write(path: str, data: bytes) -> None:
+    """One write to a cgroup file (raw: these are hot, once or twice per job)."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
 
 
 def _move_self(path: str) -> None:
-    with open(f"{path}/cgroup.procs", "w") as f:
-        f.write(str(os.getpid()))
+    _write(f"{path}/cgroup.procs", str(os.getpid()).encode())
 
 
 def available() -> JobCgroups | None:

@@ -640,20 +640,22 @@ class Keeper:
         # Processes that left the group are found by the tree walk in conclude().
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(job.pid, signal.SIGKILL)
-        if job.cgroup is not None and self.cgroups is not None:
+        if (job.cgroup is not None and self.cgroups is not None
+                and cgroup.populated(job.cgroup)):
             self.cgroups.kill(job.cgroup)  # all of it now: its pipes close, output drains
         job.exited_at = time.monotonic()
 
     def _all_dead(self, job: Job, now: float) -> bool:
         """Kill whatever the job left (the main is a zombie); True once none of it lives.
         Until then the job's end is not reported, so its GPUs are not given to another."""
-        pids = self.signal_tree(job, signal.SIGKILL, ending=True)
         if job.cgroup is not None and self.cgroups is not None:
-            if cgroup.populated(job.cgroup):
+            if cgroup.populated(job.cgroup):  # (killed whole when the main process exited)
+                self.cgroups.kill(job.cgroup)
                 job.lingering_since = job.lingering_since or now
                 return False
             self.cgroups.remove(job.cgroup)
             return True
+        pids = self.signal_tree(job, signal.SIGKILL, ending=True)
         if any(map(_alive, pids)) and now - (job.lingering_since or now) < LINGER_MAX:
             job.lingering_since = job.lingering_since or now  # (bounded: pids are reused)
             return False
