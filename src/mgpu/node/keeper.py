@@ -1,15 +1,20 @@
 """The node keeper: the one process on a node that runs jobs and outlives its agent.
 
 The agent starts the keeper once (``python -m mgpu.node.keeper DATA_DIR``, in a session of
-its own) and talks to it over ``DATA_DIR/keeper.sock``. A restarted agent finds the keeper
-still there and re-adopts every job with its output and exit code. For each job the keeper:
+its own) and talks to it over ``DATA_DIR/run/keeper.sock`` (private to the agent's uid, one
+agent at a time: ``keeper_sock.py``). A restarted agent finds the keeper still there and
+re-adopts every job with its output and exit code. For each job the keeper:
 
 * starts ``/bin/sh -c COMMAND`` in a new session, with pipes or a pseudo-terminal, and
   exactly the environment it was given (the agent sets ``CUDA_VISIBLE_DEVICES``);
-* is the child subreaper (``PR_SET_CHILD_SUBREAPER``) of everything the job starts, so a
+* runs it in a cgroup of its own where it may (``cgroup.py``): nothing the job starts can
+  leave it, and the job's end is reported once it is empty. Else (and as well) it is the
+  child subreaper (``PR_SET_CHILD_SUBREAPER``) of everything the job starts, so a
   descendant that left the job's session is still found and killed; each such process is
-  attributed to its job by the ``MGPU_JOB_ID`` and ``MGPU_JOB_RUN`` it inherited;
-* writes the job's framed output to its spool file and tells the agent how far it has got;
+  attributed to its job by the ``MGPU_JOB_ID`` and ``MGPU_JOB_RUN`` it inherited, and at a
+  job's end the orphans no running job claims are killed too;
+* writes the job's framed output to its spool file (``keeper_spool.py``: a cap, a full
+  disk) and tells the agent how far it has got;
 * enforces the time limit: SIGTERM to the job's whole tree, a grace period, then SIGKILL;
 * when the job's main process exits, kills whatever it left behind, writes ``JOBID.exit``
   and reports the end.
@@ -25,8 +30,10 @@ starts each job with ``vfork`` for a fraction of that. The cost: if the keeper i
 killed, the node's jobs lose their watcher; the next agent then reports them as failed.
 
 Messages are ``length:u32 | kind:u8 | body`` with a JSON body (for STDIN: the run key, a
-newline, then raw bytes). This module imports only the standard library and ``core/frames.py``,
-so the keeper starts fast and stays small.
+newline, then raw bytes). A message the keeper cannot act on is logged and, for a SPAWN,
+fails that job: no single request ends the keeper. This module imports only the standard
+library, ``core/frames.py`` and its own stdlib-only helpers (``cgroup``, ``keeper_sock``,
+``keeper_spool``, ``keeper_start``), so the keeper starts fast and stays small.
 """
 
 from __future__ import annotations
