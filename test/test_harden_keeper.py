@@ -401,9 +401,10 @@ def account() -> Iterator[str]:
         subprocess.run(["userdel", "--remove", name], capture_output=True)
 
 
-def _submit_in(cluster: Cluster, user: str, cwd: str, command: str) -> int:
+def _submit_in(cluster: Cluster, user: str, cwd: str, command: str, pty: bool = False) -> int:
     reply = cluster.api("/api/v1/jobs", {"jobs": [{
         "command": command, "gpus": 1, "cwd": cwd, "env": {"PATH": os.environ["PATH"]},
+        "pty": pty, "stdin": pty,
     }]}, token=cluster.user_token(user))
     return int(reply["job_ids"][0])
 
@@ -422,3 +423,10 @@ def test_a_job_cannot_start_in_a_directory_its_owner_may_not_enter(
     ok = _submit_in(cluster, account, home, "pwd")
     assert cluster.wait_job(ok)["state"] == "completed"
     assert cluster.mgpu("logs", str(ok)).stdout == f"{home}\n"
+    on_pty = _submit_in(cluster, account, str(private), "pwd", pty=True)
+    ended = cluster.wait_job(on_pty)
+    assert ended["state"] == "failed" and ended["reason"].startswith(
+        f"cannot enter working directory {private} as user {account}"), ended
+    on_pty = _submit_in(cluster, account, home, "pwd; tty", pty=True)
+    assert cluster.wait_job(on_pty)["state"] == "completed"
+    assert cluster.mgpu("logs", str(on_pty)).stdout.startswith(f"{home}\n/dev/pts/")
