@@ -371,11 +371,13 @@ def test_without_cgroups_an_orphan_of_a_running_job_is_not_killed_by_anothers_en
     """The fallback only kills orphans no running job claims: one that keeps its markers
     belongs to its own job, whatever ends first."""
     cluster = make_cluster(nodes=1, env={"MGPU_KEEPER_CGROUPS": "0"})
-    long = cluster.submit("setsid sleep 600 & echo $!; sleep 600")
+    # The inner shell exits: its sleep is re-parented to the keeper, with its markers.
+    long = cluster.submit("sh -c 'setsid sleep 600 & echo $!'; sleep 600")
     pid = int(wait_until(lambda: cluster.mgpu("logs", str(long)).stdout.split(), 30)[0])
     short = cluster.submit("true")
     assert cluster.wait_job(short)["state"] == "completed"
-    assert psutil.Process(pid).cmdline() == ["sleep", "600"]
+    orphan = psutil.Process(pid)
+    assert orphan.cmdline() == ["sleep", "600"] and orphan.ppid() != 1
     cluster.mgpu("cancel", str(long))
     cluster.wait_job(long)
     wait_until(lambda: not psutil.pid_exists(pid)

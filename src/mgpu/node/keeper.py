@@ -616,6 +616,7 @@ class Keeper:
         may lose it early, but it never outlives every job."""
         others = [j for j in self.jobs.values() if j is not job and j.result is None]
         skip = {j.pid for j in others}.union(*(j.known for j in others))
+        skip.update(*(cgroup.procs(j.cgroup) for j in others if j.cgroup is not None))
         markers = [f"MGPU_JOB_RUN={j.key}\0".encode() for j in others]
         found: list[int] = []
         for pid in _own_children():
