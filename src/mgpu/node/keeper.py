@@ -400,9 +400,10 @@ class Keeper:
         self.jobs[req.key] = job
         try:
             job.account = account_of(req)
-        except PermissionError as e:
-            job.spool.note(f"mgpu: {e}\n")
-            self.finish(job, "failed", None, str(e))
+        except Exception as e:  # a user name that no look-up takes (a NUL byte) too
+            why = str(e) if isinstance(e, PermissionError) else f"could not start: {e}"
+            job.spool.note(f"mgpu: {why}\n")
+            self.finish(job, "failed", None, why)
             return
         try:
             if self.cgroups is not None:
