@@ -3,11 +3,13 @@
 A process can drop its environment, leave its session and be re-parented, but it cannot
 leave its cgroup (only a process with write access to ``cgroup.procs`` files may move it,
 and the job's owner has none here). Where the keeper may create cgroups (cgroup2 mounted
-and its own cgroup writable, typically as root), each job runs in
-``KEEPER_CGROUP/mgpu-keeper.PID/RUNKEY``: the keeper steps into the job's cgroup for the
-spawn and back out after it (a child is born in its parent's cgroup, so nothing the job
-starts, even in its first microsecond, is outside), and ends a job by killing its cgroup
-(``cgroup.kill``, else SIGKILL to each of ``cgroup.procs``) until it is empty.
+and its own cgroup writable, typically as root), each job runs in a cgroup of its own,
+``KEEPER_CGROUP/mgpu-keeper.PID/N``: the keeper steps into the job's cgroup for the spawn
+and back out after it (a child is born in its parent's cgroup, so nothing the job starts,
+even in its first microsecond, is outside), and ends a job by killing its cgroup
+(``cgroup.kill``, else SIGKILL to each of ``cgroup.procs``) until it is empty. An emptied
+cgroup is kept for the next job (a mkdir and an rmdir less per job); the keeper removes its
+subtree when it exits, and a new keeper what one that is gone left behind.
 
 Where cgroups are not usable (``available()`` is None), the keeper falls back to its
 subreaper and process-group walk. ``MGPU_KEEPER_CGROUPS=0`` in the keeper's environment
@@ -57,18 +59,23 @@ class JobCgroups:
     def __init__(self, home: str, root: str) -> None:
         self.home = home  # the keeper's own cgroup (a directory), where it lives between spawns
         self.root = root  # its subtree of job cgroups
-        self.pending_rmdir: set[str] = set()
+        self.free: list[str] = []  # emptied job cgroups, for the next jobs
+        self.made = 0
         self._pid = str(os.getpid()).encode()
         self._home_procs = -1  # kept open: the way back home is taken at every spawn
 
-    def path(self, key: str) -> str:
-        return f"{self.root}/{key}"
-
-    def create(self, key: str) -> str:
-        """Make the job's cgroup (OSError when the kernel refuses)."""
-        path = self.path(key)
+    def take(self) -> str:
+        """An empty cgroup for a job (OSError when the kernel refuses to make one)."""
+        if self.free:
+            return self.free.pop()
+        path = f"{self.root}/{self.made + 1}"
         os.mkdir(path)
+        self.made += 1
         return path
+
+    def give_back(self, path: str) -> None:
+        """A job's cgroup, once :func:`populated` says it is empty, for the next job."""
+        self.free.append(path)
 
     @contextlib.contextmanager
     def inside(self, path: str) -> Iterator[None]:
@@ -94,21 +101,6 @@ class JobCgroups:
         for pid in procs(path):  # a kernel before 5.14: no cgroup.kill
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-
-    def remove(self, path: str) -> None:
-        """Remove an emptied job cgroup (retried later while the kernel says busy)."""
-        try:
-            os.rmdir(path)
-        except FileNotFoundError:
-            self.pending_rmdir.discard(path)
-        except OSError:
-            self.pending_rmdir.add(path)
-        else:
-            self.pending_rmdir.discard(path)
-
-    def retry_removals(self) -> None:
-        for path in list(self.pending_rmdir):
-            self.remove(path)
 
     def close(self) -> None:
         """At the keeper's exit: remove its subtree (what is empty of it)."""

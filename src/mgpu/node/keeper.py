@@ -408,7 +408,7 @@ class Keeper:
         try:
             if self.cgroups is not None:
                 with contextlib.suppress(OSError):  # else: the process-group walk alone
-                    job.cgroup = self.cgroups.create(req.key)
+                    job.cgroup = self.cgroups.take()
             with (self.cgroups.inside(job.cgroup) if self.cgroups is not None and job.cgroup
                   else contextlib.nullcontext()):
                 if req.pty:
@@ -422,7 +422,9 @@ class Keeper:
                 (acct.uid, acct.gid, acct.groups) if acct else None)
             job.spool.note(f"mgpu: {reason}\n")
             if job.cgroup is not None and self.cgroups is not None:
-                self.cgroups.remove(job.cgroup)
+                self.cgroups.kill(job.cgroup)  # (nothing, unless the spawn failed late)
+                if not cgroup.populated(job.cgroup):
+                    self.cgroups.give_back(job.cgroup)
             self.finish(job, "failed", exit_code, reason)
             return
         job.pidfd = os.pidfd_open(job.pid)
@@ -662,7 +664,7 @@ class Keeper:
                 self.cgroups.kill(job.cgroup)
                 job.lingering_since = job.lingering_since or now
                 return False
-            self.cgroups.remove(job.cgroup)
+            self.cgroups.give_back(job.cgroup)
             return True
         pids = self.signal_tree(job, signal.SIGKILL, ending=True)
         if any(map(_alive, pids)) and now - (job.lingering_since or now) < LINGER_MAX:
@@ -928,8 +930,6 @@ class Keeper:
                 self._flush()
             if now >= next_reap:
                 _reap_orphans({j.pid for j in self.jobs.values() if j.result is None})
-                if self.cgroups is not None:
-                    self.cgroups.retry_removals()
                 next_reap = now + 1.0
 
     def _should_exit(self, now: float) -> bool:
