@@ -415,7 +415,12 @@ class Keeper:
                     self._start_pty(job)
                 else:
                     self._start_pipes(job)
+            job.pidfd = os.pidfd_open(job.pid)  # (EMFILE: the job cannot be watched)
         except Exception as e:  # one bad spawn must not end the keeper
+            if job.pid > 0:  # started, but not watched: it does not run unwatched
+                with contextlib.suppress(OSError):
+                    os.killpg(job.pid, signal.SIGKILL)
+                self._reap(job)
             acct = job.account if job.account and job.account.uid != os.geteuid() else None
             exit_code, reason = failure_reason(
                 e, _argv0(req), req.cwd or "/", acct.name if acct else None,
@@ -427,7 +432,6 @@ class Keeper:
                     self.cgroups.give_back(job.cgroup)
             self.finish(job, "failed", exit_code, reason)
             return
-        job.pidfd = os.pidfd_open(job.pid)
         self.sel.register(job.pidfd, selectors.EVENT_READ, ("exit", job))
         if req.time_limit:
             job.limit_at = time.monotonic() + req.time_limit
@@ -775,7 +779,7 @@ class Keeper:
     def _accept(self) -> None:
         try:
             conn, _ = self.listener.accept()
-        except BlockingIOError:
+        except OSError:  # none waiting, or out of file descriptors: not the keeper's end
             return
         refusal = keeper_sock.peer_refusal(conn)
         if refusal is None and self.conn is not None:
