@@ -3,7 +3,7 @@
 * The file is opened on the first output (a silent job costs no file) and written with
   ``os.write``, whole frames only: after a short or failed write the file is cut back to
   the last whole frame, so a reader never sees half a frame.
-* ``max_output`` (bytes, 0 = no cap): once the spool reaches it, what the job writes next
+* ``max_output`` (bytes; 0 or less: no cap): once the spool reaches it, what the job writes next
   is read and discarded and one last line says so; the job goes on running.
 * A write that fails (``ENOSPC``, ``EIO``, ...) never raises: the rest of the job's output
   is lost, :attr:`Spool.lost` says why, and the keeper reports the job's end as usual with
@@ -43,7 +43,7 @@ class Spool:
         """Append ``data`` as one frame, within the cap; never raises."""
         if self.cut or self.lost is not None:
             return
-        if self.max_output and self.size + 5 + len(data) > self.max_output:
+        if self.max_output > 0 and self.size + 5 + len(data) > self.max_output:
             room = self.max_output - self.size - 5
             if room > 0:
                 self._append(frame(stream, data[:room]))
