@@ -87,10 +87,10 @@ def test_a_node_whose_data_dir_is_deeper_than_a_socket_path_may_be(make_cluster:
     through /proc/self/fd of its directory."""
     cluster = make_cluster(nodes=0)
     deep = cluster.tmp / ("d" * 60) / ("e" * 60)
-    assert len(str(deep / "keeper.sock")) > 107
+    assert len(str(deep / "run" / "keeper.sock")) > 107
     cluster.add_node("node1", 1, "--data-dir", str(deep))
     job = cluster.submit("echo deep")
     assert cluster.wait_job(job)["state"] == "completed"
-    assert (deep / "keeper.sock").exists()
+    assert (deep / "run" / "keeper.sock").exists()
     cluster.restart_node("node1")  # a new agent finds the keeper by the same road
     assert cluster.wait_job(cluster.submit("true"))["state"] == "completed"

@@ -94,6 +94,9 @@ class NodeConfig:
     ca: Path | None = field(default=None, metadata=_env("MGPU_CA"))
     tls: bool = field(default=False, metadata=_env("MGPU_TLS"))
     allow_root_jobs: bool = field(default=False, metadata=_env("MGPU_ALLOW_ROOT_JOBS"))
+    # Output kept per job run on the node; past it the rest is discarded, the log says so at
+    # its end and the job goes on running. 0: no cap.
+    max_output_mib: int = field(default=1024, metadata=_env("MGPU_MAX_OUTPUT_MIB"))
 
     @property
     def effective_data_dir(self) -> Path:

@@ -121,7 +121,7 @@ class Agent:
         data_dir = self.cfg.effective_data_dir
         self.supervisor = Supervisor(
             self.node_id, data_dir, self._on_output, self._on_ended, self.cfg.kill_grace,
-            self.cfg.fence_timeout, self.cfg.allow_root_jobs,
+            self.cfg.fence_timeout, self.cfg.allow_root_jobs, self.cfg.max_output_mib << 20,
         )
         try:
             data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

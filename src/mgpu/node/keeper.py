@@ -1,15 +1,20 @@
 """The node keeper: the one process on a node that runs jobs and outlives its agent.
 
 The agent starts the keeper once (``python -m mgpu.node.keeper DATA_DIR``, in a session of
-its own) and talks to it over ``DATA_DIR/keeper.sock``. A restarted agent finds the keeper
-still there and re-adopts every job with its output and exit code. For each job the keeper:
+its own) and talks to it over ``DATA_DIR/run/keeper.sock`` (private to the agent's uid, one
+agent at a time: ``keeper_sock.py``). A restarted agent finds the keeper still there and
+re-adopts every job with its output and exit code. For each job the keeper:
 
 * starts ``/bin/sh -c COMMAND`` in a new session, with pipes or a pseudo-terminal, and
   exactly the environment it was given (the agent sets ``CUDA_VISIBLE_DEVICES``);
-* is the child subreaper (``PR_SET_CHILD_SUBREAPER``) of everything the job starts, so a
+* runs it in a cgroup of its own where it may (``cgroup.py``): nothing the job starts can
+  leave it, and the job's end is reported once it is empty. Else (and as well) it is the
+  child subreaper (``PR_SET_CHILD_SUBREAPER``) of everything the job starts, so a
   descendant that left the job's session is still found and killed; each such process is
-  attributed to its job by the ``MGPU_JOB_ID`` and ``MGPU_JOB_RUN`` it inherited;
-* writes the job's framed output to its spool file and tells the agent how far it has got;
+  attributed to its job by the ``MGPU_JOB_ID`` and ``MGPU_JOB_RUN`` it inherited, and at a
+  job's end the orphans no running job claims are killed too;
+* writes the job's framed output to its spool file (``keeper_spool.py``: a cap, a full
+  disk) and tells the agent how far it has got;
 * enforces the time limit: SIGTERM to the job's whole tree, a grace period, then SIGKILL;
 * when the job's main process exits, kills whatever it left behind, writes ``JOBID.exit``
   and reports the end.
@@ -25,8 +30,10 @@ starts each job with ``vfork`` for a fraction of that. The cost: if the keeper i
 killed, the node's jobs lose their watcher; the next agent then reports them as failed.
 
 Messages are ``length:u32 | kind:u8 | body`` with a JSON body (for STDIN: the run key, a
-newline, then raw bytes). This module imports only the standard library and ``core/frames.py``,
-so the keeper starts fast and stays small.
+newline, then raw bytes). A message the keeper cannot act on is logged and, for a SPAWN,
+fails that job: no single request ends the keeper. This module imports only the standard
+library, ``core/frames.py`` and its own stdlib-only helpers (``cgroup``, ``keeper_sock``,
+``keeper_spool``, ``keeper_start``), so the keeper starts fast and stays small.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import errno
 import fcntl
 import json
 import os
+import select
 import selectors
 import signal
 import socket
@@ -46,11 +54,14 @@ import subprocess
 import sys
 import termios
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, BinaryIO
+from typing import Any
 
-from mgpu.core.frames import STREAM_STDERR, STREAM_STDOUT, frame
+from mgpu.core.frames import STREAM_STDERR, STREAM_STDOUT
+from mgpu.node import cgroup, keeper_sock
+from mgpu.node.keeper_spool import Spool
+from mgpu.node.keeper_start import enter_after_setuid, failure_reason
 
 LENGTH = struct.Struct(">I")
 PR_SET_CHILD_SUBREAPER = 36
@@ -58,6 +69,8 @@ DRAIN_TIMEOUT = 2.0
 READ_SIZE = 1 << 16
 IDLE_EXIT = 10.0  # with no agent and no job for this long, the keeper exits
 GREW_BELOW = 1 << 16  # progress is reported while less than this waits to go to the agent
+LINGER_POLL = 0.005  # seconds between checks that a killed job's processes are gone
+LINGER_MAX = 5.0  # without cgroups, how long to wait for them (a pid may be reused)
 
 # Jobs are named by their run key ("JOBID.RUN"): a requeued job's new run is another job
 # here, even while its old run is still being killed.
@@ -72,9 +85,26 @@ RESIZE = b"r"  # {key, rows, cols}
 FORGET = b"f"  # {key}: the agent has reported the end; drop it
 SHUTDOWN = b"q"  # kill every job and exit
 # keeper -> agent
-HELLO = b"h"  # {jobs: [{key, job_id, pid, size, exited}]}
+HELLO = b"h"  # {jobs: [{key, job_id, pid, size, exited, stdin_written}]}
 GREW = b"g"  # {key, size}
 EXITED = b"x"  # Exited
+STDIN_CREDIT = b"w"  # {key, written}: see "stdin flow control" below
+REFUSED = b"!"  # {reason}: this connection is refused (another agent holds the keeper,
+#                 or the peer's uid is not allowed); the keeper closes it after this
+
+# Stdin flow control (credit-based). For each job the keeper counts ``written``: the bytes
+# of STDIN it has taken off its buffer, by writing them to the job's stdin, or by dropping
+# them once the job has closed its stdin or ended. It sends STDIN_CREDIT {key, written}
+# (cumulative since the run started) as that count advances (at least every
+# STDIN_CREDIT_STEP bytes, and whenever the buffer runs empty); HELLO gives it for every job
+# too. The agent may have at most STDIN_WINDOW bytes of a job's STDIN payloads sent and not
+# yet counted in ``written``: it stops forwarding (and so stops reading from its client)
+# until a credit comes. The keeper's buffer per job therefore never holds more than
+# STDIN_WINDOW; nothing sent within the window is dropped. An agent that sends beyond the
+# window breaks the protocol: the keeper keeps the bytes (nothing accepted is lost) and logs
+# it once for that job.
+STDIN_WINDOW = 1 << 20
+STDIN_CREDIT_STEP = 1 << 16
 
 
 @dataclass
@@ -98,6 +128,7 @@ class Spawn:
     argv: list[str] | None = None
     user: str = ""  # the job's owner: a root keeper runs the job under this account
     allow_root: bool = False  # may a root keeper run a job of root's as root?
+    max_output: int = 0  # bytes of spool after which output is cut (0: no cap)
 
 
 @dataclass
@@ -205,18 +236,23 @@ def _lookup(user: str) -> Account | None:
                    entry.pw_shell)
 
 
-def _as_owner(job: Job) -> dict[str, Any]:
-    """Popen arguments that run the job as its owner, with the owner's HOME and USER.
+def _as_owner(job: Job, preexec: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Popen arguments that run the job as its owner, with the owner's HOME and USER, in
+    its working directory, calling ``preexec`` in the child last.
 
     Only when the owner is another user than the keeper's: a uid change makes Popen fork
-    instead of vfork, which costs the keeper about a millisecond per job."""
+    instead of vfork, which costs the keeper about a millisecond per job. The directory is
+    then entered as the owner, after the change of ids (Popen's ``cwd`` would enter it as
+    root, past the directory's permissions)."""
     env = job.req.env
     acct = job.account
+    cwd = job.req.cwd or "/"
     if acct is None or acct.uid == os.geteuid():
-        return {"env": env}
+        return {"env": env, "cwd": cwd, "preexec_fn": preexec}
     env = {**env, "HOME": acct.home, "USER": acct.name, "LOGNAME": acct.name,
            "SHELL": acct.shell or "/bin/sh"}
-    return {"env": env, "user": acct.uid, "group": acct.gid, "extra_groups": acct.groups}
+    return {"env": env, "user": acct.uid, "group": acct.gid, "extra_groups": acct.groups,
+            "preexec_fn": enter_after_setuid(cwd, preexec)}
 
 
 # Words that only a shell understands: a command starting with one needs /bin/sh.
@@ -229,6 +265,12 @@ _SHELL_WORDS = frozenset((
     "select", "time",
 ))
 _PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_@%+=:,./- ")
+
+
+def _argv0(req: Spawn) -> str:
+    with contextlib.suppress(Exception):
+        return command_argv(req)[0]
+    return ""
 
 
 def command_argv(req: Spawn) -> list[str]:
@@ -285,8 +327,7 @@ class Job:
     """One job in the keeper."""
 
     req: Spawn
-    spool: BinaryIO | None = None
-    size: int = 0
+    spool: Spool = field(init=False)
     notified: int = -1
     pid: int = -1  # the job's main process (and its process group), once started
     popen: subprocess.Popen[bytes] | None = None  # when Popen started it (pty, another user)
@@ -305,6 +346,18 @@ class Job:
     result: Exited | None = None
     account: Account | None = None  # the owner to run as (None: the keeper's own user)
     exit_written: bool = False
+    stdin_written: int = 0  # bytes taken off stdin_buf (see "stdin flow control")
+    stdin_credited: int = 0  # the last ``written`` sent to the agent
+    stdin_overrun: bool = False  # the agent sent past the window (logged once)
+    cgroup: str | None = None  # its cgroup's directory, when the keeper made one
+    lingering_since: float | None = None  # killed at its end; waiting for its processes
+
+    def __post_init__(self) -> None:
+        self.spool = Spool(self.req.spool, self.req.max_output)
+
+    @property
+    def size(self) -> int:
+        return self.spool.size
 
     @property
     def key(self) -> str:
@@ -318,8 +371,10 @@ class Job:
 class Keeper:
     """The keeper's event loop: jobs, their pipes, the agent's connection, the deadlines."""
 
-    def __init__(self, data_dir: str, listener: socket.socket) -> None:
+    def __init__(self, data_dir: str, listener: socket.socket,
+                 cgroups: cgroup.JobCgroups | None = None) -> None:
         self.data_dir = data_dir
+        self.cgroups = cgroups  # None: jobs are found by the subreaper + process-group walk
         self.listener = listener
         self.sel = selectors.DefaultSelector()
         self.jobs: dict[str, Job] = {}
@@ -337,39 +392,46 @@ class Keeper:
     # ------------------------------------------------------------------ jobs
 
     def spawn(self, req: Spawn) -> None:
+        """Start one job; any failure to start it (bad input included) ends that job as
+        ``failed`` with the reason, never the keeper."""
         # A run key is used once (a requeue is the next run), so its spool and exit files
         # are new: nothing to look at or clear first.
         job = Job(req)
         self.jobs[req.key] = job
         try:
             job.account = account_of(req)
-        except PermissionError as e:
-            with contextlib.suppress(OSError):
-                self.emit(job, STREAM_STDERR, f"mgpu: {e}\n".encode())
-            self.finish(job, "failed", None, str(e))
+        except Exception as e:  # a user name that no look-up takes (a NUL byte) too
+            why = str(e) if isinstance(e, PermissionError) else f"could not start: {e}"
+            job.spool.note(f"mgpu: {why}\n")
+            self.finish(job, "failed", None, why)
             return
         try:
-            if req.pty:
-                self._start_pty(job)
-            else:
-                self._start_pipes(job)
-        except OSError as e:
-            argv = command_argv(req)
-            exit_code: int | None = None
-            if e.filename == argv[0] and isinstance(e, FileNotFoundError | PermissionError):
-                # What a shell would say and return for a program it cannot run.
-                missing = isinstance(e, FileNotFoundError)
-                exit_code = 127 if missing else 126
-                reason = f"{argv[0]}: {'command not found' if missing else e.strerror}"
-            elif isinstance(e, FileNotFoundError | PermissionError):
-                reason = f"could not start in {req.cwd}: {e.strerror or e}"
-            else:
-                reason = f"could not start: {e.strerror or e}"
-            with contextlib.suppress(OSError):
-                self.emit(job, STREAM_STDERR, f"mgpu: {reason}\n".encode())
+            if self.cgroups is not None:
+                with contextlib.suppress(OSError):  # else: the process-group walk alone
+                    job.cgroup = self.cgroups.take()
+            with (self.cgroups.inside(job.cgroup) if self.cgroups is not None and job.cgroup
+                  else contextlib.nullcontext()):
+                if req.pty:
+                    self._start_pty(job)
+                else:
+                    self._start_pipes(job)
+            job.pidfd = os.pidfd_open(job.pid)  # (EMFILE: the job cannot be watched)
+        except Exception as e:  # one bad spawn must not end the keeper
+            if job.pid > 0:  # started, but not watched: it does not run unwatched
+                with contextlib.suppress(OSError):
+                    os.killpg(job.pid, signal.SIGKILL)
+                self._reap(job)
+            acct = job.account if job.account and job.account.uid != os.geteuid() else None
+            exit_code, reason = failure_reason(
+                e, _argv0(req), req.cwd or "/", acct.name if acct else None,
+                (acct.uid, acct.gid, acct.groups) if acct else None)
+            job.spool.note(f"mgpu: {reason}\n")
+            if job.cgroup is not None and self.cgroups is not None:
+                self.cgroups.kill(job.cgroup)  # (nothing, unless the spawn failed late)
+                if not cgroup.populated(job.cgroup):
+                    self.cgroups.give_back(job.cgroup)
             self.finish(job, "failed", exit_code, reason)
             return
-        job.pidfd = os.pidfd_open(job.pid)
         self.sel.register(job.pidfd, selectors.EVENT_READ, ("exit", job))
         if req.time_limit:
             job.limit_at = time.monotonic() + req.time_limit
@@ -387,7 +449,7 @@ class Keeper:
             fds = (in_r if req.stdin else self.devnull, out_w, err_w)
             if "user" in opts:  # another account: Popen changes the ids in the child
                 job.popen = subprocess.Popen(
-                    argv, cwd=req.cwd or "/", stdin=fds[0], stdout=fds[1], stderr=fds[2],
+                    argv, stdin=fds[0], stdout=fds[1], stderr=fds[2],
                     start_new_session=True, **opts)
                 job.pid = job.popen.pid
             else:
@@ -437,9 +499,9 @@ class Keeper:
         _set_size(slave_fd, req.rows, req.cols)
         try:
             job.popen = subprocess.Popen(
-                command_argv(req), cwd=req.cwd or "/",
+                command_argv(req),
                 stdin=slave_fd, stdout=slave_fd, stderr=slave_fd, start_new_session=True,
-                preexec_fn=_take_terminal, **_as_owner(job),
+                **_as_owner(job, _take_terminal),
             )
             job.pid = job.popen.pid
         except BaseException:
@@ -453,11 +515,7 @@ class Keeper:
         job.open_streams = 1
 
     def emit(self, job: Job, stream: int, data: bytes) -> None:
-        if job.spool is None:  # opened on first output: a silent job costs no file
-            job.spool = open(job.req.spool, "ab")  # noqa: SIM115 - open for the job's life
-        job.spool.write(frame(stream, data))
-        job.spool.flush()
-        job.size += 5 + len(data)
+        job.spool.write(stream, data)  # never raises: a full disk loses output, not the job
 
     def _read(self, job: Job, stream: int, fd: int) -> None:
         try:
@@ -476,19 +534,25 @@ class Keeper:
         """Write what the job's stdin takes now; wait until it is writable for the rest."""
         fd = job.stdin_fd
         if fd is None:
+            job.stdin_written += len(job.stdin_buf)
             job.stdin_buf.clear()
+            self._credit(job)
             return
         try:
             while job.stdin_buf:
                 n = os.write(fd, job.stdin_buf)
                 del job.stdin_buf[:n]
+                job.stdin_written += n
         except BlockingIOError:
             pass
         except OSError:  # the job closed its stdin or ended
+            job.stdin_written += len(job.stdin_buf)
             job.stdin_buf.clear()
+        self._credit(job)
         if job.pty_fd is not None:
             if not job.stdin_buf and job.stdin_eof:
                 job.stdin_eof = False
+                job.stdin_written -= 1  # the Ctrl-D is the keeper's, not the agent's
                 job.stdin_buf += b"\x04"  # Ctrl-D: end of input at the terminal
                 self._write_stdin(job)
                 return
@@ -505,6 +569,13 @@ class Keeper:
             with contextlib.suppress(OSError):
                 os.close(fd)
             job.stdin_fd = None
+
+    def _credit(self, job: Job) -> None:
+        """Tell the agent how much of the job's stdin it has taken (flow control)."""
+        ahead = job.stdin_written - job.stdin_credited
+        if ahead >= STDIN_CREDIT_STEP or (ahead > 0 and not job.stdin_buf):
+            job.stdin_credited = job.stdin_written
+            self.send(STDIN_CREDIT, {"key": job.key, "written": job.stdin_written})
 
     def tree(self, job: Job) -> list[int]:
         """The job's live processes: its main process's descendants, plus the orphans
@@ -525,13 +596,42 @@ class Keeper:
         job.known.update(found)
         return found
 
-    def signal_tree(self, job: Job, sig: int) -> None:
-        if job.pid > 0 and job.exited_at is None:  # (after the exit, _on_exit killed it)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(job.pid, sig)
-        for pid in self.tree(job):
+    def signal_tree(self, job: Job, sig: int, ending: bool = False) -> list[int]:
+        """Signal every process of the job: its cgroup's, else its group, its tree and
+        (``ending``: the job's end) every orphan under the keeper that no running job
+        claims. The pids signalled (none when the cgroup was killed whole)."""
+        if job.cgroup is not None and self.cgroups is not None:
+            if sig == signal.SIGKILL:
+                self.cgroups.kill(job.cgroup)
+                return []
+            pids = cgroup.procs(job.cgroup)
+        else:
+            if job.pid > 0 and job.exited_at is None:  # (after the exit, _on_exit killed it)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(job.pid, sig)
+            pids = self.tree(job) + (self._unclaimed(job) if ending else [])
+        for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
+        return pids
+
+    def _unclaimed(self, job: Job) -> list[int]:
+        """Without cgroups, at the end of ``job``: the orphans re-parented to the keeper (it
+        is their subreaper) that no other running job claims (by its known processes or the
+        MGPU_JOB_RUN they carry), with their descendants. A process that shed its markers
+        and left its session is attributed to the job that ends first; a job that does that
+        may lose it early, but it never outlives every job."""
+        others = [j for j in self.jobs.values() if j is not job and j.result is None]
+        skip = {j.pid for j in others}.union(*(j.known for j in others))
+        skip.update(*(cgroup.procs(j.cgroup) for j in others if j.cgroup is not None))
+        markers = [f"MGPU_JOB_RUN={j.key}\0".encode() for j in others]
+        found: list[int] = []
+        for pid in _own_children():
+            if pid == job.pid or pid in skip or _environ_has_any(pid, markers):
+                continue
+            found.append(pid)
+            found.extend(_descendants(pid))
+        return found
 
     def stop(self, job: Job, state: str, reason: str, grace: float) -> None:
         """SIGTERM the job's whole tree now; SIGKILL it after ``grace`` (0: at once)."""
@@ -555,11 +655,32 @@ class Keeper:
         # Processes that left the group are found by the tree walk in conclude().
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(job.pid, signal.SIGKILL)
+        if (job.cgroup is not None and self.cgroups is not None
+                and cgroup.populated(job.cgroup)):
+            self.cgroups.kill(job.cgroup)  # all of it now: its pipes close, output drains
         job.exited_at = time.monotonic()
 
+    def _all_dead(self, job: Job, now: float) -> bool:
+        """Kill whatever the job left (the main is a zombie); True once none of it lives.
+        Until then the job's end is not reported, so its GPUs are not given to another."""
+        if job.cgroup is not None and self.cgroups is not None:
+            if cgroup.populated(job.cgroup):  # (killed whole when the main process exited)
+                self.cgroups.kill(job.cgroup)
+                job.lingering_since = job.lingering_since or now
+                return False
+            self.cgroups.give_back(job.cgroup)
+            return True
+        pids = self.signal_tree(job, signal.SIGKILL, ending=True)
+        if any(map(_alive, pids)) and now - (job.lingering_since or now) < LINGER_MAX:
+            job.lingering_since = job.lingering_since or now  # (bounded: pids are reused)
+            return False
+        return True
+
     def conclude(self, job: Job) -> None:
-        """After the main process exited and its output drained (or the drain timed out)."""
-        self.signal_tree(job, signal.SIGKILL)  # what left its group (the main is a zombie)
+        """After the main process exited and its output drained (or the drain timed out),
+        and (called again each turn until then) every process of the job is dead."""
+        if not self._all_dead(job, time.monotonic()):
+            return
         returncode = self._reap(job)
         for fd in job.out_fds:
             if fd != job.pty_fd:
@@ -604,8 +725,9 @@ class Keeper:
 
         The keeper also keeps the end in memory until the agent says FORGET (a reconnecting
         agent gets it in HELLO); the file is for a keeper that dies before then."""
-        if job.spool is not None:
-            job.spool.close()
+        job.spool.close()
+        if job.spool.lost is not None:
+            reason = f"{reason}; {job.spool.lost}" if reason else job.spool.lost
         job.result = Exited(job.key, job.job_id, state, exit_code, reason, job.size)
         if self.conn is None:
             _write_exit(job)
@@ -657,9 +779,24 @@ class Keeper:
     def _accept(self) -> None:
         try:
             conn, _ = self.listener.accept()
-        except BlockingIOError:
+        except OSError:  # none waiting, or out of file descriptors: not the keeper's end
             return
-        self._drop_conn()
+        refusal = keeper_sock.peer_refusal(conn)
+        if refusal is None and self.conn is not None:
+            for _ in range(64):  # has the agent we had gone? (its EOF may be unread yet)
+                if self.conn is None or not select.select([self.conn], [], [], 0)[0]:
+                    break
+                self._on_conn(selectors.EVENT_READ)
+            if self.conn is not None:
+                refusal = ("another node agent is connected to this keeper: stop it first "
+                           "(one agent per node data dir)")
+        if refusal is not None:
+            with contextlib.suppress(OSError):
+                conn.setblocking(False)
+                conn.send(pack(REFUSED, {"reason": refusal}))
+            conn.close()
+            print(f"mgpu keeper: refused a connection: {refusal}", file=sys.stderr, flush=True)
+            return
         conn.setblocking(False)
         self.conn = conn
         self.last_heard = time.monotonic()
@@ -667,9 +804,10 @@ class Keeper:
         jobs = []
         for job in self.jobs.values():
             jobs.append({"key": job.key, "job_id": job.job_id, "pid": job.pid,
-                         "size": job.size,
+                         "size": job.size, "stdin_written": job.stdin_written,
                          "exited": asdict(job.result) if job.result else None})
             job.notified = job.size
+            job.stdin_credited = job.stdin_written
         self.send(HELLO, {"jobs": jobs})
 
     def _on_conn(self, mask: int) -> None:
@@ -689,19 +827,46 @@ class Keeper:
         self.last_heard = time.monotonic()
         self.inbuf += data
         for kind, payload in unpack_all(self.inbuf):
-            self._on_message(kind, payload)
+            try:
+                self._on_message(kind, payload)
+            except Exception as e:  # one bad message must not end the keeper
+                print(f"mgpu keeper: message {kind!r} not understood: {e!r}", file=sys.stderr,
+                      flush=True)
+                self._refuse_spawn(kind, payload, e)
+
+    def _refuse_spawn(self, kind: bytes, payload: bytes, e: Exception) -> None:
+        """A SPAWN the keeper could not even read: end that job, if it can be named."""
+        if kind != SPAWN:
+            return
+        with contextlib.suppress(Exception):
+            body = json.loads(payload)
+            key, job_id = str(body["key"]), int(body["job_id"])
+            if key not in self.jobs:
+                self.send(EXITED, asdict(Exited(key, job_id, "failed", None,
+                                                f"could not start: bad request ({e})", 0)))
 
     def _on_message(self, kind: bytes, payload: bytes) -> None:
         if kind == STDIN:
             key, _, data = payload.partition(b"\n")
-            job = self.jobs.get(key.decode())
-            if job is not None and job.stdin_fd is not None:
-                job.stdin_buf += data
-                self._write_stdin(job)
+            job = self.jobs.get(key.decode(errors="replace"))
+            if job is None:
+                return
+            if job.stdin_fd is None:  # closed or ended: taken and dropped, as a pipe would
+                job.stdin_written += len(data)
+                self._credit(job)
+                return
+            job.stdin_buf += data
+            if len(job.stdin_buf) > STDIN_WINDOW and not job.stdin_overrun:
+                job.stdin_overrun = True
+                print(f"mgpu keeper: job {job.key}: the agent sent stdin past the "
+                      f"{STDIN_WINDOW}-byte window", file=sys.stderr, flush=True)
+            self._write_stdin(job)
             return
         body = json.loads(payload) if payload else {}
         if kind == SPAWN:
             req = Spawn(**body)
+            if req.key in self.jobs:
+                return  # a run key is started once
             if req.fence is not None:
                 self.fence = req.fence
             self.spawn(req)
@@ -783,7 +948,9 @@ class Keeper:
         for job in self.jobs.values():
             if job.result is not None:
                 continue
-            if job.exited_at is not None:
+            if job.lingering_since is not None:
+                deadlines.append(now + LINGER_POLL)
+            elif job.exited_at is not None:
                 deadlines.append(job.exited_at + DRAIN_TIMEOUT)
             if job.limit_at is not None and job.ending is None:
                 deadlines.append(job.limit_at)
@@ -890,6 +1057,26 @@ def _descendants(root: int) -> list[int]:
     return out
 
 
+def _alive(pid: int) -> bool:
+    """Is ``pid`` a process that has not exited (a zombie has)?"""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _environ_has_any(pid: int, markers: list[bytes]) -> bool:
+    if not markers:
+        return False
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read()
+    except OSError:
+        return False
+    return any(marker in env for marker in markers)
+
+
 def _has_env(pid: int, markers: tuple[bytes, ...]) -> bool:
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
@@ -914,27 +1101,8 @@ def _set_subreaper() -> None:
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-def socket_path(data_dir: str) -> str:
-    return os.path.join(data_dir, "keeper.sock")
-
-
-UNIX_PATH_MAX = 107  # bytes of a socket's path that AF_UNIX takes (sun_path, less its NUL)
-
-
-@contextlib.contextmanager
-def socket_address(data_dir: str) -> Iterator[str]:
-    """The address to bind or connect the keeper's socket by: its path, or, when that is
-    longer than AF_UNIX takes (a deep data dir), the same file reached through
-    ``/proc/self/fd/N/`` of its directory, for as long as the block lasts."""
-    path = socket_path(data_dir)
-    if len(os.fsencode(path)) <= UNIX_PATH_MAX:
-        yield path
-        return
-    fd = os.open(data_dir, os.O_PATH | os.O_DIRECTORY)
-    try:
-        yield f"/proc/self/fd/{fd}/keeper.sock"
-    finally:
-        os.close(fd)
+socket_path = keeper_sock.socket_path
+socket_address = keeper_sock.socket_address
 
 
 def main(argv: list[str]) -> int:
@@ -943,7 +1111,6 @@ def main(argv: list[str]) -> int:
     # Not SIGINT: an ignored signal is inherited, and a shell cannot trap what it was born
     # ignoring. The keeper has a session of its own, so no terminal's Ctrl-C reaches it.
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # Popen restores it for the jobs
-    path = socket_path(data_dir)
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         with socket_address(data_dir) as address:
@@ -954,18 +1121,20 @@ def main(argv: list[str]) -> int:
         probe.close()
         return 0  # a keeper already runs for this data dir
     probe.close()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    with socket_address(data_dir) as address:
-        listener.bind(address)
-    listener.listen(16)
-    _set_subreaper()
     try:
-        return Keeper(data_dir, listener).run()
+        listener = keeper_sock.bind(data_dir)
+    except PermissionError as e:
+        print(f"mgpu keeper: {e}", file=sys.stderr)
+        return 1
+    _set_subreaper()
+    cgroups = cgroup.available()
+    try:
+        return Keeper(data_dir, listener, cgroups).run()
     finally:
         with contextlib.suppress(OSError):
-            os.unlink(path)
+            os.unlink(socket_path(data_dir))
+        if cgroups is not None:
+            cgroups.close()
 
 
 if __name__ == "__main__":

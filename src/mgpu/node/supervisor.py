@@ -80,7 +80,7 @@ class Supervisor:
 
     def __init__(self, node_id: str, data_dir: Path, on_output: OnOutput, on_ended: OnEnded,
                  kill_grace: float = 30.0, fence: float | None = None,
-                 allow_root: bool = False) -> None:
+                 allow_root: bool = False, max_output: int = 0) -> None:
         self.node_id = node_id
         self.data_dir = data_dir
         self.spool_dir = data_dir / "spool"
@@ -90,6 +90,7 @@ class Supervisor:
         self.kill_grace = kill_grace
         self.fence = fence
         self.allow_root = allow_root
+        self.max_output = max_output  # bytes of output kept per run (0: no cap)
         self.jobs: dict[str, RunningJob] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._outbox = bytearray()  # messages to the keeper, written at the end of a turn
@@ -290,7 +291,7 @@ class Supervisor:
             "exit_file": self._exit_file(job.key),
             "time_limit": msg.time_limit, "grace": self.kill_grace, "fence": self.fence,
             "stdin": msg.stdin, "pty": msg.pty, "argv": msg.argv, "user": msg.user,
-            "allow_root": self.allow_root,
+            "allow_root": self.allow_root, "max_output": self.max_output,
         }
         try:
             self._send(kp.SPAWN, req)

@@ -30,9 +30,14 @@ def check_spec(spec: JobSpec, where: str) -> None:
     batch, for the message). The time limit is checked by the state (it knows the maximum)."""
     if not 1 <= spec.gpus <= MAX_GPUS_PER_NODE:
         raise UsageError(f"{where}gpus must be from 1 to {MAX_GPUS_PER_NODE}, got {spec.gpus}")
-    if len(spec.cwd) > MAX_PATH or "\0" in spec.cwd or (spec.user and len(spec.user) > MAX_NAME):
-        raise UsageError(f"{where}the working directory (or user) is too long or holds a NUL "
-                         "byte")
+    # Every string that reaches exec or the environment on the node: a NUL byte there is
+    # refused here, with the field named, rather than failing (or crashing) on the node.
+    for field_name, value in (("command", spec.command), ("name", spec.name),
+                              ("user", spec.user), ("cwd", spec.cwd)):
+        if value is not None and "\0" in value:
+            raise UsageError(f"{where}{field_name} holds a NUL byte: remove it")
+    if len(spec.cwd) > MAX_PATH or (spec.user and len(spec.user) > MAX_NAME):
+        raise UsageError(f"{where}the working directory (or user) is too long")
     if not spec.command.strip():
         raise UsageError(f"{where}the command is empty")
     if spec.argv is not None and (not spec.argv or not spec.argv[0]
