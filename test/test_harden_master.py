@@ -146,6 +146,7 @@ def test_an_admin_resets_the_credential_of_a_node_that_lost_it(cluster: Cluster,
 
     again = _agent(cluster, "node1-third", "node1", fresh)
     cluster.wait_nodes_up(["node1"])
+    wait_until(lambda: (fresh / "node.credential").exists(), 10)  # (kept once received)
     assert (fresh / "node.credential").read_text().split()[0] == "node1"
     assert cluster.wait_job(cluster.submit("true"))["state"] == "completed"
     assert again.running()
