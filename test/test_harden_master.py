@@ -283,19 +283,8 @@ def _saved_state(cluster: Cluster, job_id: int) -> str:
     return str(state)
 
 
-@pytest.mark.cluster(nodes=1, gpus=1)
-def test_a_full_master_disk_refuses_submits_and_holds_ends_until_saved(
-        cluster: Cluster, tmp_path: Path) -> None:
-    """A full disk, for real: the database is capped (``db_max_pages``, SQLite's
-    ``max_page_count``) and packed full, so every write fails with SQLite's own "database or
-    disk is full", as on a full disk, without root. Before: the end could not be saved, was
-    never retried, and the job stayed running in the database for good. Now: submits get a
-    507 naming the fix; the end is held (not acknowledged) and saved once there is room,
-    and the node's link is never cut."""
-    gate = tmp_path / "gate"
-    job_id = cluster.submit(f"echo before; while [ ! -e {gate} ]; do sleep 0.05; done; "
-                            "echo after")
-    cluster.wait_job(job_id, ("running",))
+def _capped_master(cluster: Cluster) -> int:
+    """Restart the master with its database capped at its size and packed full; the cap."""
     cluster.kill_master(signal.SIGTERM)
     db = cluster.master_dir / "mgpu.db"
     con = sqlite3.connect(db)
@@ -305,26 +294,96 @@ def test_a_full_master_disk_refuses_submits_and_holds_ends_until_saved(
     _fill(db, pages)
     cluster.start_master(env={"MGPU_DB_MAX_PAGES": str(pages)})
     cluster.wait_nodes_up()
-    node_log = cluster.nodes["node1"].log_path
-    seen = len(node_log.read_text())  # (it lost the master that was restarted)
-    gate.touch()
-    wait_until(lambda: cluster.job(job_id)["state"] == "completed", 30)
-    assert _saved_state(cluster, job_id) == "running"  # not saved: held, not acknowledged
+    return int(pages)
 
-    status, reply = cluster.status_of("/api/v1/jobs", {"jobs": [
-        {"command": "true", "gpus": 1}]}, token=cluster.token)
-    assert status == 507, reply
-    assert "disk is full" in reply["error"] and "free space" in reply["error"], reply
-    refused = cluster.mgpu("submit", "true", check=False)
-    assert refused.returncode != 0 and "disk is full" in refused.stderr
 
-    con = sqlite3.connect(db, isolation_level=None)  # an operator frees space
-    con.execute("DELETE FROM audit WHERE user='filler'")
-    con.close()
-    wait_until(lambda: _saved_state(cluster, job_id) == "completed", 30,
-               message="the held end to be saved once there is room")
-    assert cluster.mgpu("logs", str(job_id)).stdout == "before\nafter\n"
-    assert cluster.wait_job(cluster.submit("echo again"))["state"] == "completed"
-    assert "lost the master" not in node_log.read_text()[seen:]
+def _link_kept(cluster: Cluster, since: int) -> None:
+    """Node1 has not lost its link to the master since its log was ``since`` long."""
+    assert "lost the master" not in cluster.nodes["node1"].log_path.read_text()[since:]
     assert cluster.master is not None
     assert "node node1 disconnected" not in cluster.master.log_path.read_text()
+
+
+@pytest.mark.cluster(nodes=1, gpus=1)
+def test_a_full_master_disk_refuses_submits_and_still_records_job_ends(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """A full disk, for real and without root: the database is capped (``db_max_pages``,
+    SQLite's ``max_page_count``) and packed full, so writes that need room fail with
+    SQLite's own "database or disk is full". Before: the error was masked ("cannot rollback
+    - no transaction is active"). Now: a submit gets a 507 that says the disk is full and
+    to free space, the running job's end is still recorded, the node keeps its link."""
+    gate = tmp_path / "gate"
+    job_id = cluster.submit(f"echo before; while [ ! -e {gate} ]; do sleep 0.05; done; "
+                            "echo after")
+    cluster.wait_job(job_id, ("running",))
+    _capped_master(cluster)
+    seen = len(cluster.nodes["node1"].log_path.read_text())  # (it lost the old master)
+    status, reply = cluster.status_of("/api/v1/jobs", {"jobs": [
+        {"command": "true", "gpus": 1, "env": {"PAD": "x" * 100_000}}]}, token=cluster.token)
+    assert status == 507, reply
+    assert "disk is full" in reply["error"] and "free space" in reply["error"], reply
+    gate.touch()
+    wait_until(lambda: _saved_state(cluster, job_id) == "completed", 30,
+               message="the job's end to be saved on the full disk")
+    assert cluster.mgpu("logs", str(job_id)).stdout == "before\nafter\n"
+    _link_kept(cluster, seen)
+
+
+@pytest.mark.cluster(nodes=1, gpus=1)
+def test_job_ends_that_cannot_be_saved_are_held_and_saved_later(cluster: Cluster,
+                                                                tmp_path: Path) -> None:
+    """When even a job's end cannot be saved (here: another process holds the database's
+    write lock, the surest way to make every write fail), the master holds the end, does
+    not acknowledge it, refuses submits, keeps the node's link, and saves the end as soon
+    as it can. Before: the end was dropped, the database said "running" for good."""
+    gate = tmp_path / "gate"
+    job_id = cluster.submit(f"while [ ! -e {gate} ]; do sleep 0.05; done; echo done")
+    cluster.wait_job(job_id, ("running",))
+    seen = len(cluster.nodes["node1"].log_path.read_text())
+    lock = sqlite3.connect(cluster.master_dir / "mgpu.db", isolation_level=None)
+    try:
+        lock.execute("BEGIN IMMEDIATE")  # every write of the master now fails (locked)
+        gate.touch()
+        wait_until(lambda: cluster.job(job_id)["state"] == "completed", 30)
+        assert _saved_state(cluster, job_id) == "running"  # held: not saved, not acked
+        status, reply = cluster.status_of("/api/v1/jobs", {"jobs": [
+            {"command": "true", "gpus": 1}]}, token=cluster.token, timeout=60)
+        assert status == 507, reply
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    wait_until(lambda: _saved_state(cluster, job_id) == "completed", 30,
+               message="the held end to be saved once it can be")
+    assert cluster.mgpu("logs", str(job_id)).stdout == "done\n"
+    assert cluster.wait_job(cluster.submit("echo again"))["state"] == "completed"
+    _link_kept(cluster, seen)
+
+
+@pytest.mark.cluster(nodes=1, gpus=1)
+def test_output_that_does_not_fit_is_dropped_without_cutting_the_node_off(
+        cluster: Cluster) -> None:
+    """The master's copy of a job's output cannot grow (its files are limited to 1 MiB by
+    ``ulimit -f``: EFBIG, as ENOSPC on a full disk, for a normal user). Before: the error
+    cut the node's link, which reconnected and resent the same output for ever, and the
+    job's end was never recorded. Now: what does not fit is dropped, the end is recorded,
+    the link stays."""
+    cluster.kill_master(signal.SIGTERM)
+    spawn = cluster._spawn
+    limit = ("bash", "-c", 'ulimit -f 1024 && exec "$@"', "ulimit")
+    cluster._spawn = lambda name, args, env, wrap=(): spawn(  # type: ignore[method-assign]
+        name, args, env, limit)
+    try:
+        cluster.start_master()
+    finally:
+        cluster._spawn = spawn  # type: ignore[method-assign]
+    cluster.wait_nodes_up()
+    seen = len(cluster.nodes["node1"].log_path.read_text())
+    job_id = cluster.submit("head -c 3000000 /dev/zero | tr '\\0' x; echo; echo end")
+    job = cluster.wait_job(job_id, timeout=60)
+    assert (job["state"], job["exit_code"]) == ("completed", 0), job
+    kept = cluster.mgpu("logs", str(job_id)).stdout
+    assert 500_000 < len(kept) < 1_100_000 and not kept.endswith("end\n")
+    assert cluster.master is not None
+    assert "cannot keep its output" in cluster.master.log_path.read_text()
+    _link_kept(cluster, seen)
+    assert cluster.wait_job(cluster.submit("echo small"))["state"] == "completed"

@@ -15,8 +15,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Coroutine
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -40,10 +39,11 @@ from mgpu.server.auth import (
     load_secrets,
     tls_context,
 )
+from mgpu.server.committer import Committer
 from mgpu.server.nodeauth import NodeCredentials
 from mgpu.server.nodeconn import NodeConn, Violation
 from mgpu.server.state import ClusterState, Effects
-from mgpu.server.store import AuditRow, Batch, Store, TokenRow
+from mgpu.server.store import AuditRow, Store, TokenRow
 from mgpu.server.validate import register_problem
 from mgpu.utils.spool import SpoolDir
 
@@ -52,101 +52,6 @@ log = logging.getLogger("mgpu.master")
 VERSION = "0.1.0"
 
 
-class Committer:
-    """Group commit: effects queued while a write is in flight are saved together.
-
-    Batches are written in FIFO order; after each write, ``on_saved`` runs for every effect
-    of the batch in order (so messages to nodes keep their order), then the waiting callers
-    are released. When a write fails, the callers' futures fail, except those of
-    ``durable`` effects (a node's reports, already applied in memory: job ends): those are
-    held, in order, and written again every :data:`HOLD_RETRY` seconds (and before anything
-    queued later), so an end is saved once the disk has room, and acknowledged only then.
-    """
-
-    def __init__(self, store: Store, on_saved: Callable[[Effects], None]) -> None:
-        self._store = store
-        self._on_saved = on_saved
-        self._queue: list[tuple[Effects, asyncio.Future[None], bool]] = []
-        self._held: list[tuple[Effects, asyncio.Future[None], bool]] = []
-        self.full: StoreError | None = None  # while changes are held for want of room
-        self._retry: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="mgpu-store")
-
-    def submit(self, effects: Effects, durable: bool = False) -> asyncio.Future[None]:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((effects, fut, durable))
-        self._kick()
-        return fut
-
-    def _kick(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        while self._queue or self._held:
-            items = self._held + self._queue
-            self._held, self._queue = [], []
-            error = await self._save(items)
-            if error is None:
-                continue
-            keep = [item for item in items if item[2]]
-            for _, fut, durable in items:
-                if not durable and not fut.done():
-                    fut.set_exception(error)
-            if keep and len(keep) < len(items) and await self._save(keep) is None:
-                continue  # the node's reports fit without the rest
-            if keep:
-                if self.full is None:
-                    log.error("holding %d changes (job ends, node reports) until they can "
-                              "be saved; retrying every %gs", len(keep), HOLD_RETRY)
-                self.full = error
-                self._held = keep
-                if self._retry is not None:
-                    self._retry.cancel()
-                self._retry = asyncio.get_running_loop().call_later(HOLD_RETRY, self._kick)
-                return
-
-    async def _save(self, items: list[tuple[Effects, asyncio.Future[None], bool]]
-                    ) -> StoreError | None:
-        """Write the items' changes in one transaction, then release them; or the error."""
-        batch = Batch()
-        for effects, _, _ in items:
-            batch.merge(effects.batch)
-        try:
-            if batch:
-                await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._store.write, batch)
-        except StoreError as e:
-            if self.full is None:
-                log.error("%s", e.message)
-            return e
-        if self.full is not None and not self._held:
-            log.warning("the master's database has room again: held changes saved")
-            self.full = None
-        for effects, fut, _ in items:
-            try:
-                self._on_saved(effects)
-            finally:
-                if not fut.done():
-                    fut.set_result(None)
-        return None
-
-    async def read(self, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` (a read of the store) on the store's thread, between writes."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-
-    async def drain(self) -> None:
-        if self._retry is not None:
-            self._retry.cancel()  # what is held was never acknowledged: the nodes resend it
-        while self._task is not None and not self._task.done():
-            await asyncio.shield(self._task)
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)
-
-
-HOLD_RETRY = 1.0  # seconds between tries to save what a full disk held back
 AUDIT_PRUNE_EVERY = 3600.0  # seconds between prunings of the audit log
 LIVE_WAIT = 1.0  # seconds a node id's new registration waits for its old link to end
 REFUSAL_QUIET = 60.0  # seconds: one peer's refusals are logged and audited at most this often
