@@ -163,6 +163,10 @@ def case(draw: st.DrawFn, method: str, path: str) -> Case:
         job = draw(st.sampled_from(["1", "2", "3", "4", "5"]) | ints.map(str)
                    | st.text(max_size=12).map(lambda t: quote(t, safe="")))
         path = path.replace("{job_id}", job or "0")
+    if "{node_id}" in path:
+        node = draw(st.sampled_from(["node1", "nosuch", ".", "a" * 300])
+                    | st.text(max_size=12).map(lambda t: quote(t, safe="")))
+        path = path.replace("{node_id}", node or "x")
     params = [p["name"] for p in op.get("parameters", ()) if p["in"] == "query"]
     if params or draw(st.booleans()):
         names = st.sampled_from(params) if params else st.text(max_size=6)

@@ -54,7 +54,7 @@ async def submit(request: web.Request) -> web.Response:
     req = await body(request, m.SubmitRequest)
     assert master.committer is not None
     if master.committer.full is not None:  # what room is left is for the running jobs' ends
-        raise master.committer.full
+        raise StoreError(master.committer.full.message, full=True)
     for spec in req.jobs:  # mgpu's own secrets are neither kept nor passed on
         spec.env = retention.strip_secrets(spec.env)
     now = time.time()
