@@ -111,6 +111,8 @@ def test_precedence_is_per_field_and_types_are_coerced() -> None:
         "max_pending_per_user": "default",
         "read_timeout": "default",
         "audit_days": "default",
+        "job_retention_days": "default",
+        "db_max_pages": "default",
     }
 
 

@@ -23,6 +23,7 @@ from mgpu.core.models import GpuInfo
 from mgpu.utils.gpu import fake_gpus
 
 Script = Callable[[aiohttp.ClientWebSocketResponse, m.Registered], Awaitable[None]]
+_credentials: dict[tuple[str, str], str] = {}  # (master, node id) -> its credential
 
 
 class Closed(msgspec.Struct):
@@ -34,6 +35,9 @@ async def _liar(cluster: Cluster, register: m.Register | bytes, script: Script |
                 secret: str | None = None) -> tuple[m.Registered | None, Closed]:
     """Connect as a node, register, run ``script``, and wait for the master to close."""
     secret = secret or cluster.join_token_file.read_text().strip()
+    if isinstance(register, m.Register):  # a node id's credential, from its first join
+        register = msgspec.structs.replace(
+            register, credential=_credentials.get((cluster.url, register.node_id)))
     async with aiohttp.ClientSession() as session, session.ws_connect(
         f"{cluster.url}/api/v1/node/ws", headers={"Authorization": f"Bearer {secret}"},
     ) as ws:
@@ -45,6 +49,8 @@ async def _liar(cluster: Cluster, register: m.Register | bytes, script: Script |
             decoded = m.master_message_decoder.decode(first.data)
             assert isinstance(decoded, m.Registered)
             reply = decoded
+            if reply.credential is not None and isinstance(register, m.Register):
+                _credentials[cluster.url, register.node_id] = reply.credential
             if reply.accepted and script is not None:
                 await script(ws, reply)
         while first.type is aiohttp.WSMsgType.BINARY:  # until the master closes

@@ -482,6 +482,14 @@ class SimpleClient:
         data = self._call("GET", f"{API}/events?limit={int(limit)}")
         return _decode(data, EventListReply).events
 
+    def reset_node_credential(self, node_id: str) -> str:
+        """Forget ``node_id``'s credential (admins only): its next join, with the join
+        secret, gets a new one (for a node that lost its data dir). The node id."""
+        from mgpu.core.messages import NodeCredentialReset
+
+        data = self._call("DELETE", f"{API}/nodes/{_quote(node_id)}/credential")
+        return _decode(data, NodeCredentialReset).node_id
+
     # ------------------------------------------------------------------------ internals
 
     def _call(

@@ -36,6 +36,10 @@ def _env(name: str, *, secret: bool = False) -> dict[str, Any]:
     return {"env": name, "secret": True} if secret else {"env": name}
 
 
+# mgpu's own secrets, as environment variables: never saved with a job nor passed to one.
+SECRET_ENV = frozenset({"MGPU_TOKEN", "MGPU_JOIN_TOKEN"})
+
+
 def xdg_data_home() -> Path:
     base = os.environ.get("XDG_DATA_HOME")
     return Path(base) if base else Path.home() / ".local" / "share"
@@ -69,6 +73,12 @@ class MasterConfig:
     max_pending_per_user: int = field(default=100_000, metadata=_env("MGPU_MAX_PENDING"))
     read_timeout: float = field(default=30.0, metadata=_env("MGPU_READ_TIMEOUT"))
     audit_days: float = field(default=365.0, metadata=_env("MGPU_AUDIT_DAYS"))
+    # Ended jobs (their command, environment, output) are kept this long, then pruned to an
+    # accounting row (0: kept forever).
+    job_retention_days: float = field(default=30.0, metadata=_env("MGPU_JOB_RETENTION_DAYS"))
+    # A cap on the database's size, in SQLite pages of 4 KiB (0: none): for testing a full
+    # disk, or bounding the database.
+    db_max_pages: int = field(default=0, metadata=_env("MGPU_DB_MAX_PAGES"))
 
 
 @dataclass(frozen=True)

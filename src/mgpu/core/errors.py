@@ -88,4 +88,8 @@ class InvalidTransition(MgpuError):
 
 
 class StoreError(MgpuError):
-    pass
+    """The master's database could not be read or written; ``full``: for want of room."""
+
+    def __init__(self, message: str, *, full: bool = False) -> None:
+        super().__init__(message)
+        self.full = full

@@ -157,6 +157,12 @@ class TokenListReply(msgspec.Struct):
     tokens: list[TokenInfo]
 
 
+class NodeCredentialReset(msgspec.Struct):
+    """A node's credential was forgotten: its next join (with the join secret) gets a new one."""
+
+    node_id: str
+
+
 class TokenRevokeReply(msgspec.Struct):
     revoked: list[int]
 
@@ -220,6 +226,8 @@ class Register(msgspec.Struct, tag=MessageType.REGISTER.value):
     hostname: Annotated[str, msgspec.Meta(max_length=256)] = ""
     running: Annotated[list[RunningReport], msgspec.Meta(max_length=1_000_000)] = (
         msgspec.field(default_factory=list))
+    # The node's own credential, from an earlier Registered (None before its first join).
+    credential: Annotated[str, msgspec.Meta(max_length=512)] | None = None
 
 
 class Heartbeat(msgspec.Struct, tag=MessageType.HEARTBEAT.value):
@@ -267,7 +275,8 @@ class Registered(msgspec.Struct, tag=MessageType.REGISTERED.value):
     ``output_offsets`` says how much output the master already holds of each run the node
     reported, so the node resends only the rest. ``kill`` lists runs the node must stop at
     once (their jobs were ended or requeued while it was away). Runs are named by
-    :func:`~mgpu.core.models.run_key`.
+    :func:`~mgpu.core.models.run_key`. ``credential`` is sent once, on the node id's first
+    join (``server/nodeauth.py``); ``retry`` marks a refusal that is not final.
     """
 
     accepted: bool
@@ -276,6 +285,10 @@ class Registered(msgspec.Struct, tag=MessageType.REGISTERED.value):
     kill: list[str] = msgspec.field(default_factory=list)
     heartbeat_interval: float = 2.0
     node_timeout: float = 10.0
+    # On a node id's first join: its credential, to keep and present in every later Register.
+    credential: str | None = None
+    # A refusal that may pass (the id is connected already): register again after a while.
+    retry: bool = False
 
 
 class StartJob(msgspec.Struct, tag=MessageType.START_JOB.value):

@@ -33,6 +33,7 @@ from mgpu.core import messages as m
 from mgpu.core.config import LogConfig, NodeConfig, from_options, xdg_data_home
 from mgpu.core.errors import ConfigError, MgpuError
 from mgpu.core.models import GpuInfo
+from mgpu.node import credential
 from mgpu.node.supervisor import RunningJob, Supervisor
 from mgpu.utils.secretfile import read_secret
 
@@ -295,8 +296,10 @@ class Agent:
         assert sup is not None and self.gpus is not None
         held = [m.RunningReport(j.job_id, j.run, sup.output_size(j.key))
                 for j in sup.jobs.values()]
+        data_dir = self.cfg.effective_data_dir
         register = m.Register(
-            node_id=self.node_id, gpus=self.gpus, hostname=socket.gethostname(), running=held
+            node_id=self.node_id, gpus=self.gpus, hostname=socket.gethostname(), running=held,
+            credential=credential.load(data_dir, self.node_id),
         )
         await ws.send_bytes(m.node_encoder.encode(register))
         first = await ws.receive(timeout=30)
@@ -305,10 +308,17 @@ class Agent:
         reply, *after = _decode(first.data)
         if not isinstance(reply, m.Registered):
             raise aiohttp.ClientError("the master did not answer the registration")
+        if not reply.accepted and reply.retry:  # e.g. its old link is not gone yet
+            self.log.warning("the master refused node %s for now: %s", self.node_id,
+                             reply.error)
+            await asyncio.sleep(MAX_BACKOFF)
+            return
         if not reply.accepted:
             self.fatal = MgpuError(f"the master refused node {self.node_id}: {reply.error}")
             self.log.error("%s", self.fatal.message)
             return
+        if reply.credential is not None:  # the node id's first join: kept before anything
+            credential.save(data_dir, self.node_id, reply.credential)
         out: asyncio.Queue[m.NodeMessage] = asyncio.Queue()
         writer = asyncio.create_task(self._write(ws, out))
         beat = asyncio.create_task(self._heartbeat(out, reply.heartbeat_interval))

@@ -1,4 +1,5 @@
-"""Admin routes (and ``whoami``): tokens and the audit log (README "Security").
+"""Admin routes (and ``whoami``): tokens, node credentials and the audit log (README
+"Security").
 
 Tokens are made, listed and revoked by admins only; a new token is shown once, in the
 reply that creates it, and saved only as its digest. Each change is saved with its audit
@@ -14,7 +15,7 @@ from aiohttp import web
 from mgpu.core import messages as m
 from mgpu.core.errors import NotFound, Rejected, UsageError
 from mgpu.core.models import utc
-from mgpu.server.http import admin_only, body, identity, master_of, reply
+from mgpu.server.http import admin_only, body, identity, master_of, query_int, reply
 
 MAX_EVENTS = 10_000
 
@@ -70,13 +71,24 @@ async def revoke_tokens(request: web.Request) -> web.Response:
     return reply(m.TokenRevokeReply(revoked=ids))
 
 
+async def reset_node_credential(request: web.Request) -> web.Response:
+    """Forget a node id's credential (``server/nodeauth.py``): the node's next registration,
+    with the join secret, gets a new one. For a node that lost its data dir."""
+    master = master_of(request)
+    who = identity(request)
+    admin_only(who, "resetting a node's credential")
+    node_id = request.match_info["node_id"]
+    if not master.node_credentials.has(node_id):
+        raise NotFound(f"node {node_id[:128]!r} has no credential: `mgpu nodes` lists the "
+                       "nodes; a node gets one when it first joins")
+    await master.reset_node_credential(node_id, who.user)
+    return reply(m.NodeCredentialReset(node_id=node_id))
+
+
 async def events(request: web.Request) -> web.Response:
     master = master_of(request)
     admin_only(identity(request), "the audit log")
-    text = request.query.get("limit", "50")
-    if not (text.isascii() and text.isdigit() and 0 < int(text[:6]) <= MAX_EVENTS):
-        raise UsageError(f"limit must be a whole number from 1 to {MAX_EVENTS}")
-    rows = await master.read_events(int(text))
+    rows = await master.read_events(query_int(request, "limit", 50, 1, MAX_EVENTS))
     return reply(m.EventListReply(events=[
         m.AuditEvent(id=r.id or 0, time=utc(r.ts), user=r.user, action=r.action,
                      detail=r.detail) for r in rows]))

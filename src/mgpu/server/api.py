@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from aiohttp import web
 
 from mgpu.core import messages as m
-from mgpu.core.errors import ApiError, StoreError, UsageError
+from mgpu.core.errors import ApiError, NotFound, StoreError, UsageError
 from mgpu.core.frames import complete_frames
 from mgpu.core.models import ENDED_STATES, JobState, SimpleJob, run_key
-from mgpu.server import admin
+from mgpu.server import admin, retention
 from mgpu.server.http import (
     API,
     MASTER,
@@ -31,11 +31,18 @@ from mgpu.server.http import (
     identity,
     job_id_arg,
     master_of,
+    query_flag,
+    query_int,
+    query_text,
     reply,
 )
 
 if TYPE_CHECKING:
     from mgpu.server.master import Master
+
+MAX_OFFSET = 10**18  # bytes: an output offset past any real output
+MAX_STATES = 200  # characters of a state list (every state, comma-separated, is ~60)
+MAX_USER = 256
 
 
 # ---------------------------------------------------------------------- jobs
@@ -45,6 +52,11 @@ async def submit(request: web.Request) -> web.Response:
     master = master_of(request)
     who = identity(request)
     req = await body(request, m.SubmitRequest)
+    assert master.committer is not None
+    if master.committer.full is not None:  # what room is left is for the running jobs' ends
+        raise StoreError(master.committer.full.message, full=True)
+    for spec in req.jobs:  # mgpu's own secrets are neither kept nor passed on
+        spec.env = retention.strip_secrets(spec.env)
     now = time.time()
     owner = who.user if master.cfg.auth else None
     ids, effects = master.state.on_submit(req.jobs, now, user=owner)
@@ -70,19 +82,19 @@ async def list_jobs(request: web.Request) -> web.Response:
     master = master_of(request)
     who = identity(request)
     private = master.cfg.private_jobs
-    q = request.query
+    asked = query_text(request, "state", MAX_STATES)
     states: set[JobState] | None = None
-    if "state" in q:
+    if asked is not None:
         try:
-            states = {JobState(s.strip().lower()) for s in q["state"].split(",") if s.strip()}
+            states = {JobState(s.strip().lower()) for s in asked.split(",") if s.strip()}
         except ValueError:
             raise UsageError(
-                f"unknown state in {q['state'][:100]!r}: use "
+                f"unknown state in {asked[:100]!r}: use "
                 + ", ".join(s.value for s in JobState)
             ) from None
-    elif q.get("all") not in ("1", "true"):
+    elif not query_flag(request, "all"):
         states = {JobState.PENDING, JobState.RUNNING}
-    user = q.get("user")
+    user = query_text(request, "user", MAX_USER)
     master.state.refresh_pending_reasons()
     jobs = [
         j for j in master.state.jobs.values()
@@ -94,7 +106,7 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 async def show_job(request: web.Request) -> web.Response:
     master = master_of(request)
-    job = master.state.get(job_id_arg(request), identity(request), master.cfg.private_jobs)
+    job = await _job(request)
     if job.state is JobState.PENDING:
         master.state.refresh_pending_reasons()
     return reply(job)
@@ -141,15 +153,25 @@ async def wait(request: web.Request) -> web.Response:
     return reply(m.JobListReply(jobs=jobs))
 
 
-def _flag(request: web.Request, name: str) -> bool:
-    return request.query.get(name) in ("1", "true")
-
-
 def _own_job(request: web.Request, what: str) -> SimpleJob:
     """The job of the route, if the caller may ``what`` it (owner or admin)."""
     master = master_of(request)
     return master.state.get_own(job_id_arg(request), identity(request),
                                 master.cfg.private_jobs, what)
+
+
+async def _job(request: web.Request, what: str | None = None) -> SimpleJob:
+    """The job of the route for the caller to see (or to ``what``); a pruned job's 404
+    says it was pruned."""
+    master = master_of(request)
+    try:
+        if what is not None:
+            return _own_job(request, what)
+        return master.state.get(job_id_arg(request), identity(request),
+                                master.cfg.private_jobs)
+    except NotFound as e:
+        raise await retention.missing(master, job_id_arg(request), identity(request), e
+                                      ) from None
 
 
 async def output(request: web.Request) -> web.StreamResponse:
@@ -160,13 +182,10 @@ async def output(request: web.Request) -> web.StreamResponse:
     job's clients, without which the job is cancelled after the grace period.
     """
     master = master_of(request)
-    job = _own_job(request, "read the output of")
+    job = await _job(request, "read the output of")
     job_id = job.id
-    text = request.query.get("offset", "0")
-    if not (text.isascii() and text.isdigit() and len(text) <= 18):
-        raise UsageError("offset must be a whole number of bytes")
-    offset = int(text)
-    follow, status, attach = (_flag(request, n) for n in ("follow", "status", "attach"))
+    offset = query_int(request, "offset", 0, 0, MAX_OFFSET)
+    follow, status, attach = (query_flag(request, n) for n in ("follow", "status", "attach"))
     spool = master.output
     assert spool is not None
     resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
@@ -332,8 +351,8 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", f"{API}/jobs", submit, "Queue jobs (saved together)", m.SubmitRequest,
           m.SubmitReply, 201),
     Route("GET", f"{API}/jobs", list_jobs, "Jobs in queue order", None, m.JobListReply,
-          query=(("state", "comma list of states"), ("user", "one user's jobs"),
-                 ("all", "1: ended jobs too"))),
+          query=(("state", f"comma list of states (at most {MAX_STATES} characters)"),
+                 ("user", "one user's jobs"), ("all", "1: ended jobs too"))),
     Route("POST", f"{API}/jobs/cancel", cancel, "Cancel jobs (the caller's, or any: admins)",
           m.CancelRequest, m.CancelReply),
     Route("POST", f"{API}/jobs/wait", wait, "Long poll until the jobs end", m.WaitRequest,
@@ -341,7 +360,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", f"{API}/jobs/{{job_id}}", show_job, "One job", None, SimpleJob),
     Route("GET", f"{API}/jobs/{{job_id}}/output", output,
           "A job's framed output (owner or admin)", None, None,
-          query=(("offset", "byte to start at"), ("follow", "1: until the job ends"),
+          query=(("offset", f"byte to start at, 0 to {MAX_OFFSET}"),
+                 ("follow", "1: until the job ends"),
                  ("status", "1: placement frames"), ("attach", "1: count as a client"))),
     Route("POST", f"{API}/jobs/{{job_id}}/stdin", stdin,
           "Stream the body into a job's stdin (owner or admin)"),
@@ -359,6 +379,9 @@ ROUTES: tuple[Route, ...] = (
           m.TokenListReply),
     Route("POST", f"{API}/tokens/revoke", admin.revoke_tokens, "Revoke tokens (admins)",
           m.TokenRevokeRequest, m.TokenRevokeReply),
+    Route("DELETE", f"{API}/nodes/{{node_id}}/credential", admin.reset_node_credential,
+          "Forget a node's credential: its next join gets a new one (admins)", None,
+          m.NodeCredentialReset),
     Route("GET", f"{API}/events", admin.events, "The audit log (admins)", None, m.EventListReply,
           query=(("limit", f"entries, 1 to {admin.MAX_EVENTS} (default 50)"),)),
     Route("GET", NODE_WS, node_ws, "Node agents' WebSocket (join secret)"),

@@ -86,6 +86,45 @@ async def body(request: web.Request, kind: type[T]) -> T:
     return result
 
 
+MAX_QUERY_DIGITS = 20  # "0…01" up to this long is still read; longer is refused unparsed
+
+
+def query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    """The query parameter ``name`` as a whole number from ``low`` to ``high`` (``default``
+    when absent): at most :data:`MAX_QUERY_DIGITS` ASCII digits, else a 400 that names the
+    parameter and its range. The one parser of numbers in query strings."""
+    text = request.query.get(name)
+    if text is None:
+        return default
+    if not (0 < len(text) <= MAX_QUERY_DIGITS and text.isascii() and text.isdigit()) or not (
+            low <= int(text) <= high):
+        raise UsageError(f"{name} must be a whole number from {low} to {high}, "
+                         f"not {text[:24]!r}")
+    return int(text)
+
+
+_FLAGS = {"1": True, "true": True, "0": False, "false": False, "": False}
+
+
+def query_flag(request: web.Request, name: str) -> bool:
+    """The query parameter ``name`` as a switch: 1/true or 0/false (absent: false)."""
+    text = request.query.get(name)
+    if text is None:
+        return False
+    flag = _FLAGS.get(text.lower() if len(text) <= 5 else text)
+    if flag is None:
+        raise UsageError(f"{name} must be 1 or 0 (true or false), not {text[:24]!r}")
+    return flag
+
+
+def query_text(request: web.Request, name: str, most: int) -> str | None:
+    """The query parameter ``name`` as text of at most ``most`` characters (None: absent)."""
+    text = request.query.get(name)
+    if text is not None and len(text) > most:
+        raise UsageError(f"{name} must be at most {most} characters, not {len(text)}")
+    return text
+
+
 def job_id_arg(request: web.Request) -> int:
     text = request.match_info["job_id"]
     if not (text.isascii() and text.isdigit() and len(text) <= 18):

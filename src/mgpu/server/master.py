@@ -9,13 +9,13 @@ sent or acknowledged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Coroutine
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from mgpu.core.errors import MgpuError, StoreError, Unauthorized
 from mgpu.core.models import JobState, run_key
 from mgpu.core.scheduler import Policy, schedule
 from mgpu.core.timefmt import parse_duration
+from mgpu.server import retention
 from mgpu.server.auth import (
     JOIN_HINT,
     REVOKED,
@@ -38,9 +39,12 @@ from mgpu.server.auth import (
     load_secrets,
     tls_context,
 )
+from mgpu.server.committer import Committer
+from mgpu.server.nodeauth import NodeCredentials
 from mgpu.server.nodeconn import NodeConn, Violation
 from mgpu.server.state import ClusterState, Effects
-from mgpu.server.store import AuditRow, Batch, Store, TokenRow
+from mgpu.server.store import AuditRow, Store, TokenRow
+from mgpu.server.validate import register_problem
 from mgpu.utils.spool import SpoolDir
 
 log = logging.getLogger("mgpu.master")
@@ -48,64 +52,8 @@ log = logging.getLogger("mgpu.master")
 VERSION = "0.1.0"
 
 
-class Committer:
-    """Group commit: effects queued while a write is in flight are saved together.
-
-    Batches are written in FIFO order; after each write, ``on_saved`` runs for every effect
-    of the batch in order (so messages to nodes keep their order), then the waiting callers
-    are released.
-    """
-
-    def __init__(self, store: Store, on_saved: Callable[[Effects], None]) -> None:
-        self._store = store
-        self._on_saved = on_saved
-        self._queue: list[tuple[Effects, asyncio.Future[None]]] = []
-        self._task: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="mgpu-store")
-
-    def submit(self, effects: Effects) -> asyncio.Future[None]:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((effects, fut))
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run())
-        return fut
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._queue:
-            items, self._queue = self._queue, []
-            batch = Batch()
-            for effects, _ in items:
-                batch.merge(effects.batch)
-            try:
-                if batch:
-                    await loop.run_in_executor(self._executor, self._store.write, batch)
-            except StoreError as e:
-                log.error("%s", e.message)
-                for _, fut in items:
-                    if not fut.done():
-                        fut.set_exception(e)
-                continue
-            for effects, fut in items:
-                try:
-                    self._on_saved(effects)
-                finally:
-                    if not fut.done():
-                        fut.set_result(None)
-
-    async def read(self, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` (a read of the store) on the store's thread, between writes."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-
-    async def drain(self) -> None:
-        while self._task is not None and not self._task.done():
-            await asyncio.shield(self._task)
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)
-
-
 AUDIT_PRUNE_EVERY = 3600.0  # seconds between prunings of the audit log
+LIVE_WAIT = 1.0  # seconds a node id's new registration waits for its old link to end
 REFUSAL_QUIET = 60.0  # seconds: one peer's refusals are logged and audited at most this often
 
 
@@ -128,9 +76,12 @@ class Master:
         # (peer, why) -> (when last logged, refusals since): a flood is logged once a minute
         self._refused: dict[tuple[str, str], tuple[float, int]] = {}
         self.conns: dict[str, NodeConn] = {}
+        self._registering: set[str] = set()  # node ids whose registration is being saved
+        self.node_credentials = NodeCredentials([])
         # token id -> the handlers of requests made with it that still run (http.guard)
         self.open_requests: dict[int, set[asyncio.Task[Any]]] = {}
         self.output: SpoolDir | None = None
+        self.output_lost: set[str] = set()  # runs whose output a full disk cut short
         self.store: Store | None = None
         self.committer: Committer | None = None
         self.watchers: dict[int, set[asyncio.Event]] = {}
@@ -143,6 +94,7 @@ class Master:
         self._runner: web.AppRunner | None = None
         self._tick: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
+        self._job_pruner: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
@@ -152,12 +104,19 @@ class Master:
         data_dir = self.cfg.data_dir
         prepare_data_dir(data_dir)
         ssl_context = tls_context(self.cfg)
-        self.store = Store(data_dir / "mgpu.db")
+        self.store = Store(data_dir / "mgpu.db", self.cfg.db_max_pages)
         self.output = SpoolDir(data_dir / "output")
-        self.state.load(self.store.load(), self.store.last_id())
+        rows = self.store.load()
+        scrubbed = retention.scrub(rows)  # a database written before secrets were kept out
+        if scrubbed:
+            self.store.write(scrubbed)
+            log.warning("took mgpu's secrets out of the saved environments of %d jobs",
+                        len(scrubbed.envs))
+        self.state.load(rows, self.store.last_id())
         self.state.nodes.clear()
         self._started_at = time.time()
         self.tokens, self.join = load_secrets(self.store, data_dir)
+        self.node_credentials = NodeCredentials(self.store.load_node_credentials())
         self.committer = Committer(self.store, self._on_saved)
         from mgpu.server.api import build_app
 
@@ -213,6 +172,7 @@ class Master:
         })
         self._tick = asyncio.create_task(self._ticker())
         self._pruner = asyncio.create_task(self._prune_audit())
+        self._job_pruner = asyncio.create_task(self._prune_jobs())
 
     async def _prune_audit(self) -> None:
         """Keep the audit log to its last ``audit_days`` (0: keep it all): at start, then
@@ -232,6 +192,38 @@ class Master:
                              gone, days)
             await asyncio.sleep(AUDIT_PRUNE_EVERY)
 
+    async def _prune_jobs(self) -> None:
+        """Prune jobs ended more than ``job_retention_days`` ago (0: keep them): at start,
+        then every :func:`~mgpu.server.retention.prune_interval` (``server/retention.py``)."""
+        days = self.cfg.job_retention_days
+        while days > 0:
+            gone, effects = retention.prune(self.state, time.time() - days * retention.DAY)
+            if gone:
+                try:
+                    await self.apply(effects)
+                except StoreError:
+                    pass  # logged; they are pruned from the database at the next pass
+                else:
+                    assert self.output is not None
+                    for job in gone:
+                        for run in range(job.requeues + 1):
+                            self.output.close(run_key(job.id, run))
+                            with contextlib.suppress(OSError):
+                                self.output.file(run_key(job.id, run)).unlink()
+                    log.info("pruned %d jobs ended over %g days ago (job_retention_days); "
+                             "their accounting records are kept", len(gone), days)
+            await asyncio.sleep(retention.prune_interval(days))
+
+    async def reset_node_credential(self, node_id: str, user: str) -> None:
+        """Forget ``node_id``'s credential (saved with its audit entry, then in effect)."""
+        effects = Effects()
+        effects.batch.credential_resets.append(node_id)
+        effects.audit(time.time(), user, "node.credential.reset",
+                      f"node {node_id}: its next join gets a new credential")
+        assert self.committer is not None
+        await self.committer.submit(effects)
+        self.node_credentials.remove(node_id)
+
     async def stop(self) -> None:
         self.closing = True
         for watchers in self.watchers.values():  # end every output stream being followed
@@ -240,8 +232,9 @@ class Master:
         await self._notify_ended()  # and every long-poll wait
         if self._tick is not None:
             self._tick.cancel()
-        if self._pruner is not None:
-            self._pruner.cancel()
+        for task in (self._pruner, self._job_pruner):
+            if task is not None:
+                task.cancel()
         for conn in list(self.conns.values()):
             conn.writer.cancel()
             await conn.ws.close()
@@ -270,7 +263,7 @@ class Master:
             self._fence_lost_nodes()
             # Nodes absent since the master started get the same grace as silent ones.
             self._check_unclaimed(now, effects)
-            self.apply(effects)
+            self.apply(effects, durable=True)
 
     def _fence_lost_nodes(self) -> None:
         """Cut off nodes declared down that are still connected (merely slow): they
@@ -280,6 +273,7 @@ class Master:
             if node is not None and node.state == "down":
                 log.warning("node %s is down but still connected: disconnecting it", node_id)
                 del self.conns[node_id]
+                conn.gone.set()
                 conn.writer.cancel()
                 self.spawn(_close(conn.ws, b"declared down: reconnect and re-register"))
 
@@ -295,12 +289,15 @@ class Master:
 
     # ------------------------------------------------------------------ events
 
-    def apply(self, effects: Effects, now: float | None = None) -> asyncio.Future[None]:
-        """Schedule, save, then send: the path every event takes."""
+    def apply(self, effects: Effects, now: float | None = None,
+              durable: bool = False) -> asyncio.Future[None]:
+        """Schedule, save, then send: the path every event takes. ``durable``: a node's
+        report, already applied in memory, that must be saved however long that takes (see
+        :class:`Committer`); otherwise a failed save fails the returned future."""
         now = time.time() if now is None else now
         effects.merge(self.state.schedule(now))
         assert self.committer is not None
-        fut = self.committer.submit(effects)
+        fut = self.committer.submit(effects, durable)
         fut.add_done_callback(lambda f: self._after_failed_save(f, effects))
         return fut
 
@@ -365,7 +362,11 @@ class Master:
         self._refusal(request.remote or "?", why)
         raise Unauthorized(f"node refused: {why}; {JOIN_HINT}")
 
-    def _refusal(self, peer: str, why: str) -> None:
+    def _refusal(self, peer: str, why: str, node: str | None = None) -> None:
+        """Log and audit a refused node (at the handshake; or ``node``'s registration), at
+        most once a minute for one peer and reason."""
+        if node is not None:
+            why = f"node {node[:128]!r}: {why}"
         now = time.time()
         last, since = self._refused.get((peer, why), (0.0, 0))
         if now - last < REFUSAL_QUIET:
@@ -375,7 +376,10 @@ class Master:
             self._refused.clear()
         self._refused[peer, why] = (now, 0)
         more = f" ({since} more refused since the last report)" if since else ""
-        log.warning("refused a node from %s: %s%s; %s", peer, why, more, JOIN_HINT)
+        if node is None:
+            log.warning("refused a node from %s: %s%s; %s", peer, why, more, JOIN_HINT)
+        else:
+            log.warning("refused %s (from %s)%s", why, peer, more)
         effects = Effects()
         effects.audit(now, f"node@{peer}", "node.refused", f"{why}{more}")
         self.committer_submit(effects)
@@ -474,28 +478,27 @@ class Master:
             log.error("node from %s did not start with a register message: cut off", peer)
             await ws.close(code=1008, message=b"the first message must be register")
             return
-        now = time.time()
-        reply, effects = self.state.on_register(msg, now)
-        if not reply.accepted:
-            log.warning("refused node %r from %s: %s", msg.node_id[:128], peer, reply.error)
-            refusal = Effects()
-            refusal.audit(now, f"node@{peer}", "node.refused",
-                          f"{msg.node_id[:128]!r}: {reply.error}")
-            self.committer_submit(refusal)
-            await ws.send_bytes(m.node_encoder.encode(reply))
+        refusal = await self._admit_register(msg, peer)
+        if refusal is not None:
+            self._refusal(peer, refusal.error or "", node=msg.node_id)
+            await ws.send_bytes(m.node_encoder.encode(refusal))
             await ws.close()
             return
         node_id = msg.node_id
-        old = self.conns.pop(node_id, None)
-        if old is not None:
-            old.writer.cancel()
-            await old.ws.close(message=b"replaced by a new connection from the same node")
+        self._registering.add(node_id)  # (no second registration of the id meanwhile)
+        try:
+            credential = await self._credential_for(msg, peer)
+        finally:
+            self._registering.discard(node_id)
+        now = time.time()
+        reply, effects = self.state.on_register(msg, now)
+        reply.credential = credential
         assert self.output is not None
         reply.output_offsets = {j: self.output.size(j) for j in reply.output_offsets}
         # Several heartbeats per timeout, so that a live node is never taken for a lost one.
         reply.heartbeat_interval = min(self.cfg.heartbeat_interval, self.cfg.node_timeout / 4)
         reply.node_timeout = self.cfg.node_timeout
-        conn = NodeConn(node_id, ws, {r.key for r in msg.running})
+        conn = NodeConn(node_id, ws, {r.key for r in msg.running}, peer)
         self.conns[node_id] = conn
         conn.send(reply)
         log.info(
@@ -508,7 +511,7 @@ class Master:
         if reply.kill:
             log.warning("node %s runs jobs %s that ended here: told to kill them",
                         node_id, reply.kill)
-        self.apply(effects, now)
+        self.apply(effects, now, durable=True)
         try:
             async for raw in ws:
                 if raw.type is web.WSMsgType.ERROR:  # e.g. a frame over max_msg_size
@@ -520,14 +523,64 @@ class Master:
                 if why is None:
                     continue
                 log.error("node %s (%s): %s: cut off", node_id, peer, why)
+                self._drop(conn)  # first: a reconnect must not find it still live
                 await ws.close(code=1008, message=why[:120].encode())
                 break
         finally:
-            conn.writer.cancel()
-            if self.conns.get(node_id) is conn:
-                del self.conns[node_id]
-                self.state.on_disconnect(node_id, time.time())
-                log.warning("node %s disconnected", node_id)
+            self._drop(conn)
+
+    def _drop(self, conn: NodeConn) -> None:
+        """The node's connection ``conn`` is over (if it still stands for the node)."""
+        conn.writer.cancel()
+        if self.conns.get(conn.node_id) is conn:
+            del self.conns[conn.node_id]
+            conn.gone.set()
+            self.state.on_disconnect(conn.node_id, time.time())
+            log.warning("node %s disconnected", conn.node_id)
+
+    async def _admit_register(self, msg: m.Register, peer: str) -> m.Registered | None:
+        """The refusal to send for ``msg``, or None when the node may register: a register
+        that cannot be true, a node id bound to a credential not presented, or a node id
+        that is connected already (the live connection keeps its link)."""
+        why = register_problem(msg) or self.node_credentials.refusal(msg.node_id,
+                                                                     msg.credential)
+        if why is not None:
+            return m.Registered(accepted=False, error=why)
+        live = self.conns.get(msg.node_id)
+        if live is not None:  # a node that reconnects may come before its old link's end
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(live.gone.wait(), LIVE_WAIT)
+        if msg.node_id in self.conns or msg.node_id in self._registering:
+            live = self.conns.get(msg.node_id)
+            return m.Registered(accepted=False, retry=True, error=(
+                f"node {msg.node_id} is already connected"
+                + (f" (from {live.peer})" if live is not None else "")
+                + ": that connection keeps its link and this one is refused; if this is "
+                "the same node, it registers again once its old link is gone"))
+        return None
+
+    async def _credential_for(self, msg: m.Register, peer: str) -> str | None:
+        """A new credential for a node id that has none (saved before it is sent), else
+        None. If it cannot be saved the node joins without one, and gets one next time."""
+        if self.node_credentials.has(msg.node_id):
+            return None
+        now = time.time()
+        credential, row = self.node_credentials.make(msg.node_id, now)
+        effects = Effects()
+        effects.batch.credentials.append(row)
+        effects.audit(now, f"node:{msg.node_id}", "node.credential",
+                      f"made the credential of node {msg.node_id} (joined from {peer}"
+                      + (", presenting one this master did not know)" if msg.credential
+                         else ")"))
+        assert self.committer is not None
+        try:
+            await self.committer.submit(effects)
+        except StoreError as e:
+            log.error("node %s joins without a credential of its own for now: %s",
+                      msg.node_id, e.message)
+            return None
+        self.node_credentials.add(row)
+        return credential
 
     def on_node_frame(self, conn: NodeConn, data: bytes) -> str | None:
         """Handle a frame of the node's messages; why to cut the node off, if it must be.
@@ -547,7 +600,7 @@ class Master:
             return str(e)
         finally:
             if ends:  # (what came before a violation still counts)
-                self.apply(effects)
+                self.apply(effects, durable=True)
         return None
 
     def on_node_message(self, node_id: str, msg: m.NodeMessage, effects: Effects) -> None:
@@ -564,9 +617,19 @@ class Master:
             if (job is None or job.node != node_id or job.requeues != msg.run
                     or job.state is not JobState.RUNNING):
                 return  # an old run's late output (or a killed one's): not kept
-            if self.output.append_at(run_key(msg.job_id, msg.run), msg.offset, msg.data):
+            key = run_key(msg.job_id, msg.run)
+            try:
+                kept = self.output.append_at(key, msg.offset, msg.data)
+            except OSError as e:  # a full disk: drop this output, keep the link and the end
+                if key not in self.output_lost:
+                    self.output_lost.add(key)
+                    log.error("job %d: cannot keep its output from node %s (%s): what does "
+                              "not fit is dropped; free space in %s", msg.job_id, node_id,
+                              e.strerror or e, self.cfg.data_dir)
+                return
+            if kept:
                 self.notify_output(msg.job_id)
-            else:
+            elif key not in self.output_lost:
                 log.error("gap in output of job %d from node %s", msg.job_id, node_id)
         elif isinstance(msg, m.JobEnded):
             effects.merge(self.state.on_job_ended(node_id, msg, now))

@@ -30,9 +30,12 @@ class NodeConn:
     it may speak of: those it reported when it registered and those started on it since
     (an agent that reports output or an end of any other run is lying, or broken)."""
 
-    def __init__(self, node_id: str, ws: web.WebSocketResponse, reported: set[str]) -> None:
+    def __init__(self, node_id: str, ws: web.WebSocketResponse, reported: set[str],
+                 peer: str = "?") -> None:
         self.node_id = node_id
         self.ws = ws
+        self.peer = peer
+        self.gone = asyncio.Event()  # set once the master no longer counts it as the node's
         self.queue: asyncio.Queue[m.MasterMessage] = asyncio.Queue()
         self.empty = asyncio.Event()
         self.runs = set(reported)

@@ -45,6 +45,9 @@ def build() -> dict[str, Any]:
         if "{job_id}" in r.path:
             params.append({"name": "job_id", "in": "path", "required": True,
                            "schema": {"type": "integer", "minimum": 1}})
+        if "{node_id}" in r.path:
+            params.append({"name": "node_id", "in": "path", "required": True,
+                           "schema": {"type": "string", "maxLength": 128}})
         params += [{"name": name, "in": "query", "required": False, "description": text,
                     "schema": {"type": "string"}} for name, text in r.query]
         if params:

@@ -11,7 +11,14 @@ that queries need; the submitter's environment sits in its own column, written o
 
 Version 2 added ``tokens`` (client tokens, kept only as SHA-256 digests of the token) and
 ``audit`` (one row per state-changing request: who did what, when). Both are written in the
-same transactions as the job changes they go with.
+same transactions as the job changes they go with. Version 4 added ``node_credentials``
+(each node id's credential, as a digest: ``server/nodeauth.py``) and ``accounting`` (what
+is kept of a job pruned after ``job_retention_days``: who used how many GPUs, where, when,
+and how it ended).
+
+``max_pages`` caps the database's size (``PRAGMA max_page_count``): past it SQLite answers
+"database or disk is full", exactly as on a full disk, which is how the tests fill a disk
+without root. :class:`StoreError` says ``full`` when the disk (or that cap) is full.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import msgspec
 from mgpu.core.errors import StoreError
 from mgpu.core.models import SimpleJob
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Version 1, what a new database starts from; _MIGRATIONS then brings it to SCHEMA_VERSION.
 _SCHEMA = """
@@ -63,6 +70,23 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 """,
     3: "CREATE INDEX IF NOT EXISTS audit_ts ON audit(ts);",  # pruning by age (audit_days)
+    4: """
+CREATE TABLE IF NOT EXISTS node_credentials (
+    node_id  TEXT PRIMARY KEY,
+    digest   TEXT NOT NULL,
+    created  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS accounting (
+    id         INTEGER PRIMARY KEY,
+    user       TEXT NOT NULL,
+    gpus       INTEGER NOT NULL,
+    node       TEXT,
+    started    REAL,
+    ended      REAL,
+    state      TEXT NOT NULL,
+    exit_code  INTEGER
+);
+""",
 }
 
 _job_encoder = msgspec.json.Encoder()
@@ -94,6 +118,29 @@ class AuditRow:
 
 
 @dataclass
+class NodeCredentialRow:
+    """A node's credential as saved: never the credential, only its SHA-256 digest (hex)."""
+
+    node_id: str
+    digest: str
+    created: float
+
+
+@dataclass
+class AccountingRow:
+    """What is kept of a job once it is pruned: enough to count GPU hours by user."""
+
+    id: int
+    user: str
+    gpus: int
+    node: str | None
+    started: float | None
+    ended: float | None
+    state: str
+    exit_code: int | None
+
+
+@dataclass
 class Batch:
     """Changes to save in one transaction. Later entries for the same job win."""
 
@@ -102,9 +149,14 @@ class Batch:
     tokens: list[TokenRow] = field(default_factory=list)
     revokes: dict[int, float] = field(default_factory=dict)  # token id -> when
     audit: list[AuditRow] = field(default_factory=list)
+    credentials: list[NodeCredentialRow] = field(default_factory=list)  # made or replaced
+    credential_resets: list[str] = field(default_factory=list)  # node ids
+    envs: dict[int, dict[str, str]] = field(default_factory=dict)  # job id -> new env
+    pruned: list[AccountingRow] = field(default_factory=list)  # jobs to drop, kept as these
 
     def __bool__(self) -> bool:
-        return bool(self.inserts or self.updates or self.tokens or self.revokes or self.audit)
+        return bool(self.inserts or self.updates or self.tokens or self.revokes or self.audit
+                    or self.credentials or self.credential_resets or self.envs or self.pruned)
 
     def merge(self, other: Batch) -> None:
         self.inserts.extend(other.inserts)
@@ -112,6 +164,10 @@ class Batch:
         self.tokens.extend(other.tokens)
         self.revokes.update(other.revokes)
         self.audit.extend(other.audit)
+        self.credentials.extend(other.credentials)
+        self.credential_resets.extend(other.credential_resets)
+        self.envs.update(other.envs)
+        self.pruned.extend(other.pruned)
 
 
 @dataclass
@@ -123,13 +179,15 @@ class LoadedJob:
 class Store:
     """The master's SQLite database. Not thread-safe: use it from one thread at a time."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_pages: int = 0) -> None:
         self.path = path
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._migrate()
+            if max_pages > 0:  # (after the migrations, which must not fail for want of room)
+                self._db.execute(f"PRAGMA max_page_count={int(max_pages)}")
         except sqlite3.Error as e:
             raise StoreError(
                 f"cannot open the database {path}: {e}; check that the data dir is "
@@ -180,6 +238,17 @@ class Store:
     def last_token_id(self) -> int:
         (top,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM tokens").fetchone()
         return int(top)
+
+    def load_node_credentials(self) -> list[NodeCredentialRow]:
+        rows = self._db.execute("SELECT node_id, digest, created FROM node_credentials")
+        return [NodeCredentialRow(n, d, c) for n, d, c in rows.fetchall()]
+
+    def accounting(self, job_id: int) -> AccountingRow | None:
+        """The accounting row of a pruned job, or None."""
+        row = self._db.execute(
+            "SELECT id, user, gpus, node, started, ended, state, exit_code FROM accounting "
+            "WHERE id=?", (job_id,)).fetchone()
+        return None if row is None else AccountingRow(*row)
 
     def events(self, limit: int) -> list[AuditRow]:
         """The last ``limit`` audit rows, oldest first."""
@@ -241,14 +310,45 @@ class Store:
                         "INSERT INTO audit(ts, user, action, detail) VALUES (?,?,?,?)",
                         [(a.ts, a.user, a.action, a.detail) for a in batch.audit],
                     )
+                self._write_more(batch)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # (SQLite rolls back by itself on a full disk)
+                    self._db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as e:
-            hint = (
-                "the disk holding it is full: free space"
-                if "full" in str(e).lower()
-                else "check the data dir"
-            )
-            raise StoreError(f"cannot save to {self.path}: {e} ({hint})") from e
+            if is_full(e):
+                raise StoreError(
+                    f"the master's disk is full: cannot save to {self.path} ({e}); free "
+                    f"space on the disk holding {self.path.parent} (new jobs are refused "
+                    "until then; running jobs' ends are still recorded)", full=True) from e
+            raise StoreError(f"cannot save to {self.path}: {e} (check the data dir)") from e
+
+    def _write_more(self, batch: Batch) -> None:
+        """The parts of ``batch`` added in schema version 4 (inside its transaction)."""
+        if batch.envs:
+            self._db.executemany("UPDATE jobs SET env=? WHERE id=?",
+                                 [(_job_encoder.encode(env), i) for i, env in batch.envs.items()])
+        if batch.credential_resets:
+            self._db.executemany("DELETE FROM node_credentials WHERE node_id=?",
+                                 [(n,) for n in batch.credential_resets])
+        if batch.credentials:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO node_credentials(node_id, digest, created) "
+                "VALUES (?,?,?)", [(c.node_id, c.digest, c.created) for c in batch.credentials])
+        if batch.pruned:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO accounting(id, user, gpus, node, started, ended, state, "
+                "exit_code) VALUES (?,?,?,?,?,?,?,?)",
+                [(a.id, a.user, a.gpus, a.node, a.started, a.ended, a.state, a.exit_code)
+                 for a in batch.pruned])
+            self._db.executemany("DELETE FROM jobs WHERE id=?", [(a.id,) for a in batch.pruned])
+
+
+def is_full(e: BaseException) -> bool:
+    """Whether ``e`` says the disk (or the database's size cap) is full."""
+    import errno
+
+    if isinstance(e, sqlite3.Error):
+        return getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(e)
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

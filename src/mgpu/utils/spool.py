@@ -8,6 +8,7 @@ job's output is the concatenation of its runs' files (:meth:`SpoolDir.read_acros
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import BinaryIO
@@ -56,8 +57,17 @@ class SpoolDir:
         """Append ``data``; return the offset it starts at."""
         start = self.size(key)
         f = self._handle(key)
-        f.write(data)
-        f.flush()
+        try:
+            f.write(data)
+            f.flush()
+        except OSError:  # a full disk: the file goes back to what it held, then raise
+            self._files.pop(key, None)
+            self._sizes.pop(key, None)
+            with contextlib.suppress(OSError):
+                f.close()  # (its flush fails again; the file is closed all the same)
+            with contextlib.suppress(OSError):
+                os.truncate(self.file(key), start)
+            raise
         self._sizes[key] = start + len(data)
         return start
 
