@@ -357,9 +357,9 @@ def test_programs_are_found_on_the_jobs_path_and_failures_say_what_a_shell_would
 def test_query_values_are_quoted_as_urllib_quotes_them(text: str) -> None:
     from urllib.parse import quote
 
-    from mgpu.client.client import _quote
+    from mgpu.client.paths import quote as our_quote
 
-    assert _quote(text) == quote(text, safe="")
+    assert our_quote(text) == quote(text, safe="")
 
 
 def test_the_queue_table_is_read_without_msgspec_and_shows_what_the_models_show(

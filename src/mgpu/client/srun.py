@@ -17,6 +17,7 @@ import os
 import sys
 import time
 
+from mgpu.client.replies import error_from_reply
 from mgpu.core.errors import ApiError, ConnectionFailed
 from mgpu.utils import plainjson
 
@@ -175,9 +176,7 @@ class Interactive:
             resp = conn.upload(f"/api/v1/jobs/{self.job_id}/stdin", self._chunks())
             answer = resp.read()
             if resp.status >= 300:
-                from mgpu.client.client import _error
-
-                raise _error(resp.status, answer)
+                raise error_from_reply(resp.status, answer)
         except (ConnectionFailed, ApiError) as e:
             self.say("stdin", f"input to job {self.job_id} stopped: {e}")
         finally:
