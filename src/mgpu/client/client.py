@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import os
 
-from mgpu.client.auth import find_token
-from mgpu.client.output_stream import OutputStream
+from mgpu.client.auth import find_token, login_name
 from mgpu.client.paths import API, jobs_path
 from mgpu.client.replies import decode as _decode
 from mgpu.client.replies import error_from_reply, unreadable
@@ -36,6 +35,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from typing import Any
 
+    from mgpu.client.output_stream import OutputStream
     from mgpu.core.config import ClientConfig
     from mgpu.core.messages import (
         AuditEvent,
@@ -48,18 +48,6 @@ if TYPE_CHECKING:
     from mgpu.core.models import JobSpec, JobState, NodeInfo, SimpleJob
 
 WAIT_POLL = 30.0  # seconds one long poll of ``wait`` may last on the master
-
-
-def _login_name() -> str:
-    """``getpass.getuser()``: $LOGNAME, $USER, $LNAME or $USERNAME, else the password
-    database; without importing ``getpass`` (and its ``termios`` and ``contextlib``)."""
-    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
-        user = os.environ.get(name)
-        if user:
-            return user
-    import pwd
-
-    return pwd.getpwuid(os.getuid()).pw_name
 
 
 def _encode(obj: Any) -> bytes:
@@ -156,7 +144,7 @@ class SimpleClient:
             "name": name,
             "cwd": cwd or os.getcwd(),
             "env": without_secrets(os.environ) if env is None else env,
-            "user": _login_name(),
+            "user": login_name(),
             "time_limit": time_limit,
             "requeue": requeue,
             "max_requeue": max_requeue,
@@ -264,6 +252,8 @@ class SimpleClient:
         """
         path = (f"{API}/jobs/{int(job_id)}/output?offset={int(offset)}&follow={int(follow)}"
                 f"&status={int(status)}&attach={int(attach)}")
+        from mgpu.client.output_stream import OutputStream
+
         # A connection of its own, so the client can make other calls while it streams.
         conn = self.connection(self.timeout)
         resp = conn.request("GET", path, endless=follow)
@@ -376,6 +366,15 @@ class SimpleClient:
         if resp.status >= 300:
             raise error_from_reply(resp.status, data)
         return data
+
+
+def __getattr__(name: str) -> object:
+    # OutputStream is published here too, but loaded on first use: submit and queue never are.
+    if name == "OutputStream":
+        from mgpu.client.output_stream import OutputStream
+
+        return OutputStream
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["OutputStream", "SimpleClient"]
