@@ -357,9 +357,24 @@ def test_programs_are_found_on_the_jobs_path_and_failures_say_what_a_shell_would
 def test_query_values_are_quoted_as_urllib_quotes_them(text: str) -> None:
     from urllib.parse import quote
 
-    from mgpu.client.client import _quote
+    from mgpu.client.paths import quote as our_quote
 
-    assert _quote(text) == quote(text, safe="")
+    assert our_quote(text) == quote(text, safe="")
+
+
+def test_output_stream_is_published_by_the_client_module_and_loaded_on_first_use() -> None:
+    code = (
+        "import sys\n"
+        "import mgpu.client.client as c\n"
+        "loaded = 'mgpu.client.output_stream' in sys.modules\n"
+        "from mgpu.client.client import OutputStream, SimpleClient\n"
+        "print(loaded, OutputStream.__module__, SimpleClient.__module__, sorted(c.__all__))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=60, check=True).stdout.strip().split(maxsplit=3)
+    assert out == ["False", "mgpu.client.output_stream", "mgpu.client.client",
+                   "['OutputStream', 'SimpleClient']"]
 
 
 def test_the_queue_table_is_read_without_msgspec_and_shows_what_the_models_show(

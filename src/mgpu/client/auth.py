@@ -1,4 +1,5 @@
-"""The client's token: where it comes from, read with plain ``os`` calls (start-up time).
+"""Who the client is: its token, where it comes from, and the Unix user it submits as; read
+with plain ``os`` calls (start-up time).
 
 Precedence: a token file named by the caller (``--token-file``), else ``$MGPU_TOKEN`` (the
 token itself), else ``$XDG_CONFIG_HOME/mgpu/token`` (``~/.config/mgpu/token``), which the
@@ -50,3 +51,15 @@ def token_source(token_file: str | None = None,
         return "env MGPU_TOKEN"
     path = default_token_file(env)
     return f"file {path}" if os.path.isfile(path) else None
+
+
+def login_name() -> str:
+    """``getpass.getuser()``: $LOGNAME, $USER, $LNAME or $USERNAME, else the password
+    database; without importing ``getpass`` (and its ``termios`` and ``contextlib``)."""
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        user = os.environ.get(name)
+        if user:
+            return user
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name

@@ -3,14 +3,11 @@
 Every method is one request (``wait`` repeats a long poll) on one persistent connection;
 replies are decoded into the structs of :mod:`mgpu.core.models` and
 :mod:`mgpu.core.messages`. Errors are raised from the :mod:`mgpu.core.errors` tree:
-
-* the master cannot be reached → :class:`~mgpu.core.errors.ConnectionFailed`
-* 404 (unknown job) → :class:`~mgpu.core.errors.NotFound`
-* 422 (refused, e.g. more GPUs than any node has) → :class:`~mgpu.core.errors.Rejected`
-* 401 (no token, or one the master does not accept) → :class:`~mgpu.core.errors.Unauthorized`
-* 403 (not yours: another user's job, or an admin's command) →
-  :class:`~mgpu.core.errors.Forbidden`
-* any other error status → :class:`~mgpu.core.errors.ApiError` with the master's text
+:class:`~mgpu.core.errors.ConnectionFailed` when the master cannot be reached, else the class
+its error status stands for (:func:`~mgpu.core.errors.error_for_status`: 404
+:class:`~mgpu.core.errors.NotFound`, 422 :class:`~mgpu.core.errors.Rejected`, 401
+:class:`~mgpu.core.errors.Unauthorized`, 403 :class:`~mgpu.core.errors.Forbidden`, any other
+an :class:`~mgpu.core.errors.ApiError` with the master's text).
 
 Every request carries the client's token (:mod:`mgpu.client.auth` says where it comes from).
 
@@ -24,164 +21,39 @@ from __future__ import annotations
 
 import os
 
-from mgpu.client.auth import find_token
+from mgpu.client.auth import find_token, login_name
+from mgpu.client.paths import API, jobs_path, quote
+from mgpu.client.replies import decode as _decode
+from mgpu.client.replies import error_from_reply, unreadable
 from mgpu.client.transport import Connection
-from mgpu.core.errors import ApiError, Forbidden, NotFound, Rejected, Unauthorized, UsageError
+from mgpu.core.errors import ApiError, UsageError
 from mgpu.utils import plainjson
 from mgpu.utils.secretenv import without_secrets
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs start-up time
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
-    from typing import Any, TypeVar
+    from collections.abc import Callable, Iterable
+    from typing import Any
 
-    from mgpu.client.transport import Response
+    from mgpu.client.output_stream import OutputStream
     from mgpu.core.config import ClientConfig
     from mgpu.core.messages import (
         AuditEvent,
         CancelResult,
         HealthReply,
-        OutputEnd,
         TokenCreated,
         TokenInfo,
         WhoAmIReply,
     )
     from mgpu.core.models import JobSpec, JobState, NodeInfo, SimpleJob
 
-    T = TypeVar("T")
-
-API = "/api/v1"
 WAIT_POLL = 30.0  # seconds one long poll of ``wait`` may last on the master
-
-
-def _error(status: int, body: bytes) -> ApiError:
-    """The exception for an error reply (``ErrorReply {error, code}``)."""
-    try:
-        message = str(plainjson.loads(body)["error"])
-    except (ValueError, KeyError, TypeError):
-        message = f"the master answered HTTP {status}"
-    if status == 404:
-        return NotFound(message)
-    if status == 422:
-        return Rejected(message, status)
-    if status == 401:
-        return Unauthorized(message)
-    if status == 403:
-        return Forbidden(message)
-    return ApiError(message, status)
-
-
-def _login_name() -> str:
-    """``getpass.getuser()``: $LOGNAME, $USER, $LNAME or $USERNAME, else the password
-    database; without importing ``getpass`` (and its ``termios`` and ``contextlib``)."""
-    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
-        user = os.environ.get(name)
-        if user:
-            return user
-    import pwd
-
-    return pwd.getpwuid(os.getuid()).pw_name
-
-
-def _jobs_path(states: Iterable[JobState | str] | None, user: str | None, all: bool) -> str:
-    params: list[tuple[str, str]] = []
-    if states is not None:
-        params.append(("state", ",".join(str(s) for s in states)))
-    if user:
-        params.append(("user", user))
-    if all:
-        params.append(("all", "1"))
-    path = f"{API}/jobs"
-    if params:
-        path += "?" + "&".join(f"{k}={_quote(v)}" for k, v in params)
-    return path
-
-
-_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-
-
-def _quote(text: str) -> str:
-    """``text`` percent-encoded for a query (as ``urllib.parse.quote(text, safe="")``;
-    urllib.parse would cost ``mgpu queue`` 11 ms of start-up, through re and ipaddress)."""
-    return "".join(chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in text.encode())
-
-
-def _decode(data: bytes, kind: type[T]) -> T:
-    import msgspec
-
-    try:
-        return msgspec.json.decode(data, type=kind)
-    except msgspec.DecodeError as e:
-        raise ApiError(
-            f"cannot read the master's reply ({e}); are the master and this client "
-            "the same version of mgpu?",
-            502,
-        ) from None
 
 
 def _encode(obj: Any) -> bytes:
     import msgspec
 
     return msgspec.json.encode(obj)
-
-
-class OutputStream:
-    """A job's output as ``(stream, data)`` frames, in the order it was written.
-
-    ``stream`` is 1 for stdout and 2 for stderr; ``data`` is raw bytes. With ``status``,
-    frames of stream 3 carry JSON ``OutputStatus`` (the job's placement, when it changes).
-    Iterate once. When iteration stops, :attr:`end` holds how the job ended if the master
-    sent the END frame (it does once the job has ended), else ``None``; :attr:`offset` is
-    where to resume (it counts the job's output only, not status frames).
-    The stream has a connection of its own, closed when iteration stops or by
-    :meth:`close`.
-    """
-
-    def __init__(self, conn: Connection, response: Response, offset: int) -> None:
-        self._conn = conn
-        self._response = response
-        self.offset = offset
-        self.end_fields: dict[str, Any] | None = None  # the END frame, as plain JSON
-
-    @property
-    def end(self) -> OutputEnd | None:
-        """How the job ended (the END frame), or None if the stream stopped before it."""
-        if self.end_fields is None:
-            return None
-        import msgspec
-
-        from mgpu.core.messages import OutputEnd
-
-        return msgspec.convert(self.end_fields, OutputEnd)
-
-    def __iter__(self) -> Iterator[tuple[int, bytes]]:
-        # No msgspec here: srun's start-up goes through this loop.
-        from mgpu.core.frames import FRAME_HEADER, STREAM_END, split_frames
-
-        buf = b""
-        try:
-            for chunk in self._response.chunks():
-                buf = buf + chunk if buf else chunk
-                frames, used = split_frames(buf)
-                buf = buf[used:]
-                for stream, data in frames:
-                    if stream == STREAM_END:
-                        self.end_fields = plainjson.loads(data)
-                        continue
-                    if stream in (1, 2):
-                        self.offset += FRAME_HEADER.size + len(data)
-                    yield stream, data
-        finally:
-            self._conn.close()
-
-    def close(self) -> None:
-        self._conn.close()
-
-    def __enter__(self) -> OutputStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class SimpleClient:
@@ -272,7 +144,7 @@ class SimpleClient:
             "name": name,
             "cwd": cwd or os.getcwd(),
             "env": without_secrets(os.environ) if env is None else env,
-            "user": _login_name(),
+            "user": login_name(),
             "time_limit": time_limit,
             "requeue": requeue,
             "max_requeue": max_requeue,
@@ -304,7 +176,7 @@ class SimpleClient:
         """
         from mgpu.core.messages import JobListReply
 
-        return _decode(self._call("GET", _jobs_path(states, user, all)), JobListReply).jobs
+        return _decode(self._call("GET", jobs_path(states, user, all)), JobListReply).jobs
 
     def list_jobs_plain(
         self,
@@ -314,12 +186,11 @@ class SimpleClient:
     ) -> list[dict[str, Any]]:
         """:meth:`list_jobs` as the master's JSON has them (dicts, times in RFC 3339),
         read without msgspec: what ``mgpu queue`` needs to start fast."""
-        data = self._call("GET", _jobs_path(states, user, all))
+        data = self._call("GET", jobs_path(states, user, all))
         try:
             jobs: list[dict[str, Any]] = plainjson.loads(data)["jobs"]
         except (ValueError, TypeError, KeyError) as e:
-            raise ApiError(f"cannot read the master's reply ({e}); are the master and this "
-                           "client the same version of mgpu?", 502) from None
+            raise unreadable(e) from None
         return jobs
 
     def get_job(self, job_id: int) -> SimpleJob:
@@ -381,13 +252,15 @@ class SimpleClient:
         """
         path = (f"{API}/jobs/{int(job_id)}/output?offset={int(offset)}&follow={int(follow)}"
                 f"&status={int(status)}&attach={int(attach)}")
+        from mgpu.client.output_stream import OutputStream
+
         # A connection of its own, so the client can make other calls while it streams.
         conn = self.connection(self.timeout)
         resp = conn.request("GET", path, endless=follow)
         if resp.status >= 300:
             data = resp.read()
             conn.close()
-            raise _error(resp.status, data)
+            raise error_from_reply(resp.status, data)
         return OutputStream(conn, resp, offset)
 
     def signal(self, job_id: int, signum: int) -> None:
@@ -487,7 +360,7 @@ class SimpleClient:
         secret, gets a new one (for a node that lost its data dir). The node id."""
         from mgpu.core.messages import NodeCredentialReset
 
-        data = self._call("DELETE", f"{API}/nodes/{_quote(node_id)}/credential")
+        data = self._call("DELETE", f"{API}/nodes/{quote(node_id)}/credential")
         return _decode(data, NodeCredentialReset).node_id
 
     # ------------------------------------------------------------------------ internals
@@ -499,8 +372,17 @@ class SimpleClient:
         resp = self._conn.request(method, path, body, timeout=timeout)
         data = resp.read()
         if resp.status >= 300:
-            raise _error(resp.status, data)
+            raise error_from_reply(resp.status, data)
         return data
+
+
+def __getattr__(name: str) -> object:
+    # OutputStream is published here too, but loaded on first use: submit and queue never are.
+    if name == "OutputStream":
+        from mgpu.client.output_stream import OutputStream
+
+        return OutputStream
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["OutputStream", "SimpleClient"]

@@ -17,6 +17,8 @@ import os
 import sys
 import time
 
+from mgpu.client.paths import API
+from mgpu.client.replies import error_from_reply
 from mgpu.core.errors import ApiError, ConnectionFailed
 from mgpu.utils import plainjson
 
@@ -24,9 +26,24 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from threading import Thread
-    from typing import Any
+    from typing import Any, Protocol, Self
 
-    from mgpu.client.client import SimpleClient
+    from mgpu.client.output_stream import OutputStream
+    from mgpu.client.transport import Connection
+
+    class JobClient(Protocol):
+        """What a session needs of its client (``SimpleClient`` is one): a protocol, so
+        that this module does not depend on the client module, which runs it."""
+
+        def connection(self, timeout: float | None) -> Connection: ...
+        def copy(self, timeout: float | None = None) -> Self: ...
+        def stream_output(self, job_id: int, offset: int = 0, follow: bool = True, *,
+                          status: bool = False, attach: bool = False) -> OutputStream: ...
+        def cancel(self, *job_ids: int) -> object: ...
+        def signal(self, job_id: int, signum: int) -> None: ...
+        def resize(self, job_id: int, rows: int, cols: int) -> None: ...
+        def __enter__(self) -> Self: ...
+        def __exit__(self, *exc: object) -> None: ...
 
 NOT_RUN = 125  # the job did not run to an exit code of its own
 DOUBLE_INTERRUPT = 1.0  # two Ctrl-C within this many seconds cancel the job
@@ -45,7 +62,7 @@ class Interactive:
 
     def __init__(
         self,
-        client: SimpleClient,
+        client: JobClient,
         job_id: int,
         *,
         quiet: bool = False,
@@ -172,12 +189,10 @@ class Interactive:
         """Stream stdin to the job (one chunked POST); its end is the job's EOF."""
         conn = self.client.connection(None)
         try:
-            resp = conn.upload(f"/api/v1/jobs/{self.job_id}/stdin", self._chunks())
+            resp = conn.upload(f"{API}/jobs/{self.job_id}/stdin", self._chunks())
             answer = resp.read()
             if resp.status >= 300:
-                from mgpu.client.client import _error
-
-                raise _error(resp.status, answer)
+                raise error_from_reply(resp.status, answer)
         except (ConnectionFailed, ApiError) as e:
             self.say("stdin", f"input to job {self.job_id} stopped: {e}")
         finally:
@@ -224,7 +239,7 @@ class Interactive:
         if self._uploader is not None:
             self._uploader.join(timeout)
 
-    def _background(self, call: Callable[[SimpleClient], object]) -> None:
+    def _background(self, call: Callable[[JobClient], object]) -> None:
         """A control call on a connection of its own, off the signal handler."""
         import contextlib
         from threading import Thread

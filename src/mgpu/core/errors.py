@@ -16,6 +16,24 @@
 
 ``cli.main`` catches ``MgpuError`` once, prints ``error: <message>`` and exits with
 ``exit_code``.
+
+Each class also carries the HTTP status and ``ErrorReply.code`` the master answers it with
+(``status``, ``code``: the one table of both directions). The master replies to an error
+``e`` with ``e.status`` and ``e.code`` (an ``ApiError`` may carry a status of its own, e.g.
+408); the client turns a status back into an exception with :func:`error_for_status`.
+
+=====================  =======  ================  ==================================
+class                  status   code              back on the client
+=====================  =======  ================  ==================================
+MgpuError (any other)  400      ``error``         ApiError
+UsageError             400      ``bad_request``   ApiError
+StoreError             507      ``store``         ApiError
+ApiError               its own  ``error``         ApiError (with that status)
+NotFound               404      ``not_found``     NotFound
+Rejected               422      ``rejected``      Rejected
+Unauthorized           401      ``unauthorized``  Unauthorized
+Forbidden              403      ``forbidden``     Forbidden
+=====================  =======  ================  ==================================
 """
 
 from __future__ import annotations
@@ -25,6 +43,8 @@ class MgpuError(Exception):
     """An error with a message meant for the user and the exit code to leave with."""
 
     exit_code = 1
+    status = 400  # the HTTP status the master answers it with
+    code = "error"  # ErrorReply.code
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -33,6 +53,7 @@ class MgpuError(Exception):
 
 class UsageError(MgpuError):
     exit_code = 2
+    code = "bad_request"
 
 
 class ConfigError(MgpuError):
@@ -44,39 +65,36 @@ class ConnectionFailed(MgpuError):
 
 
 class ApiError(MgpuError):
-    """The master answered with an error status."""
+    """The master answered with an error status: its class's, or ``status``."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
-        self.status = status
+        if status is not None:
+            self.status = status
 
 
 class NotFound(ApiError):
     exit_code = 4
-
-    def __init__(self, message: str, status: int = 404) -> None:
-        super().__init__(message, status)
+    status = 404
+    code = "not_found"
 
 
 class Rejected(ApiError):
     exit_code = 5
-
-    def __init__(self, message: str, status: int = 422) -> None:
-        super().__init__(message, status)
+    status = 422
+    code = "rejected"
 
 
 class Unauthorized(ApiError):
     exit_code = 6
-
-    def __init__(self, message: str, status: int = 401) -> None:
-        super().__init__(message, status)
+    status = 401
+    code = "unauthorized"
 
 
 class Forbidden(ApiError):
     exit_code = 6
-
-    def __init__(self, message: str, status: int = 403) -> None:
-        super().__init__(message, status)
+    status = 403
+    code = "forbidden"
 
 
 class InvalidTransition(MgpuError):
@@ -90,6 +108,21 @@ class InvalidTransition(MgpuError):
 class StoreError(MgpuError):
     """The master's database could not be read or written; ``full``: for want of room."""
 
+    status = 507
+    code = "store"
+
     def __init__(self, message: str, *, full: bool = False) -> None:
         super().__init__(message)
         self.full = full
+
+
+# The statuses a client turns back into a class of their own; any other is an ApiError.
+_BY_STATUS: dict[int, type[ApiError]] = {
+    kind.status: kind for kind in (NotFound, Rejected, Unauthorized, Forbidden)
+}
+
+
+def error_for_status(status: int, message: str) -> ApiError:
+    """The exception a client raises for the master's error reply of ``status``."""
+    kind = _BY_STATUS.get(status)
+    return ApiError(message, status) if kind is None else kind(message)

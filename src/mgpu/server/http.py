@@ -23,9 +23,6 @@ from mgpu.core.errors import (
     ApiError,
     Forbidden,
     MgpuError,
-    NotFound,
-    Rejected,
-    StoreError,
     Unauthorized,
     UsageError,
 )
@@ -167,27 +164,14 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if e.status < 400:
             raise
         return error(e.reason if e.text is None else e.text, e.status, "http")
-    except NotFound as e:
-        return error(e.message, 404, "not_found")
-    except Rejected as e:
-        return error(e.message, 422, "rejected")
-    except UsageError as e:
-        return error(e.message, 400, "bad_request")
-    except StoreError as e:
-        return error(e.message, 507, "store")
-    except Unauthorized as e:
-        resp = error(e.message, 401, "unauthorized")
-        resp.headers["WWW-Authenticate"] = 'Bearer realm="mgpu"'
-        return resp
-    except Forbidden as e:
-        return error(e.message, 403, "forbidden")
-    except ApiError as e:
-        resp = error(e.message, e.status, "error")
-        if e.status == 408:
+    except MgpuError as e:
+        # Its class's status and code: the table of core/errors.py, read back by clients.
+        resp = error(e.message, e.status, e.code)
+        if isinstance(e, Unauthorized):
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="mgpu"'
+        elif e.status == 408:
             resp.force_close()  # the rest of the body may still be on its way
         return resp
-    except MgpuError as e:
-        return error(e.message, 400, "error")
 
 
 def authenticate(request: web.Request) -> Identity | None:
