@@ -16,6 +16,7 @@ import pytest
 from conftest import Cluster
 from mgpu.cli.jobargs import job_env
 from mgpu.core import config
+from mgpu.core.errors import UsageError
 from mgpu.utils.secretenv import is_secret, without_secrets
 
 SECRETS = ("MGPU_TOKEN", "MGPU_JOIN_TOKEN")
@@ -47,18 +48,19 @@ def test_export_all_leaves_out_mgpus_own_secrets(cluster: Cluster) -> None:
     assert token.encode() not in stored and join.encode() not in stored
 
 
-def test_a_secret_named_on_the_command_line_is_passed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Only ALL leaves them out: naming one is the user's explicit choice (a job that
-    submits jobs of its own needs a token)."""
+def test_a_secret_named_on_the_command_line_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ALL leaves them out; naming one is an error that says what to do instead (the
+    master would drop it: it never stores or passes on a secret)."""
     monkeypatch.setenv("MGPU_TOKEN", "t0ken")
     monkeypatch.setenv("MGPU_JOIN_TOKEN", "j0in")
     monkeypatch.setenv("MGPU_TEST_KEPT", "yes")
     everything = job_env([], [])
     assert everything["MGPU_TEST_KEPT"] == "yes"
     assert not everything.keys() & set(SECRETS)
-    named = job_env(["ALL,MGPU_TOKEN"], ["MGPU_JOIN_TOKEN=given"])
-    assert (named["MGPU_TOKEN"], named["MGPU_JOIN_TOKEN"]) == ("t0ken", "given")
-    assert job_env(["NONE,MGPU_TOKEN"], []) == {"MGPU_TOKEN": "t0ken"}
+    for exports, envs in ((["ALL,MGPU_TOKEN"], []), ([], ["MGPU_JOIN_TOKEN=given"]),
+                          (["NONE,MGPU_TOKEN"], [])):
+        with pytest.raises(UsageError, match="never gives its own secrets to a job"):
+            job_env(exports, envs)
 
 
 def test_every_secret_setting_is_known_as_one() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from mgpu.core.errors import UsageError
-from mgpu.utils.secretenv import without_secrets
+from mgpu.utils.secretenv import is_secret, without_secrets
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs start-up time
 if TYPE_CHECKING:
@@ -54,8 +54,9 @@ def job_env(exports: list[str], envs: list[str]) -> dict[str, str]:
     """The job's environment: the submitter's whole environment (SLURM's ``ALL``) but for
     mgpu's own secrets (``MGPU_TOKEN``, ``MGPU_JOIN_TOKEN``: :mod:`mgpu.utils.secretenv`)
     or, with ``--export=NONE``, nothing; then each ``KEY=VAL`` given, and each bare ``KEY``
-    copied from here, secrets too (named, they are the user's choice). ``--export`` takes a
-    comma list like SLURM; ``--env`` one variable."""
+    copied from here. Naming a secret is a :class:`UsageError`: the master would drop it
+    anyway (it never stores or passes one on), and silence would hide that. ``--export``
+    takes a comma list like SLURM; ``--env`` one variable."""
     exported = [i for e in exports for i in e.split(",") if i]
     words = {i.upper() for i in exported} & {"ALL", "NONE"}
     if len(words) == 2:
@@ -65,6 +66,10 @@ def job_env(exports: list[str], envs: list[str]) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not key:
             raise UsageError(f"--export/--env takes KEY=VALUE, got {item!r}")
+        if is_secret(key):
+            raise UsageError(f"--export/--env {key}: mgpu never gives its own secrets to a "
+                             "job; a job that runs mgpu can read a token from a file: "
+                             "`mgpu --token-file PATH ...` (make one with `mgpu token create`)")
         if not sep:
             if key not in os.environ:
                 raise UsageError(f"--export/--env {key}: {key} is not set here; use {key}=VALUE")
