@@ -36,9 +36,6 @@ def _env(name: str, *, secret: bool = False) -> dict[str, Any]:
     return {"env": name, "secret": True} if secret else {"env": name}
 
 
-# mgpu's own secrets, as environment variables: never saved with a job nor passed to one.
-SECRET_ENV = frozenset({"MGPU_TOKEN", "MGPU_JOIN_TOKEN"})
-
 
 def xdg_data_home() -> Path:
     base = os.environ.get("XDG_DATA_HOME")

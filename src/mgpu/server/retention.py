@@ -2,7 +2,8 @@
 ``job_retention_days``, then only an accounting row.
 
 * **Secrets.** ``MGPU_TOKEN``, ``MGPU_JOIN_TOKEN`` and any other ``MGPU_*_TOKEN``,
-  ``MGPU_*_SECRET`` or ``MGPU_*_CREDENTIAL`` (:func:`is_secret`) are taken out of every
+  ``MGPU_*_SECRET``, ``_PASSWORD`` or ``_CREDENTIAL`` (:func:`mgpu.utils.secretenv.is_secret`,
+  the rule the ``mgpu`` command also applies) are taken out of every
   submitted environment, whatever the client sent, so they are neither saved with the job
   nor passed to it; a database written before this is scrubbed at start-up.
 * **Retention.** A job that ended more than ``job_retention_days`` ago is pruned: from
@@ -18,24 +19,17 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING
 
-from mgpu.core.config import SECRET_ENV
 from mgpu.core.errors import NotFound
 from mgpu.core.models import SimpleJob
 from mgpu.server.auth import Identity
 from mgpu.server.state import ClusterState, Effects
 from mgpu.server.store import AccountingRow, Batch, LoadedJob
+from mgpu.utils.secretenv import is_secret
 
 if TYPE_CHECKING:
     from mgpu.server.master import Master
 
 DAY = 86400.0
-
-
-def is_secret(name: str) -> bool:
-    """``name`` is one of mgpu's secrets: :data:`SECRET_ENV`, or any ``MGPU_*_TOKEN``,
-    ``MGPU_*_SECRET`` or ``MGPU_*_CREDENTIAL`` (as the ``mgpu`` command keeps them out)."""
-    return name in SECRET_ENV or (name.startswith("MGPU_") and name.endswith(
-        ("_TOKEN", "_SECRET", "_CREDENTIAL")))
 
 
 def strip_secrets(env: dict[str, str]) -> dict[str, str]:
