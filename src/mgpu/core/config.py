@@ -36,7 +36,6 @@ def _env(name: str, *, secret: bool = False) -> dict[str, Any]:
     return {"env": name, "secret": True} if secret else {"env": name}
 
 
-
 def xdg_data_home() -> Path:
     base = os.environ.get("XDG_DATA_HOME")
     return Path(base) if base else Path.home() / ".local" / "share"
