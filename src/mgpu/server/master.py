@@ -27,7 +27,7 @@ from mgpu.core import messages as m
 from mgpu.core.config import LogConfig, MasterConfig, from_options
 from mgpu.core.errors import MgpuError, StoreError, Unauthorized
 from mgpu.core.models import JobState, run_key
-from mgpu.core.scheduler import Policy, schedule
+from mgpu.core.scheduler import Policy, load_policy
 from mgpu.core.timefmt import parse_duration
 from mgpu.server import retention
 from mgpu.server.auth import (
@@ -60,10 +60,12 @@ REFUSAL_QUIET = 60.0  # seconds: one peer's refusals are logged and audited at m
 class Master:
     """A running master. ``await start()``, then ``await stop()``."""
 
-    def __init__(self, cfg: MasterConfig, policy: Policy = schedule) -> None:
+    def __init__(self, cfg: MasterConfig, policy: Policy | None = None) -> None:
+        """``policy``: the scheduling policy; by default the one ``cfg.scheduler`` names
+        (a :class:`ConfigError` if none is installed under that name)."""
         self.cfg = cfg
         self.state = ClusterState(
-            policy,
+            policy or load_policy(cfg.scheduler),
             node_timeout=cfg.node_timeout,
             default_time_limit=parse_duration(cfg.default_time_limit, "default_time_limit"),
             max_time_limit=parse_duration(cfg.max_time_limit, "max_time_limit"),
