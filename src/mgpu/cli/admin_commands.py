@@ -115,6 +115,7 @@ def _master_config(ns: argparse.Namespace) -> Any:
     flags = {"host": ns.host, "port": ns.port, "data_dir": ns.data_dir,
              "tls_cert": ns.tls_cert, "tls_key": ns.tls_key}
     flags["node_timeout"] = getattr(ns, "node_timeout", None)
+    flags["job_retention_days"] = getattr(ns, "job_retention_days", None)
     return load_config(ns, MasterConfig, flags)[0]
 
 
@@ -157,6 +158,7 @@ def cmd_node(ns: argparse.Namespace) -> int:
         port=ns.port,
         data_dir=ns.data_dir,
         join_token_file=ns.join_token_file,
+        max_output_mib=ns.max_output_mib,
     )
     from mgpu.node.agent import run_node
 

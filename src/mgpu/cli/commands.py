@@ -209,6 +209,11 @@ def cmd_cancel(ns: argparse.Namespace) -> int:
 
 
 def cmd_nodes(ns: argparse.Namespace) -> int:
+    if ns.reset_credential is not None:
+        node_id = client_for(ns).reset_node_credential(ns.reset_credential)
+        write(f"{node_id}: credential forgotten; its next join with the join secret gets a "
+              "new one\n")
+        return 0
     nodes = client_for(ns).nodes()
     from mgpu.client import output
 

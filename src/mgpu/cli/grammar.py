@@ -80,14 +80,18 @@ def _positive(text: str) -> int:
     raise _bad_value(f"must be a whole number from 1 to 10000, got {text!r}")
 
 
-def _seconds(text: str) -> float:
+def _seconds(text: str, unit: str = "seconds") -> float:
     try:
         value = float(text)
     except ValueError:
         value = -1.0
     if value >= 0:
         return value
-    raise _bad_value(f"must be a number of seconds, got {text!r}")
+    raise _bad_value(f"must be a number of {unit}, got {text!r}")
+
+
+def _days(text: str) -> float:
+    return _seconds(text, "days")
 
 
 _FORMATTER: type[argparse.HelpFormatter] | None = None  # made by _formatter()
@@ -238,6 +242,13 @@ def _json_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
 
 
+def _nodes_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--reset-credential", metavar="NODE",
+                   help="admins: forget NODE's credential, so that its next join with the "
+                   "join secret gets a new one (a node that lost its data dir)")
+
+
 def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=_port, help="port to listen on (default 8080; 0: any)")
@@ -255,6 +266,8 @@ def _gpu_args(p: argparse.ArgumentParser) -> None:
 def _master_args(p: argparse.ArgumentParser) -> None:
     _server_args(p)
     p.add_argument("--node-timeout", type=_seconds, metavar="S", help="mark a silent node lost")
+    p.add_argument("--job-retention-days", type=_days, metavar="DAYS",
+                   help="keep ended jobs this long, then only their accounting (default 30)")
 
 
 def _node_args(p: argparse.ArgumentParser) -> None:
@@ -266,6 +279,8 @@ def _node_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--join-token-file", metavar="PATH",
                    help="the master's join secret (else $MGPU_JOIN_TOKEN, else the local "
                    "master's, when readable)")
+    p.add_argument("--max-output-mib", type=_count_arg, metavar="MIB",
+                   help="cut a job's output past this size (default 1024; 0: no cap)")
     _gpu_args(p)
 
 
@@ -307,7 +322,7 @@ COMMANDS: dict[str, tuple[Handler, str, Callable[[argparse.ArgumentParser], None
     "logs": (cmd_logs, "a job's output", _logs_args),
     "wait": (cmd_wait, "wait for jobs to end; exit with the first non-zero code", _wait_args),
     "cancel": (cmd_cancel, "cancel jobs", _jobs_args),
-    "nodes": (cmd_nodes, "nodes and their GPUs", _json_args),
+    "nodes": (cmd_nodes, "nodes and their GPUs", _nodes_args),
     "config": (_admin("config"), "the effective configuration and where it came from", _json_args),
     "token": (_admin("token"), "create, list or revoke tokens (admins)", _token_args),
     "events": (_admin("events"), "the audit log: who did what (admins)", _events_args),

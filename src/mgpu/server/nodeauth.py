@@ -23,7 +23,7 @@ from mgpu.server.store import NodeCredentialRow
 
 RESET_HINT = (
     "if this machine is that node and lost its data dir, an admin resets the node's "
-    "credential (DELETE /api/v1/nodes/{node}/credential, SimpleClient.reset_node_credential) "
+    "credential (`mgpu nodes --reset-credential {node}`) "
     "and it joins again; otherwise give this node another id (--node-id / MGPU_NODE_ID)"
 )
 
