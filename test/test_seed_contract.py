@@ -122,3 +122,28 @@ def test_the_founding_classes_take_their_settings_as_the_commands_do(
         SimpleNode("n1", fake_gpu=2)
     with pytest.raises(ConfigError, match="--port: 'x' is not a valid int"):
         SimpleMaster("127.0.0.1", "x")  # type: ignore[arg-type]
+
+
+def test_a_node_manager_runs_many_nodes_in_one_process(
+        make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster(nodes=0)
+    ids = [f"node{i}" for i in range(1, 5)]
+    code = (
+        "from mgpu import NodeManager; "
+        f"m = NodeManager('127.0.0.1', {cluster.port}); "
+        f"[m.add_node(n, fake_gpus=1, port=0, data_dir={str(cluster.tmp)!r} + '/' + n, "
+        f"join_token_file={str(cluster.join_token_file)!r}) for n in {ids!r}]; "
+        "m.run()")
+    manager = spawn(cluster, "node1", ["-c", code])  # (its teardown stops them all)
+    for node_id in ids[1:]:
+        cluster.nodes[node_id] = manager
+    cluster.wait_nodes_up(ids)
+    gate = cluster.tmp / "gate"
+    jobs = [cluster.submit(f"while [ ! -e {gate} ]; do sleep 0.05; done") for _ in ids]
+    running = [cluster.wait_job(j, ("running",)) for j in jobs]
+    assert sorted(j["node"] for j in running) == ids  # one GPU each: every node holds one
+    gate.touch()
+    assert all(cluster.wait_job(j)["state"] == "completed" for j in jobs)
+    for node_id in ids[1:]:
+        del cluster.nodes[node_id]
+    stop(manager)
