@@ -26,6 +26,7 @@ from mgpu.client.client import SimpleClient
 from mgpu.core.errors import ConnectionFailed, NotFound, Rejected, UsageError
 from mgpu.core.messages import PROTOCOL_VERSION, OutputEnd
 from mgpu.core.models import JobSpec, JobState
+from mgpu.node.users import own_user
 
 JOB_KEYS = {
     "id", "name", "user", "state", "gpus", "node", "gpu_ids", "command", "cwd",
@@ -260,10 +261,12 @@ def test_cli_nodes(cluster: Cluster, tmp_path: Path) -> None:
     job = cluster.submit(hold(tmp_path / "never"), "-G", "3")
     cluster.wait_job(job, ("running",))
     lines = cluster.mgpu("nodes").stdout.splitlines()
-    assert lines[0].split() == ["NODE", "STATE", "GPUS", "USED", "FREE", "JOBS"]
+    assert lines[0].split() == ["NODE", "STATE", "GPUS", "USED", "FREE", "USERS", "JOBS",
+                                "REASON"]
     gpu_ids = cluster.job(job)["gpu_ids"]
     holds = f"{job}:{','.join(map(str, gpu_ids))}"
-    assert lines[1].split() == ["node1", "up", "4", "3", "1", holds]
+    users = ["all"] if os.geteuid() == 0 else ["only", own_user()]  # (not root: its own)
+    assert lines[1].split() == ["node1", "up", "4", "3", "1", *users, holds]
     [node] = json.loads(cluster.mgpu("nodes", "--json").stdout)
     assert (node["node_id"], node["state"]) == ("node1", "up")
     assert node["last_seen"].endswith("Z")

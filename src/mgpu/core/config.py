@@ -93,6 +93,14 @@ class NodeConfig:
     ca: Path | None = field(default=None, metadata=_env("MGPU_CA"))
     tls: bool = field(default=False, metadata=_env("MGPU_TLS"))
     allow_root_jobs: bool = field(default=False, metadata=_env("MGPU_ALLOW_ROOT_JOBS"))
+    # Whose jobs it runs (see mgpu.node.users): a root agent runs every user's jobs under
+    # their own accounts; an agent that is not root runs jobs as itself, so by default only
+    # its own user's, unless allow_other_users. ``users`` (comma-separated) narrows either.
+    allow_other_users: bool = field(default=False, metadata=_env("MGPU_ALLOW_OTHER_USERS"))
+    users: str | None = field(default=None, metadata=_env("MGPU_NODE_USERS"))
+    # A stopping agent (SIGTERM, SIGINT) leaves its jobs with the keeper, which a new agent
+    # re-adopts within the fence time; with this, it ends them first.
+    kill_jobs_on_exit: bool = field(default=False, metadata=_env("MGPU_KILL_JOBS_ON_EXIT"))
 
     @property
     def effective_data_dir(self) -> Path:

@@ -57,6 +57,8 @@ class MessageType(enum.StrEnum):
     JOB_INPUT = "job_input"
     JOB_SIGNAL = "job_signal"
     JOB_RESIZE = "job_resize"
+    NODE_HEALTH = "node_health"
+    JOB_INPUT_ACK = "job_input_ack"
 
 
 # ---------------------------------------------------------------- client → master (JSON)
@@ -220,6 +222,27 @@ class Register(msgspec.Struct, tag=MessageType.REGISTER.value):
     hostname: Annotated[str, msgspec.Meta(max_length=256)] = ""
     running: Annotated[list[RunningReport], msgspec.Meta(max_length=1_000_000)] = (
         msgspec.field(default_factory=list))
+    # Whose jobs the node runs: None, every user's; else only these users' (an agent that
+    # is not root runs jobs as its own account). The scheduler places no other job there.
+    users: Annotated[list[UserName], msgspec.Meta(max_length=4096)] | None = None
+    # Why the node cannot take jobs now (its keeper died and is being restarted), or None.
+    degraded: Reason | None = None
+
+
+class NodeHealth(msgspec.Struct, tag=MessageType.NODE_HEALTH.value):
+    """The node's fitness changed: ``degraded`` says why it cannot take jobs now (None: it
+    can again). A degraded node is listed with that reason and gets no new jobs."""
+
+    degraded: Reason | None = None
+
+
+class JobInputAck(msgspec.Struct, tag=MessageType.JOB_INPUT_ACK.value):
+    """``delivered`` bytes of the job's input (all :class:`JobInput` data, counted from the
+    first) have left the node's hands: written to the job's stdin, or dropped because the
+    job no longer reads it. The master keeps at most a window of input unacknowledged."""
+
+    job_id: JobId
+    delivered: Offset
 
 
 class Heartbeat(msgspec.Struct, tag=MessageType.HEARTBEAT.value):
@@ -255,7 +278,9 @@ class JobEnded(msgspec.Struct, tag=MessageType.JOB_ENDED.value):
         return run_key(self.job_id, self.run)
 
 
-NodeMessage = Register | Heartbeat | JobStarted | JobOutput | JobEnded
+NodeMessage = (
+    Register | Heartbeat | JobStarted | JobOutput | JobEnded | NodeHealth | JobInputAck
+)
 
 
 # ---------------------------------------------------------------- master → node (msgpack)

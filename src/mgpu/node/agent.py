@@ -33,10 +33,14 @@ from mgpu.core import messages as m
 from mgpu.core.config import LogConfig, NodeConfig, xdg_data_home
 from mgpu.core.errors import ConfigError, MgpuError
 from mgpu.core.models import GpuInfo
+from mgpu.node import users as policy
 from mgpu.node.supervisor import RunningJob, Supervisor
 from mgpu.utils.secretfile import read_secret
 
 MAX_BACKOFF = 2.0
+# Output bytes queued for the master at most; the rest waits in the spool, read when the
+# link has room (the queue's messages hold the bytes, so this bounds the agent's memory).
+OUT_WINDOW = 4 * 1024 * 1024
 
 
 class Agent:
@@ -56,6 +60,9 @@ class Agent:
         self.fatal: MgpuError | None = None
         self._ready = False
         self._out: asyncio.Queue[m.NodeMessage] | None = None
+        self._queued = 0  # output bytes in self._out
+        self.users: list[str] | None = None  # whose jobs it runs (None: everyone's)
+        self.degraded: str | None = None  # why it takes no jobs now
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
@@ -116,12 +123,15 @@ class Agent:
                     "no GPUs found on this machine (NVML and nvidia-smi found none): "
                     "pass --fake-gpus N (or set MGPU_FAKE_GPUS) to declare some for testing"
                 )
+        self.users = policy.served_users(self.cfg.users, self.cfg.allow_other_users,
+                                         os.geteuid(), policy.own_user())
         self._secret = self.join_secret()
         self._ssl_context = self._ssl()
         data_dir = self.cfg.effective_data_dir
         self.supervisor = Supervisor(
             self.node_id, data_dir, self._on_output, self._on_ended, self.cfg.kill_grace,
-            self.cfg.fence_timeout, self.cfg.allow_root_jobs,
+            self.cfg.fence_timeout, self.cfg.allow_root_jobs, on_health=self._on_health,
+            on_input_ack=self._on_input_ack, has_room=self._has_room,
         )
         try:
             data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -133,9 +143,9 @@ class Agent:
             ) from e
         await self._start_health(data_dir)
         self.log.info(
-            "node %s: %d GPUs (%s), health on %s:%d, joining master %s:%d",
-            self.node_id, len(self.gpus), self.gpu_source, self.cfg.host, self.port,
-            self.cfg.master_host, self.cfg.master_port,
+            "node %s: %d GPUs (%s), health on %s:%d, joining master %s:%d; runs jobs of "
+            "%s users", self.node_id, len(self.gpus), self.gpu_source, self.cfg.host,
+            self.port, self.cfg.master_host, self.cfg.master_port, policy.describe(self.users),
         )
         self._task = asyncio.create_task(self._connect_loop())
 
@@ -162,13 +172,26 @@ class Agent:
         os.replace(tmp, data_dir / "node.json")
 
     async def _health(self, request: web.Request) -> web.Response:
-        jobs = len(self.supervisor.jobs) if self.supervisor else 0
-        body = {"status": "ok", "node_id": self.node_id, "connected": self.connected,
-                "jobs": jobs, "gpus": len(self.gpus or [])}
+        sup = self.supervisor
+        jobs = list(sup.jobs.values()) if sup else []
+        body = {"status": "degraded" if self.degraded else "ok", "node_id": self.node_id,
+                "connected": self.connected, "jobs": len(jobs), "gpus": len(self.gpus or []),
+                "reason": self.degraded, "users": self.users,
+                "keeper_pid": sup.keeper_pid if sup else 0,
+                # output in the spool not yet passed on, and passed on but not yet sent
+                "unsent_output": sum(j.known - j.forwarded for j in jobs),
+                "queued_output": self._queued}
         return web.json_response(body)
 
     async def stop(self, kill_jobs: bool = True) -> None:
+        """Stop the agent; with ``kill_jobs`` its jobs end too, else they go on under the
+        keeper for a new agent to re-adopt (within the fence time)."""
         self._stopping = True
+        if kill_jobs and self.supervisor is not None:
+            # First, while still linked: the jobs' ends reach the master (best effort).
+            await self.supervisor.close(kill_jobs)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sent(), 5)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -177,6 +200,11 @@ class Agent:
             await self.supervisor.close(kill_jobs)
         if self._runner is not None:
             await self._runner.cleanup()
+
+    async def _sent(self) -> None:
+        """Until what is queued for the master has gone (or the link is down)."""
+        while self._ready and self._out is not None and not self._out.empty():
+            await asyncio.sleep(0.01)
 
     async def wait(self) -> None:
         """Until the agent stops by itself (only when the master refuses it)."""
@@ -288,6 +316,7 @@ class Agent:
         self.connected = False
         self._ready = False
         self._out = None
+        self._queued = 0
         self.registered.clear()
 
     async def _session(self, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -296,7 +325,8 @@ class Agent:
         held = [m.RunningReport(j.job_id, j.run, sup.output_size(j.key))
                 for j in sup.jobs.values()]
         register = m.Register(
-            node_id=self.node_id, gpus=self.gpus, hostname=socket.gethostname(), running=held
+            node_id=self.node_id, gpus=self.gpus, hostname=socket.gethostname(), running=held,
+            users=self.users, degraded=self.degraded,
         )
         await ws.send_bytes(m.node_encoder.encode(register))
         first = await ws.receive(timeout=30)
@@ -316,6 +346,7 @@ class Agent:
             sup.fence = max(0.5, reply.node_timeout * 0.6)
         try:
             self._out = out
+            self._queued = 0
             self._ready = True
             self._resume(reply)
             self.connected = True
@@ -347,7 +378,7 @@ class Agent:
             writer.cancel()
 
     def _resume(self, reply: m.Registered) -> None:
-        """After registering: kill fenced jobs, resend missing output, report held ends."""
+        """After registering: kill fenced jobs, resend missing output and held ends."""
         sup = self.supervisor
         assert sup is not None
         for key in reply.kill:
@@ -355,20 +386,26 @@ class Agent:
                              "apart", key)
             sup.kill(key, "ended by the master while the node was away")
             sup.forget(key)
+        sup.relink()
         for key, offset in reply.output_offsets.items():
             sup.rewind(key, offset)
-            job = sup.jobs.get(key)
-            sup.pump(key, job.ended.output_size if job and job.ended else None)
-        for job in list(sup.jobs.values()):
-            if job.ended is not None and job.key not in reply.kill:
-                self._send(job.ended)
+        if self.degraded is not None:  # (a change after the register message was built)
+            self._send(m.NodeHealth(self.degraded))
+        sup.pump_all()
 
     async def _write(self, ws: aiohttp.ClientWebSocketResponse,
                      out: asyncio.Queue[m.NodeMessage]) -> None:
+        counted = _Counted(out)
         with contextlib.suppress(ConnectionError):
             while True:
                 msg = await out.get()
-                await ws.send_bytes(m.take_frame(msg, out))
+                counted.taken = _output_bytes(msg)
+                frame = m.take_frame(msg, counted)
+                await ws.send_bytes(frame)
+                if out is self._out:
+                    self._queued -= counted.taken
+                    if counted.taken and self._has_room() and self.supervisor is not None:
+                        self.supervisor.pump_all()
 
     async def _heartbeat(self, out: asyncio.Queue[m.NodeMessage], interval: float) -> None:
         while True:
@@ -381,7 +418,12 @@ class Agent:
         if isinstance(msg, m.Heartbeat):
             return
         if isinstance(msg, m.StartJob):
-            sup.start(msg)
+            refused = policy.refusal(self.node_id, msg.user, self.users)
+            if refused is None:
+                sup.start(msg)
+            else:
+                self.log.warning("refused job %d of %s: %s", msg.job_id, msg.user, refused)
+                sup.refuse(msg, refused)
         elif isinstance(msg, m.JobInput):
             sup.write_stdin(msg.job_id, msg.data, msg.eof)
         elif isinstance(msg, m.JobSignal):
@@ -398,13 +440,51 @@ class Agent:
         if self._ready and self._out is not None:
             self._out.put_nowait(msg)
 
+    def _has_room(self) -> bool:
+        return self._ready and self._queued < OUT_WINDOW
+
     def _on_output(self, job: RunningJob, offset: int, data: bytes) -> None:
+        if self._ready:
+            self._queued += len(data)
         self._send(m.JobOutput(job.job_id, job.run, offset, data))
+
+    def _on_health(self, degraded: str | None) -> None:
+        if degraded == self.degraded:
+            return
+        self.degraded = degraded
+        if degraded:
+            self.log.error("node degraded, taking no jobs: %s", degraded)
+        else:
+            self.log.info("node healthy again, taking jobs")
+        self._send(m.NodeHealth(degraded))
+
+    def _on_input_ack(self, job: RunningJob) -> None:
+        self._send(m.JobInputAck(job.job_id, job.input_written))
 
     def _on_ended(self, job: RunningJob) -> None:
         assert job.ended is not None
         self.log.debug("job %s ended: %s", job.key, job.ended.state)
         self._send(job.ended)
+
+
+def _output_bytes(msg: m.NodeMessage) -> int:
+    return len(msg.data) if isinstance(msg, m.JobOutput) else 0
+
+
+class _Counted:
+    """The agent's queue as ``take_frame`` drains it, counting the output bytes taken."""
+
+    def __init__(self, queue: asyncio.Queue[m.NodeMessage]) -> None:
+        self.queue = queue
+        self.taken = 0
+
+    def empty(self) -> bool:
+        return self.queue.empty()
+
+    def get_nowait(self) -> m.NodeMessage:
+        msg = self.queue.get_nowait()
+        self.taken += _output_bytes(msg)
+        return msg
 
 
 def _decode(data: bytes) -> list[m.MasterMessage]:
@@ -437,7 +517,7 @@ async def run_agents(agents: list[Agent]) -> None:
                 fut.result()
     finally:
         for agent in started:
-            await agent.stop()
+            await agent.stop(kill_jobs=agent.cfg.kill_jobs_on_exit)
 
 
 def run_node(cfg: NodeConfig, log_cfg: LogConfig | None = None) -> int:
