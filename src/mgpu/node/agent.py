@@ -178,7 +178,9 @@ class Agent:
                 "connected": self.connected, "jobs": len(jobs), "gpus": len(self.gpus or []),
                 "reason": self.degraded, "users": self.users,
                 "keeper_pid": sup.keeper_pid if sup else 0,
-                # output in the spool not yet passed on, and passed on but not yet sent
+                # output in the spools, the part not yet passed on, and the part passed on
+                # but not yet sent
+                "spooled_output": sum(j.known for j in jobs),
                 "unsent_output": sum(j.known - j.forwarded for j in jobs),
                 "queued_output": self._queued}
         return web.json_response(body)
