@@ -3,6 +3,7 @@ runs, and bounded memory and disk for output and input. Every test runs a real c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -276,3 +277,5 @@ def test_stdin_to_a_job_that_does_not_read_blocks_the_writer(cluster: Cluster) -
         attach.kill()
         attach.wait()
         feeder.join(5)
+        with contextlib.suppress(OSError):
+            attach.stdin.close()
