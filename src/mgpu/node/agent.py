@@ -34,13 +34,11 @@ from mgpu.core.config import LogConfig, NodeConfig, xdg_data_home
 from mgpu.core.errors import ConfigError, MgpuError
 from mgpu.core.models import GpuInfo
 from mgpu.node import users as policy
+from mgpu.node.outbox import Outbox
 from mgpu.node.supervisor import RunningJob, Supervisor
 from mgpu.utils.secretfile import read_secret
 
 MAX_BACKOFF = 2.0
-# Output bytes queued for the master at most; the rest waits in the spool, read when the
-# link has room (the queue's messages hold the bytes, so this bounds the agent's memory).
-OUT_WINDOW = 4 * 1024 * 1024
 
 
 class Agent:
@@ -59,8 +57,7 @@ class Agent:
         self._fenced: set[str] = set()  # run keys killed for want of the master
         self.fatal: MgpuError | None = None
         self._ready = False
-        self._out: asyncio.Queue[m.NodeMessage] | None = None
-        self._queued = 0  # output bytes in self._out
+        self._out: Outbox | None = None
         self.users: list[str] | None = None  # whose jobs it runs (None: everyone's)
         self.degraded: str | None = None  # why it takes no jobs now
         self._stopping = False
@@ -182,7 +179,7 @@ class Agent:
                 # but not yet sent
                 "spooled_output": sum(j.known for j in jobs),
                 "unsent_output": sum(j.known - j.forwarded for j in jobs),
-                "queued_output": self._queued}
+                "queued_output": self._out.output if self._out else 0}
         return web.json_response(body)
 
     async def stop(self, kill_jobs: bool = True) -> None:
@@ -318,7 +315,6 @@ class Agent:
         self.connected = False
         self._ready = False
         self._out = None
-        self._queued = 0
         self.registered.clear()
 
     async def _session(self, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -341,14 +337,13 @@ class Agent:
             self.fatal = MgpuError(f"the master refused node {self.node_id}: {reply.error}")
             self.log.error("%s", self.fatal.message)
             return
-        out: asyncio.Queue[m.NodeMessage] = asyncio.Queue()
-        writer = asyncio.create_task(self._write(ws, out))
+        out = Outbox()
+        writer = asyncio.create_task(out.send_all(ws, self._pump))
         beat = asyncio.create_task(self._heartbeat(out, reply.heartbeat_interval))
         if self.cfg.fence_timeout is None:
             sup.fence = max(0.5, reply.node_timeout * 0.6)
         try:
             self._out = out
-            self._queued = 0
             self._ready = True
             self._resume(reply)
             self.connected = True
@@ -395,24 +390,14 @@ class Agent:
             self._send(m.NodeHealth(self.degraded))
         sup.pump_all()
 
-    async def _write(self, ws: aiohttp.ClientWebSocketResponse,
-                     out: asyncio.Queue[m.NodeMessage]) -> None:
-        counted = _Counted(out)
-        with contextlib.suppress(ConnectionError):
-            while True:
-                msg = await out.get()
-                counted.taken = _output_bytes(msg)
-                frame = m.take_frame(msg, counted)
-                await ws.send_bytes(frame)
-                if out is self._out:
-                    self._queued -= counted.taken
-                    if counted.taken and self._has_room() and self.supervisor is not None:
-                        self.supervisor.pump_all()
+    def _pump(self) -> None:
+        if self._has_room() and self.supervisor is not None:
+            self.supervisor.pump_all()
 
-    async def _heartbeat(self, out: asyncio.Queue[m.NodeMessage], interval: float) -> None:
+    async def _heartbeat(self, out: Outbox, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            out.put_nowait(m.Heartbeat())
+            out.put(m.Heartbeat())
 
     def _on_message(self, msg: m.MasterMessage) -> None:
         sup = self.supervisor
@@ -440,14 +425,12 @@ class Agent:
 
     def _send(self, msg: m.NodeMessage) -> None:
         if self._ready and self._out is not None:
-            self._out.put_nowait(msg)
+            self._out.put(msg)
 
     def _has_room(self) -> bool:
-        return self._ready and self._queued < OUT_WINDOW
+        return self._ready and self._out is not None and self._out.has_room()
 
     def _on_output(self, job: RunningJob, offset: int, data: bytes) -> None:
-        if self._ready:
-            self._queued += len(data)
         self._send(m.JobOutput(job.job_id, job.run, offset, data))
 
     def _on_health(self, degraded: str | None) -> None:
@@ -461,32 +444,12 @@ class Agent:
         self._send(m.NodeHealth(degraded))
 
     def _on_input_ack(self, job: RunningJob) -> None:
-        self._send(m.JobInputAck(job.job_id, job.input_written))
+        self._send(m.JobInputAck(job.job_id, job.input_delivered))
 
     def _on_ended(self, job: RunningJob) -> None:
         assert job.ended is not None
         self.log.debug("job %s ended: %s", job.key, job.ended.state)
         self._send(job.ended)
-
-
-def _output_bytes(msg: m.NodeMessage) -> int:
-    return len(msg.data) if isinstance(msg, m.JobOutput) else 0
-
-
-class _Counted:
-    """The agent's queue as ``take_frame`` drains it, counting the output bytes taken."""
-
-    def __init__(self, queue: asyncio.Queue[m.NodeMessage]) -> None:
-        self.queue = queue
-        self.taken = 0
-
-    def empty(self) -> bool:
-        return self.queue.empty()
-
-    def get_nowait(self) -> m.NodeMessage:
-        msg = self.queue.get_nowait()
-        self.taken += _output_bytes(msg)
-        return msg
 
 
 def _decode(data: bytes) -> list[m.MasterMessage]:

@@ -13,7 +13,10 @@ import contextlib
 import logging
 import os
 import signal
+import socket
+import struct
 import time
+from typing import Any
 
 log = logging.getLogger("mgpu.node.orphans")
 
@@ -70,3 +73,23 @@ def kill_runs(node_id: str, keys: set[str], poll: float = 0.02) -> None:
             log.warning("processes %s of runs whose keeper died still live after SIGKILL; "
                         "still trying", sorted(found))
         time.sleep(poll)
+
+
+def peer_pid(writer: Any) -> int:
+    """The pid of the process at the other end of a Unix socket stream (0 if unknown)."""
+    sock = writer.get_extra_info("socket")
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (OSError, AttributeError):
+        return 0
+    pid: int = struct.unpack("3i", creds)[0]
+    return pid
+
+
+def is_keeper(pid: int) -> bool:
+    """``pid`` is alive and is a node keeper (not a process that took its pid since)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"mgpu.node.keeper" in f.read()
+    except OSError:
+        return False

@@ -18,10 +18,7 @@ says the node is healthy again. A job started meanwhile waits for the new keeper
 never read ahead into memory; a run's end is reported once all its output has gone. When
 the master has acknowledged the end, the run's spool and exit files are deleted.
 
-**Input** (``--stdin``) goes to the keeper a window at a time: at most
-:data:`STDIN_WINDOW` bytes a job sit with the keeper unwritten; the rest waits here, and
-the master sends no more than its own window until ``on_input_ack`` says what was
-written.
+**Input** (``--stdin``) goes to the keeper a window at a time (``stdin.py``).
 """
 
 from __future__ import annotations
@@ -31,19 +28,17 @@ import contextlib
 import json
 import logging
 import os
-import socket
-import struct
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mgpu.core import messages as m
-from mgpu.core.models import run_key
 from mgpu.node import keeper as kp
-from mgpu.node.orphans import kill_runs
+from mgpu.node.orphans import is_keeper, kill_runs, peer_pid
+from mgpu.node.runs import RunningJob, ended_of, from_key, job_environment
+from mgpu.node.stdin import STDIN_WRITTEN, InputPump, OnInputAck
 from mgpu.utils.spool import read_at
 
 log = logging.getLogger("mgpu.node.supervisor")
@@ -51,56 +46,13 @@ log = logging.getLogger("mgpu.node.supervisor")
 READ_CHUNK = 1 << 20
 CONNECT_TIMEOUT = 10.0
 RESTART_BACKOFF = (0.1, 5.0)  # seconds between attempts to start a new keeper: first, most
-STDIN_WINDOW = 256 * 1024  # bytes of a job's input passed to the keeper and not yet written
-# Keeper -> agent: {key, written}: bytes of the job's STDIN data the keeper has taken off
-# its buffer (written to the job's stdin, or dropped because the job closed it or ended),
-# counted from the first. A keeper that sends it says so in HELLO ("stdin_credit": true);
-# with an older keeper, input counts as written once it is passed on.
-STDIN_WRITTEN: bytes = getattr(kp, "STDIN_WRITTEN", b"w")
 
 
-def job_environment(
-    base: dict[str, str], job_id: int, run: int, node_id: str, gpu_ids: list[int], name: str
-) -> dict[str, str]:
-    """The environment a job sees: the submitter's (none with ``--export=NONE``; never the
-    agent's, which holds the node's join secret), plus exactly its GPUs."""
-    env = dict(base)
-    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
-    env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-    env["MGPU_JOB_ID"] = str(job_id)
-    env["MGPU_JOB_RUN"] = run_key(job_id, run)
-    env["MGPU_NODE_ID"] = node_id
-    env["MGPU_JOB_NAME"] = name
-    env["MGPU_GPU_COUNT"] = str(len(gpu_ids))
-    return env
-
-
-@dataclass
-class RunningJob:
-    """One run of a job under supervision, as the agent sees it."""
-
-    job_id: int
-    run: int
-    pid: int = -1
-    forwarded: int = 0  # spool bytes passed on to the master
-    known: int = 0  # spool bytes the keeper said exist
-    ended: m.JobEnded | None = None
-    end_sent: bool = False  # on this link to the master
-    input_got: int = 0  # bytes of input received from the master
-    input_held: bytearray = field(default_factory=bytearray)  # received, not yet passed on
-    input_passed: int = 0  # passed to the keeper
-    input_written: int = 0  # written to the job's stdin (or dropped), as the keeper says
-    input_eof: bool = False  # the master closed the input; passed on once all data is
-
-    @property
-    def key(self) -> str:
-        return run_key(self.job_id, self.run)
-
+__all__ = ["RunningJob", "Supervisor", "job_environment"]
 
 OnOutput = Callable[[RunningJob, int, bytes], None]
 OnEnded = Callable[[RunningJob], None]
 OnHealth = Callable[[str | None], None]
-OnInputAck = Callable[[RunningJob], None]
 
 
 def _always() -> bool:
@@ -134,7 +86,6 @@ class Supervisor:
         self.on_output = on_output
         self.on_ended = on_ended
         self.on_health = on_health
-        self.on_input_ack = on_input_ack
         self.has_room = has_room
         self.kill_grace = kill_grace
         self.fence = fence
@@ -146,7 +97,7 @@ class Supervisor:
         self._pinger: asyncio.Task[None] | None = None
         self._keeper: subprocess.Popen[bytes] | None = None
         self.keeper_pid = 0  # of the keeper at the other end of the socket
-        self.stdin_credit = False  # the keeper reports what it wrote (STDIN_WRITTEN)
+        self.input = InputPump(self._send, on_input_ack)
         self.lost = asyncio.Event()
         self.restarting = False  # the keeper died: messages to it wait for the next one
         self._closing = False
@@ -188,9 +139,9 @@ class Supervisor:
         if hello is None or hello[0] != kp.HELLO:
             writer.close()
             raise OSError("the node keeper did not answer")
-        self.keeper_pid = _peer_pid(writer)
+        self.keeper_pid = peer_pid(writer)
         body = json.loads(hello[1])
-        self.stdin_credit = bool(body.get("stdin_credit"))
+        self.input.credit = bool(body.get("stdin_credit"))
         self._writer = writer
         self._adopt(body["jobs"])
         self._reader_task = asyncio.create_task(self._follow(reader))
@@ -225,9 +176,10 @@ class Supervisor:
     def _adopt(self, held: list[dict[str, Any]]) -> None:
         """Take back the jobs a former agent started: running, or ended while it was away."""
         for item in held:
-            job = _from_key(item["key"])
+            job = from_key(item["key"])
             job.pid = item["pid"]
             job.known = item.get("size", 0)
+            job.keeper_base = item.get("stdin_written", 0)
             old = self.jobs.get(job.key)
             if old is not None:  # the same keeper, after a lost connection
                 job.forwarded, job.end_sent = old.forwarded, old.end_sent
@@ -235,7 +187,7 @@ class Supervisor:
             if item["exited"]:
                 exited = kp.Exited(**item["exited"])
                 job.known = exited.size
-                job.ended = _ended(exited)
+                job.ended = ended_of(exited)
             log.info("re-adopted job %s (%s)", job.key,
                      job.ended.state if job.ended else "running")
         for name in os.listdir(self.jobs_dir):
@@ -244,8 +196,8 @@ class Supervisor:
                 continue
             left = kp.read_exit(self._exit_file(key))
             if left is not None:  # the keeper that recorded it is gone
-                job = _from_key(key)
-                job.known, job.ended = left.size, _ended(left)
+                job = from_key(key)
+                job.known, job.ended = left.size, ended_of(left)
                 self.jobs[key] = job
 
     async def close(self, kill_jobs: bool) -> None:
@@ -332,7 +284,7 @@ class Supervisor:
         """The link to the keeper broke. A keeper that still lives is reconnected to; a dead
         one's jobs are killed and reported, and a new keeper is started (see the module
         docstring). The node is degraded until then."""
-        alive = self.keeper_pid > 0 and _is_keeper(self.keeper_pid)
+        alive = self.keeper_pid > 0 and is_keeper(self.keeper_pid)
         if self._keeper is not None:
             self._keeper.poll()  # reap it, if it was ours
         if not alive:
@@ -387,7 +339,7 @@ class Supervisor:
         elif kind == kp.EXITED:
             self._conclude(job, kp.Exited(**body))
         elif kind == STDIN_WRITTEN:
-            self._input_written(job, int(body["written"]))
+            self.input.written(job, int(body["written"]) - job.keeper_base)
 
     async def _ping_loop(self) -> None:
         while True:
@@ -458,42 +410,8 @@ class Supervisor:
         """Input from the master for the job's stdin: passed to the keeper a window at a
         time (:data:`STDIN_WINDOW`), the rest held until the keeper has written some."""
         job = self.active(job_id)
-        if job is None:
-            return
-        job.input_got += len(data)
-        job.input_held += data
-        job.input_eof = job.input_eof or eof
-        self._pass_input(job)
-
-    def _pass_input(self, job: RunningJob) -> None:
-        room = STDIN_WINDOW - (job.input_passed - job.input_written)
-        try:
-            if room > 0 and job.input_held:
-                chunk = bytes(job.input_held[:room])
-                self._send(kp.STDIN, job.key.encode() + b"\n" + chunk)
-                del job.input_held[:len(chunk)]
-                job.input_passed += len(chunk)
-                if not self.stdin_credit:  # an older keeper: passed on counts as written
-                    self._input_written(job, job.input_passed)
-                    return
-            if job.input_eof and not job.input_held:
-                job.input_eof = False
-                self._send(kp.STDIN_EOF, {"key": job.key})
-        except ConnectionError:
-            self._input_dropped(job)
-
-    def _input_written(self, job: RunningJob, written: int) -> None:
-        if written <= job.input_written:
-            return
-        job.input_written = min(written, job.input_passed)
-        self.on_input_ack(job)
-        self._pass_input(job)
-
-    def _input_dropped(self, job: RunningJob) -> None:
-        """The job takes no more input (it ended): all it was sent counts as delivered."""
-        job.input_held.clear()
-        job.input_passed = job.input_written = job.input_got
-        self.on_input_ack(job)
+        if job is not None:
+            self.input.feed(job, data, eof)
 
     def resize(self, job_id: int, rows: int, cols: int) -> None:
         job = self.active(job_id)
@@ -523,9 +441,11 @@ class Supervisor:
             job.forwarded = offset
 
     def relink(self) -> None:
-        """A new link to the master: every end is to be reported on it again."""
+        """A new link to the master: every end is to be reported on it again, and input
+        is counted afresh."""
         for job in self.jobs.values():
             job.end_sent = False
+            job.link_base = job.input_got
 
     def pump(self, key: str, size: int | None = None) -> None:
         """The run's spool has ``size`` bytes (default: what the file has): forward what
@@ -565,9 +485,8 @@ class Supervisor:
         if job.ended is not None:
             return
         job.known = max(job.known, exited.size)
-        job.ended = _ended(exited)
-        if job.input_got > job.input_written:
-            self._input_dropped(job)
+        job.ended = ended_of(exited)
+        self.input.dropped(job)
         self._forward(job)
 
     def _fail(self, job: RunningJob, reason: str, state: str = "failed") -> None:
@@ -578,37 +497,5 @@ class Supervisor:
         size = self.output_size(job.key)
         job.known = size
         job.ended = m.JobEnded(job.job_id, job.run, state, None, reason, size)
-        if job.input_got > job.input_written:
-            self._input_dropped(job)
+        self.input.dropped(job)
         self._forward(job)
-
-
-def _peer_pid(writer: asyncio.StreamWriter) -> int:
-    """The pid of the process at the other end of a Unix socket (0 if unknown)."""
-    sock = writer.get_extra_info("socket")
-    try:
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    except (OSError, AttributeError):
-        return 0
-    pid: int = struct.unpack("3i", creds)[0]
-    return pid
-
-
-def _is_keeper(pid: int) -> bool:
-    """``pid`` is alive and is a node keeper (not a process that took its pid since)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"mgpu.node.keeper" in f.read()
-    except OSError:
-        return False
-
-
-def _from_key(key: str) -> RunningJob:
-    job_id, _, run = key.partition(".")
-    return RunningJob(int(job_id), int(run or 0))
-
-
-def _ended(exited: kp.Exited) -> m.JobEnded:
-    job = _from_key(exited.key)
-    return m.JobEnded(job.job_id, job.run, exited.state, exited.exit_code, exited.reason,
-                      exited.size)
