@@ -209,6 +209,8 @@ class Cluster:
         env[MARKER] = str(self.tmp)
         if os.geteuid() == 0:  # CI runs as root: its jobs (owned by root) may run as root
             env["MGPU_ALLOW_ROOT_JOBS"] = "1"
+        else:  # tests submit as other users too: a normal user's agent runs them as itself
+            env["MGPU_ALLOW_OTHER_USERS"] = "1"
         env.update(extra)
         return env
 

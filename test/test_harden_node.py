@@ -19,6 +19,7 @@ import pytest
 
 from conftest import Cluster, wait_until
 from mgpu.core.errors import ConfigError
+from mgpu.core.scheduler import NodeSnapshot, PendingJob, Placement, schedule
 from mgpu.node import keeper as kp
 from mgpu.node.users import own_user, served_users
 
@@ -149,12 +150,24 @@ def test_who_a_node_serves_by_default() -> None:
         served_users("bob", False, 1000, "alice")
 
 
+def test_the_scheduler_places_a_job_only_where_its_user_is_served() -> None:
+    nodes = [NodeSnapshot("alices", 4, (0, 1, 2, 3), frozenset({"alice"})),
+             NodeSnapshot("any", 4, (0, 1))]
+    pending = [PendingJob(1, 2, "bob"), PendingJob(2, 1, "alice"), PendingJob(3, 4, "bob"),
+               PendingJob(4, 2, "alice")]
+    # bob's first job fits only on "any"; his 4-GPU job reserves "any" (not "alices",
+    # which would never take it), so alice's last job still runs on hers.
+    assert schedule(pending, nodes, 0.0) == [
+        Placement(1, "any", (0, 1)), Placement(2, "alices", (0,)),
+        Placement(4, "alices", (1, 2))]
+
+
 def test_an_agent_that_is_not_root_serves_its_own_user(make_cluster: Any) -> None:
     """Root agents run jobs as their owners, so they serve everyone; any other agent
     serves its own user only unless allow_other_users."""
     me = own_user()
     cluster = make_cluster(nodes=0)
-    cluster.add_node("node1", 1)
+    cluster.add_node("node1", 1, env={"MGPU_ALLOW_OTHER_USERS": "0"})  # (the tests' is 1)
     cluster.add_node("node2", 1, env={"MGPU_ALLOW_OTHER_USERS": "1"})
     assert _node(cluster, "node1")["users"] == (None if os.geteuid() == 0 else [me])
     assert _node(cluster, "node2")["users"] is None
