@@ -183,14 +183,10 @@ class Agent:
         return web.json_response(body)
 
     async def stop(self, kill_jobs: bool = True) -> None:
-        """Stop the agent; with ``kill_jobs`` its jobs end too, else they go on under the
+        """Stop the agent; with ``kill_jobs`` its jobs end too (the master, not told, takes
+        them for lost with the node: batch jobs are requeued), else they go on under the
         keeper for a new agent to re-adopt (within the fence time)."""
         self._stopping = True
-        if kill_jobs and self.supervisor is not None:
-            # First, while still linked: the jobs' ends reach the master (best effort).
-            await self.supervisor.close(kill_jobs)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._sent(), 5)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -199,11 +195,6 @@ class Agent:
             await self.supervisor.close(kill_jobs)
         if self._runner is not None:
             await self._runner.cleanup()
-
-    async def _sent(self) -> None:
-        """Until what is queued for the master has gone (or the link is down)."""
-        while self._ready and self._out is not None and not self._out.empty():
-            await asyncio.sleep(0.01)
 
     async def wait(self) -> None:
         """Until the agent stops by itself (only when the master refuses it)."""
