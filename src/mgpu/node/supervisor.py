@@ -176,14 +176,12 @@ class Supervisor:
     def _adopt(self, held: list[dict[str, Any]]) -> None:
         """Take back the jobs a former agent started: running, or ended while it was away."""
         for item in held:
-            job = from_key(item["key"])
+            job = self.jobs.get(item["key"])  # known: the same keeper, after a lost link
+            if job is None:
+                job = self.jobs[item["key"]] = from_key(item["key"])
+                job.keeper_base = item.get("stdin_written", 0)
             job.pid = item["pid"]
-            job.known = item.get("size", 0)
-            job.keeper_base = item.get("stdin_written", 0)
-            old = self.jobs.get(job.key)
-            if old is not None:  # the same keeper, after a lost connection
-                job.forwarded, job.end_sent = old.forwarded, old.end_sent
-            self.jobs[job.key] = job
+            job.known = max(job.known, item.get("size", 0))
             if item["exited"]:
                 exited = kp.Exited(**item["exited"])
                 job.known = exited.size
