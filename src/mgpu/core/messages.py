@@ -26,7 +26,7 @@ from mgpu.core.frames import frame as frame
 from mgpu.core.frames import split_frames as split_frames
 from mgpu.core.models import GpuInfo, JobSpec, SimpleJob, run_key
 
-PROTOCOL_VERSION = 2  # 2: a frame may carry a list of messages
+PROTOCOL_VERSION = 3  # 2: a frame may carry a list of messages; 3: NodeHealth, JobInputAck
 
 T_co = TypeVar("T_co", covariant=True)
 T_msg = TypeVar("T_msg")
