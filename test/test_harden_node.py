@@ -299,3 +299,22 @@ def test_stdin_to_a_job_that_does_not_read_blocks_the_writer(cluster: Cluster) -
         feeder.join(5)
         with contextlib.suppress(OSError):
             attach.stdin.close()
+
+
+# ---------------------------------------------------------------- the fixtures themselves
+
+
+def test_teardown_stops_a_keeper_and_jobs_no_agent_started(cluster: Cluster) -> None:
+    """After a restart the agent's keeper is no child of it, and a job submitted with an
+    environment of its own does not carry the cluster's marker: teardown still ends both."""
+    cluster.restart_node("node1")  # the old agent stops; the keeper stays, the new one finds it
+    pid_file = cluster.tmp / "job.pid"
+    reply = cluster.api("/api/v1/jobs", {"jobs": [{
+        "command": f"echo $$ > {pid_file}; exec sleep 600", "gpus": 1, "cwd": "/",
+        "env": {"PATH": os.environ["PATH"]}}]})
+    cluster.wait_job(reply["job_ids"][0], ("running",))
+    pid = _pid_of(pid_file)
+    keeper = _keeper(cluster)
+    assert keeper.ppid() != cluster.nodes["node1"].pid
+    assert cluster.close() == []
+    assert not _alive(pid) and not _alive(keeper.pid)
