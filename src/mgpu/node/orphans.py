@@ -1,10 +1,12 @@
 """Finding and killing the processes of runs whose keeper died.
 
-Every process of a job inherits ``MGPU_NODE_ID`` and ``MGPU_JOB_RUN`` from the environment
-the agent gave it. When the keeper that watched a node's jobs dies, its jobs are reparented
-to init and nobody watches them: before their GPUs may go to other jobs, the agent finds
-them by these variables (``/proc/PID/environ``, readable by the agent: the jobs run as its
-own user, or it is root) and kills them with their process groups.
+Every process of a job inherits ``MGPU_NODE_DIR`` (the node's data dir: one keeper per
+data dir, so this names the node even among several on one machine, or with the same node
+id in several clusters) and ``MGPU_JOB_RUN`` from the environment the agent gave it. When
+the keeper that watched a node's jobs dies, its jobs are reparented to init and nobody
+watches them: before their GPUs may go to other jobs, the agent finds them by these
+variables (``/proc/PID/environ``, readable by the agent: the jobs run as its own user, or
+it is root) and kills them with their process groups.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ log = logging.getLogger("mgpu.node.orphans")
 WARN_AFTER = 10.0  # seconds of killing after which the agent says what still lives
 
 
-def run_processes(node_id: str, keys: set[str]) -> dict[int, str]:
-    """The live processes (pid → run key) of ``node_id`` whose ``MGPU_JOB_RUN`` is one of
-    ``keys``. Zombies have no environment and are not listed."""
-    node = f"MGPU_NODE_ID={node_id}".encode()
+def run_processes(node_dir: str, keys: set[str]) -> dict[int, str]:
+    """The live processes (pid → run key) of the node using ``node_dir`` whose
+    ``MGPU_JOB_RUN`` is one of ``keys``. Zombies have no environment and are not listed."""
+    node = f"MGPU_NODE_DIR={node_dir}".encode()
     found: dict[int, str] = {}
     me = os.getpid()
     for name in os.listdir("/proc"):
@@ -48,7 +50,7 @@ def run_processes(node_id: str, keys: set[str]) -> dict[int, str]:
     return found
 
 
-def kill_runs(node_id: str, keys: set[str], poll: float = 0.02) -> None:
+def kill_runs(node_dir: str, keys: set[str], poll: float = 0.02) -> None:
     """SIGKILL every process of these runs, and their process groups, until none lives.
 
     Blocks (run it in a thread); it does not give up, since a run whose processes may
@@ -58,7 +60,7 @@ def kill_runs(node_id: str, keys: set[str], poll: float = 0.02) -> None:
     start = time.monotonic()
     warned = False
     while True:
-        found = run_processes(node_id, keys)
+        found = run_processes(node_dir, keys)
         if not found:
             return
         for pid in found:

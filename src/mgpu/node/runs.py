@@ -10,10 +10,13 @@ from mgpu.node import keeper as kp
 
 
 def job_environment(
-    base: dict[str, str], job_id: int, run: int, node_id: str, gpu_ids: list[int], name: str
+    base: dict[str, str], job_id: int, run: int, node_id: str, gpu_ids: list[int], name: str,
+    node_dir: str = "",
 ) -> dict[str, str]:
     """The environment a job sees: the submitter's (none with ``--export=NONE``; never the
-    agent's, which holds the node's join secret), plus exactly its GPUs."""
+    agent's, which holds the node's join secret), plus exactly its GPUs. ``MGPU_NODE_DIR``
+    (the node's data dir, one per keeper on a machine) and ``MGPU_JOB_RUN`` name the
+    job's processes should its keeper die (``orphans.py``)."""
     env = dict(base)
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
     env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
@@ -22,6 +25,8 @@ def job_environment(
     env["MGPU_NODE_ID"] = node_id
     env["MGPU_JOB_NAME"] = name
     env["MGPU_GPU_COUNT"] = str(len(gpu_ids))
+    if node_dir:
+        env["MGPU_NODE_DIR"] = node_dir
     return env
 
 

@@ -322,7 +322,7 @@ class Supervisor:
                 self._conclude(job, exited)
         keys = {j.key for j in self.jobs.values() if j.ended is None}
         if keys:
-            await asyncio.to_thread(kill_runs, self.node_id, keys)
+            await asyncio.to_thread(kill_runs, str(self.data_dir.absolute()), keys)
         for job in open_runs:
             if job.key in keys:
                 self._fail(job, reason, state="node_fail")
@@ -352,7 +352,7 @@ class Supervisor:
         job = RunningJob(msg.job_id, msg.run)
         self.jobs[job.key] = job
         env = job_environment(msg.env, msg.job_id, msg.run, self.node_id, msg.gpu_ids,
-                              msg.name)
+                              msg.name, str(self.data_dir.absolute()))
         req = {
             "key": job.key, "job_id": msg.job_id, "command": msg.command, "cwd": msg.cwd,
             "env": env, "spool": str(self.spool(job.key)),
