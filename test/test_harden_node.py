@@ -122,6 +122,23 @@ def test_a_dead_keepers_job_is_killed_before_its_end_and_a_new_keeper_runs_jobs(
     assert cluster.mgpu("logs", str(done["id"])).stdout == "after\n"
 
 
+def test_a_new_agent_kills_what_a_keeper_that_died_without_an_agent_left(
+        cluster: Cluster) -> None:
+    pid_file = cluster.tmp / "job.pid"
+    job_id = cluster.submit(f"echo $$ >> {pid_file}; exec sleep 600")
+    cluster.wait_job(job_id, ("running",))
+    pid = _pid_of(pid_file)
+    keeper = _keeper(cluster)
+    cluster.kill_node("node1", signal.SIGKILL)
+    keeper.kill()
+    keeper.wait(10)
+    assert _alive(pid)  # unwatched now
+    cluster.restart_node("node1")
+    assert not _alive(pid), "the new agent left the dead keeper's job running"
+    job = cluster.wait_job(job_id, ("running",))  # requeued, and started again
+    assert job["requeues"] == 1, job
+
+
 def test_a_node_without_a_keeper_is_degraded_and_gets_no_jobs(cluster: Cluster) -> None:
     sock = cluster.tmp / "node1" / "keeper.sock"
     keeper = _keeper(cluster)

@@ -25,9 +25,10 @@ log = logging.getLogger("mgpu.node.orphans")
 WARN_AFTER = 10.0  # seconds of killing after which the agent says what still lives
 
 
-def run_processes(node_dir: str, keys: set[str]) -> dict[int, str]:
+def run_processes(node_dir: str, keys: set[str] | None) -> dict[int, str]:
     """The live processes (pid → run key) of the node using ``node_dir`` whose
-    ``MGPU_JOB_RUN`` is one of ``keys``. Zombies have no environment and are not listed."""
+    ``MGPU_JOB_RUN`` is one of ``keys`` (None: any). Zombies have no environment and are
+    not listed."""
     node = f"MGPU_NODE_DIR={node_dir}".encode()
     found: dict[int, str] = {}
     me = os.getpid()
@@ -44,14 +45,15 @@ def run_processes(node_dir: str, keys: set[str]) -> dict[int, str]:
         for item in env:
             if item.startswith(b"MGPU_JOB_RUN="):
                 key = item[13:].decode(errors="replace")
-                if key in keys:
+                if keys is None or key in keys:
                     found[int(name)] = key
                 break
     return found
 
 
-def kill_runs(node_dir: str, keys: set[str], poll: float = 0.02) -> None:
-    """SIGKILL every process of these runs, and their process groups, until none lives.
+def kill_runs(node_dir: str, keys: set[str] | None, poll: float = 0.02) -> None:
+    """SIGKILL every process of these runs (None: of any run of the node), and their
+    process groups, until none lives.
 
     Blocks (run it in a thread); it does not give up, since a run whose processes may
     live must not be reported ended: a process in uninterruptible sleep dies when it

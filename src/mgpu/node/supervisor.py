@@ -133,6 +133,10 @@ class Supervisor:
         try:
             reader, writer = await self._connect()
         except OSError:
+            # No keeper: whatever still runs of this node's jobs lost its keeper (which
+            # died, perhaps while no agent ran) and is unwatched. It goes first: the master
+            # takes those runs for lost and may run them elsewhere.
+            await asyncio.to_thread(kill_runs, str(self.data_dir.absolute()), None)
             self._start_keeper()
             reader, writer = await self._connect_when_ready()
         hello = await self._read_message(reader)
