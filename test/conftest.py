@@ -561,6 +561,10 @@ class Cluster:
         # A stopped agent leaves its keeper and jobs running (they are in sessions of their
         # own); a keeper found again by a later agent is no child of it: take in whatever
         # they started since they were noted.
+        for proc in psutil.process_iter(["cmdline"]):  # the keepers of this cluster's nodes
+            cmd = proc.info["cmdline"] or []
+            if "mgpu.node.keeper" in cmd and cmd[-1].startswith(marker + os.sep):
+                leftover.add(_note(proc))
         for pid in list(leftover):
             with contextlib.suppress(psutil.Error):
                 leftover.update(_note(p) for p in psutil.Process(pid).children(recursive=True))

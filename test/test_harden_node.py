@@ -26,9 +26,10 @@ from mgpu.node.users import own_user, served_users
 MIB = 1024 * 1024
 
 
-def _alive(pid: int) -> bool:
+def _alive(proc: psutil.Process) -> bool:
+    """Still running, and the very process it was (pids are soon reused here)."""
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
 
@@ -46,13 +47,14 @@ def _keeper(cluster: Cluster, node_id: str = "node1") -> psutil.Process:
     data_dir = str(cluster.tmp / node_id)
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
-        if "mgpu.node.keeper" in cmd and cmd[-1] == data_dir and _alive(proc.pid):
+        if "mgpu.node.keeper" in cmd and cmd[-1] == data_dir and _alive(proc):
             return proc
     raise LookupError(f"no keeper for {data_dir}")
 
 
-def _pid_of(path: Path) -> int:
-    return int(wait_until(lambda: path.read_text().strip(), ignore=(OSError,)))
+def _pid_of(path: Path) -> psutil.Process:
+    """The process whose pid a running job wrote to ``path``."""
+    return psutil.Process(int(wait_until(lambda: path.read_text().strip(), ignore=(OSError,))))
 
 
 def _pid_of_new(path: Path, old: int) -> int:
@@ -94,7 +96,7 @@ def test_kill_jobs_on_exit_ends_the_jobs_with_the_agent(make_cluster: Any) -> No
     # The next agent has no such job: the master requeues it, as for a lost node.
     cluster.restart_node("node1")
     wait_until(lambda: cluster.job(job_id)["requeues"] == 1, message="the job to be requeued")
-    assert _pid_of_new(pid_file, pid) != pid
+    assert _pid_of_new(pid_file, pid.pid) != pid.pid
 
 
 # ---------------------------------------------------------------- 2: a keeper that dies
@@ -106,13 +108,15 @@ def test_a_dead_keepers_job_is_killed_before_its_end_and_a_new_keeper_runs_jobs(
     # A main process and a child in its own session: both must be gone when the end is.
     job_id = cluster.submit(f"setsid sleep 600 & echo $$ $! > {pid_file}; wait")
     cluster.wait_job(job_id, ("running",))
-    pids = [int(p) for p in wait_until(
-        lambda: len(pid_file.read_text().split()) == 2 and pid_file.read_text().split(),
-        ignore=(OSError,))]
+    def both() -> list[str]:
+        words = pid_file.read_text().split()
+        return words if len(words) == 2 else []
+
+    pids = [psutil.Process(int(p)) for p in wait_until(both, ignore=(OSError,))]
     keeper = _keeper(cluster)
     keeper.kill()
     job = cluster.wait_job(job_id)
-    alive = [p for p in pids if _alive(p)]  # right after the master heard of the end
+    alive = [p.pid for p in pids if _alive(p)]  # right after the master heard of the end
     assert not alive, f"job {job_id} was reported {job['state']} while {alive} still ran"
     assert job["state"] == "node_fail" and "keeper died" in job["reason"], job
     new = wait_until(lambda: _keeper(cluster), ignore=(LookupError,))
@@ -334,4 +338,4 @@ def test_teardown_stops_a_keeper_and_jobs_no_agent_started(cluster: Cluster) -> 
     keeper = _keeper(cluster)
     assert keeper.ppid() != cluster.nodes["node1"].pid
     assert cluster.close() == []
-    assert not _alive(pid) and not _alive(keeper.pid)
+    assert not _alive(pid) and not _alive(keeper)
