@@ -117,7 +117,7 @@ class Component:
         """Note every process it started (jobs run in sessions of their own)."""
         with contextlib.suppress(psutil.Error):
             for child in psutil.Process(self.pid).children(recursive=True):
-                self.descendants.add(child.pid)
+                self.descendants.add(_note(child))
 
     def signal_group(self, sig: int) -> None:
         """Signal its process group, while its pid is still its own: once reaped, the pid
@@ -144,13 +144,25 @@ def _kill_pids(pids: set[int], sig: int) -> None:
             os.kill(pid, sig)
 
 
+_BORN: dict[int, float] = {}  # pid -> start time, of processes noted as a cluster's
+
+
+def _note(proc: psutil.Process) -> int:
+    with contextlib.suppress(psutil.Error):
+        _BORN[proc.pid] = proc.create_time()
+    return proc.pid
+
+
 def _ours(pid: int, marker: str) -> bool:
-    """``pid`` is alive and one of this cluster's processes (its environment says so): a
-    remembered pid may since have been given to another process."""
+    """``pid`` is alive and one of this cluster's processes (its environment says so, or
+    it is the very process noted under that pid: a job's environment is its submitter's):
+    a remembered pid may since have been given to another process."""
     try:
         proc = psutil.Process(pid)
-        return (proc.status() != psutil.STATUS_ZOMBIE
-                and proc.environ().get(MARKER) == marker)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return (proc.environ().get(MARKER) == marker
+                or _BORN.get(pid) == proc.create_time())
     except psutil.Error:
         return False
 
@@ -197,6 +209,8 @@ class Cluster:
         env[MARKER] = str(self.tmp)
         if os.geteuid() == 0:  # CI runs as root: its jobs (owned by root) may run as root
             env["MGPU_ALLOW_ROOT_JOBS"] = "1"
+        else:  # tests submit as other users too: a normal user's agent runs them as itself
+            env["MGPU_ALLOW_OTHER_USERS"] = "1"
         env.update(extra)
         return env
 
@@ -544,6 +558,16 @@ class Cluster:
                     if os.getpgid(proc.pid) in groups:
                         comps[0].descendants.add(proc.pid)
         leftover = {pid for c in comps for pid in c.descendants if _ours(pid, marker)}
+        # A stopped agent leaves its keeper and jobs running (they are in sessions of their
+        # own); a keeper found again by a later agent is no child of it: take in whatever
+        # they started since they were noted.
+        for proc in psutil.process_iter(["cmdline"]):  # the keepers of this cluster's nodes
+            cmd = proc.info["cmdline"] or []
+            if "mgpu.node.keeper" in cmd and cmd[-1].startswith(marker + os.sep):
+                leftover.add(_note(proc))
+        for pid in list(leftover):
+            with contextlib.suppress(psutil.Error):
+                leftover.update(_note(p) for p in psutil.Process(pid).children(recursive=True))
         _kill_pids(leftover, signal.SIGTERM)
         with contextlib.suppress(psutil.Error):
             psutil.wait_procs([psutil.Process(p) for p in leftover if _ours(p, marker)],

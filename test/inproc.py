@@ -55,6 +55,7 @@ class InProcCluster:
     async def add_node(self, node_id: str, gpus: int = 4, wait: bool = True,
                        **options: Any) -> Agent:
         options.setdefault("allow_root_jobs", True)  # tests may run as root
+        options.setdefault("allow_other_users", True)  # ... or not, and submit as others
         assert self.master is not None
         options.setdefault("join_token", self.master.join.secret)
         cfg = NodeConfig(node_id=node_id, master_port=self.port, port=0,

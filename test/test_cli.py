@@ -376,11 +376,16 @@ def test_nodes_table_says_who_holds_which_gpu() -> None:
         GpuInfo(index=i, name="Fake GPU", memory_total_mib=1024, job_id=j)
         for i, j in enumerate([7, 7, None, 9])
     ]
-    nodes = [NodeInfo(node_id="node1", state="up", gpus=gpus), NodeInfo(node_id="n2", state="down")]
+    nodes = [NodeInfo(node_id="node1", state="up", gpus=gpus), NodeInfo(node_id="n2", state="down"),
+             NodeInfo(node_id="n3", state="degraded", users=["alice"],
+                      reason="the node keeper died; restarting it")]
     lines = output.nodes_table(nodes).splitlines()
-    assert lines[0].split() == ["NODE", "STATE", "GPUS", "USED", "FREE", "JOBS"]
-    assert lines[1].split() == ["node1", "up", "4", "3", "1", "7:0,1", "9:3"]
-    assert lines[2].split() == ["n2", "down", "0", "0", "0", "-"]
+    assert lines[0].split() == ["NODE", "STATE", "GPUS", "USED", "FREE", "USERS", "JOBS",
+                                "REASON"]
+    assert lines[1].split() == ["node1", "up", "4", "3", "1", "all", "7:0,1", "9:3"]
+    assert lines[2].split() == ["n2", "down", "0", "0", "0", "all", "-"]
+    assert lines[3].split() == ["n3", "degraded", "0", "0", "0", "only", "alice", "-", "the",
+                                "node", "keeper", "died;", "restarting", "it"]
 
 
 def test_json_follows_the_contract() -> None:

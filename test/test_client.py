@@ -260,10 +260,11 @@ def test_cli_nodes(cluster: Cluster, tmp_path: Path) -> None:
     job = cluster.submit(hold(tmp_path / "never"), "-G", "3")
     cluster.wait_job(job, ("running",))
     lines = cluster.mgpu("nodes").stdout.splitlines()
-    assert lines[0].split() == ["NODE", "STATE", "GPUS", "USED", "FREE", "JOBS"]
+    assert lines[0].split() == ["NODE", "STATE", "GPUS", "USED", "FREE", "USERS", "JOBS",
+                                "REASON"]
     gpu_ids = cluster.job(job)["gpu_ids"]
     holds = f"{job}:{','.join(map(str, gpu_ids))}"
-    assert lines[1].split() == ["node1", "up", "4", "3", "1", holds]
+    assert lines[1].split() == ["node1", "up", "4", "3", "1", "all", holds]
     [node] = json.loads(cluster.mgpu("nodes", "--json").stdout)
     assert (node["node_id"], node["state"]) == ("node1", "up")
     assert node["last_seen"].endswith("Z")

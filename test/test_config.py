@@ -103,6 +103,7 @@ def test_precedence_is_per_field_and_types_are_coerced() -> None:
         "max_time_limit": "default",
         "max_requeue": "default",
         "srun_grace": "default",
+        "scheduler": "default",
         "auth": "default",
         "private_jobs": "default",
         "tls_cert": "default",

@@ -26,12 +26,14 @@ from mgpu.core.messages import (
     Heartbeat,
     JobEnded,
     JobInput,
+    JobInputAck,
     JobListReply,
     JobOutput,
     JobResize,
     JobSignal,
     JobStarted,
     MessageType,
+    NodeHealth,
     OutputEnd,
     Register,
     Registered,
@@ -63,6 +65,10 @@ NODE_MESSAGES: list[Any] = [
     JobOutput(job_id=5, run=1, offset=1024, data=frame(STREAM_STDOUT, b"hi\n") + b"\x00\xff"),
     ENDED,
     JobEnded(job_id=4, run=0, state="completed", exit_code=0, reason=None, output_size=0),
+    Register(node_id="alices", gpus=[], users=["alice"], degraded="the node keeper died"),
+    NodeHealth(degraded="the node keeper died; restarting it"),
+    NodeHealth(),
+    JobInputAck(job_id=5, delivered=1 << 20),
 ]
 
 MASTER_MESSAGES: list[Any] = [

@@ -60,6 +60,11 @@ async def _up(master_cfg: MasterConfig, node_cfg: NodeConfig, log_cfg: LogConfig
         _say(f"master listening on {scheme}://{master_cfg.host}:{master.port}")
         _say(f"data in {master_cfg.data_dir} and {node_cfg.effective_data_dir}")
         _say("logs go to " + (str(log_cfg.file) if log_cfg.file else "this terminal (stderr)"))
+        if agent.users is not None:
+            _say(f"the node runs jobs of {', '.join(agent.users)} only"
+                 + ("" if os.geteuid() == 0 else
+                    " (not root: jobs run as this account; MGPU_ALLOW_OTHER_USERS=1 to run "
+                    "other users' jobs as it too)"))
         env_hint = "" if master.port == 8080 else f"MGPU_MASTER={address} "
         example = "'echo GPU $CUDA_VISIBLE_DEVICES'" if fake else "nvidia-smi"
         _say(f"from another terminal: {env_hint}mgpu submit -G 1 {example}; "
@@ -73,8 +78,8 @@ async def _up(master_cfg: MasterConfig, node_cfg: NodeConfig, log_cfg: LogConfig
         else:
             waiter.cancel()
     finally:
-        if agent is not None:
-            await agent.stop()
+        if agent is not None:  # unlike `mgpu node`, `up` ends its jobs with it (as it says)
+            await agent.stop(kill_jobs=True)
         await master.stop()
 
 

@@ -7,7 +7,8 @@ built as one string so that ten thousand rows cost one write.
 The ``--json`` contract is the structs' own JSON (msgspec): a job has ``id, name, user,
 state, gpus, command, cwd, node, gpu_ids, exit_code, reason, submitted_at, started_at,
 ended_at``, a node ``node_id, state, gpus [{index, name, memory_total_mib, job_id}],
-last_seen``; times are RFC 3339 in UTC (``2024-05-01T12:00:00Z``), absent values ``null``.
+last_seen, reason, users`` (``users``: whose jobs it runs, ``null`` for everyone's); times
+are RFC 3339 in UTC (``2024-05-01T12:00:00Z``), absent values ``null``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
 
-NODE_HEADERS = ("NODE", "STATE", "GPUS", "USED", "FREE", "JOBS")
+NODE_HEADERS = ("NODE", "STATE", "GPUS", "USED", "FREE", "USERS", "JOBS", "REASON")
 
 
 def _enc_hook(obj: Any) -> Any:
@@ -109,7 +110,9 @@ def _holders(node: NodeInfo) -> str:
 
 
 def nodes_table(nodes: Sequence[NodeInfo]) -> str:
-    """The ``mgpu nodes`` table: GPUs total, used and free, and which job holds which GPU."""
+    """The ``mgpu nodes`` table: GPUs total, used and free, whose jobs the node runs
+    (``all``, or ``only alice``), which job holds which GPU, and why a degraded node
+    takes no jobs."""
     rows = []
     for n in nodes:
         used = sum(1 for g in n.gpus if g.job_id is not None)
@@ -120,7 +123,9 @@ def nodes_table(nodes: Sequence[NodeInfo]) -> str:
                 str(len(n.gpus)),
                 str(used),
                 str(len(n.gpus) - used),
+                "all" if n.users is None else _clean("only " + ",".join(n.users)),
                 _holders(n) or "-",
+                _clean(n.reason or ""),
             )
         )
     return table(NODE_HEADERS, rows, right=(2, 3, 4))

@@ -106,6 +106,14 @@ class NodeConfig:
     # Output kept per job run on the node; past it the rest is discarded, the log says so at
     # its end and the job goes on running. 0: no cap.
     max_output_mib: int = field(default=1024, metadata=_env("MGPU_MAX_OUTPUT_MIB"))
+    # Whose jobs it runs (see mgpu.node.users): a root agent runs every user's jobs under
+    # their own accounts; an agent that is not root runs jobs as itself, so by default only
+    # its own user's, unless allow_other_users. ``users`` (comma-separated) narrows either.
+    allow_other_users: bool = field(default=False, metadata=_env("MGPU_ALLOW_OTHER_USERS"))
+    users: str | None = field(default=None, metadata=_env("MGPU_NODE_USERS"))
+    # A stopping agent (SIGTERM, SIGINT) leaves its jobs with the keeper, which a new agent
+    # re-adopts within the fence time; with this, it ends them first.
+    kill_jobs_on_exit: bool = field(default=False, metadata=_env("MGPU_KILL_JOBS_ON_EXIT"))
 
     @property
     def effective_data_dir(self) -> Path:

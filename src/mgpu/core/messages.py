@@ -26,7 +26,7 @@ from mgpu.core.frames import frame as frame
 from mgpu.core.frames import split_frames as split_frames
 from mgpu.core.models import GpuInfo, JobSpec, SimpleJob, run_key
 
-PROTOCOL_VERSION = 2  # 2: a frame may carry a list of messages
+PROTOCOL_VERSION = 3  # 2: a frame may carry a list of messages; 3: NodeHealth, JobInputAck
 
 T_co = TypeVar("T_co", covariant=True)
 T_msg = TypeVar("T_msg")
@@ -57,6 +57,8 @@ class MessageType(enum.StrEnum):
     JOB_INPUT = "job_input"
     JOB_SIGNAL = "job_signal"
     JOB_RESIZE = "job_resize"
+    NODE_HEALTH = "node_health"
+    JOB_INPUT_ACK = "job_input_ack"
 
 
 # ---------------------------------------------------------------- client → master (JSON)
@@ -228,6 +230,27 @@ class Register(msgspec.Struct, tag=MessageType.REGISTER.value):
         msgspec.field(default_factory=list))
     # The node's own credential, from an earlier Registered (None before its first join).
     credential: Annotated[str, msgspec.Meta(max_length=512)] | None = None
+    # Whose jobs the node runs: None, every user's; else only these users' (an agent that
+    # is not root runs jobs as its own account). The scheduler places no other job there.
+    users: Annotated[list[UserName], msgspec.Meta(max_length=4096)] | None = None
+    # Why the node cannot take jobs now (its keeper died and is being restarted), or None.
+    degraded: Reason | None = None
+
+
+class NodeHealth(msgspec.Struct, tag=MessageType.NODE_HEALTH.value):
+    """The node's fitness changed: ``degraded`` says why it cannot take jobs now (None: it
+    can again). A degraded node is listed with that reason and gets no new jobs."""
+
+    degraded: Reason | None = None
+
+
+class JobInputAck(msgspec.Struct, tag=MessageType.JOB_INPUT_ACK.value):
+    """``delivered`` bytes of the job's input (all :class:`JobInput` data, counted from the
+    first) have left the node's hands: written to the job's stdin, or dropped because the
+    job no longer reads it. The master keeps at most a window of input unacknowledged."""
+
+    job_id: JobId
+    delivered: Offset
 
 
 class Heartbeat(msgspec.Struct, tag=MessageType.HEARTBEAT.value):
@@ -263,7 +286,9 @@ class JobEnded(msgspec.Struct, tag=MessageType.JOB_ENDED.value):
         return run_key(self.job_id, self.run)
 
 
-NodeMessage = Register | Heartbeat | JobStarted | JobOutput | JobEnded
+NodeMessage = (
+    Register | Heartbeat | JobStarted | JobOutput | JobEnded | NodeHealth | JobInputAck
+)
 
 
 # ---------------------------------------------------------------- master → node (msgpack)

@@ -174,11 +174,13 @@ class NodeInfo(msgspec.Struct, kw_only=True):
     """A node agent as the master sees it."""
 
     node_id: str
-    state: str  # "up" or "down"
+    state: str  # "up", "degraded" (no new jobs: see reason), "unreachable" or "down"
     gpus: list[GpuInfo] = msgspec.field(default_factory=list)
     last_seen: datetime | None = None
     down_since: datetime | None = None
     hostname: str | None = None
+    reason: str | None = None  # why it takes no jobs (degraded), when it says so
+    users: list[str] | None = None  # whose jobs it runs: None, everyone's
 
     @property
     def free_gpus(self) -> list[int]:

@@ -16,6 +16,8 @@ The default policy, ``fifo-reserve``:
    run on other nodes (backfill).
 4. A job larger than every node never fits and reserves nothing; the master rejects such
    jobs at submit when nodes are known, so this only happens before nodes register.
+5. A node that runs only some users' jobs (``users``) is not considered for other users'
+   jobs, neither to place nor to reserve.
 
 Other policies can be installed under the entry-point group ``mgpu.schedulers``; each is a
 callable with the signature of :func:`schedule`.
@@ -39,6 +41,10 @@ class NodeSnapshot:
     node_id: str
     total_gpus: int
     free_gpu_ids: tuple[int, ...]
+    users: frozenset[str] | None = None  # whose jobs it runs: None, everyone's
+
+    def serves(self, user: str) -> bool:
+        return self.users is None or user in self.users
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +68,7 @@ def schedule(
     free: dict[str, list[int]] = {n.node_id: sorted(n.free_gpu_ids) for n in nodes}
     total = {n.node_id: n.total_gpus for n in nodes}
     order = [n.node_id for n in nodes]
+    limited = {n.node_id: n for n in nodes if n.users is not None}
     largest = max(total.values(), default=0)
     free_count = sum(len(v) for v in free.values())
     reserved: set[str] = set()
@@ -72,14 +79,16 @@ def schedule(
         if job.gpus > largest:
             continue
         best: str | None = None
-        for node_id in order:
+        allowed = order if not limited else [
+            n for n in order if n not in limited or limited[n].serves(job.user)]
+        for node_id in allowed:
             n_free = len(free[node_id])
             if node_id in reserved or n_free < job.gpus:
                 continue
             if best is None or n_free < len(free[best]):
                 best = node_id
         if best is None:
-            _reserve(job, order, free, total, reserved)
+            _reserve(job, allowed, free, total, reserved)
             continue
         ids = free[best][: job.gpus]
         del free[best][: job.gpus]

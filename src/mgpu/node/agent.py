@@ -34,6 +34,8 @@ from mgpu.core.config import LogConfig, NodeConfig, from_options, xdg_data_home
 from mgpu.core.errors import ConfigError, MgpuError
 from mgpu.core.models import GpuInfo
 from mgpu.node import credential
+from mgpu.node import users as policy
+from mgpu.node.outbox import Outbox
 from mgpu.node.supervisor import RunningJob, Supervisor
 from mgpu.utils.secretfile import read_secret
 
@@ -56,7 +58,9 @@ class Agent:
         self._fenced: set[str] = set()  # run keys killed for want of the master
         self.fatal: MgpuError | None = None
         self._ready = False
-        self._out: asyncio.Queue[m.NodeMessage] | None = None
+        self._out: Outbox | None = None
+        self.users: list[str] | None = None  # whose jobs it runs (None: everyone's)
+        self.degraded: str | None = None  # why it takes no jobs now
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
@@ -117,12 +121,16 @@ class Agent:
                     "no GPUs found on this machine (NVML and nvidia-smi found none): "
                     "pass --fake-gpus N (or set MGPU_FAKE_GPUS) to declare some for testing"
                 )
+        self.users = policy.served_users(self.cfg.users, self.cfg.allow_other_users,
+                                         os.geteuid(), policy.own_user())
         self._secret = self.join_secret()
         self._ssl_context = self._ssl()
         data_dir = self.cfg.effective_data_dir
         self.supervisor = Supervisor(
             self.node_id, data_dir, self._on_output, self._on_ended, self.cfg.kill_grace,
             self.cfg.fence_timeout, self.cfg.allow_root_jobs, self.cfg.max_output_mib << 20,
+            on_health=self._on_health, on_input_ack=self._on_input_ack,
+            has_room=self._has_room,
         )
         try:
             data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -134,9 +142,9 @@ class Agent:
             ) from e
         await self._start_health(data_dir)
         self.log.info(
-            "node %s: %d GPUs (%s), health on %s:%d, joining master %s:%d",
-            self.node_id, len(self.gpus), self.gpu_source, self.cfg.host, self.port,
-            self.cfg.master_host, self.cfg.master_port,
+            "node %s: %d GPUs (%s), health on %s:%d, joining master %s:%d; runs jobs of "
+            "%s users", self.node_id, len(self.gpus), self.gpu_source, self.cfg.host,
+            self.port, self.cfg.master_host, self.cfg.master_port, policy.describe(self.users),
         )
         self._task = asyncio.create_task(self._connect_loop())
 
@@ -163,12 +171,23 @@ class Agent:
         os.replace(tmp, data_dir / "node.json")
 
     async def _health(self, request: web.Request) -> web.Response:
-        jobs = len(self.supervisor.jobs) if self.supervisor else 0
-        body = {"status": "ok", "node_id": self.node_id, "connected": self.connected,
-                "jobs": jobs, "gpus": len(self.gpus or [])}
+        sup = self.supervisor
+        jobs = list(sup.jobs.values()) if sup else []
+        body = {"status": "degraded" if self.degraded else "ok", "node_id": self.node_id,
+                "connected": self.connected, "jobs": len(jobs), "gpus": len(self.gpus or []),
+                "reason": self.degraded, "users": self.users,
+                "keeper_pid": sup.keeper_pid if sup else 0,
+                # output in the spools, the part not yet passed on, and the part passed on
+                # but not yet sent
+                "spooled_output": sum(j.known for j in jobs),
+                "unsent_output": sum(j.known - j.forwarded for j in jobs),
+                "queued_output": self._out.output if self._out else 0}
         return web.json_response(body)
 
     async def stop(self, kill_jobs: bool = True) -> None:
+        """Stop the agent; with ``kill_jobs`` its jobs end too (the master, not told, takes
+        them for lost with the node: batch jobs are requeued), else they go on under the
+        keeper for a new agent to re-adopt (within the fence time)."""
         self._stopping = True
         if self._task is not None:
             self._task.cancel()
@@ -300,6 +319,7 @@ class Agent:
         register = m.Register(
             node_id=self.node_id, gpus=self.gpus, hostname=socket.gethostname(), running=held,
             credential=credential.load(data_dir, self.node_id),
+            users=self.users, degraded=self.degraded,
         )
         await ws.send_bytes(m.node_encoder.encode(register))
         first = await ws.receive(timeout=30)
@@ -319,8 +339,8 @@ class Agent:
             return
         if reply.credential is not None:  # the node id's first join: kept before anything
             credential.save(data_dir, self.node_id, reply.credential)
-        out: asyncio.Queue[m.NodeMessage] = asyncio.Queue()
-        writer = asyncio.create_task(self._write(ws, out))
+        out = Outbox()
+        writer = asyncio.create_task(out.send_all(ws, self._pump))
         beat = asyncio.create_task(self._heartbeat(out, reply.heartbeat_interval))
         if self.cfg.fence_timeout is None:
             sup.fence = max(0.5, reply.node_timeout * 0.6)
@@ -357,7 +377,7 @@ class Agent:
             writer.cancel()
 
     def _resume(self, reply: m.Registered) -> None:
-        """After registering: kill fenced jobs, resend missing output, report held ends."""
+        """After registering: kill fenced jobs, resend missing output and held ends."""
         sup = self.supervisor
         assert sup is not None
         for key in reply.kill:
@@ -365,25 +385,21 @@ class Agent:
                              "apart", key)
             sup.kill(key, "ended by the master while the node was away")
             sup.forget(key)
+        sup.relink()
         for key, offset in reply.output_offsets.items():
             sup.rewind(key, offset)
-            job = sup.jobs.get(key)
-            sup.pump(key, job.ended.output_size if job and job.ended else None)
-        for job in list(sup.jobs.values()):
-            if job.ended is not None and job.key not in reply.kill:
-                self._send(job.ended)
+        if self.degraded is not None:  # (a change after the register message was built)
+            self._send(m.NodeHealth(self.degraded))
+        sup.pump_all()
 
-    async def _write(self, ws: aiohttp.ClientWebSocketResponse,
-                     out: asyncio.Queue[m.NodeMessage]) -> None:
-        with contextlib.suppress(ConnectionError):
-            while True:
-                msg = await out.get()
-                await ws.send_bytes(m.take_frame(msg, out))
+    def _pump(self) -> None:
+        if self._has_room() and self.supervisor is not None:
+            self.supervisor.pump_all()
 
-    async def _heartbeat(self, out: asyncio.Queue[m.NodeMessage], interval: float) -> None:
+    async def _heartbeat(self, out: Outbox, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            out.put_nowait(m.Heartbeat())
+            out.put(m.Heartbeat())
 
     def _on_message(self, msg: m.MasterMessage) -> None:
         sup = self.supervisor
@@ -391,7 +407,12 @@ class Agent:
         if isinstance(msg, m.Heartbeat):
             return
         if isinstance(msg, m.StartJob):
-            sup.start(msg)
+            refused = policy.refusal(self.node_id, msg.user, self.users)
+            if refused is None:
+                sup.start(msg)
+            else:
+                self.log.warning("refused job %d of %s: %s", msg.job_id, msg.user, refused)
+                sup.refuse(msg, refused)
         elif isinstance(msg, m.JobInput):
             sup.write_stdin(msg.job_id, msg.data, msg.eof)
         elif isinstance(msg, m.JobSignal):
@@ -406,10 +427,26 @@ class Agent:
 
     def _send(self, msg: m.NodeMessage) -> None:
         if self._ready and self._out is not None:
-            self._out.put_nowait(msg)
+            self._out.put(msg)
+
+    def _has_room(self) -> bool:
+        return self._ready and self._out is not None and self._out.has_room()
 
     def _on_output(self, job: RunningJob, offset: int, data: bytes) -> None:
         self._send(m.JobOutput(job.job_id, job.run, offset, data))
+
+    def _on_health(self, degraded: str | None) -> None:
+        if degraded == self.degraded:
+            return
+        self.degraded = degraded
+        if degraded:
+            self.log.error("node degraded, taking no jobs: %s", degraded)
+        else:
+            self.log.info("node healthy again, taking jobs")
+        self._send(m.NodeHealth(degraded))
+
+    def _on_input_ack(self, job: RunningJob) -> None:
+        self._send(m.JobInputAck(job.job_id, job.input_delivered))
 
     def _on_ended(self, job: RunningJob) -> None:
         assert job.ended is not None
@@ -447,7 +484,7 @@ async def run_agents(agents: list[Agent]) -> None:
                 fut.result()
     finally:
         for agent in started:
-            await agent.stop()
+            await agent.stop(kill_jobs=agent.cfg.kill_jobs_on_exit)
 
 
 def run_node(cfg: NodeConfig, log_cfg: LogConfig | None = None) -> int:

@@ -85,7 +85,7 @@ RESIZE = b"r"  # {key, rows, cols}
 FORGET = b"f"  # {key}: the agent has reported the end; drop it
 SHUTDOWN = b"q"  # kill every job and exit
 # keeper -> agent
-HELLO = b"h"  # {jobs: [{key, job_id, pid, size, exited, stdin_written}]}
+HELLO = b"h"  # {jobs: [{key, job_id, pid, size, exited, stdin_written}], stdin_credit}
 GREW = b"g"  # {key, size}
 EXITED = b"x"  # Exited
 STDIN_CREDIT = b"w"  # {key, written}: see "stdin flow control" below
@@ -808,7 +808,7 @@ class Keeper:
                          "exited": asdict(job.result) if job.result else None})
             job.notified = job.size
             job.stdin_credited = job.stdin_written
-        self.send(HELLO, {"jobs": jobs})
+        self.send(HELLO, {"jobs": jobs, "stdin_credit": True})
 
     def _on_conn(self, mask: int) -> None:
         if mask & selectors.EVENT_WRITE:

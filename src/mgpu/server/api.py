@@ -266,9 +266,11 @@ async def stdin(request: web.Request) -> web.Response:
         conn = master.conns.get(node or "")
         if conn is None or job.state is not JobState.RUNNING:
             raise ApiError(f"job {job_id} is no longer running", 409)
-        conn.send(m.JobInput(job_id, chunk))
+        conn.send_input(m.JobInput(job_id, chunk))
         sent += len(chunk)
-        await conn.drained()
+        # Read no more of the upload until the node has written enough of it: the
+        # client's writes then block, and nothing in between holds more than a window.
+        await conn.input_room(job_id, lambda: job.state is JobState.RUNNING)
     conn = master.conns.get(node or "")
     if conn is not None:
         conn.send(m.JobInput(job_id, b"", eof=True))

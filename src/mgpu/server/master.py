@@ -637,6 +637,15 @@ class Master:
             effects.merge(self.state.on_job_ended(node_id, msg, now))
         elif isinstance(msg, m.JobStarted):
             log.debug("job %d started on %s as pid %d", msg.job_id, node_id, msg.pid)
+        elif isinstance(msg, m.NodeHealth):
+            log.log(logging.WARNING if msg.degraded else logging.INFO, "node %s: %s", node_id,
+                    f"degraded, no new jobs: {msg.degraded}" if msg.degraded else "healthy")
+            self.state.on_node_health(node_id, msg)
+            self.apply(Effects())  # (healthy again: its GPUs may take pending jobs)
+        elif isinstance(msg, m.JobInputAck):
+            conn = self.conns.get(node_id)
+            if conn is not None:
+                conn.input_acked(msg.job_id, msg.delivered)
 
 
 class _BadRequests(logging.Filter):

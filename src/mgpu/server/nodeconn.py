@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -19,6 +20,9 @@ from mgpu.core import messages as m
 from mgpu.core.models import ENDED_STATES, run_key
 
 _ENDED_VALUES = frozenset(s.value for s in ENDED_STATES)
+# Bytes of a job's input sent to its node and not yet acknowledged (JobInputAck): the
+# master reads no more of the client's upload until the node has written some.
+INPUT_WINDOW = 1 << 20
 
 
 class Violation(Exception):
@@ -41,6 +45,9 @@ class NodeConn:
         self.runs = set(reported)
         self.job_ids = {int(k.partition(".")[0]) for k in reported}
         self.ended: set[str] = set()  # runs whose end it reported on this connection
+        self.input_sent: dict[int, int] = {}  # job id -> input bytes sent on this connection
+        self.input_delivered: dict[int, int] = {}  # ... and acknowledged by the node
+        self.input_moved = asyncio.Event()
         self.writer = asyncio.create_task(self._write())
 
     def send(self, msg: m.MasterMessage) -> None:
@@ -50,6 +57,26 @@ class NodeConn:
         self.queue.put_nowait(msg)
         self.empty.clear()
 
+    def send_input(self, msg: m.JobInput) -> None:
+        """Send input for a job's stdin, counting it against the window."""
+        self.input_sent[msg.job_id] = self.input_sent.get(msg.job_id, 0) + len(msg.data)
+        self.send(msg)
+
+    def input_acked(self, job_id: int, delivered: int) -> None:
+        if delivered > self.input_delivered.get(job_id, 0):
+            self.input_delivered[job_id] = delivered
+            self.input_moved.set()
+
+    async def input_room(self, job_id: int, still: Callable[[], bool],
+                         window: int = INPUT_WINDOW) -> None:
+        """Until less than ``window`` bytes of the job's input wait unacknowledged, the
+        connection is gone, or ``still()`` says the job no longer takes input."""
+        while (self.input_sent.get(job_id, 0) - self.input_delivered.get(job_id, 0) >= window
+               and not self.writer.done() and still()):
+            self.input_moved.clear()
+            with contextlib.suppress(TimeoutError):  # (to look at still() again)
+                await asyncio.wait_for(self.input_moved.wait(), 1.0)
+
     def check(self, msg: m.NodeMessage) -> None:
         """Raise :class:`Violation` unless ``msg`` is one this node could honestly send."""
         if isinstance(msg, m.Register):
@@ -57,6 +84,10 @@ class NodeConn:
         if isinstance(msg, m.JobStarted):
             if msg.job_id not in self.job_ids:
                 raise Violation(f"it says job {msg.job_id} started, which it was never given")
+        elif isinstance(msg, m.JobInputAck):
+            if msg.job_id not in self.job_ids:
+                raise Violation(f"it acknowledged input of job {msg.job_id}, which it was "
+                                "never given")
         elif isinstance(msg, m.JobOutput | m.JobEnded):
             key = run_key(msg.job_id, msg.run)
             what = "output" if isinstance(msg, m.JobOutput) else "the end"

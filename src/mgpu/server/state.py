@@ -59,9 +59,11 @@ class Node:
     gpus: list[GpuInfo]
     hostname: str = ""
     connected: bool = True
-    state: str = "up"  # up | unreachable | down
+    state: str = "up"  # up | degraded (takes no jobs: see reason) | unreachable | down
     last_seen: float = 0.0
     down_since: float | None = None
+    reason: str | None = None  # why it is degraded
+    users: list[str] | None = None  # whose jobs it runs: None, everyone's
 
     def free_gpu_ids(self) -> tuple[int, ...]:
         return tuple(g.index for g in self.gpus if g.job_id is None)
@@ -79,7 +81,12 @@ class Node:
             last_seen=utc(self.last_seen) if self.last_seen else None,
             down_since=utc(self.down_since) if self.down_since else None,
             hostname=self.hostname or None,
+            reason=self.reason if self.state == "degraded" else None,
+            users=self.users,
         )
+
+    def serves(self, user: str) -> bool:
+        return self.users is None or user in self.users
 
 
 class ClusterState:
@@ -310,10 +317,19 @@ class ClusterState:
         largest = max((len(n.gpus) for n in self.nodes.values()), default=0)
         for job_id in self.pending:
             job = self.jobs[job_id]
+            serving = [n for n in self.nodes.values() if n.serves(job.user)]
             if not self.nodes:
                 job.reason = "waiting for a node to register"
             elif job.gpus > largest:
                 job.reason = f"no node has {job.gpus} GPUs (largest has {largest})"
+            elif not serving:
+                job.reason = f"no node runs jobs of {job.user}: " + "; ".join(
+                    f"{n.node_id} runs only {', '.join(n.users or [])}'s"
+                    for n in list(self.nodes.values())[:5])
+            elif not any(n.state == "up" for n in serving):
+                degraded = [n for n in serving if n.state == "degraded"]
+                job.reason = ("no node is up" if not degraded else "no node is up: " + "; ".join(
+                    f"{n.node_id} is degraded ({n.reason})" for n in degraded[:5]))
             elif not up:
                 job.reason = "no node is up"
             else:
@@ -331,7 +347,8 @@ class ClusterState:
         if not self.pending:
             return effects
         snapshot = [
-            NodeSnapshot(n.node_id, len(n.gpus), n.free_gpu_ids())
+            NodeSnapshot(n.node_id, len(n.gpus), n.free_gpu_ids(),
+                         None if n.users is None else frozenset(n.users))
             for n in self.nodes.values()
             if n.state == "up" and n.connected
         ]
@@ -401,7 +418,9 @@ class ClusterState:
         node = Node(msg.node_id, [GpuInfo(index=g.index, name=g.name,
                                           memory_total_mib=g.memory_total_mib, uuid=g.uuid)
                                   for g in msg.gpus],
-                    hostname=msg.hostname, last_seen=now)
+                    hostname=msg.hostname, last_seen=now, users=msg.users)
+        if msg.degraded is not None:
+            node.state, node.reason = "degraded", msg.degraded
         self.nodes[msg.node_id] = node
         reported = {r.key for r in msg.running}
         kill: list[str] = []
@@ -424,6 +443,14 @@ class ClusterState:
             m.Registered(accepted=True, output_offsets=offsets, kill=kill),
             effects,
         )
+
+    def on_node_health(self, node_id: str, msg: m.NodeHealth) -> None:
+        """A connected node says it cannot take jobs now (``degraded``), or can again."""
+        node = self.nodes.get(node_id)
+        if node is None or node.state not in ("up", "degraded"):
+            return
+        node.state = "up" if msg.degraded is None else "degraded"
+        node.reason = msg.degraded
 
     def on_heartbeat(self, node_id: str, now: float) -> None:
         node = self.nodes.get(node_id)
@@ -466,7 +493,7 @@ class ClusterState:
 
     def on_disconnect(self, node_id: str, now: float) -> None:
         node = self.nodes.get(node_id)
-        if node is not None and node.state == "up":
+        if node is not None and node.state in ("up", "degraded"):
             node.connected = False
             node.state = "unreachable"
 
