@@ -85,7 +85,7 @@ def test_sigterm_to_the_agent_leaves_its_job_to_the_next_agent(cluster: Cluster)
 
 def test_kill_jobs_on_exit_ends_the_jobs_with_the_agent(make_cluster: Any) -> None:
     cluster = make_cluster(nodes=0)
-    cluster.add_node("node1", 1, env={"MGPU_KILL_JOBS_ON_EXIT": "1"})
+    cluster.add_node("node1", 1, "--kill-jobs-on-exit")
     pid_file = cluster.tmp / "job.pid"
     job_id = cluster.submit(f"echo $$ > {pid_file}; exec sleep 600")
     cluster.wait_job(job_id, ("running",))
@@ -336,3 +336,9 @@ def test_teardown_stops_a_keeper_and_jobs_no_agent_started(cluster: Cluster) -> 
     assert keeper.ppid() != cluster.nodes["node1"].pid
     assert cluster.close() == []
     assert not _alive(pid) and not _alive(keeper)
+
+
+def test_the_node_command_takes_whose_jobs_it_runs(cluster: Cluster) -> None:
+    cluster.add_node("node2", 1, "--users", "alice,bob")
+    assert _node(cluster, "node2")["users"] == ["alice", "bob"]
+    assert "only alice" in cluster.mgpu("nodes").stdout

@@ -129,6 +129,9 @@ def _node_config(ns: argparse.Namespace, **extra: Any) -> Any:
         "gpus": ns.gpus,
         "fake_gpus": ns.fake_gpus,
         "ca": getattr(ns, "ca", None),
+        "users": ns.users,
+        "allow_other_users": ns.allow_other_users,
+        "kill_jobs_on_exit": getattr(ns, "kill_jobs_on_exit", None),
         **extra,
     }
     cfg = load_config(ns, NodeConfig, flags)[0]

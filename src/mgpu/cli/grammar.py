@@ -14,6 +14,8 @@ import os
 import sys
 
 from mgpu import __version__
+from mgpu.cli import daemon_args
+from mgpu.cli.argtypes import job_id, seconds
 from mgpu.cli.commands import (
     cmd_attach,
     cmd_cancel,
@@ -47,51 +49,6 @@ def _admin(name: str) -> Handler:
 
     run.__name__ = run.__qualname__ = f"cmd_{name}"
     return run
-
-
-def _bad_value(message: str) -> Exception:
-    """The error for an argument its ``type`` refuses (argparse words it as a usage error)."""
-    import argparse
-
-    return argparse.ArgumentTypeError(message)
-
-
-def _port(text: str) -> int:
-    if text.isdigit() and int(text) < 65536:
-        return int(text)
-    raise _bad_value(f"must be a port number (0-65535), got {text!r}")
-
-
-def _job_id(text: str) -> int:
-    if text.isascii() and text.isdigit() and int(text) > 0:
-        return int(text)
-    raise _bad_value(f"not a job id: {text!r}")
-
-
-def _count_arg(text: str) -> int:
-    if text.isascii() and text.isdigit():
-        return int(text)
-    raise _bad_value(f"must be a whole number, got {text!r}")
-
-
-def _positive(text: str) -> int:
-    if text.isascii() and text.isdigit() and 0 < int(text) <= 10_000:
-        return int(text)
-    raise _bad_value(f"must be a whole number from 1 to 10000, got {text!r}")
-
-
-def _seconds(text: str, unit: str = "seconds") -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value >= 0:
-        return value
-    raise _bad_value(f"must be a number of {unit}, got {text!r}")
-
-
-def _days(text: str) -> float:
-    return _seconds(text, "days")
 
 
 _FORMATTER: type[argparse.HelpFormatter] | None = None  # made by _formatter()
@@ -203,7 +160,7 @@ def _srun_args(p: argparse.ArgumentParser) -> None:
 
 
 def _attach_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("job_id", type=_job_id)
+    p.add_argument("job_id", type=job_id)
     p.add_argument("-q", "--quiet", action="store_true", help="no 'queued'/'running' lines")
 
 
@@ -217,25 +174,25 @@ def _queue_args(p: argparse.ArgumentParser) -> None:
 
 
 def _job_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("job_id", type=_job_id)
+    p.add_argument("job_id", type=job_id)
     p.add_argument("--json", action="store_true")
 
 
 def _logs_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("job_id", type=_job_id)
+    p.add_argument("job_id", type=job_id)
     p.add_argument(
         "-f", "--follow", action="store_true", help="until the job ends; exit with its code"
     )
 
 
 def _jobs_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("job_ids", type=_job_id, nargs="+", metavar="JOB_ID")
+    p.add_argument("job_ids", type=job_id, nargs="+", metavar="JOB_ID")
     p.add_argument("--json", action="store_true")
 
 
 def _wait_args(p: argparse.ArgumentParser) -> None:
     _jobs_args(p)
-    p.add_argument("--timeout", type=_seconds, metavar="S", help="give up after S seconds")
+    p.add_argument("--timeout", type=seconds, metavar="S", help="give up after S seconds")
 
 
 def _json_args(p: argparse.ArgumentParser) -> None:
@@ -249,70 +206,6 @@ def _nodes_args(p: argparse.ArgumentParser) -> None:
                    "join secret gets a new one (a node that lost its data dir)")
 
 
-def _server_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=_port, help="port to listen on (default 8080; 0: any)")
-    p.add_argument("--data-dir", metavar="DIR")
-    p.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate")
-    p.add_argument("--tls-key", metavar="PEM", help="... and this private key")
-
-
-def _gpu_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--gpus", metavar="0,1", help="the GPU indices to offer (default: all)")
-    g.add_argument("--fake-gpus", type=_count_arg, metavar="N", help="declare N fake GPUs")
-
-
-def _master_args(p: argparse.ArgumentParser) -> None:
-    _server_args(p)
-    p.add_argument("--node-timeout", type=_seconds, metavar="S", help="mark a silent node lost")
-    p.add_argument("--job-retention-days", type=_days, metavar="DAYS",
-                   help="keep ended jobs this long, then only their accounting (default 30)")
-
-
-def _node_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--node-id", metavar="ID", help="default: the host name")
-    p.add_argument("--master-host", metavar="HOST")
-    p.add_argument("--master-port", type=_port, metavar="PORT")
-    p.add_argument("--port", type=_port, help="the agent's health port")
-    p.add_argument("--data-dir", metavar="DIR")
-    p.add_argument("--join-token-file", metavar="PATH",
-                   help="the master's join secret (else $MGPU_JOIN_TOKEN, else the local "
-                   "master's, when readable)")
-    p.add_argument("--max-output-mib", type=_count_arg, metavar="MIB",
-                   help="cut a job's output past this size (default 1024; 0: no cap)")
-    _gpu_args(p)
-
-
-def _token_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=("create", "list", "revoke"),
-                   help="create USER [--admin] | list | revoke USER|ID")
-    p.add_argument("name", nargs="?", metavar="USER|ID")
-    p.add_argument("--admin", action="store_true", help="create: an admin's token")
-    p.add_argument("--json", action="store_true")
-
-
-def _events_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-n", type=_positive, default=50, metavar="N",
-                   help="the last N entries (default 50)")
-    p.add_argument("--json", action="store_true")
-
-
-def _certs_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dir", metavar="DIR",
-                   help="where to write them (default ~/.local/share/mgpu/tls)")
-    p.add_argument("--host", action="append", metavar="NAME",
-                   help="a name or address clients use for the master (repeatable; "
-                   "default: this host's name, localhost, 127.0.0.1)")
-
-
-def _up_args(p: argparse.ArgumentParser) -> None:
-    _server_args(p)
-    p.add_argument("--node-id", metavar="ID", help="default: the host name")
-    _gpu_args(p)
-
-
-# name -> (handler, one-line help, adds the subcommand's own arguments)
 COMMANDS: dict[str, tuple[Handler, str, Callable[[argparse.ArgumentParser], None]]] = {
     "submit": (cmd_submit, "queue a command to run on GPUs", _submit_args),
     "srun": (cmd_srun, "run a command interactively, output here, live", _srun_args),
@@ -324,12 +217,13 @@ COMMANDS: dict[str, tuple[Handler, str, Callable[[argparse.ArgumentParser], None
     "cancel": (cmd_cancel, "cancel jobs", _jobs_args),
     "nodes": (cmd_nodes, "nodes and their GPUs", _nodes_args),
     "config": (_admin("config"), "the effective configuration and where it came from", _json_args),
-    "token": (_admin("token"), "create, list or revoke tokens (admins)", _token_args),
-    "events": (_admin("events"), "the audit log: who did what (admins)", _events_args),
-    "certs": (_admin("certs"), "make a CA and a TLS certificate for the master", _certs_args),
-    "server": (_admin("server"), "run the master", _master_args),
-    "node": (_admin("node"), "run a node agent", _node_args),
-    "up": (_admin("up"), "run a master and a local node in one process", _up_args),
+    "token": (_admin("token"), "create, list or revoke tokens (admins)", daemon_args.token_args),
+    "events": (_admin("events"), "the audit log: who did what (admins)", daemon_args.events_args),
+    "certs": (_admin("certs"), "make a CA and a TLS certificate for the master",
+              daemon_args.certs_args),
+    "server": (_admin("server"), "run the master", daemon_args.master_args),
+    "node": (_admin("node"), "run a node agent", daemon_args.node_args),
+    "up": (_admin("up"), "run a master and a local node in one process", daemon_args.up_args),
 }
 
 

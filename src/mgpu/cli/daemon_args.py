@@ -1,0 +1,89 @@
+"""The arguments of the commands that run or administer mgpu rather than a job: ``server``,
+``node``, ``up``, ``token``, ``events``, ``certs`` (:data:`mgpu.cli.grammar.COMMANDS`).
+"""
+
+from __future__ import annotations
+
+from mgpu.cli.argtypes import count, days, port_number, positive, seconds
+
+TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs start-up time
+if TYPE_CHECKING:
+    import argparse
+
+
+def server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=port_number, help="port to listen on (default 8080; 0: any)")
+    p.add_argument("--data-dir", metavar="DIR")
+    p.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate")
+    p.add_argument("--tls-key", metavar="PEM", help="... and this private key")
+
+
+def gpu_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--gpus", metavar="0,1", help="the GPU indices to offer (default: all)")
+    g.add_argument("--fake-gpus", type=count, metavar="N", help="declare N fake GPUs")
+
+
+def master_args(p: argparse.ArgumentParser) -> None:
+    server_args(p)
+    p.add_argument("--node-timeout", type=seconds, metavar="S", help="mark a silent node lost")
+    p.add_argument("--job-retention-days", type=days, metavar="DAYS",
+                   help="keep ended jobs this long, then only their accounting (default 30)")
+
+
+def node_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--node-id", metavar="ID", help="default: the host name")
+    p.add_argument("--master-host", metavar="HOST")
+    p.add_argument("--master-port", type=port_number, metavar="PORT")
+    p.add_argument("--port", type=port_number, help="the agent's health port")
+    p.add_argument("--data-dir", metavar="DIR")
+    p.add_argument("--join-token-file", metavar="PATH",
+                   help="the master's join secret (else $MGPU_JOIN_TOKEN, else the local "
+                   "master's, when readable)")
+    p.add_argument("--max-output-mib", type=count, metavar="MIB",
+                   help="cut a job's output past this size (default 1024; 0: no cap)")
+    p.add_argument("--kill-jobs-on-exit", action="store_true", default=None,
+                   help="end the jobs when the agent stops (default: they run on, for the "
+                   "next agent to re-adopt within the fence time)")
+    users_args(p)
+    gpu_args(p)
+
+
+def token_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=("create", "list", "revoke"),
+                   help="create USER [--admin] | list | revoke USER|ID")
+    p.add_argument("name", nargs="?", metavar="USER|ID")
+    p.add_argument("--admin", action="store_true", help="create: an admin's token")
+    p.add_argument("--json", action="store_true")
+
+
+def events_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", type=positive, default=50, metavar="N",
+                   help="the last N entries (default 50)")
+    p.add_argument("--json", action="store_true")
+
+
+def certs_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dir", metavar="DIR",
+                   help="where to write them (default ~/.local/share/mgpu/tls)")
+    p.add_argument("--host", action="append", metavar="NAME",
+                   help="a name or address clients use for the master (repeatable; "
+                   "default: this host's name, localhost, 127.0.0.1)")
+
+
+def users_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--users", metavar="A,B",
+                   help="run only these users' jobs (default: all when root, else your own)")
+    p.add_argument("--allow-other-users", action="store_true", default=None,
+                   help="not root: run other users' jobs too, as your own account")
+
+
+def up_args(p: argparse.ArgumentParser) -> None:
+    server_args(p)
+    p.add_argument("--node-id", metavar="ID", help="default: the host name")
+    users_args(p)
+    gpu_args(p)
+
+
+# name -> (handler, one-line help, adds the subcommand's own arguments)
