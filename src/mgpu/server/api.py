@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from mgpu.core import messages as m
-from mgpu.core.api_paths import API
+from mgpu.core.api_paths import API, NODE_WS
 from mgpu.core.errors import ApiError, NotFound, StoreError, UsageError
 from mgpu.core.frames import complete_frames
 from mgpu.core.models import ENDED_STATES, JobState, SimpleJob, run_key
@@ -24,7 +24,6 @@ from mgpu.core.version import VERSION
 from mgpu.server import admin, retention
 from mgpu.server.http import (
     MASTER,
-    NODE_WS,
     Route,
     body,
     encode,

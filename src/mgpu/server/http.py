@@ -20,7 +20,7 @@ import msgspec
 from aiohttp import hdrs, web
 
 from mgpu.core import messages as m
-from mgpu.core.api_paths import API
+from mgpu.core.api_paths import API, NODE_WS
 from mgpu.core.errors import (
     ApiError,
     Forbidden,
@@ -39,7 +39,6 @@ T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 OPEN = frozenset({f"{API}/health"})  # answered without a token
-NODE_WS = f"{API}/node/ws"  # the join secret, not a user token
 AUTH_OFF = Identity("(auth off)", admin=True)
 
 encode = msgspec.json.Encoder().encode
