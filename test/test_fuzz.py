@@ -38,13 +38,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import SUMMARY, Cluster
+from mgpu.server.api import ROUTES
 from mgpu.server.openapi import build
 
 BATCH = 50
 PER_ENDPOINT = 1000
 EXAMPLES = PER_ENDPOINT // BATCH
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD")
-DOC = build()
+DOC = build(ROUTES)
 ENDPOINTS = [
     *sorted((method.upper(), path) for path, ops in DOC["paths"].items() for method in ops),
     ("ANY", "/(paths that do not exist)"),

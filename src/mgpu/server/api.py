@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from mgpu.core import messages as m
+from mgpu.core.api_paths import API, NODE_WS
 from mgpu.core.errors import ApiError, NotFound, StoreError, UsageError
 from mgpu.core.frames import complete_frames
 from mgpu.core.models import ENDED_STATES, JobState, SimpleJob, run_key
+from mgpu.core.version import VERSION
 from mgpu.server import admin, retention
 from mgpu.server.http import (
-    API,
     MASTER,
-    NODE_WS,
-    Handler,
+    Route,
     body,
     encode,
     guard,
@@ -38,7 +38,7 @@ from mgpu.server.http import (
 )
 
 if TYPE_CHECKING:
-    from mgpu.server.master import Master
+    from mgpu.server.context import Context
 
 MAX_OFFSET = 10**18  # bytes: an output offset past any real output
 MAX_STATES = 200  # characters of a state list (every state, comma-separated, is ~60)
@@ -70,7 +70,7 @@ async def submit(request: web.Request) -> web.Response:
     return reply(m.SubmitReply(job_ids=ids), 201)
 
 
-def _submitted(master: Master, ids: list[int]) -> str:
+def _submitted(master: Context, ids: list[int]) -> str:
     """The audit detail of a submit: the job (GPUs, command), or the range of a batch."""
     if len(ids) == 1:
         job = master.state.jobs[ids[0]]
@@ -235,7 +235,7 @@ async def output(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-async def _until_running(master: Master, job_id: int) -> SimpleJob:
+async def _until_running(master: Context, job_id: int) -> SimpleJob:
     """The job once it runs (for input, signals): 409 if it has ended by then."""
     job = master.state.get(job_id)
     ev = asyncio.Event()
@@ -313,15 +313,13 @@ async def nodes(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    from mgpu.server.master import VERSION
-
     return reply(m.HealthReply(status="ok", version=VERSION))
 
 
 async def openapi(request: web.Request) -> web.Response:
     from mgpu.server.openapi import document
 
-    return web.Response(body=document(), content_type="application/json")
+    return web.Response(body=document(ROUTES), content_type="application/json")
 
 
 async def node_ws(request: web.Request) -> web.StreamResponse:
@@ -334,19 +332,6 @@ async def node_ws(request: web.Request) -> web.StreamResponse:
 
 
 # ---------------------------------------------------------------------- the table
-
-
-class Route(NamedTuple):
-    """One endpoint: what it takes and answers (for the OpenAPI document too)."""
-
-    method: str
-    path: str
-    handler: Handler
-    summary: str
-    request: Any = None  # the body's struct
-    response: Any = None  # the 2xx body's struct (None: not JSON, or a small dict)
-    status: int = 200
-    query: tuple[tuple[str, str], ...] = ()  # (name, description)
 
 
 ROUTES: tuple[Route, ...] = (
@@ -390,7 +375,7 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
-def build_app(master: Master) -> web.Application:
+def build_app(master: Context) -> web.Application:
     app = web.Application(middlewares=[guard],
                           client_max_size=master.cfg.max_request_bytes)
     app[MASTER] = master

@@ -36,7 +36,7 @@ from mgpu.core.errors import StoreError
 from mgpu.server.store import Batch, Store
 
 if TYPE_CHECKING:
-    from mgpu.server.state import Effects
+    from mgpu.server.effects import Effects
 
 log = logging.getLogger("mgpu.master")
 

@@ -12,13 +12,15 @@ traceback. Bodies are decoded into the structs of ``core/messages.py`` with vali
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import msgspec
 from aiohttp import hdrs, web
 
 from mgpu.core import messages as m
+from mgpu.core.api_paths import API, NODE_WS
 from mgpu.core.errors import (
     ApiError,
     Forbidden,
@@ -29,19 +31,30 @@ from mgpu.core.errors import (
 from mgpu.server.auth import BAD_TOKEN, NO_TOKEN, REVOKED, Identity, bearer
 
 if TYPE_CHECKING:
-    from mgpu.server.master import Master
+    from mgpu.server.context import Context
 
-MASTER: web.AppKey[Master] = web.AppKey("master")
+MASTER: web.AppKey[Context] = web.AppKey("master")
 IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity", Identity)
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-API = "/api/v1"
 OPEN = frozenset({f"{API}/health"})  # answered without a token
-NODE_WS = f"{API}/node/ws"  # the join secret, not a user token
 AUTH_OFF = Identity("(auth off)", admin=True)
 
 encode = msgspec.json.Encoder().encode
+
+
+class Route(NamedTuple):
+    """One endpoint: what it takes and answers (for the OpenAPI document too)."""
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    request: Any = None  # the body's struct
+    response: Any = None  # the 2xx body's struct (None: not JSON, or a small dict)
+    status: int = 200
+    query: tuple[tuple[str, str], ...] = ()  # (name, description)
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
 
 
@@ -194,7 +207,7 @@ def authenticate(request: web.Request) -> Identity | None:
     raise Unauthorized(NO_TOKEN if token is None else BAD_TOKEN)
 
 
-def master_of(request: web.Request) -> Master:
+def master_of(request: web.Request) -> Context:
     return request.app[MASTER]
 
 
@@ -208,3 +221,29 @@ def admin_only(who: Identity, what: str) -> None:
             f"{what} is for admins, and {who.user}'s token is not an admin's: ask an admin "
             "(the master's own admin token is in its DATA_DIR/admin.token)"
         )
+
+
+class _BadRequests(logging.Filter):
+    """A malformed request (bad URL, header or method, turned away by aiohttp's parser with
+    a 4xx) is a client's mistake, not the master's: one warning line, not a traceback a
+    hostile client could fill the log with. Anything else passes unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        code = getattr(exc, "code", 0)
+        if (exc is not None and type(exc).__module__.startswith("aiohttp.http_exceptions")
+                and isinstance(code, int) and 400 <= code < 500):
+            first = str(getattr(exc, "message", "") or exc).strip().splitlines()
+            what = record.getMessage()
+            record.msg = "%s: %d %s"
+            record.args = (what, code, first[0][:200] if first else "")
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def quiet_bad_requests() -> None:
+    """Install :class:`_BadRequests` on aiohttp's server log (once)."""
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _BadRequests) for f in server.filters):
+        server.addFilter(_BadRequests())

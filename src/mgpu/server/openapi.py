@@ -1,6 +1,7 @@
 """The master's OpenAPI 3.1 document (``GET /api/v1/openapi.json``), made from the code.
 
-Paths come from the route table (:data:`mgpu.server.api.ROUTES`) and schemas from the
+Paths come from the route table it is given (the master's is
+:data:`mgpu.server.api.ROUTES`) and schemas from the
 msgspec structs the routes decode and encode (``msgspec.json.schema_components``, JSON
 Schema 2020-12, which OpenAPI 3.1 uses as it is), so the document cannot drift from what
 the master accepts. Every operation but ``health`` needs ``Authorization: Bearer TOKEN``;
@@ -10,27 +11,29 @@ every error is an ``ErrorReply``.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 
 from mgpu.core import messages as m
+from mgpu.core.version import VERSION
+from mgpu.server.http import Route
 
 REF = "#/components/schemas/{name}"
 
 
 @functools.cache
-def document() -> bytes:
-    """The document as JSON (built once)."""
-    return msgspec.json.encode(build())
+def document(routes: tuple[Route, ...]) -> bytes:
+    """The document of ``routes`` as JSON (built once for a table)."""
+    return msgspec.json.encode(build(routes))
 
 
-def build() -> dict[str, Any]:
-    from mgpu.server.api import ROUTES
-    from mgpu.server.master import VERSION
-
+def build(routes: Iterable[Route]) -> dict[str, Any]:
+    """The document of ``routes``, as a dict."""
+    routes = tuple(routes)
     kinds: list[Any] = [m.ErrorReply]
-    for r in ROUTES:
+    for r in routes:
         for kind in (r.request, r.response):
             if kind is not None and kind not in kinds:
                 kinds.append(kind)
@@ -39,7 +42,7 @@ def build() -> dict[str, Any]:
     error = {"description": "an error: one line that says what to do",
              "content": {"application/json": {"schema": schema_of[m.ErrorReply]}}}
     paths: dict[str, dict[str, Any]] = {}
-    for r in ROUTES:
+    for r in routes:
         op: dict[str, Any] = {"operationId": r.handler.__name__, "summary": r.summary}
         params: list[dict[str, Any]] = []
         if "{job_id}" in r.path:

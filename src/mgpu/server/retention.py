@@ -16,20 +16,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
 from functools import partial
 from typing import TYPE_CHECKING
 
-from mgpu.core.errors import NotFound
-from mgpu.core.models import SimpleJob
+from mgpu.core.errors import NotFound, StoreError
+from mgpu.core.models import SimpleJob, run_key
 from mgpu.server.auth import Identity
-from mgpu.server.state import ClusterState, Effects
+from mgpu.server.effects import Effects
 from mgpu.server.store import AccountingRow, Batch, LoadedJob
 from mgpu.utils.secretenv import is_secret
 
 if TYPE_CHECKING:
-    from mgpu.server.master import Master
+    from mgpu.server.context import Context
+    from mgpu.server.state import ClusterState
+
+log = logging.getLogger("mgpu.master")
 
 DAY = 86400.0
+AUDIT_PRUNE_EVERY = 3600.0  # seconds between prunings of the audit log
 
 
 def strip_secrets(env: dict[str, str]) -> dict[str, str]:
@@ -73,7 +81,7 @@ def prune(state: ClusterState, before: float) -> tuple[list[SimpleJob], Effects]
     return gone, effects
 
 
-async def missing(master: Master, job_id: int, who: Identity, error: NotFound) -> NotFound:
+async def missing(master: Context, job_id: int, who: Identity, error: NotFound) -> NotFound:
     """The 404 for a job not in memory: that it was pruned, when its accounting row says so
     (and the caller may know of it), else ``error``."""
     store, committer = master.store, master.committer
@@ -86,3 +94,45 @@ async def missing(master: Master, job_id: int, who: Identity, error: NotFound) -
         f"job {job_id} ended ({row.state}) more than {master.cfg.job_retention_days:g} days "
         "ago and was pruned (job_retention_days / MGPU_JOB_RETENTION_DAYS): only its "
         "accounting record is kept")
+
+
+async def prune_audit(master: Context) -> None:
+    """Keep the audit log to its last ``audit_days`` (0: keep it all): at start, then
+    hourly, on the store's thread between writes."""
+    days = master.cfg.audit_days
+    assert master.committer is not None and master.store is not None
+    store = master.store
+    while days > 0:
+        before = time.time() - days * 86400
+        try:
+            gone = await master.committer.read(partial(store.prune_audit, before))
+        except StoreError as e:
+            log.error("%s", e.message)
+        else:
+            if gone:
+                log.info("audit log: dropped %d events older than %g days (audit_days)",
+                         gone, days)
+        await asyncio.sleep(AUDIT_PRUNE_EVERY)
+
+
+async def prune_jobs(master: Context) -> None:
+    """Prune jobs ended more than ``job_retention_days`` ago (0: keep them): at start,
+    then every :func:`prune_interval`."""
+    days = master.cfg.job_retention_days
+    while days > 0:
+        gone, effects = prune(master.state, time.time() - days * DAY)
+        if gone:
+            try:
+                await master.apply(effects)
+            except StoreError:
+                pass  # logged; they are pruned from the database at the next pass
+            else:
+                assert master.output is not None
+                for job in gone:
+                    for run in range(job.requeues + 1):
+                        master.output.close(run_key(job.id, run))
+                        with contextlib.suppress(OSError):
+                            master.output.file(run_key(job.id, run)).unlink()
+                log.info("pruned %d jobs ended over %g days ago (job_retention_days); "
+                         "their accounting records are kept", len(gone), days)
+        await asyncio.sleep(prune_interval(days))

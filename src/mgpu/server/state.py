@@ -1,95 +1,36 @@
-"""The master's in-memory cluster state and its event handlers.
+"""The master's in-memory cluster state and its event handlers: the job side here (submit,
+cancel, scheduling, requeue), the node side in ``node_events.py``.
 
-Each ``on_*`` handler changes memory and returns :class:`Effects`: what must be saved and,
-once saved, what must be sent to which node. The outer layer (``master.py``) commits the
-saves before it sends anything or answers anyone ("save before you say"). Nothing here does
-I/O or reads the clock: ``now`` is always passed in.
+Each ``on_*`` handler changes memory and returns :class:`~mgpu.server.effects.Effects`:
+what must be saved and, once saved, what must be sent to which node. The outer layer
+(``master.py``) commits the saves before it sends anything or answers anyone ("save before
+you say"). Nothing here does I/O or reads the clock: ``now`` is always passed in.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from mgpu.core import messages as m
 from mgpu.core.errors import Forbidden, NotFound, Rejected, UsageError
 from mgpu.core.models import (
-    GpuInfo,
     JobSpec,
     JobState,
-    NodeInfo,
     SimpleJob,
     advance,
-    run_key,
     utc,
 )
 from mgpu.core.scheduler import NodeSnapshot, PendingJob, Policy, schedule
 from mgpu.server.auth import Identity
-from mgpu.server.store import AuditRow, Batch, LoadedJob
-from mgpu.server.validate import MAX_TIME_LIMIT, check_spec, register_problem
+from mgpu.server.effects import Effects
+from mgpu.server.node_events import Node, NodeEvents
+from mgpu.server.store import LoadedJob
+from mgpu.server.validate import MAX_TIME_LIMIT, check_spec
+
+__all__ = ["ClusterState", "Effects", "Node"]
 
 
-@dataclass
-class Effects:
-    """What a handler changed: rows to save, then messages to send to nodes."""
-
-    batch: Batch = field(default_factory=Batch)
-    sends: list[tuple[str, m.MasterMessage]] = field(default_factory=list)
-    ended: list[int] = field(default_factory=list)
-
-    def update(self, job: SimpleJob) -> None:
-        self.batch.updates[job.id] = job
-
-    def audit(self, now: float, user: str, action: str, detail: str) -> None:
-        """Record a state-changing request (saved with the change it made)."""
-        self.batch.audit.append(AuditRow(now, user, action, detail))
-
-    def merge(self, other: Effects) -> Effects:
-        self.batch.merge(other.batch)
-        self.sends.extend(other.sends)
-        self.ended.extend(other.ended)
-        return self
-
-
-@dataclass
-class Node:
-    """A node as the master tracks it: its GPUs, who holds them, whether it answers."""
-
-    node_id: str
-    gpus: list[GpuInfo]
-    hostname: str = ""
-    connected: bool = True
-    state: str = "up"  # up | degraded (takes no jobs: see reason) | unreachable | down
-    last_seen: float = 0.0
-    down_since: float | None = None
-    reason: str | None = None  # why it is degraded
-    users: list[str] | None = None  # whose jobs it runs: None, everyone's
-
-    def free_gpu_ids(self) -> tuple[int, ...]:
-        return tuple(g.index for g in self.gpus if g.job_id is None)
-
-    def release(self, job_id: int) -> None:
-        for g in self.gpus:
-            if g.job_id == job_id:
-                g.job_id = None
-
-    def info(self) -> NodeInfo:
-        return NodeInfo(
-            node_id=self.node_id,
-            state=self.state,
-            gpus=self.gpus,
-            last_seen=utc(self.last_seen) if self.last_seen else None,
-            down_since=utc(self.down_since) if self.down_since else None,
-            hostname=self.hostname or None,
-            reason=self.reason if self.state == "degraded" else None,
-            users=self.users,
-        )
-
-    def serves(self, user: str) -> bool:
-        return self.users is None or user in self.users
-
-
-class ClusterState:
+class ClusterState(NodeEvents):
     """Jobs and nodes in memory; the single place that decides what happens to them."""
 
     def __init__(
@@ -145,11 +86,6 @@ class ClusterState:
             if not job.state.ended:
                 self.envs[job.id] = row.env
         self.next_id = last_id + 1
-
-    def running_on(self, node_id: str) -> list[SimpleJob]:
-        return [
-            j for j in self.jobs.values() if j.state is JobState.RUNNING and j.node == node_id
-        ]
 
     # ------------------------------------------------------------------ clients
 
@@ -402,116 +338,6 @@ class ClusterState:
                 node.release(job_id)
             advance(job, JobState.PENDING, now, reason=reason)
             self._enqueue(job, in_place=True)
-
-    # ------------------------------------------------------------------ nodes
-
-    def on_register(self, msg: m.Register, now: float) -> tuple[m.Registered, Effects]:
-        """A node (re)joins: reconcile what it runs with what the master believes.
-
-        A registration that cannot be true (no GPUs, the same GPU twice, a node id that
-        cannot be one) is refused, and nothing changes.
-        """
-        why = register_problem(msg)
-        if why is not None:
-            return m.Registered(accepted=False, error=why), Effects()
-        effects = Effects()
-        node = Node(msg.node_id, [GpuInfo(index=g.index, name=g.name,
-                                          memory_total_mib=g.memory_total_mib, uuid=g.uuid)
-                                  for g in msg.gpus],
-                    hostname=msg.hostname, last_seen=now, users=msg.users)
-        if msg.degraded is not None:
-            node.state, node.reason = "degraded", msg.degraded
-        self.nodes[msg.node_id] = node
-        reported = {r.key for r in msg.running}
-        kill: list[str] = []
-        offsets: dict[str, int] = {}
-        believed = {run_key(j.id, j.requeues): j for j in self.running_on(msg.node_id)}
-        by_index = {g.index: g for g in node.gpus}
-        for key, job in believed.items():
-            if key in reported:
-                for i in job.gpu_ids:
-                    if i in by_index:
-                        by_index[i].job_id = job.id
-                offsets[key] = -1  # filled in by the outer layer (it owns the files)
-            else:
-                effects.merge(self.node_lost(
-                    job, f"node {msg.node_id} restarted without this job", now))
-        for key in sorted(reported):
-            if key not in believed:
-                kill.append(key)
-        return (
-            m.Registered(accepted=True, output_offsets=offsets, kill=kill),
-            effects,
-        )
-
-    def on_node_health(self, node_id: str, msg: m.NodeHealth) -> None:
-        """A connected node says it cannot take jobs now (``degraded``), or can again."""
-        node = self.nodes.get(node_id)
-        if node is None or node.state not in ("up", "degraded"):
-            return
-        node.state = "up" if msg.degraded is None else "degraded"
-        node.reason = msg.degraded
-
-    def on_heartbeat(self, node_id: str, now: float) -> None:
-        node = self.nodes.get(node_id)
-        if node is not None:
-            node.last_seen = now
-
-    def on_job_ended(
-        self,
-        node_id: str,
-        msg: m.JobEnded,
-        now: float,
-        *,
-        node: Node | None = None,
-    ) -> Effects:
-        """A node reports a job's end (after all its output)."""
-        effects = Effects()
-        effects.sends.append((node_id, m.EndedAck([msg.key])))
-        job = self.jobs.get(msg.job_id)
-        node = node or self.nodes.get(node_id)
-        if (job is None or job.state is not JobState.RUNNING or job.node != node_id
-                or job.requeues != msg.run):
-            return effects  # settled already, or an old run: just acknowledge
-        if node is not None:
-            node.release(job.id)
-        try:
-            to = JobState(msg.state)
-        except ValueError:
-            to = JobState.FAILED
-        if job.id in self.cancel_requested:
-            self.cancel_requested.discard(job.id)
-            if to is not JobState.COMPLETED:
-                to = JobState.CANCELLED
-        if not to.ended:
-            to = JobState.FAILED
-        advance(job, to, now, reason=msg.reason, exit_code=msg.exit_code)
-        self.envs.pop(job.id, None)
-        effects.update(job)
-        effects.ended.append(job.id)
-        return effects
-
-    def on_disconnect(self, node_id: str, now: float) -> None:
-        node = self.nodes.get(node_id)
-        if node is not None and node.state in ("up", "degraded"):
-            node.connected = False
-            node.state = "unreachable"
-
-    def on_tick(self, now: float) -> Effects:
-        """Declare nodes silent for longer than the timeout down; end their jobs."""
-        effects = Effects()
-        for node in self.nodes.values():
-            if node.state == "down" or now - node.last_seen <= self.node_timeout:
-                continue
-            node.state = "down"
-            node.connected = False
-            node.down_since = now
-            for job in self.running_on(node.node_id):
-                node.release(job.id)
-                effects.merge(self.node_lost(
-                    job, f"node {node.node_id} stopped answering for over "
-                    f"{self.node_timeout:g}s", now))
-        return effects
 
     def node_lost(self, job: SimpleJob, why: str, now: float) -> Effects:
         """A running job's node is gone: requeue it if it may be, else end it as node_fail."""

@@ -172,6 +172,9 @@ class Batch:
 
 @dataclass
 class LoadedJob:
+    """A job as the master's store loads it at start-up: the job, and the environment saved
+    with it (kept in memory, not in :class:`SimpleJob`, so a requeue can start it again)."""
+
     job: SimpleJob
     env: dict[str, str]
 
