@@ -88,3 +88,15 @@ def test_an_unknown_scheduler_stops_the_master_with_the_fix(tmp_path: Path) -> N
 def test_mgpu_config_shows_the_scheduler(cluster: Cluster) -> None:
     out = cluster.mgpu("config").stdout
     assert any("scheduler" in line and "fifo-reserve" in line for line in out.splitlines())
+
+
+def test_the_master_reports_its_scheduling_passes(cluster: Cluster) -> None:
+    before = cluster.api("/api/v1/stats")
+    jobs = [cluster.submit("true") for _ in range(3)]
+    for job_id in jobs:
+        cluster.wait_job(job_id)
+    after = cluster.api("/api/v1/stats")
+    assert after["scheduling"]["passes"] >= before["scheduling"]["passes"] + 1
+    assert after["scheduling"]["max_ms"] >= after["scheduling"]["last_ms"] >= 0
+    assert after["scheduling"]["max_pending"] >= 1
+    assert after["jobs"]["completed"] >= 3 and after["nodes"] == {"up": 1}

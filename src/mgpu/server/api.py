@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -36,6 +37,7 @@ from mgpu.server.http import (
     query_text,
     reply,
 )
+from mgpu.server.stats import StatsReply
 
 if TYPE_CHECKING:
     from mgpu.server.context import Context
@@ -312,6 +314,13 @@ async def nodes(request: web.Request) -> web.Response:
     return reply({"nodes": [n.info() for n in master.state.nodes.values()]})
 
 
+async def stats(request: web.Request) -> web.Response:
+    master = master_of(request)
+    jobs = Counter(j.state.value for j in master.state.jobs.values())
+    nodes = Counter(n.state for n in master.state.nodes.values())
+    return reply(StatsReply(scheduling=master.scheduling, jobs=dict(jobs), nodes=dict(nodes)))
+
+
 async def health(request: web.Request) -> web.Response:
     return reply(m.HealthReply(status="ok", version=VERSION))
 
@@ -358,6 +367,8 @@ ROUTES: tuple[Route, ...] = (
           "A job's terminal size (owner or admin)", m.ResizeRequest),
     Route("GET", f"{API}/nodes", nodes, "Nodes and their GPUs"),
     Route("GET", f"{API}/health", health, "Liveness (no token needed)", None, m.HealthReply),
+    Route("GET", f"{API}/stats", stats, "The master's own figures: scheduling passes, jobs "
+          "and nodes by state", None, StatsReply),
     Route("GET", f"{API}/whoami", admin.whoami, "The token's user", None, m.WhoAmIReply),
     Route("GET", f"{API}/openapi.json", openapi, "This document"),
     Route("POST", f"{API}/tokens", admin.create_token, "A new token (admins)", m.TokenCreateRequest,

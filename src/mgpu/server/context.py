@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from mgpu.server.nodeauth import NodeCredentials
     from mgpu.server.nodeconn import NodeConn
     from mgpu.server.state import ClusterState
+    from mgpu.server.stats import SchedulingStats
     from mgpu.server.store import AuditRow, Store, TokenRow
     from mgpu.utils.spool import SpoolDir
 
@@ -47,6 +48,7 @@ class Context(Protocol):
     watchers: dict[int, set[asyncio.Event]]  # job id -> events set when it has news
     ended: asyncio.Condition  # notified whenever jobs end (long-poll waits)
     closing: bool
+    scheduling: SchedulingStats  # the scheduling passes run so far
 
     def apply(self, effects: Effects, now: float | None = None,
               durable: bool = False) -> asyncio.Future[None]:

@@ -38,6 +38,7 @@ from mgpu.server.nodeauth import NodeCredentials
 from mgpu.server.nodeconn import NodeConn
 from mgpu.server.nodelink import NodeLink
 from mgpu.server.state import ClusterState
+from mgpu.server.stats import SchedulingStats
 from mgpu.server.store import AuditRow, Store, TokenRow
 from mgpu.server.watch import OutputWatch
 from mgpu.utils.signals import stop_on_signals
@@ -80,6 +81,7 @@ class Master:
         self.ended = asyncio.Condition()
         self.port = 0
         self.closing = False
+        self.scheduling = SchedulingStats()
         self._unclaimed_checked = False
         self._runner: web.AppRunner | None = None
         self._tick: asyncio.Task[None] | None = None
@@ -233,7 +235,11 @@ class Master:
         report, already applied in memory, that must be saved however long that takes (see
         :class:`Committer`); otherwise a failed save fails the returned future."""
         now = time.time() if now is None else now
+        pending = len(self.state.pending)
+        started = time.perf_counter()
         effects.merge(self.state.schedule(now))
+        if pending:
+            self.scheduling.record(time.perf_counter() - started, pending)
         assert self.committer is not None
         fut = self.committer.submit(effects, durable)
         fut.add_done_callback(lambda f: self._after_failed_save(f, effects))
