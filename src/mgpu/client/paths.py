@@ -4,13 +4,15 @@ and the query strings, percent-encoded without ``urllib.parse`` (start-up cost).
 
 from __future__ import annotations
 
+from mgpu.core.api_paths import API
+
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs start-up time
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from mgpu.core.models import JobState
 
-API = "/api/v1"
+__all__ = ["API", "jobs_path", "quote"]
 
 
 def jobs_path(states: Iterable[JobState | str] | None, user: str | None, all: bool) -> str:
