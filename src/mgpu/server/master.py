@@ -24,7 +24,7 @@ import msgspec
 from aiohttp import web
 
 from mgpu.core import messages as m
-from mgpu.core.config import LogConfig, MasterConfig, from_options
+from mgpu.core.config import LogConfig, MasterConfig
 from mgpu.core.errors import MgpuError, StoreError, Unauthorized
 from mgpu.core.models import JobState, run_key
 from mgpu.core.scheduler import Policy, load_policy
@@ -45,6 +45,7 @@ from mgpu.server.nodeconn import NodeConn, Violation
 from mgpu.server.state import ClusterState, Effects
 from mgpu.server.store import AuditRow, Store, TokenRow
 from mgpu.server.validate import register_problem
+from mgpu.utils.settings import from_options
 from mgpu.utils.spool import SpoolDir
 
 log = logging.getLogger("mgpu.master")
