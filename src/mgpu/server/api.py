@@ -313,7 +313,7 @@ async def nodes(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    from mgpu.server.master import VERSION
+    from mgpu.core.version import __version__ as VERSION
 
     return reply(m.HealthReply(status="ok", version=VERSION))
 

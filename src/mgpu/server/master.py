@@ -29,6 +29,7 @@ from mgpu.core.errors import MgpuError, StoreError, Unauthorized
 from mgpu.core.models import JobState, run_key
 from mgpu.core.scheduler import Policy, load_policy
 from mgpu.core.timefmt import parse_duration
+from mgpu.core.version import __version__ as VERSION
 from mgpu.server import retention
 from mgpu.server.auth import (
     JOIN_HINT,
@@ -49,9 +50,6 @@ from mgpu.utils.settings import from_options
 from mgpu.utils.spool import SpoolDir
 
 log = logging.getLogger("mgpu.master")
-
-VERSION = "0.1.0"
-
 
 AUDIT_PRUNE_EVERY = 3600.0  # seconds between prunings of the audit log
 LIVE_WAIT = 1.0  # seconds a node id's new registration waits for its old link to end

@@ -26,8 +26,8 @@ def document() -> bytes:
 
 
 def build() -> dict[str, Any]:
+    from mgpu.core.version import __version__ as VERSION
     from mgpu.server.api import ROUTES
-    from mgpu.server.master import VERSION
 
     kinds: list[Any] = [m.ErrorReply]
     for r in ROUTES:
