@@ -11,14 +11,7 @@ from __future__ import annotations
 
 import os
 
-from mgpu.core.config_sources import (
-    CLIENT_DEFAULTS,
-    CLIENT_FIELDS,
-    apply_master_env,
-    check_tables,
-    resolve,
-    shown_path,
-)
+from mgpu.core import config_sources as rule
 from mgpu.core.errors import ConfigError
 from mgpu.utils.xdg import mgpu_config_path
 
@@ -45,7 +38,7 @@ def read_config(path: str | PathLike[str] | None = None) -> tuple[dict[str, Any]
     if not os.path.isfile(path):
         if os.environ.get("MGPU_CONFIG"):
             raise ConfigError(
-                f"MGPU_CONFIG names {shown_path(path)}, which does not exist: fix or unset it"
+                f"MGPU_CONFIG names {rule.shown_path(path)}, which does not exist: fix or unset it"
             )
         return {}, None
     import tomllib
@@ -54,8 +47,8 @@ def read_config(path: str | PathLike[str] | None = None) -> tuple[dict[str, Any]
         with open(path, "rb") as f:
             data = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"cannot read config file {shown_path(path)}: {e}") from e
-    check_tables(data, path)
+        raise ConfigError(f"cannot read config file {rule.shown_path(path)}: {e}") from e
+    rule.check_tables(data, path)
     return data, path
 
 
@@ -71,8 +64,9 @@ def client_settings(
     env = os.environ if environ is None else environ
     if file_data is None:
         file_data, file_path = read_config()
-    values, sources = resolve("client", CLIENT_FIELDS, flags or {}, env, file_data, file_path)
-    apply_master_env(env, values, sources)
-    merged = {**CLIENT_DEFAULTS, **values}
+    values, sources = rule.resolve("client", rule.CLIENT_FIELDS, flags or {}, env, file_data,
+                                   file_path)
+    rule.apply_master_env(env, values, sources)
+    merged = {**rule.CLIENT_DEFAULTS, **values}
     return (merged["master_host"], merged["master_port"], merged["timeout"], merged["ca"],
             merged["tls"])
