@@ -3,15 +3,13 @@
 The rule itself, pure: given the flags, an environment mapping and the parsed file, each
 field's value and its source (:func:`resolve`, :func:`coerce`), ``HOST:PORT`` and
 ``MGPU_MASTER``. Reading the real environment and the file is :mod:`mgpu.utils.config_file`
-(the client's light path) and :mod:`mgpu.utils.settings` (the dataclasses). It imports only
-``os`` (``pathlib`` only to word an error or make a path), because every client command
-resolves its master with it: ``mgpu submit`` has a start-up budget (at most 2.5 times
+(the client's light path) and :mod:`mgpu.utils.settings` (the dataclasses). It imports
+nothing heavy (``pathlib`` only to word an error or make a path), because every client
+command resolves its master with it: ``mgpu submit`` has a start-up budget (at most 2.5 times
 ``python -c pass``) that ``dataclasses``, ``pathlib`` and ``typing`` alone would spend.
 """
 
 from __future__ import annotations
-
-import os
 
 from mgpu.core.errors import ConfigError
 
@@ -69,10 +67,10 @@ def coerce(kind: Any, raw: Any) -> Any:
     if raw is None:
         return None
     text = _type_name(kind)
-    if "Path" in text:
+    if "Path" in text:  # a leading ``~`` is expanded by the reader (utils.settings.load)
         from pathlib import Path
 
-        return Path(os.path.expanduser(str(raw)))
+        return Path(str(raw))
     if text.startswith("int"):
         return int(raw)
     if text.startswith("float"):

@@ -70,6 +70,9 @@ def load(
     values, sources = resolve(SECTIONS[cls], fields, flags or {}, env, file_data, file_path)
     if cls is ClientConfig:
         apply_master_env(env, values, sources)
+    for name, value in values.items():
+        if isinstance(value, Path):  # ``~`` is the user's home, whichever source said it
+            values[name] = Path(os.path.expanduser(value))
     if cls is MasterConfig and "data_dir" not in values:
         values["data_dir"] = default_master_data_dir()
     cfg = cls(**values)
