@@ -20,14 +20,13 @@ from mgpu.core.config import (
     LogConfig,
     MasterConfig,
     NodeConfig,
-    config_file,
     describe,
-    load,
     parse_hostport,
-    read_file,
 )
-from mgpu.core.config_sources import CLIENT_DEFAULTS, CLIENT_FIELDS, client_settings
+from mgpu.core.config_sources import CLIENT_DEFAULTS, CLIENT_FIELDS
 from mgpu.core.errors import ConfigError
+from mgpu.utils.config_file import client_settings
+from mgpu.utils.settings import config_file, load, read_file
 
 FILE = Path("/etc/mgpu/test.toml")
 

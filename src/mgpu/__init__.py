@@ -12,6 +12,8 @@ dependencies (aiohttp, psutil).
 
 from __future__ import annotations
 
+from mgpu.core.version import __version__
+
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: `import mgpu` stays cheap
 if TYPE_CHECKING:
     from mgpu.client.client import SimpleClient
@@ -19,8 +21,6 @@ if TYPE_CHECKING:
     from mgpu.core.models import JobProcess, JobState, NodeInfo, SimpleJob
     from mgpu.node.agent import NodeManager, SimpleNode
     from mgpu.server.master import SimpleMaster
-
-__version__ = "0.1.0"
 
 __all__ = [
     "JobProcess",

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 def cmd_config(ns: argparse.Namespace) -> int:
     from mgpu.client import output
-    from mgpu.core.config import ClientConfig, LogConfig, MasterConfig, NodeConfig, config_file
+    from mgpu.core.config import ClientConfig, LogConfig, MasterConfig, NodeConfig
+    from mgpu.utils.settings import config_file
 
     sections = []
     for name, cls, flags in (
@@ -32,10 +33,6 @@ def cmd_config(ns: argparse.Namespace) -> int:
         ("log", LogConfig, log_flags(ns)),
     ):
         cfg, sources = load_config(ns, cls, flags)
-        if isinstance(cfg, NodeConfig) and cfg.data_dir is None:  # show where it will be
-            import dataclasses
-
-            cfg = dataclasses.replace(cfg, data_dir=cfg.effective_data_dir)
         sections.append((name, cfg, sources))
     path = ns.config_file[1]
     from mgpu.client.auth import token_source
@@ -100,9 +97,9 @@ def cmd_events(ns: argparse.Namespace) -> int:
 def cmd_certs(ns: argparse.Namespace) -> int:
     """A self-signed CA and a server certificate for the master (``cryptography``)."""
     from mgpu.utils.certs import make_certs
+    from mgpu.utils.xdg import mgpu_data_path
 
-    out = ns.dir or os.path.join(
-        os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"), "mgpu", "tls")
+    out = ns.dir or mgpu_data_path("tls")
     hosts = ns.host or None
     made = make_certs(out, hosts)
     write(made)

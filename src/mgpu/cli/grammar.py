@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import sys
 
-from mgpu import __version__
 from mgpu.cli import daemon_args
 from mgpu.cli.argtypes import job_id, seconds
 from mgpu.cli.commands import (
@@ -28,6 +27,7 @@ from mgpu.cli.commands import (
     cmd_wait,
 )
 from mgpu.cli.plainargs import REMAINDER, SUPPRESS, Grammar, Namespace, parse
+from mgpu.core.version import __version__
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs start-up time
 if TYPE_CHECKING:

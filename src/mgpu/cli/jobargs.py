@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from mgpu.core.errors import UsageError
+from mgpu.core.shellwords import shell_quote
 from mgpu.utils.secretenv import is_secret, without_secrets
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs start-up time
@@ -89,19 +90,6 @@ def command(words: list[str]) -> tuple[str, list[str] | None]:
     if len(words) == 1:
         return words[0], None
     return " ".join(map(shell_quote, words)), list(words)
-
-
-# The characters shlex.quote leaves unquoted: [\w@%+=:,./-] with re.ASCII.
-_SHELL_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_@%+=:,./-")
-
-
-def shell_quote(word: str) -> str:
-    """``shlex.quote(word)``, its rule written out: ``shlex`` imports ``re`` (start-up)."""
-    if not word:
-        return "''"
-    if _SHELL_SAFE.issuperset(word):
-        return word
-    return "'" + word.replace("'", "'\"'\"'") + "'"
 
 
 def time_limit(text: str | None) -> int | None:

@@ -36,9 +36,9 @@ def write(text: str, *, err: bool = False) -> None:
 
 
 def load_config(ns: argparse.Namespace, cls: type[Any], flags: dict[str, Any]) -> Any:
-    """``core.config.load(cls, flags)`` (flags not given left out); the config file is
+    """``utils.settings.load(cls, flags)`` (flags not given left out); the config file is
     read once per command and kept on ``ns``. Returns (config, sources)."""
-    from mgpu.core.config import load, read_file
+    from mgpu.utils.settings import load, read_file
 
     if getattr(ns, "config_file", None) is None:
         ns.config_file = read_file()
@@ -80,7 +80,7 @@ def client_for(ns: argparse.Namespace) -> SimpleClient:
     ``load(ClientConfig)``'s values, resolved without importing ``dataclasses``; its token
     from ``--token-file``, ``$MGPU_TOKEN`` or the default token file."""
     from mgpu.client.client import SimpleClient
-    from mgpu.core.config_sources import client_settings
+    from mgpu.utils.config_file import client_settings
 
     host, port, timeout, ca, tls = client_settings(client_flags(ns))
     return SimpleClient(host, port, timeout, token_file=getattr(ns, "token_file", None),

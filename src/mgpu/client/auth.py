@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 
 from mgpu.utils.secretfile import read_secret
+from mgpu.utils.xdg import mgpu_config_path
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs start-up time
 if TYPE_CHECKING:
@@ -23,9 +24,7 @@ if TYPE_CHECKING:
 
 def default_token_file(environ: Mapping[str, str] | None = None) -> str:
     """``$XDG_CONFIG_HOME/mgpu/token``, else ``~/.config/mgpu/token``."""
-    env = os.environ if environ is None else environ
-    base = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return os.path.join(base, "mgpu", "token")
+    return mgpu_config_path("token", environ)
 
 
 def find_token(token_file: str | None = None,

@@ -23,14 +23,17 @@ import msgspec
 from mgpu.client import tables
 from mgpu.client.tables import QUEUE_HEADERS as QUEUE_HEADERS
 from mgpu.client.tables import clean as _clean
-from mgpu.client.tables import duration as duration
 from mgpu.client.tables import table as table
 from mgpu.core.messages import AuditEvent, CancelResult, TokenInfo
 from mgpu.core.models import JobState, NodeInfo, SimpleJob
+from mgpu.core.timefmt import format_elapsed
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
+
+# The elapsed-time form every view of a job uses (``mgpu show``, ``mgpu queue``).
+duration = format_elapsed
 
 NODE_HEADERS = ("NODE", "STATE", "GPUS", "USED", "FREE", "USERS", "JOBS", "REASON")
 
@@ -84,7 +87,7 @@ def job_detail(job: SimpleJob, now: datetime) -> str:
         ("cwd", job.cwd),
         ("exit_code", "-" if job.exit_code is None else str(job.exit_code)),
         ("reason", job.reason or "-"),
-        ("time_limit", "UNLIMITED" if job.time_limit is None else duration(job.time_limit)),
+        ("time_limit", duration(job.time_limit)),
         ("requeues", str(job.requeues)),
         ("max_requeue", str(job.max_requeue)),
         ("interactive", "yes" if job.interactive else "no"),

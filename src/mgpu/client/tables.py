@@ -8,6 +8,8 @@ jobs as models through the same functions, so both give the same table.
 
 from __future__ import annotations
 
+from mgpu.core.timefmt import format_elapsed
+
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs start-up time
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -19,19 +21,6 @@ QUEUE_HEADERS = ("ID", "NAME", "USER", "STATE", "GPUS", "NODE", "TIME", "REASON"
 # GPUs, node (or None), started and ended (POSIX seconds, or None), reason (or None).
 QueueRow = tuple[int, str, str, str, int, "str | None", "float | None", "float | None",
                  "str | None"]
-
-
-def duration(seconds: float) -> str:
-    """SLURM's elapsed-time form: ``M:SS``, ``H:MM:SS`` or ``D-HH:MM:SS``."""
-    s = max(0, int(seconds))
-    days, s = divmod(s, 86400)
-    hours, s = divmod(s, 3600)
-    minutes, s = divmod(s, 60)
-    if days:
-        return f"{days}-{hours:02d}:{minutes:02d}:{s:02d}"
-    if hours:
-        return f"{hours}:{minutes:02d}:{s:02d}"
-    return f"{minutes}:{s:02d}"
 
 
 def clean(text: str) -> str:
@@ -70,7 +59,7 @@ def queue_table(jobs: Iterable[QueueRow], now: float) -> str:
         if started is None:
             ran = "0:00"
         else:
-            ran = duration((now if state == "running" or ended is None else ended) - started)
+            ran = format_elapsed((now if state == "running" or ended is None else ended) - started)
         row = (str(job_id), name, user, state, str(gpus), node or "-", ran, reason or "")
         if not "".join(row).isprintable():
             row = tuple(map(clean, row))  # type: ignore[assignment]

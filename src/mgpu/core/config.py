@@ -5,27 +5,20 @@ default. The file is ``$MGPU_CONFIG`` if set, else ``$XDG_CONFIG_HOME/mgpu/confi
 (``~/.config/mgpu/config.toml``); its tables are ``[master]``, ``[node]``, ``[client]`` and
 ``[log]``, with the field names below as keys. ``mgpu config`` prints the effective values.
 
-The rule itself, the file and ``HOST:PORT`` live in :mod:`mgpu.core.config_sources`, which
-client commands use directly (``client_settings``) so as not to import ``dataclasses``.
+The rule itself and ``HOST:PORT`` live in :mod:`mgpu.core.config_sources`. This module
+reads nothing: the environment, the file and the defaults that depend on them (the data
+directories under ``$XDG_DATA_HOME``) are :mod:`mgpu.utils.settings`'s ``load``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from mgpu.core.config_sources import (
-    DEFAULT_PORT,
-    apply_master_env,
-    config_path,
-    parse_hostport,
-    read_config,
-    resolve,
-)
+from mgpu.core.config_sources import DEFAULT_PORT, parse_hostport
 from mgpu.core.errors import ConfigError
 
 DEFAULT_NODE_PORT = 8081
@@ -36,21 +29,14 @@ def _env(name: str, *, secret: bool = False) -> dict[str, Any]:
     return {"env": name, "secret": True} if secret else {"env": name}
 
 
-def xdg_data_home() -> Path:
-    base = os.environ.get("XDG_DATA_HOME")
-    return Path(base) if base else Path.home() / ".local" / "share"
-
-
 @dataclass(frozen=True)
 class MasterConfig:
     """The master: where it listens, where it keeps its data, how it watches nodes."""
 
     host: str = field(default="127.0.0.1", metadata=_env("MGPU_HOST"))
     port: int = field(default=DEFAULT_PORT, metadata=_env("MGPU_PORT"))
-    data_dir: Path = field(
-        default_factory=lambda: xdg_data_home() / "mgpu" / "master",
-        metadata=_env("MGPU_DATA_DIR"),
-    )
+    # Its default, $XDG_DATA_HOME/mgpu/master, depends on the environment: load() gives it.
+    data_dir: Path = field(kw_only=True, metadata=_env("MGPU_DATA_DIR"))
     node_timeout: float = field(default=10.0, metadata=_env("MGPU_NODE_TIMEOUT"))
     heartbeat_interval: float = field(default=2.0, metadata=_env("MGPU_HEARTBEAT_INTERVAL"))
     max_request_bytes: int = field(default=8 * 1024 * 1024, metadata=_env("MGPU_MAX_REQUEST"))
@@ -117,9 +103,12 @@ class NodeConfig:
 
     @property
     def effective_data_dir(self) -> Path:
-        if self.data_dir is not None:
-            return self.data_dir
-        return xdg_data_home() / "mgpu" / f"node-{self.node_id}"
+        """``data_dir``, which ``load()`` fills when no setting gives one (its default,
+        ``$XDG_DATA_HOME/mgpu/node-NODE_ID``, depends on the environment)."""
+        if self.data_dir is None:
+            raise ConfigError("NodeConfig has no data_dir: give one, or build it with "
+                              "mgpu.utils.settings.load")
+        return self.data_dir
 
 
 @dataclass(frozen=True)
@@ -144,65 +133,12 @@ class LogConfig:
     format: str = field(default="text", metadata=_env("MGPU_LOG_FORMAT"))
 
 
-C = TypeVar("C")
-
 SECTIONS: dict[type[Any], str] = {
     MasterConfig: "master",
     NodeConfig: "node",
     ClientConfig: "client",
     LogConfig: "log",
 }
-
-
-def config_file() -> Path:
-    """``$MGPU_CONFIG``, else ``$XDG_CONFIG_HOME/mgpu/config.toml``; it need not exist."""
-    return Path(config_path())
-
-
-def read_file(path: Path | None = None) -> tuple[dict[str, Any], Path | None]:
-    """The parsed TOML file and its path, or ({}, None) when there is none."""
-    data, found = read_config(path)
-    return data, (None if found is None else Path(found))
-
-
-def load(
-    cls: type[C],
-    flags: dict[str, Any] | None = None,
-    *,
-    file_data: dict[str, Any] | None = None,
-    file_path: Path | None = None,
-    environ: dict[str, str] | None = None,
-) -> tuple[C, dict[str, str]]:
-    """Build ``cls`` from flags, environment, file and defaults.
-
-    Returns the config and, for each field, where its value came from ("flag",
-    "env MGPU_X", "file PATH" or "default"). ``flags`` holds only flags the user gave
-    (None means not given). The rule is :func:`mgpu.core.config_sources.resolve`.
-    """
-    env = os.environ if environ is None else environ
-    if file_data is None:
-        file_data, file_path = read_file()
-    fields = [
-        (f.name, f.type, f.metadata.get("env"))
-        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
-    ]
-    values, sources = resolve(SECTIONS[cls], fields, flags or {}, env, file_data, file_path)
-    if cls is ClientConfig:
-        apply_master_env(env, values, sources)
-    return cls(**values), sources
-
-
-def from_options(cls: type[C], options: dict[str, Any]) -> C:
-    """``cls`` built as the Python API's classes build it (``SimpleMaster(..., port=0)``):
-    ``options`` are the flags (a string is fine where a path or a number is wanted), then
-    the ``MGPU_*`` environment, the config file and the defaults, as for the commands. An
-    option that is not a setting of ``cls`` is a :class:`ConfigError` naming the settings."""
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    unknown = sorted(set(options) - set(names))
-    if unknown:
-        raise ConfigError(f"{cls.__name__} has no setting {unknown[0]!r}: its settings are "
-                          f"{', '.join(names)}")
-    return load(cls, options)[0]
 
 
 def describe(cfg: Any, sources: dict[str, str]) -> list[tuple[str, str, str]]:
@@ -228,11 +164,6 @@ __all__ = [
     "LogConfig",
     "MasterConfig",
     "NodeConfig",
-    "config_file",
     "describe",
-    "from_options",
-    "load",
     "parse_hostport",
-    "read_file",
-    "xdg_data_home",
 ]

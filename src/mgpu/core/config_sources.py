@@ -1,18 +1,15 @@
 """Where a setting comes from: flag > ``MGPU_*`` environment variable > TOML file > default.
 
-The light half of :mod:`mgpu.core.config`: the precedence rule applied to one table's
-fields, the config file's location and reading, ``HOST:PORT`` and ``MGPU_MASTER``. It
-imports only ``os`` (``tomllib`` when there is a file, ``pathlib`` only to word an error),
-because every client command resolves its master here: ``mgpu submit`` has a start-up
-budget (at most 2.5 times ``python -c pass``) that ``dataclasses``, ``pathlib`` and
-``typing`` alone would spend. :mod:`mgpu.core.config` builds its dataclasses on this same
-code, so both paths apply one rule and word errors alike; :func:`client_settings` is
-``load(ClientConfig)`` without the dataclass (a test holds the two equal).
+The rule itself, pure: given the flags, an environment mapping and the parsed file, each
+field's value and its source (:func:`resolve`, :func:`coerce`), ``HOST:PORT`` and
+``MGPU_MASTER``. Reading the real environment and the file is :mod:`mgpu.utils.config_file`
+(the client's light path) and :mod:`mgpu.utils.settings` (the dataclasses). It imports
+nothing heavy (``pathlib`` only to word an error or make a path), because every client
+command resolves its master with it: ``mgpu submit`` has a start-up budget (at most 2.5 times
+``python -c pass``) that ``dataclasses``, ``pathlib`` and ``typing`` alone would spend.
 """
 
 from __future__ import annotations
-
-import os
 
 from mgpu.core.errors import ConfigError
 
@@ -44,48 +41,23 @@ CLIENT_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _shown(path: str | PathLike[str] | None) -> str:
+def shown_path(path: str | PathLike[str] | None) -> str:
     """``path`` as messages show it: as ``pathlib`` prints it (imported only for errors)."""
     from pathlib import PurePath
 
     return str(PurePath(path)) if path is not None else "None"
 
 
-def config_path() -> str:
-    """The config file to read: ``$MGPU_CONFIG``, else ``$XDG_CONFIG_HOME/mgpu/config.toml``
-    (``~/.config/mgpu/config.toml``). It need not exist."""
-    explicit = os.environ.get("MGPU_CONFIG")
-    if explicit:
-        return explicit
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return os.path.join(base, "mgpu", "config.toml")
-
-
 TABLES = ("master", "node", "client", "log")  # the tables a config file may have
 
 
-def read_config(path: str | PathLike[str] | None = None) -> tuple[dict[str, Any], str | None]:
-    """The parsed TOML file and its path (default :func:`config_path`), or ({}, None) when
-    there is none; a ``$MGPU_CONFIG`` that names no file is an error."""
-    path = os.fspath(path) if path is not None else config_path()
-    if not os.path.isfile(path):
-        if os.environ.get("MGPU_CONFIG"):
-            raise ConfigError(
-                f"MGPU_CONFIG names {_shown(path)}, which does not exist: fix or unset it"
-            )
-        return {}, None
-    import tomllib
-
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"cannot read config file {_shown(path)}: {e}") from e
+def check_tables(data: Mapping[str, Any], path: str | PathLike[str] | None) -> None:
+    """A :class:`ConfigError` when the parsed config file ``data`` has a table that is not
+    one of :data:`TABLES` (a typo would otherwise be ignored without a word)."""
     unknown = sorted(set(data) - set(TABLES))
-    if unknown:  # a typo would otherwise be ignored without a word
-        raise ConfigError(f"config file {_shown(path)}: unknown table [{unknown[0]}]: the "
+    if unknown:
+        raise ConfigError(f"config file {shown_path(path)}: unknown table [{unknown[0]}]: the "
                           f"tables are {', '.join(f'[{t}]' for t in TABLES)}")
-    return data, path
 
 
 def coerce(kind: Any, raw: Any) -> Any:
@@ -95,10 +67,10 @@ def coerce(kind: Any, raw: Any) -> Any:
     if raw is None:
         return None
     text = _type_name(kind)
-    if "Path" in text:
+    if "Path" in text:  # a leading ``~`` is expanded by the reader (utils.settings.load)
         from pathlib import Path
 
-        return Path(os.path.expanduser(str(raw)))
+        return Path(str(raw))
     if text.startswith("int"):
         return int(raw)
     if text.startswith("float"):
@@ -130,13 +102,13 @@ def resolve(
     ``PATH [master]``)."""
     section = file_data.get(table, {})
     if not isinstance(section, dict):
-        raise ConfigError(f"config file {_shown(file_path)}: [{table}] must be a table")
+        raise ConfigError(f"config file {shown_path(file_path)}: [{table}] must be a table")
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     fields = list(fields)
     unknown = sorted(set(section) - {name for name, _, _ in fields})
     if unknown:
-        raise ConfigError(f"config file {_shown(file_path)}: [{table}] has no setting "
+        raise ConfigError(f"config file {shown_path(file_path)}: [{table}] has no setting "
                           f"{unknown[0]!r}: its settings are "
                           f"{', '.join(name for name, _, _ in fields)}")
     for name, kind, env_name in fields:
@@ -157,7 +129,7 @@ def resolve(
             elif source.startswith("env "):
                 where = source[4:]
             else:
-                where = f"{_shown(file_path)} [{table}]"
+                where = f"{shown_path(file_path)} [{table}]"
             kind_name = _type_name(kind).split(" ")[0]
             raise ConfigError(f"{where}: {raw!r} is not a valid {kind_name}") from None
         sources[name] = source
@@ -194,22 +166,3 @@ def parse_hostport(text: str, where: str) -> tuple[str, int | None]:
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"{where}: {text!r} is not HOST:PORT (e.g. gpu-master:8080)")
     return host.strip("[]") or "localhost", int(port)
-
-
-def client_settings(
-    flags: Mapping[str, Any] | None = None,
-    *,
-    file_data: Mapping[str, Any] | None = None,
-    file_path: str | PathLike[str] | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> tuple[str, int, float, str | None, bool]:
-    """``(master_host, master_port, timeout, ca, tls)``: what ``load(ClientConfig, ...)``
-    gives, by the same rule and with the same errors, without building the dataclass."""
-    env = os.environ if environ is None else environ
-    if file_data is None:
-        file_data, file_path = read_config()
-    values, sources = resolve("client", CLIENT_FIELDS, flags or {}, env, file_data, file_path)
-    apply_master_env(env, values, sources)
-    merged = {**CLIENT_DEFAULTS, **values}
-    return (merged["master_host"], merged["master_port"], merged["timeout"], merged["ca"],
-            merged["tls"])

@@ -1,4 +1,4 @@
-"""Time limits in SLURM's formats.
+"""Durations in SLURM's formats: time limits read and shown, elapsed times shown.
 
 Accepted: ``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS`` (so ``90`` is
 ninety minutes, ``1:30`` is ninety seconds and ``2-12`` is two and a half days), and
@@ -54,3 +54,19 @@ def format_duration(seconds: float | None) -> str:
     days, s = divmod(s, 86400)
     text = f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
     return f"{days}-{text}" if days else text
+
+
+def format_elapsed(seconds: float | None) -> str:
+    """SLURM's elapsed-time form (squeue's TIME column): ``M:SS``, ``H:MM:SS`` or
+    ``D-HH:MM:SS``, a negative time as zero; UNLIMITED for None (no time limit)."""
+    if seconds is None:
+        return "UNLIMITED"
+    s = max(0, int(seconds))
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    if days:
+        return f"{days}-{hours:02d}:{minutes:02d}:{s:02d}"
+    if hours:
+        return f"{hours}:{minutes:02d}:{s:02d}"
+    return f"{minutes}:{s:02d}"

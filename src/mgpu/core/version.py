@@ -1,6 +1,5 @@
-"""mgpu's version: what ``mgpu --version``, ``/api/v1/health``, the OpenAPI document and
-the master's ``master.json`` report."""
+"""mgpu's version: the one place it is written (``pyproject.toml`` says the same; a test
+holds the two equal). ``mgpu --version``, the master's health reply, its ``master.json`` and
+its OpenAPI document all read it here."""
 
-from __future__ import annotations
-
-VERSION = "0.1.0"
+__version__ = "0.1.0"

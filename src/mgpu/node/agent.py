@@ -30,7 +30,7 @@ import msgspec
 from aiohttp import web
 
 from mgpu.core import messages as m
-from mgpu.core.config import LogConfig, NodeConfig, from_options, xdg_data_home
+from mgpu.core.config import LogConfig, NodeConfig
 from mgpu.core.errors import ConfigError, MgpuError
 from mgpu.core.models import GpuInfo
 from mgpu.node import credential
@@ -38,6 +38,7 @@ from mgpu.node import users as policy
 from mgpu.node.outbox import Outbox
 from mgpu.node.supervisor import RunningJob, Supervisor
 from mgpu.utils.secretfile import read_secret
+from mgpu.utils.settings import default_master_data_dir, from_options
 
 MAX_BACKOFF = 2.0
 
@@ -87,7 +88,7 @@ class Agent:
             return self.cfg.join_token.strip()
         if self.cfg.join_token_file is not None:
             return read_secret(self.cfg.join_token_file, "join secret file", must_exist=True)
-        local = xdg_data_home() / "mgpu" / "master" / "join.token"
+        local = default_master_data_dir() / "join.token"
         try:
             return read_secret(local, "join secret file")
         except ConfigError as e:  # not ours to read, or too open: as if absent, but say so

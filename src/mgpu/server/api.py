@@ -21,7 +21,7 @@ from mgpu.core.api_paths import API, NODE_WS
 from mgpu.core.errors import ApiError, NotFound, StoreError, UsageError
 from mgpu.core.frames import complete_frames
 from mgpu.core.models import ENDED_STATES, JobState, SimpleJob, run_key
-from mgpu.core.version import VERSION
+from mgpu.core.version import __version__ as VERSION
 from mgpu.server import admin, retention
 from mgpu.server.http import (
     MASTER,

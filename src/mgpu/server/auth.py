@@ -37,6 +37,7 @@ from mgpu.core.errors import ConfigError, MgpuError
 from mgpu.core.models import SimpleJob
 from mgpu.server.store import AuditRow, Batch, Store, TokenRow
 from mgpu.utils.secretfile import read_secret, write_secret
+from mgpu.utils.xdg import mgpu_config_path
 
 log = logging.getLogger("mgpu.master")
 
@@ -171,8 +172,7 @@ class JoinSecret:
 
 def client_token_path() -> Path:
     """Where this user's ``mgpu`` command looks for its token (``mgpu.client.auth``)."""
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return Path(base) / "mgpu" / "token"
+    return Path(mgpu_config_path("token"))
 
 
 def join_secret(data_dir: Path) -> JoinSecret:

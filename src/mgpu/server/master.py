@@ -22,12 +22,12 @@ from typing import Any
 from aiohttp import web
 
 from mgpu.core import messages as m
-from mgpu.core.config import LogConfig, MasterConfig, from_options
+from mgpu.core.config import LogConfig, MasterConfig
 from mgpu.core.errors import MgpuError
 from mgpu.core.models import JobState, run_key
 from mgpu.core.scheduler import Policy, load_policy
 from mgpu.core.timefmt import parse_duration
-from mgpu.core.version import VERSION
+from mgpu.core.version import __version__ as VERSION
 from mgpu.server import retention
 from mgpu.server.auth import REVOKED, JoinSecret, Tokens, load_secrets, tls_context
 from mgpu.server.committer import Committer
@@ -41,6 +41,7 @@ from mgpu.server.state import ClusterState
 from mgpu.server.stats import SchedulingStats
 from mgpu.server.store import AuditRow, Store, TokenRow
 from mgpu.server.watch import OutputWatch
+from mgpu.utils.settings import from_options
 from mgpu.utils.signals import stop_on_signals
 from mgpu.utils.spool import SpoolDir
 

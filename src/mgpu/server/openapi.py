@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 
 from mgpu.core import messages as m
-from mgpu.core.version import VERSION
+from mgpu.core.version import __version__ as VERSION
 from mgpu.server.http import Route
 
 REF = "#/components/schemas/{name}"
