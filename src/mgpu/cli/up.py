@@ -1,7 +1,7 @@
 """``mgpu up``: a master and a local node agent in one foreground process.
 
-The one place that imports both the server and the node packages (they never import each
-other); ``cli.py`` imports it only for ``mgpu up``.
+A command of the CLI, and with it the one place that imports both the server and the node
+packages (they never import each other); ``cli`` imports it only for ``mgpu up``.
 """
 
 from __future__ import annotations
