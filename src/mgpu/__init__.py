@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from mgpu.client.client import SimpleClient
     from mgpu.core.messages import MessageType
     from mgpu.core.models import JobProcess, JobState, NodeInfo, SimpleJob
-    from mgpu.node.agent import NodeManager, SimpleNode
+    from mgpu.node.manager import NodeManager, SimpleNode
     from mgpu.server.master import SimpleMaster
 
 __version__ = "0.1.0"
@@ -38,8 +38,8 @@ __all__ = [
 # public name -> the module that defines it
 _HOMES = {
     "SimpleMaster": "mgpu.server.master",
-    "SimpleNode": "mgpu.node.agent",
-    "NodeManager": "mgpu.node.agent",
+    "SimpleNode": "mgpu.node.manager",
+    "NodeManager": "mgpu.node.manager",
     "SimpleClient": "mgpu.client.client",
     "SimpleJob": "mgpu.core.models",
     "JobProcess": "mgpu.core.models",

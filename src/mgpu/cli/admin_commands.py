@@ -160,7 +160,7 @@ def cmd_node(ns: argparse.Namespace) -> int:
         join_token_file=ns.join_token_file,
         max_output_mib=ns.max_output_mib,
     )
-    from mgpu.node.agent import run_node
+    from mgpu.node.manager import run_node
 
     return int(run_node(node, _log_config(ns)))
 
