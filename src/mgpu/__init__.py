@@ -15,8 +15,7 @@ from __future__ import annotations
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: `import mgpu` stays cheap
 if TYPE_CHECKING:
     from mgpu.client.client import SimpleClient
-    from mgpu.core.messages import MessageType
-    from mgpu.core.models import JobProcess, JobState, NodeInfo, SimpleJob
+    from mgpu.core.models import JobProcess, JobState, MessageType, NodeInfo, SimpleJob
     from mgpu.node.manager import NodeManager, SimpleNode
     from mgpu.server.master import SimpleMaster
 
@@ -45,7 +44,7 @@ _HOMES = {
     "JobProcess": "mgpu.core.models",
     "NodeInfo": "mgpu.core.models",
     "JobState": "mgpu.core.models",
-    "MessageType": "mgpu.core.messages",
+    "MessageType": "mgpu.core.models",
 }
 
 
