@@ -7,7 +7,6 @@ dir says which port it got (``--port 0`` picks a free one) and which process ser
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import msgspec
 from aiohttp import web
 
-from mgpu.core.errors import MgpuError
+from mgpu.utils.listen import listen
 
 
 async def serve_health(host: str, port: int, data_dir: Path, node_id: str,
@@ -23,7 +22,7 @@ async def serve_health(host: str, port: int, data_dir: Path, node_id: str,
     """Listen on ``host:port`` and answer ``GET /health`` with ``report()`` as JSON; write
     ``data_dir/node.json`` (atomically) once listening. Returns the runner (``cleanup()``
     it to stop) and the port it listens on. A port in use raises :class:`MgpuError` that
-    names the fix."""
+    names the fix (see :func:`mgpu.utils.listen.listen`)."""
 
     async def health(request: web.Request) -> web.Response:
         return web.json_response(report())
@@ -32,18 +31,7 @@ async def serve_health(host: str, port: int, data_dir: Path, node_id: str,
     app.add_routes([web.get("/health", health)])
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    try:
-        await site.start()
-    except OSError as e:
-        await runner.cleanup()
-        if e.errno == errno.EADDRINUSE:
-            raise MgpuError(
-                f"port {port} on {host} is already in use: stop the other "
-                "process (maybe another `mgpu node`) or pass --port (0 picks a free one)"
-            ) from e
-        raise MgpuError(f"cannot listen on {host}:{port}: {e}") from e
-    bound: int = runner.addresses[0][1]
+    bound = await listen(runner, host, port, "node", "pass --port (0 picks a free one)")
     tmp = data_dir / "node.json.tmp"
     tmp.write_bytes(msgspec.json.encode({"node_id": node_id, "port": bound, "pid": os.getpid()}))
     os.replace(tmp, data_dir / "node.json")
