@@ -11,10 +11,9 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-import msgspec
 from aiohttp import web
 
-from mgpu.utils.listen import listen
+from mgpu.utils.network import listen, write_json_atomic
 
 
 async def serve_health(host: str, port: int, data_dir: Path, node_id: str,
@@ -22,7 +21,7 @@ async def serve_health(host: str, port: int, data_dir: Path, node_id: str,
     """Listen on ``host:port`` and answer ``GET /health`` with ``report()`` as JSON; write
     ``data_dir/node.json`` (atomically) once listening. Returns the runner (``cleanup()``
     it to stop) and the port it listens on. A port in use raises :class:`MgpuError` that
-    names the fix (see :func:`mgpu.utils.listen.listen`)."""
+    names the fix (see :func:`mgpu.utils.network.listen`)."""
 
     async def health(request: web.Request) -> web.Response:
         return web.json_response(report())
@@ -32,7 +31,6 @@ async def serve_health(host: str, port: int, data_dir: Path, node_id: str,
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     bound = await listen(runner, host, port, "node", "pass --port (0 picks a free one)")
-    tmp = data_dir / "node.json.tmp"
-    tmp.write_bytes(msgspec.json.encode({"node_id": node_id, "port": bound, "pid": os.getpid()}))
-    os.replace(tmp, data_dir / "node.json")
+    write_json_atomic(data_dir / "node.json",
+                      {"node_id": node_id, "port": bound, "pid": os.getpid()})
     return runner, bound
