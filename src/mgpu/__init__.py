@@ -17,9 +17,8 @@ from mgpu.core.version import __version__
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: `import mgpu` stays cheap
 if TYPE_CHECKING:
     from mgpu.client.client import SimpleClient
-    from mgpu.core.messages import MessageType
-    from mgpu.core.models import JobProcess, JobState, NodeInfo, SimpleJob
-    from mgpu.node.agent import NodeManager, SimpleNode
+    from mgpu.core.models import JobProcess, JobState, MessageType, NodeInfo, SimpleJob
+    from mgpu.node.manager import NodeManager, SimpleNode
     from mgpu.server.master import SimpleMaster
 
 __all__ = [
@@ -38,14 +37,14 @@ __all__ = [
 # public name -> the module that defines it
 _HOMES = {
     "SimpleMaster": "mgpu.server.master",
-    "SimpleNode": "mgpu.node.agent",
-    "NodeManager": "mgpu.node.agent",
+    "SimpleNode": "mgpu.node.manager",
+    "NodeManager": "mgpu.node.manager",
     "SimpleClient": "mgpu.client.client",
     "SimpleJob": "mgpu.core.models",
     "JobProcess": "mgpu.core.models",
     "NodeInfo": "mgpu.core.models",
     "JobState": "mgpu.core.models",
-    "MessageType": "mgpu.core.messages",
+    "MessageType": "mgpu.core.models",
 }
 
 

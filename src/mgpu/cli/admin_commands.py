@@ -160,7 +160,7 @@ def cmd_node(ns: argparse.Namespace) -> int:
         join_token_file=ns.join_token_file,
         max_output_mib=ns.max_output_mib,
     )
-    from mgpu.node.agent import run_node
+    from mgpu.node.manager import run_node
 
     return int(run_node(node, _log_config(ns)))
 
@@ -169,6 +169,6 @@ def cmd_up(ns: argparse.Namespace) -> int:
     master = _master_config(ns)
     node_dir = os.path.join(ns.data_dir, "node") if ns.data_dir else None
     node = _node_config(ns, master_port=master.port, data_dir=node_dir)
-    from mgpu.up import run_up
+    from mgpu.cli.up import run_up
 
     return int(run_up(master, node, _log_config(ns)))

@@ -1,9 +1,10 @@
 """Every message mgpu sends, one typed struct each, named by direction.
 
-* client → master: HTTP/1.1 with JSON bodies under ``/api/v1/`` (structs ``*Request``).
-* master → client: JSON replies (``*Reply``) and, for job output, a byte stream of frames.
-* node → master and master → node: msgpack over one WebSocket per agent, a tagged union
-  (``NodeMessage`` and ``MasterMessage``) whose tag is a :class:`MessageType` value.
+* node → master and master → node (defined here): msgpack over one WebSocket per agent, a
+  tagged union (``NodeMessage`` and ``MasterMessage``) whose tag is a :class:`MessageType`
+  value (defined in ``core/models.py``, where the seed puts it).
+* client → master (``*Request``) and master → client (``*Reply``): HTTP/1.1 with JSON bodies
+  under ``/api/v1/``, defined in ``core/api_messages.py`` and re-exported here.
 
 Output frames (the node spool, the master's copy and the stream a client reads) are defined
 in ``core/frames.py`` and re-exported here.
@@ -11,12 +12,35 @@ in ``core/frames.py`` and re-exported here.
 
 from __future__ import annotations
 
-import enum
-from datetime import datetime
 from typing import Annotated, Protocol, TypeVar
 
 import msgspec
 
+from mgpu.core.api_messages import PROTOCOL_VERSION as PROTOCOL_VERSION
+from mgpu.core.api_messages import AuditEvent as AuditEvent
+from mgpu.core.api_messages import CancelReply as CancelReply
+from mgpu.core.api_messages import CancelRequest as CancelRequest
+from mgpu.core.api_messages import CancelResult as CancelResult
+from mgpu.core.api_messages import ErrorReply as ErrorReply
+from mgpu.core.api_messages import EventListReply as EventListReply
+from mgpu.core.api_messages import HealthReply as HealthReply
+from mgpu.core.api_messages import JobListReply as JobListReply
+from mgpu.core.api_messages import NodeCredentialReset as NodeCredentialReset
+from mgpu.core.api_messages import OutputEnd as OutputEnd
+from mgpu.core.api_messages import OutputStatus as OutputStatus
+from mgpu.core.api_messages import ResizeRequest as ResizeRequest
+from mgpu.core.api_messages import SignalRequest as SignalRequest
+from mgpu.core.api_messages import SubmitReply as SubmitReply
+from mgpu.core.api_messages import SubmitRequest as SubmitRequest
+from mgpu.core.api_messages import TokenCreated as TokenCreated
+from mgpu.core.api_messages import TokenCreateRequest as TokenCreateRequest
+from mgpu.core.api_messages import TokenInfo as TokenInfo
+from mgpu.core.api_messages import TokenListReply as TokenListReply
+from mgpu.core.api_messages import TokenRevokeReply as TokenRevokeReply
+from mgpu.core.api_messages import TokenRevokeRequest as TokenRevokeRequest
+from mgpu.core.api_messages import UserName as UserName
+from mgpu.core.api_messages import WaitRequest as WaitRequest
+from mgpu.core.api_messages import WhoAmIReply as WhoAmIReply
 from mgpu.core.frames import FRAME_HEADER as FRAME_HEADER
 from mgpu.core.frames import STREAM_END as STREAM_END
 from mgpu.core.frames import STREAM_STATUS as STREAM_STATUS
@@ -24,9 +48,8 @@ from mgpu.core.frames import STREAM_STDERR as STREAM_STDERR
 from mgpu.core.frames import STREAM_STDOUT as STREAM_STDOUT
 from mgpu.core.frames import frame as frame
 from mgpu.core.frames import split_frames as split_frames
-from mgpu.core.models import GpuInfo, JobSpec, SimpleJob, run_key
-
-PROTOCOL_VERSION = 3  # 2: a frame may carry a list of messages; 3: NodeHealth, JobInputAck
+from mgpu.core.models import EndCause, GpuInfo, run_key
+from mgpu.core.models import MessageType as MessageType
 
 T_co = TypeVar("T_co", covariant=True)
 T_msg = TypeVar("T_msg")
@@ -38,168 +61,6 @@ RunNo = Annotated[int, msgspec.Meta(ge=0, le=2**31)]
 Offset = Annotated[int, msgspec.Meta(ge=0, le=2**50)]
 ExitCode = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
 Reason = Annotated[str, msgspec.Meta(max_length=4096)]
-UserName = Annotated[str, msgspec.Meta(min_length=1, max_length=64,
-                                       pattern=r"^[A-Za-z0-9_][A-Za-z0-9._@-]*$")]
-
-
-class MessageType(enum.StrEnum):
-    """The tag of every WebSocket message between agents and the master."""
-
-    REGISTER = "register"
-    HEARTBEAT = "heartbeat"
-    JOB_STARTED = "job_started"
-    JOB_OUTPUT = "job_output"
-    JOB_ENDED = "job_ended"
-    REGISTERED = "registered"
-    START_JOB = "start_job"
-    CANCEL_JOB = "cancel_job"
-    ENDED_ACK = "ended_ack"
-    JOB_INPUT = "job_input"
-    JOB_SIGNAL = "job_signal"
-    JOB_RESIZE = "job_resize"
-    NODE_HEALTH = "node_health"
-    JOB_INPUT_ACK = "job_input_ack"
-
-
-# ---------------------------------------------------------------- client → master (JSON)
-
-
-class SubmitRequest(msgspec.Struct, forbid_unknown_fields=True):
-    jobs: list[JobSpec]
-
-
-class CancelRequest(msgspec.Struct, forbid_unknown_fields=True):
-    job_ids: list[int]
-
-
-class WaitRequest(msgspec.Struct, forbid_unknown_fields=True):
-    job_ids: list[int]
-    timeout: float = 30.0
-
-
-class SignalRequest(msgspec.Struct, forbid_unknown_fields=True):
-    signum: int
-
-
-class ResizeRequest(msgspec.Struct, forbid_unknown_fields=True):
-    rows: int
-    cols: int
-
-
-class TokenCreateRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """A new token for ``user`` (a Unix login name), an admin's when ``admin``."""
-
-    user: UserName
-    admin: bool = False
-
-
-class TokenRevokeRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """Revoke the token ``id``, or every token of ``user`` (exactly one of them)."""
-
-    id: int | None = None
-    user: str | None = None
-
-
-# ---------------------------------------------------------------- master → client (JSON)
-
-
-class SubmitReply(msgspec.Struct):
-    job_ids: list[int]
-
-
-class JobListReply(msgspec.Struct):
-    jobs: list[SimpleJob]
-
-
-class CancelResult(msgspec.Struct, omit_defaults=True):
-    job_id: int
-    ok: bool
-    state: str | None = None
-    error: str | None = None
-    code: str | None = None  # why not: "not_found", "forbidden" or "ended"
-
-
-class CancelReply(msgspec.Struct):
-    results: list[CancelResult]
-
-
-class ErrorReply(msgspec.Struct):
-    error: str
-    code: str = "bad_request"
-
-
-class HealthReply(msgspec.Struct):
-    status: str
-    version: str
-    protocol: int = PROTOCOL_VERSION
-
-
-class WhoAmIReply(msgspec.Struct):
-    user: str
-    admin: bool
-
-
-class TokenCreated(msgspec.Struct):
-    """A new token: ``token`` is shown this once (the master keeps only its digest)."""
-
-    id: int
-    user: str
-    admin: bool
-    token: str
-
-
-class TokenInfo(msgspec.Struct):
-    id: int
-    user: str
-    admin: bool
-    created_at: datetime
-
-
-class TokenListReply(msgspec.Struct):
-    tokens: list[TokenInfo]
-
-
-class NodeCredentialReset(msgspec.Struct):
-    """A node's credential was forgotten: its next join (with the join secret) gets a new one."""
-
-    node_id: str
-
-
-class TokenRevokeReply(msgspec.Struct):
-    revoked: list[int]
-
-
-class AuditEvent(msgspec.Struct):
-    """One entry of the audit log: who did what (``action``), to what (``detail``), when."""
-
-    id: int
-    time: datetime
-    user: str
-    action: str
-    detail: str
-
-
-class EventListReply(msgspec.Struct):
-    events: list[AuditEvent]
-
-
-class OutputEnd(msgspec.Struct):
-    """The last frame of an output stream: how the job ended."""
-
-    state: str
-    exit_code: int | None
-    reason: str | None = None
-    started: bool = True
-
-
-class OutputStatus(msgspec.Struct):
-    """A ``STREAM_STATUS`` frame: where the job is, sent when it changes (``status=1``)."""
-
-    state: str
-    node: str | None
-    gpu_ids: list[int]
-    gpus: int
-    ahead: int  # pending jobs ahead of it in the queue
 
 
 # ---------------------------------------------------------------- node → master (msgpack)
@@ -280,6 +141,7 @@ class JobEnded(msgspec.Struct, tag=MessageType.JOB_ENDED.value):
     exit_code: ExitCode | None
     reason: Reason | None
     output_size: Offset
+    end_cause: EndCause | None = None  # why it ended (None from a node that does not say)
 
     @property
     def key(self) -> str:

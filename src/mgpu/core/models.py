@@ -9,8 +9,23 @@ Jobs move through a closed set of states::
     node_fail ──► pending                  (requeued later, by the failure policy)
 
 ``TRANSITIONS`` is the whole table; :func:`advance` is the only way a job changes state.
-Why a job ended (exit code, signal, cancel, time limit, lost node) is kept apart from its
-state, in ``exit_code`` and ``reason``.
+Why a job ended is kept apart from its state: ``exit_code``, ``reason`` (the words for
+people) and :class:`EndCause` (what happened, for programs: a node sends it with a job's end,
+``JobEnded.end_cause``).
+
+Nodes, as the master sees them, have a closed set of states too (:class:`NodeState`)::
+
+    (register) ──► up ◄──► degraded        (the node says it can or cannot take jobs)
+                   │          │
+                   └────┬─────┘
+                        ▼
+                   unreachable              (its link dropped; its jobs may still run)
+                        │
+                        ▼
+                      down                  (silent past node_timeout: its jobs are lost)
+
+A registration starts the node afresh, from any state, as ``up`` or ``degraded``.
+``NODE_TRANSITIONS`` is the table of every other move.
 """
 
 from __future__ import annotations
@@ -61,6 +76,62 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.TIMEOUT: frozenset(),
     JobState.NODE_FAIL: frozenset({JobState.PENDING}),
 }
+
+
+class EndCause(enum.StrEnum):
+    """Why a job's run ended: what happened, beside the ended state and the free-text
+    ``reason``. Sent as the lowercase value with a run's end (``JobEnded.end_cause``; None
+    from a node that does not say)."""
+
+    EXITED = "exited"  # its main process exited by itself (``exit_code`` says how)
+    SIGNALED = "signaled"  # a signal ended it (not one of a cancel or a time limit)
+    CANCELLED = "cancelled"  # a user, or the master, cancelled it
+    TIME_LIMIT = "time_limit"  # it ran past its time limit and was stopped
+    NODE_LOST = "node_lost"  # its node stopped answering, or came back without it
+    FAILED_TO_START = "failed_to_start"  # refused or not startable on the node
+    KEEPER_DIED = "keeper_died"  # the node's keeper died: nobody saw the job end
+
+
+class MessageType(enum.StrEnum):
+    """The tag of every WebSocket message between agents and the master."""
+
+    REGISTER = "register"
+    HEARTBEAT = "heartbeat"
+    JOB_STARTED = "job_started"
+    JOB_OUTPUT = "job_output"
+    JOB_ENDED = "job_ended"
+    REGISTERED = "registered"
+    START_JOB = "start_job"
+    CANCEL_JOB = "cancel_job"
+    ENDED_ACK = "ended_ack"
+    JOB_INPUT = "job_input"
+    JOB_SIGNAL = "job_signal"
+    JOB_RESIZE = "job_resize"
+    NODE_HEALTH = "node_health"
+    JOB_INPUT_ACK = "job_input_ack"
+
+
+class NodeState(enum.StrEnum):
+    """Where a node is, as the master sees it. Stored and sent as the lowercase value."""
+
+    UP = "up"  # connected, takes jobs
+    DEGRADED = "degraded"  # connected, takes no new jobs (NodeInfo.reason says why)
+    UNREACHABLE = "unreachable"  # its link dropped; not yet declared down
+    DOWN = "down"  # silent for longer than the node timeout: its jobs were requeued or ended
+
+    @property
+    def takes_jobs(self) -> bool:
+        return self is NodeState.UP
+
+
+# Every move but registration (which starts a node afresh, as up or degraded, from any state).
+NODE_TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
+    NodeState.UP: frozenset({NodeState.DEGRADED, NodeState.UNREACHABLE, NodeState.DOWN}),
+    NodeState.DEGRADED: frozenset({NodeState.UP, NodeState.UNREACHABLE, NodeState.DOWN}),
+    NodeState.UNREACHABLE: frozenset({NodeState.DOWN}),
+    NodeState.DOWN: frozenset(),
+}
+REGISTERED_STATES = frozenset({NodeState.UP, NodeState.DEGRADED})
 
 
 def run_key(job_id: int, run: int) -> str:
@@ -174,7 +245,7 @@ class NodeInfo(msgspec.Struct, kw_only=True):
     """A node agent as the master sees it."""
 
     node_id: str
-    state: str  # "up", "degraded" (no new jobs: see reason), "unreachable" or "down"
+    state: str  # a NodeState value: "up", "degraded" (no new jobs: see reason), ...
     gpus: list[GpuInfo] = msgspec.field(default_factory=list)
     last_seen: datetime | None = None
     down_since: datetime | None = None

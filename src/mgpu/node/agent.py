@@ -6,23 +6,22 @@ through its :class:`Supervisor`. Output and ends go back over the same socket in
 When the link drops, jobs keep running and their output stays in the spool; the agent
 reconnects with back-off and resends from the offsets the master says it has.
 
-The agent joins with the master's join secret (``Authorization: Bearer`` on the WebSocket
-handshake): ``join_token`` (``MGPU_JOIN_TOKEN``), else ``join_token_file``, else the join
-secret of a master on this machine (its default data dir), when readable. A master that
-refuses the secret, or whose TLS certificate does not verify, is not retried: the agent
-stops with an error that says what to fix.
+A master that refuses the join secret, or whose TLS certificate does not verify, is not
+retried: the agent stops with an error that says what to fix (see :mod:`~mgpu.node.join`).
+
+Beside it: :mod:`~mgpu.node.join` (the address, secret and TLS it joins with),
+:mod:`~mgpu.node.fencing` (when the node kills its jobs for want of the master),
+:mod:`~mgpu.node.health` (``GET /health``) and :mod:`~mgpu.node.manager` (the processes
+that run agents: ``mgpu node``, :class:`SimpleNode`, :class:`NodeManager`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
-import signal
 import socket
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -30,15 +29,14 @@ import msgspec
 from aiohttp import web
 
 from mgpu.core import messages as m
-from mgpu.core.config import LogConfig, NodeConfig
-from mgpu.core.errors import ConfigError, MgpuError
+from mgpu.core.config import NodeConfig
+from mgpu.core.errors import MgpuError
 from mgpu.core.models import GpuInfo
-from mgpu.node import credential
+from mgpu.node import credential, fencing, join
 from mgpu.node import users as policy
+from mgpu.node.health import serve_health
 from mgpu.node.outbox import Outbox
 from mgpu.node.supervisor import RunningJob, Supervisor
-from mgpu.utils.secretfile import read_secret
-from mgpu.utils.settings import default_master_data_dir, from_options
 
 MAX_BACKOFF = 2.0
 
@@ -56,7 +54,6 @@ class Agent:
         self.connected = False
         self.registered = asyncio.Event()
         self.heard = 0.0  # loop time of the last message from the master
-        self._fenced: set[str] = set()  # run keys killed for want of the master
         self.fatal: MgpuError | None = None
         self._ready = False
         self._out: Outbox | None = None
@@ -68,48 +65,6 @@ class Agent:
         self.supervisor: Supervisor | None = None
         self._secret: str | None = None
         self._ssl_context: Any = None
-
-    @property
-    def tls(self) -> bool:
-        return self.cfg.tls or self.cfg.ca is not None
-
-    @property
-    def master_url(self) -> str:
-        host = self.cfg.master_host
-        if ":" in host:
-            host = f"[{host}]"
-        scheme = "https" if self.tls else "http"
-        return f"{scheme}://{host}:{self.cfg.master_port}/api/v1/node/ws"
-
-    def join_secret(self) -> str | None:
-        """The join secret to present: ``join_token``, else ``join_token_file``'s, else a
-        local master's (its default data dir), when readable; None when there is none."""
-        if self.cfg.join_token:
-            return self.cfg.join_token.strip()
-        if self.cfg.join_token_file is not None:
-            return read_secret(self.cfg.join_token_file, "join secret file", must_exist=True)
-        local = default_master_data_dir() / "join.token"
-        try:
-            return read_secret(local, "join secret file")
-        except ConfigError as e:  # not ours to read, or too open: as if absent, but say so
-            self.log.warning("not using %s: %s", local, e.message)
-            return None
-
-    def _ssl(self) -> Any:
-        """The client SSL context that verifies the master (``ca``, else the system's)."""
-        if not self.tls:
-            return None
-        import ssl
-
-        try:
-            ctx = ssl.create_default_context(
-                cafile=str(self.cfg.ca) if self.cfg.ca is not None else None)
-            if self.cfg.ca is not None:  # any certificate in the file may be the anchor
-                ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-            return ctx
-        except (OSError, ssl.SSLError) as e:
-            raise ConfigError(f"cannot load the CA file {self.cfg.ca} ({e}): check --ca / "
-                              "MGPU_CA") from e
 
     async def start(self) -> None:
         if self.gpus is None:
@@ -124,8 +79,8 @@ class Agent:
                 )
         self.users = policy.served_users(self.cfg.users, self.cfg.allow_other_users,
                                          os.geteuid(), policy.own_user())
-        self._secret = self.join_secret()
-        self._ssl_context = self._ssl()
+        self._secret = join.join_secret(self.cfg, self.log)
+        self._ssl_context = join.client_ssl(self.cfg)
         data_dir = self.cfg.effective_data_dir
         self.supervisor = Supervisor(
             self.node_id, data_dir, self._on_output, self._on_ended, self.cfg.kill_grace,
@@ -141,7 +96,8 @@ class Agent:
                 f"cannot write to the node's data dir {data_dir}: {e.strerror or e}; "
                 "pass --data-dir with a writable directory"
             ) from e
-        await self._start_health(data_dir)
+        self._runner, self.port = await serve_health(
+            self.cfg.host, self.cfg.port, data_dir, self.node_id, self.health)
         self.log.info(
             "node %s: %d GPUs (%s), health on %s:%d, joining master %s:%d; runs jobs of "
             "%s users", self.node_id, len(self.gpus), self.gpu_source, self.cfg.host,
@@ -149,32 +105,11 @@ class Agent:
         )
         self._task = asyncio.create_task(self._connect_loop())
 
-    async def _start_health(self, data_dir: Path) -> None:
-        app = web.Application()
-        app.add_routes([web.get("/health", self._health)])
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as e:
-            await self._runner.cleanup()
-            if e.errno == errno.EADDRINUSE:
-                raise MgpuError(
-                    f"port {self.cfg.port} on {self.cfg.host} is already in use: stop the other "
-                    "process (maybe another `mgpu node`) or pass --port (0 picks a free one)"
-                ) from e
-            raise MgpuError(f"cannot listen on {self.cfg.host}:{self.cfg.port}: {e}") from e
-        self.port = self._runner.addresses[0][1]
-        tmp = data_dir / "node.json.tmp"
-        tmp.write_bytes(msgspec.json.encode(
-            {"node_id": self.node_id, "port": self.port, "pid": os.getpid()}))
-        os.replace(tmp, data_dir / "node.json")
-
-    async def _health(self, request: web.Request) -> web.Response:
+    def health(self) -> dict[str, object]:
+        """The body of ``GET /health`` (see :mod:`mgpu.node.health`)."""
         sup = self.supervisor
         jobs = list(sup.jobs.values()) if sup else []
-        body = {"status": "degraded" if self.degraded else "ok", "node_id": self.node_id,
+        return {"status": "degraded" if self.degraded else "ok", "node_id": self.node_id,
                 "connected": self.connected, "jobs": len(jobs), "gpus": len(self.gpus or []),
                 "reason": self.degraded, "users": self.users,
                 "keeper_pid": sup.keeper_pid if sup else 0,
@@ -183,7 +118,6 @@ class Agent:
                 "spooled_output": sum(j.known for j in jobs),
                 "unsent_output": sum(j.known - j.forwarded for j in jobs),
                 "queued_output": self._out.output if self._out else 0}
-        return web.json_response(body)
 
     async def stop(self, kill_jobs: bool = True) -> None:
         """Stop the agent; with ``kill_jobs`` its jobs end too (the master, not told, takes
@@ -211,31 +145,14 @@ class Agent:
     async def _connect_loop(self) -> None:
         backoff = 0.05
         warned = False
-        fencer = asyncio.create_task(self._fence_on_disconnect())
+        fencer = (asyncio.create_task(fencing.watch_master(
+            lambda: self.supervisor, lambda: self.heard, self.log))
+            if self.cfg.fence_on_disconnect else None)
         try:
             await self._dial(backoff, warned)
         finally:
-            fencer.cancel()
-
-    async def _fence_on_disconnect(self) -> None:
-        """With ``fence_on_disconnect``, kill every job once the master has been silent for
-        the fence time: a cluster that prefers a killed job to one that may run twice
-        during a network partition (see docs/failures.md)."""
-        if not self.cfg.fence_on_disconnect:
-            return
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(0.1)
-            sup = self.supervisor
-            if sup is None or sup.fence is None or loop.time() - self.heard < sup.fence:
-                continue
-            for job in list(sup.jobs.values()):
-                if job.ended is None and job.key not in self._fenced:
-                    self._fenced.add(job.key)
-                    self.log.warning("killing job %s: no word from the master for %.1fs "
-                                     "(fence_on_disconnect)", job.key, sup.fence)
-                    sup.kill(job.key, f"the node lost the master for over "
-                             f"{sup.fence:g}s (fence_on_disconnect)")
+            if fencer is not None:
+                fencer.cancel()
 
     async def _dial(self, backoff: float, warned: bool) -> None:
         # A connect that hangs (a partition drops packets) gives up and is retried.
@@ -246,35 +163,28 @@ class Agent:
             while not self._stopping:
                 try:
                     async with session.ws_connect(
-                        self.master_url, max_msg_size=64 * 1024 * 1024, heartbeat=None,
+                        join.master_url(self.cfg), max_msg_size=64 * 1024 * 1024, heartbeat=None,
                         headers=headers, ssl=ssl_arg,
                     ) as ws:
                         backoff = 0.05
                         warned = False
                         await self._session(ws)
                 except aiohttp.WSServerHandshakeError as e:
-                    self._refused(e)
+                    self.fatal = join.refusal(self.cfg, e.status, self._secret)
+                    if self.fatal is not None:
+                        self.log.error("%s", self.fatal.message)
                     if self.fatal is None and not warned:
                         self.log.warning("the master at %s:%d refused the connection (HTTP "
                                          "%d %s); retrying", self.cfg.master_host,
                                          self.cfg.master_port, e.status, e.message)
                         warned = True
                 except aiohttp.ClientConnectorCertificateError as e:
-                    self.fatal = MgpuError(
-                        f"cannot verify the TLS certificate of the master at "
-                        f"{self.cfg.master_host}:{self.cfg.master_port} "
-                        f"({e.certificate_error}): "
-                        + (f"it is not signed by the CA in {self.cfg.ca}" if self.cfg.ca
-                           else "pass --ca FILE (or set MGPU_CA) to the CA that signed it")
-                    )
+                    self.fatal = join.certificate_error(self.cfg, e.certificate_error)
                     self.log.error("%s", self.fatal.message)
                 except (aiohttp.ClientError, OSError, TimeoutError) as e:
                     if not warned:
-                        # A TLS master drops a plain handshake without a word.
-                        hint = ("; if it serves TLS, pass --ca FILE (or set MGPU_CA), or "
-                                "MGPU_TLS=1 for a certificate from a public CA"
-                                if isinstance(e, aiohttp.ServerDisconnectedError)
-                                and not self.tls else "")
+                        hint = join.unreachable_hint(
+                            self.cfg, isinstance(e, aiohttp.ServerDisconnectedError))
                         self.log.warning(
                             "cannot reach the master at %s:%d (%s%s); retrying",
                             self.cfg.master_host, self.cfg.master_port, e, hint,
@@ -286,22 +196,6 @@ class Agent:
                     return
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
-
-    def _refused(self, e: aiohttp.WSServerHandshakeError) -> None:
-        """A 401 on the handshake: the join secret is missing or wrong. Not retried."""
-        if e.status != 401:
-            return
-        where = f"{self.cfg.master_host}:{self.cfg.master_port}"
-        if self._secret is None:
-            why = "this node has no join secret"
-        else:
-            why = "it does not accept this node's join secret"
-        self.fatal = MgpuError(
-            f"the master at {where} refused node {self.node_id}: {why}; give the node the "
-            "master's join secret (the master's DATA_DIR/join.token): --join-token-file FILE "
-            "or MGPU_JOIN_TOKEN"
-        )
-        self.log.error("%s", self.fatal.message)
 
     def _lost_link(self) -> None:
         if self.connected:
@@ -343,8 +237,7 @@ class Agent:
         out = Outbox()
         writer = asyncio.create_task(out.send_all(ws, self._pump))
         beat = asyncio.create_task(self._heartbeat(out, reply.heartbeat_interval))
-        if self.cfg.fence_timeout is None:
-            sup.fence = max(0.5, reply.node_timeout * 0.6)
+        sup.fence = fencing.fence_time(self.cfg.fence_timeout, reply.node_timeout)
         try:
             self._out = out
             self._ready = True
@@ -381,11 +274,7 @@ class Agent:
         """After registering: kill fenced jobs, resend missing output and held ends."""
         sup = self.supervisor
         assert sup is not None
-        for key in reply.kill:
-            self.log.warning("killing job %s: the master ended or requeued it while we were "
-                             "apart", key)
-            sup.kill(key, "ended by the master while the node was away")
-            sup.forget(key)
+        fencing.kill_ended_while_apart(sup, reply.kill, self.log)
         sup.relink()
         for key, offset in reply.output_offsets.items():
             sup.rewind(key, offset)
@@ -466,77 +355,16 @@ def _decode(data: bytes) -> list[m.MasterMessage]:
                                   ) from None
 
 
-async def run_agents(agents: list[Agent]) -> None:
-    """Start ``agents`` and run until SIGTERM/SIGINT or until one is refused."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    started: list[Agent] = []
-    try:
-        for agent in agents:
-            await agent.start()
-            started.append(agent)
-        waits = [asyncio.ensure_future(a.wait()) for a in agents]
-        stopper = asyncio.ensure_future(stop.wait())
-        done, _ = await asyncio.wait([stopper, *waits], return_when=asyncio.FIRST_COMPLETED)
-        for fut in done:
-            if fut is not stopper:
-                fut.result()
-    finally:
-        for agent in started:
-            await agent.stop(kill_jobs=agent.cfg.kill_jobs_on_exit)
+# The published names ``mgpu.node.agent.SimpleNode`` / ``NodeManager`` (DESIGN.md). They are
+# defined in manager.py, which builds on Agent, so they are looked up on first use here.
+_MANAGER_NAMES = ("SimpleNode", "NodeManager")
 
 
-def run_node(cfg: NodeConfig, log_cfg: LogConfig | None = None) -> int:
-    """The ``mgpu node`` command: run one agent in the foreground until stopped."""
-    from mgpu.utils.logging import setup_logging
+def __getattr__(name: str) -> object:
+    if name not in _MANAGER_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-    setup_logging(log_cfg or LogConfig(), "node")
-    asyncio.run(run_agents([Agent(cfg)]))
-    return 0
-
-
-class SimpleNode:
-    """The founding API: ``SimpleNode('node1', 'localhost', 8080, 8081).start_agent()``."""
-
-    def __init__(self, node_id: str, master_host: str = "localhost", master_port: int = 8080,
-                 node_port: int = 8081, **options: object) -> None:
-        self.config = from_options(NodeConfig, {
-            "node_id": node_id, "master_host": master_host, "master_port": master_port,
-            "port": node_port, **options})
-
-    def start_agent(self) -> None:
-        asyncio.run(run_agents([Agent(self.config)]))
-
-
-class NodeManager:
-    """Several agents in one process (tests and benchmarks use it to simulate many nodes)."""
-
-    def __init__(self, master_host: str = "localhost", master_port: int = 8080) -> None:
-        self.master_host = master_host
-        self.master_port = master_port
-        self.agents: list[Agent] = []
-
-    def add_node(self, node_id: str, fake_gpus: int | None = None, gpus: str | None = None,
-                 port: int = 0, data_dir: str | Path | None = None,
-                 **options: object) -> Agent:
-        cfg = from_options(NodeConfig, {
-            "node_id": node_id, "master_host": self.master_host,
-            "master_port": self.master_port, "port": port, "fake_gpus": fake_gpus,
-            "gpus": gpus, "data_dir": data_dir, **options})
-        agent = Agent(cfg)
-        self.agents.append(agent)
-        return agent
-
-    async def start(self) -> None:
-        for agent in self.agents:
-            await agent.start()
-
-    async def stop(self) -> None:
-        for agent in self.agents:
-            await agent.stop()
-
-    def run(self) -> None:
-        """Run every agent until SIGTERM/SIGINT (blocks)."""
-        asyncio.run(run_agents(self.agents))
+    value = getattr(importlib.import_module("mgpu.node.manager"), name)
+    globals()[name] = value
+    return value

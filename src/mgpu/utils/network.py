@@ -11,9 +11,12 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mgpu.core.errors import MgpuError
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 _MISSING: Any = object()
 
@@ -21,6 +24,30 @@ _MISSING: Any = object()
 def port_in_use_message(host: str, port: int) -> str:
     """The one-line error for a port another process already holds."""
     return f"port {port} on {host} is already in use: stop the other process or pass --port"
+
+
+async def listen(runner: web.AppRunner, host: str, port: int, command: str,
+                 port_hint: str = "pass --port", ssl_context: Any = None) -> int:
+    """Serve ``runner`` (set up already) on ``host:port`` and return the port it got. On
+    failure the runner is cleaned up and :class:`MgpuError` says what to do: a port in use
+    names ``mgpu COMMAND`` as the likely holder and ``port_hint`` as the way out."""
+    import errno
+
+    from aiohttp import web  # here: a client that imports this module needs no aiohttp
+
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
+    try:
+        await site.start()
+    except OSError as e:
+        await runner.cleanup()
+        if e.errno == errno.EADDRINUSE:
+            raise MgpuError(
+                f"port {port} on {host} is already in use: stop the other process (maybe "
+                f"another `mgpu {command}`) or {port_hint}"
+            ) from e
+        raise MgpuError(f"cannot listen on {host}:{port}: {e}") from e
+    bound: int = runner.addresses[0][1]
+    return bound
 
 
 def format_host(host: str) -> str:

@@ -1,14 +1,13 @@
 """``mgpu up``: a master and a local node agent in one foreground process.
 
-The one place that imports both the server and the node packages (they never import each
-other); ``cli.py`` imports it only for ``mgpu up``.
+A command of the CLI, and with it the one place that imports both the server and the node
+packages (they never import each other); ``cli`` imports it only for ``mgpu up``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 from dataclasses import replace
 
@@ -16,6 +15,7 @@ from mgpu.core.config import LogConfig, MasterConfig, NodeConfig
 from mgpu.node.agent import Agent
 from mgpu.server.master import Master
 from mgpu.utils.gpu import detect_gpus, parse_gpu_list
+from mgpu.utils.signals import stop_on_signals
 
 DEFAULT_FAKE_GPUS = 4
 
@@ -39,9 +39,7 @@ async def _up(master_cfg: MasterConfig, node_cfg: NodeConfig, log_cfg: LogConfig
     else:
         _say(f"{len(gpus)} GPUs ({source}): " + ", ".join(f"{g.index}: {g.name}" for g in gpus))
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop_on_signals(asyncio.get_running_loop(), stop.set)
     master = Master(master_cfg)
     await master.start()
     agent: Agent | None = None
