@@ -34,6 +34,8 @@ from mgpu.core.messages import (
     JobStarted,
     MessageType,
     NodeHealth,
+    NodeLog,
+    NodeLogRecord,
     OutputEnd,
     Register,
     Registered,
@@ -69,6 +71,8 @@ NODE_MESSAGES: list[Any] = [
     NodeHealth(degraded="the node keeper died; restarting it"),
     NodeHealth(),
     JobInputAck(job_id=5, delivered=1 << 20),
+    NodeLog(records=[NodeLogRecord(time=1.5, level="warning", logger="mgpu.node.n1",
+                                   message="the node keeper died; restarting it")]),
 ]
 
 MASTER_MESSAGES: list[Any] = [

@@ -89,7 +89,7 @@ def cmd_events(ns: argparse.Namespace) -> int:
     """The audit log (admins): who did what, and when."""
     from mgpu.client import output
 
-    events = client_for(ns).events(ns.n)
+    events = client_for(ns).events(ns.n, node=ns.node)
     write(output.to_json(events) if ns.json else output.events_table(events))
     return 0
 

@@ -209,6 +209,12 @@ def cmd_cancel(ns: argparse.Namespace) -> int:
 
 
 def cmd_nodes(ns: argparse.Namespace) -> int:
+    if ns.log is not None:
+        from mgpu.client import output
+
+        events = client_for(ns).events(50, node=ns.log)
+        write(output.to_json(events) if ns.json else output.events_table(events))
+        return 0
     if ns.reset_credential is not None:
         node_id = client_for(ns).reset_node_credential(ns.reset_credential)
         write(f"{node_id}: credential forgotten; its next join with the join secret gets a "

@@ -61,6 +61,8 @@ def token_args(p: argparse.ArgumentParser) -> None:
 def events_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", type=positive, default=50, metavar="N",
                    help="the last N entries (default 50)")
+    p.add_argument("--node", metavar="NODE",
+                   help="NODE's entries only: its joins, and the warnings and errors it logged")
     p.add_argument("--json", action="store_true")
 
 

@@ -201,6 +201,9 @@ def _json_args(p: argparse.ArgumentParser) -> None:
 
 def _nodes_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
+    p.add_argument("--log", metavar="NODE",
+                   help="admins: NODE's log, as the master has it (its joins, warnings and "
+                   "errors; as `mgpu events --node NODE`)")
     p.add_argument("--reset-credential", metavar="NODE",
                    help="admins: forget NODE's credential, so that its next join with the "
                    "join secret gets a new one (a node that lost its data dir)")
@@ -239,6 +242,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         prog="mgpu",
         description="A multi-GPU job scheduler: submit, watch and cancel GPU jobs.",
         formatter_class=_formatter(),
+        # Options after the subcommand are its own: the top level must not take `nodes
+        # --log` for an abbreviation of its --log-level/--log-file/--log-format.
+        allow_abbrev=False,
     )
     _top_args(parser, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)

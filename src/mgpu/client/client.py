@@ -348,11 +348,13 @@ class SimpleClient:
         return _decode(self._call("POST", f"{API}/tokens/revoke", body),
                        TokenRevokeReply).revoked
 
-    def events(self, limit: int = 50) -> list[AuditEvent]:
-        """The last ``limit`` entries of the audit log, oldest first (admins only)."""
+    def events(self, limit: int = 50, node: str | None = None) -> list[AuditEvent]:
+        """The last ``limit`` entries of the audit log, oldest first (admins only); with
+        ``node``, that node's own entries: its joins and the warnings and errors it logged."""
         from mgpu.core.messages import EventListReply
 
-        data = self._call("GET", f"{API}/events?limit={int(limit)}")
+        where = "" if node is None else f"&node={quote(node)}"
+        data = self._call("GET", f"{API}/events?limit={int(limit)}{where}")
         return _decode(data, EventListReply).events
 
     def reset_node_credential(self, node_id: str) -> str:

@@ -18,7 +18,8 @@ from mgpu.core.models import JobSpec, SimpleJob
 
 # The version of both protocols (this API and the node's): a node of another version is
 # refused when it registers, and clients see it in /api/v1/health.
-PROTOCOL_VERSION = 3  # 2: a frame may carry a list of messages; 3: NodeHealth, JobInputAck
+# 2: a frame may carry a list of messages; 3: NodeHealth, JobInputAck; 4: NodeLog
+PROTOCOL_VERSION = 4
 
 UserName = Annotated[str, msgspec.Meta(min_length=1, max_length=64,
                                        pattern=r"^[A-Za-z0-9_][A-Za-z0-9._@-]*$")]

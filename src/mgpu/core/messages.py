@@ -105,6 +105,22 @@ class NodeHealth(msgspec.Struct, tag=MessageType.NODE_HEALTH.value):
     degraded: Reason | None = None
 
 
+class NodeLogRecord(msgspec.Struct):
+    """One warning or error the node logged: when (the node's clock), how bad, where."""
+
+    time: float
+    level: Annotated[str, msgspec.Meta(max_length=16)]
+    logger: Annotated[str, msgspec.Meta(max_length=128)]
+    message: Annotated[str, msgspec.Meta(max_length=1000)]
+
+
+class NodeLog(msgspec.Struct, tag=MessageType.NODE_LOG.value):
+    """Warnings and errors the node logged, for the master's audit log (``node/logship.py``,
+    ``server/nodelog.py``)."""
+
+    records: Annotated[list[NodeLogRecord], msgspec.Meta(max_length=100)]
+
+
 class JobInputAck(msgspec.Struct, tag=MessageType.JOB_INPUT_ACK.value):
     """``delivered`` bytes of the job's input (all :class:`JobInput` data, counted from the
     first) have left the node's hands: written to the job's stdin, or dropped because the
@@ -150,6 +166,7 @@ class JobEnded(msgspec.Struct, tag=MessageType.JOB_ENDED.value):
 
 NodeMessage = (
     Register | Heartbeat | JobStarted | JobOutput | JobEnded | NodeHealth | JobInputAck
+    | NodeLog
 )
 
 

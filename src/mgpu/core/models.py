@@ -109,6 +109,7 @@ class MessageType(enum.StrEnum):
     JOB_RESIZE = "job_resize"
     NODE_HEALTH = "node_health"
     JOB_INPUT_ACK = "job_input_ack"
+    NODE_LOG = "node_log"
 
 
 class NodeState(enum.StrEnum):

@@ -35,6 +35,7 @@ from mgpu.core.models import GpuInfo
 from mgpu.node import credential, fencing, join
 from mgpu.node import users as policy
 from mgpu.node.health import serve_health
+from mgpu.node.logship import LogShipper
 from mgpu.node.outbox import Outbox
 from mgpu.node.supervisor import RunningJob, Supervisor
 
@@ -48,6 +49,8 @@ class Agent:
         self.cfg = cfg
         self.node_id = cfg.node_id
         self.log = logging.getLogger(f"mgpu.node.{cfg.node_id}")
+        # Its warnings and errors, for the master (run_agents narrows it when it runs many).
+        self.logs = LogShipper(self.log.name, everything=True)
         self.gpus = gpus
         self.gpu_source = "given" if gpus is not None else ""
         self.port = 0
@@ -67,6 +70,7 @@ class Agent:
         self._ssl_context: Any = None
 
     async def start(self) -> None:
+        logging.getLogger("mgpu").addHandler(self.logs)
         if self.gpus is None:
             from mgpu.utils.gpu import detect_gpus, parse_gpu_list
 
@@ -124,6 +128,7 @@ class Agent:
         them for lost with the node: batch jobs are requeued), else they go on under the
         keeper for a new agent to re-adopt (within the fence time)."""
         self._stopping = True
+        logging.getLogger("mgpu").removeHandler(self.logs)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -290,6 +295,9 @@ class Agent:
         while True:
             await asyncio.sleep(interval)
             out.put(m.Heartbeat())
+            records = self.logs.take()
+            if records:
+                out.put(m.NodeLog(records=records))
 
     def _on_message(self, msg: m.MasterMessage) -> None:
         sup = self.supervisor

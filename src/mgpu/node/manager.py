@@ -20,6 +20,9 @@ async def run_agents(agents: list[Agent]) -> None:
     """Start ``agents`` and run until SIGTERM/SIGINT or until one is refused."""
     stop = asyncio.Event()
     stop_on_signals(asyncio.get_running_loop(), stop.set)
+    if len(agents) > 1:  # a module's warning could be any agent's: each ships its own only
+        for agent in agents:
+            agent.logs.everything = False
     started: list[Agent] = []
     try:
         for agent in agents:

@@ -15,7 +15,8 @@ from aiohttp import web
 from mgpu.core import messages as m
 from mgpu.core.errors import NotFound, Rejected, UsageError
 from mgpu.core.models import utc
-from mgpu.server.http import admin_only, body, identity, master_of, query_int, reply
+from mgpu.server.http import admin_only, body, identity, master_of, query_int, query_text, reply
+from mgpu.server.validate import MAX_NODE_ID
 
 MAX_EVENTS = 10_000
 
@@ -88,7 +89,9 @@ async def reset_node_credential(request: web.Request) -> web.Response:
 async def events(request: web.Request) -> web.Response:
     master = master_of(request)
     admin_only(identity(request), "the audit log")
-    rows = await master.read_events(query_int(request, "limit", 50, 1, MAX_EVENTS))
+    node = query_text(request, "node", MAX_NODE_ID)
+    rows = await master.read_events(query_int(request, "limit", 50, 1, MAX_EVENTS),
+                                    None if node is None else f"node:{node}")
     return reply(m.EventListReply(events=[
         m.AuditEvent(id=r.id or 0, time=utc(r.ts), user=r.user, action=r.action,
                      detail=r.detail) for r in rows]))

@@ -381,7 +381,8 @@ ROUTES: tuple[Route, ...] = (
           "Forget a node's credential: its next join gets a new one (admins)", None,
           m.NodeCredentialReset),
     Route("GET", f"{API}/events", admin.events, "The audit log (admins)", None, m.EventListReply,
-          query=(("limit", f"entries, 1 to {admin.MAX_EVENTS} (default 50)"),)),
+          query=(("limit", f"entries, 1 to {admin.MAX_EVENTS} (default 50)"),
+                 ("node", "only this node's entries (its joins, warnings and errors)"))),
     Route("GET", NODE_WS, node_ws, "Node agents' WebSocket (join secret)"),
 )
 

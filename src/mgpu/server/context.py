@@ -72,8 +72,8 @@ class Context(Protocol):
         """Save token changes with their audit entry; then they take effect."""
         ...
 
-    async def read_events(self, limit: int) -> list[AuditRow]:
-        """The audit log's last ``limit`` entries."""
+    async def read_events(self, limit: int, user: str | None = None) -> list[AuditRow]:
+        """The audit log's last ``limit`` entries (``user``'s only, when given)."""
         ...
 
     async def reset_node_credential(self, node_id: str, user: str) -> None:

@@ -339,10 +339,10 @@ class Master:
                 if task is not me:
                     task.cancel(REVOKED)
 
-    async def read_events(self, limit: int) -> list[AuditRow]:
+    async def read_events(self, limit: int, user: str | None = None) -> list[AuditRow]:
         assert self.committer is not None and self.store is not None
         store = self.store
-        rows: list[AuditRow] = await self.committer.read(lambda: store.events(limit))
+        rows: list[AuditRow] = await self.committer.read(lambda: store.events(limit, user))
         return rows
 
 def _consume(fut: asyncio.Future[None]) -> None:

@@ -24,6 +24,7 @@ from mgpu.core.models import JobState, run_key
 from mgpu.server.auth import JOIN_HINT, bearer
 from mgpu.server.effects import Effects
 from mgpu.server.nodeconn import NodeConn, Violation
+from mgpu.server.nodelog import NodeLogs
 from mgpu.server.validate import register_problem
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ class NodeLink:
         # (peer, why) -> (when last logged, refusals since): a flood is logged once a minute
         self._refused: dict[tuple[str, str], tuple[float, int]] = {}
         self._registering: set[str] = set()  # node ids whose registration is being saved
+        self.logs = NodeLogs()  # what nodes logged, into the audit log (bounded)
 
     def admit_node(self, request: web.Request) -> None:
         """Let a node's WebSocket handshake through with the join secret, or refuse it with
@@ -276,6 +278,10 @@ class NodeLink:
                     f"degraded, no new jobs: {msg.degraded}" if msg.degraded else "healthy")
             self.master.state.on_node_health(node_id, msg)
             self.master.apply(Effects())  # (healthy again: its GPUs may take pending jobs)
+        elif isinstance(msg, m.NodeLog):
+            logs = Effects()
+            self.logs.keep(node_id, msg, now, logs)
+            self.master.committer_submit(logs)
         elif isinstance(msg, m.JobInputAck):
             conn = self.master.conns.get(node_id)
             if conn is not None:

@@ -253,11 +253,12 @@ class Store:
             "WHERE id=?", (job_id,)).fetchone()
         return None if row is None else AccountingRow(*row)
 
-    def events(self, limit: int) -> list[AuditRow]:
-        """The last ``limit`` audit rows, oldest first."""
+    def events(self, limit: int, user: str | None = None) -> list[AuditRow]:
+        """The last ``limit`` audit rows (of ``user`` only, when given), oldest first."""
+        where, args = ("WHERE user=? ", (user,)) if user is not None else ("", ())
         rows = self._db.execute(
-            "SELECT id, ts, user, action, detail FROM audit ORDER BY id DESC LIMIT ?",
-            (limit,),
+            f"SELECT id, ts, user, action, detail FROM audit {where}ORDER BY id DESC LIMIT ?",
+            (*args, limit),
         ).fetchall()
         return [AuditRow(ts, u, a, d, i) for i, ts, u, a, d in reversed(rows)]
 
