@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mgpu.node import keeper as kp
-from mgpu.node.runs import RunningJob
+from mgpu.core import keeper_messages as kp
+from mgpu.node.runs import NodeRun
 
 STDIN_WINDOW = 256 * 1024  # bytes of a job's input passed to the keeper and not yet written
 # Keeper -> agent: {key, written}: bytes of the job's STDIN data the keeper has taken off
@@ -23,7 +23,7 @@ STDIN_WINDOW = 256 * 1024  # bytes of a job's input passed to the keeper and not
 # with an older keeper, input counts as written once it is passed on.
 STDIN_WRITTEN = kp.STDIN_CREDIT
 
-OnInputAck = Callable[[RunningJob], None]
+OnInputAck = Callable[[NodeRun], None]
 Send = Callable[[bytes, "dict[str, Any] | bytes"], None]
 
 
@@ -40,14 +40,14 @@ class InputPump:
         self.on_ack = on_ack
         self.credit = False
 
-    def feed(self, job: RunningJob, data: bytes, eof: bool) -> None:
+    def feed(self, job: NodeRun, data: bytes, eof: bool) -> None:
         """Input from the master (``eof``: the input ends after ``data``)."""
         job.input_got += len(data)
         job.input_held += data
         job.input_eof = job.input_eof or eof
         self._pass(job)
 
-    def written(self, job: RunningJob, written: int) -> None:
+    def written(self, job: NodeRun, written: int) -> None:
         """The keeper has written ``written`` bytes of what this agent passed it."""
         if written <= job.input_written:
             return
@@ -55,7 +55,7 @@ class InputPump:
         self.on_ack(job)
         self._pass(job)
 
-    def dropped(self, job: RunningJob) -> None:
+    def dropped(self, job: NodeRun) -> None:
         """The job takes no more input (it ended): all it was sent counts as delivered."""
         if job.input_got <= job.input_written:
             return
@@ -63,7 +63,7 @@ class InputPump:
         job.input_passed = job.input_written = job.input_got
         self.on_ack(job)
 
-    def _pass(self, job: RunningJob) -> None:
+    def _pass(self, job: NodeRun) -> None:
         room = STDIN_WINDOW - (job.input_passed - job.input_written)
         try:
             if room > 0 and job.input_held:
