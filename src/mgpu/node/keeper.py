@@ -40,16 +40,12 @@ helpers (``cgroup``, ``exitfile``, ``keeper_jobs``, ``keeper_sock``, ``keeper_sp
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import select
 import selectors
 import signal
 import socket
 import sys
 import time
-from dataclasses import asdict
-from typing import Any
 
 from mgpu.core.exitstatus import describe_exit, exit_code_of
 from mgpu.core.frames import STREAM_STDERR, STREAM_STDOUT
@@ -79,7 +75,9 @@ from mgpu.core.keeper_messages import (
 from mgpu.core.timefmt import format_duration
 from mgpu.node import cgroup, keeper_sock, proctree, supervisor
 from mgpu.node.exitfile import write_exit
+from mgpu.node.keeper_conn import AgentConnection
 from mgpu.node.keeper_jobs import KeeperRun
+from mgpu.node.keeper_stdin import StdinFeed
 
 # The protocol's names, for those who talk to the keeper through this module.
 __all__ = [
@@ -96,7 +94,7 @@ GREW_BELOW = 1 << 16  # progress is reported while less than this waits to go to
 LINGER_POLL = 0.005  # seconds between checks that a killed job's processes are gone
 
 
-class Keeper:
+class Keeper(AgentConnection):
     """The keeper's event loop: jobs, their pipes, the agent's connection, the deadlines."""
 
     def __init__(self, data_dir: str, listener: socket.socket,
@@ -116,6 +114,7 @@ class Keeper:
         self.idle_since = time.monotonic()
         self.fence: float | None = None
         self.stopping = False
+        self.stdin = StdinFeed(self.sel, self.send)
 
     # ------------------------------------------------------------------ jobs
 
@@ -187,53 +186,6 @@ class Keeper:
             return
         self.sel.unregister(fd)
         job.open_streams -= 1
-
-    def _write_stdin(self, job: KeeperRun) -> None:
-        """Write what the job's stdin takes now; wait until it is writable for the rest."""
-        fd = job.stdin_fd
-        if fd is None:
-            job.stdin_written += len(job.stdin_buf)
-            job.stdin_buf.clear()
-            self._credit(job)
-            return
-        try:
-            while job.stdin_buf:
-                n = os.write(fd, job.stdin_buf)
-                del job.stdin_buf[:n]
-                job.stdin_written += n
-        except BlockingIOError:
-            pass
-        except OSError:  # the job closed its stdin or ended
-            job.stdin_written += len(job.stdin_buf)
-            job.stdin_buf.clear()
-        self._credit(job)
-        if job.pty_fd is not None:
-            if not job.stdin_buf and job.stdin_eof:
-                job.stdin_eof = False
-                job.stdin_written -= 1  # the Ctrl-D is the keeper's, not the agent's
-                job.stdin_buf += b"\x04"  # Ctrl-D: end of input at the terminal
-                self._write_stdin(job)
-                return
-            if job.open_streams:
-                events = selectors.EVENT_READ | (selectors.EVENT_WRITE if job.stdin_buf else 0)
-                self.sel.modify(fd, events, ("out", (job, STREAM_STDOUT)))
-            return
-        registered = fd in self.sel.get_map()
-        if job.stdin_buf and not registered:
-            self.sel.register(fd, selectors.EVENT_WRITE, ("in", job))
-        elif not job.stdin_buf and registered:
-            self.sel.unregister(fd)
-        if not job.stdin_buf and job.stdin_eof:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-            job.stdin_fd = None
-
-    def _credit(self, job: KeeperRun) -> None:
-        """Tell the agent how much of the job's stdin it has taken (flow control)."""
-        ahead = job.stdin_written - job.stdin_credited
-        if ahead >= STDIN_CREDIT_STEP or (ahead > 0 and not job.stdin_buf):
-            job.stdin_credited = job.stdin_written
-            self.send(STDIN_CREDIT, {"key": job.key, "written": job.stdin_written})
 
     def signal_tree(self, job: KeeperRun, sig: int, ending: bool = False) -> list[int]:
         """Signal every process of the job (``proctree.signal_tree``)."""
@@ -321,174 +273,6 @@ class Keeper:
             job.exit_written = True
             write_exit(job.req.exit_file, job.result)
 
-    # ------------------------------------------------------------------ the agent
-
-    def send(self, kind: bytes, body: dict[str, Any]) -> None:
-        """Queue a message to the agent; what a turn of the loop queued goes out together
-        at its end (``_flush``)."""
-        if self.conn is None:
-            return  # the agent reads it from HELLO and the files when it returns
-        # Never dropped while connected: what queues up is bounded by the jobs (a few
-        # messages each; GREW waits while GREW_BELOW bytes are queued).
-        self.outbuf += pack(kind, body)
-
-    def _flush(self) -> None:
-        if self.conn is None:
-            return
-        try:
-            while self.outbuf:
-                n = self.conn.send(self.outbuf)
-                del self.outbuf[:n]
-        except BlockingIOError:
-            pass
-        except OSError:
-            self._drop_conn()
-            return
-        if self.writing != bool(self.outbuf):
-            self.writing = bool(self.outbuf)
-            want = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.writing else 0)
-            self.sel.modify(self.conn, want, ("conn", None))
-
-    def _drop_conn(self) -> None:
-        if self.conn is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                self.sel.unregister(self.conn)
-            self.conn.close()
-            for job in self.jobs.values():  # ends the agent may not have passed on
-                if job.result is not None:
-                    self._record(job)
-        self.conn = None
-        self.writing = False
-        self.outbuf.clear()
-        self.inbuf.clear()
-        self.idle_since = time.monotonic()
-
-    def _accept(self) -> None:
-        try:
-            conn, _ = self.listener.accept()
-        except OSError:  # none waiting, or out of file descriptors: not the keeper's end
-            return
-        refusal = keeper_sock.peer_refusal(conn)
-        if refusal is None and self.conn is not None:
-            for _ in range(64):  # has the agent we had gone? (its EOF may be unread yet)
-                if self.conn is None or not select.select([self.conn], [], [], 0)[0]:
-                    break
-                self._on_conn(selectors.EVENT_READ)
-            if self.conn is not None:
-                refusal = ("another node agent is connected to this keeper: stop it first "
-                           "(one agent per node data dir)")
-        if refusal is not None:
-            with contextlib.suppress(OSError):
-                conn.setblocking(False)
-                conn.send(pack(REFUSED, {"reason": refusal}))
-            conn.close()
-            print(f"mgpu keeper: refused a connection: {refusal}", file=sys.stderr, flush=True)
-            return
-        conn.setblocking(False)
-        self.conn = conn
-        self.last_heard = time.monotonic()
-        self.sel.register(conn, selectors.EVENT_READ, ("conn", None))
-        jobs = []
-        for job in self.jobs.values():
-            jobs.append({"key": job.key, "job_id": job.job_id, "pid": job.pid,
-                         "size": job.size, "stdin_written": job.stdin_written,
-                         "exited": asdict(job.result) if job.result else None})
-            job.notified = job.size
-            job.stdin_credited = job.stdin_written
-        self.send(HELLO, {"jobs": jobs, "stdin_credit": True})
-
-    def _on_conn(self, mask: int) -> None:
-        if mask & selectors.EVENT_WRITE:
-            self._flush()
-        if not mask & selectors.EVENT_READ or self.conn is None:
-            return
-        try:
-            data = self.conn.recv(1 << 18)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._drop_conn()
-            return
-        self.last_heard = time.monotonic()
-        self.inbuf += data
-        for kind, payload in unpack_all(self.inbuf):
-            try:
-                self._on_message(kind, payload)
-            except Exception as e:  # one bad message must not end the keeper
-                print(f"mgpu keeper: message {kind!r} not understood: {e!r}", file=sys.stderr,
-                      flush=True)
-                self._refuse_spawn(kind, payload, e)
-
-    def _refuse_spawn(self, kind: bytes, payload: bytes, e: Exception) -> None:
-        """A SPAWN the keeper could not even read: end that job, if it can be named."""
-        if kind != SPAWN:
-            return
-        with contextlib.suppress(Exception):
-            body = json.loads(payload)
-            key, job_id = str(body["key"]), int(body["job_id"])
-            if key not in self.jobs:
-                self.send(EXITED, asdict(Exited(key, job_id, "failed", None,
-                                                f"could not start: bad request ({e})", 0)))
-
-    def _on_message(self, kind: bytes, payload: bytes) -> None:
-        if kind == STDIN:
-            key, _, data = payload.partition(b"\n")
-            job = self.jobs.get(key.decode(errors="replace"))
-            if job is None:
-                return
-            if job.stdin_fd is None:  # closed or ended: taken and dropped, as a pipe would
-                job.stdin_written += len(data)
-                self._credit(job)
-                return
-            job.stdin_buf += data
-            if len(job.stdin_buf) > STDIN_WINDOW and not job.stdin_overrun:
-                job.stdin_overrun = True
-                print(f"mgpu keeper: job {job.key}: the agent sent stdin past the "
-                      f"{STDIN_WINDOW}-byte window", file=sys.stderr, flush=True)
-            self._write_stdin(job)
-            return
-        body = json.loads(payload) if payload else {}
-        if kind == SPAWN:
-            req = Spawn(**body)
-            if req.key in self.jobs:
-                return  # a run key is started once
-            if req.fence is not None:
-                self.fence = req.fence
-            self.spawn(req)
-            return
-        if kind == PING:
-            self.fence = body.get("fence")
-            return
-        if kind == SHUTDOWN:
-            self.stopping = True
-            for job in self.jobs.values():
-                self.stop(job, "cancelled", "the node agent was stopped", 0)
-            return
-        job = self.jobs.get(str(body.get("key")))
-        if job is None:
-            return
-        if kind == CANCEL:
-            self.stop(job, body["state"], body["reason"], float(body["grace"]))
-        elif kind == SIGNAL:
-            if job.pid > 0 and job.exited_at is None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(job.pid, int(body["signum"]))
-        elif kind == STDIN_EOF:
-            job.stdin_eof = True
-            self._write_stdin(job)
-        elif kind == RESIZE and job.pty_fd is not None:
-            supervisor.set_size(job.pty_fd, int(body["rows"]), int(body["cols"]))
-            if job.pid > 0 and job.exited_at is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(job.pid, signal.SIGWINCH)
-        elif kind == FORGET and job.result is not None:
-            del self.jobs[job.key]
-            if job.exit_written:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(job.req.exit_file)
-
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> int:
@@ -504,11 +288,11 @@ class Keeper:
                 if kind == "out":
                     job, stream = data
                     if mask & selectors.EVENT_WRITE:
-                        self._write_stdin(job)
+                        self.stdin.write(job)
                     if mask & selectors.EVENT_READ:
                         self._read(job, stream, key.fd)
                 elif kind == "in":
-                    self._write_stdin(data)
+                    self.stdin.write(data)
                 elif kind == "exit":
                     self._on_exit(data)
                 elif kind == "listen":
