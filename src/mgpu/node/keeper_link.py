@@ -14,9 +14,9 @@ the runs it held, found by their environment (``orphans.py``), and only once non
 reports them ended (``node_fail``); (3) starts a new keeper, retrying with back-off, and
 says the node is healthy again. A job started meanwhile waits for the new keeper.
 
-**Output** is forwarded from the spool as the link to the master has room (``has_room``),
-never read ahead into memory; a run's end is reported once all its output has gone. When
-the master has acknowledged the end, the run's spool and exit files are deleted.
+**Output** is forwarded from the spool as the link to the master has room
+(``link_runs.py``). When the master has acknowledged the end, the run's spool and exit files
+are deleted.
 
 **Input** (``--stdin``) goes to the keeper a window at a time (``stdin.py``).
 """
@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -38,22 +37,19 @@ from mgpu.core import keeper_messages as kp
 from mgpu.core import messages as m
 from mgpu.node import keeper_sock
 from mgpu.node.exitfile import read_exit
+from mgpu.node.link_runs import LinkRuns, OnEnded, OnOutput
 from mgpu.node.orphans import is_keeper, kill_runs, peer_pid
-from mgpu.node.runs import NodeRun, ended_of, from_key, job_environment
+from mgpu.node.runs import NodeRun, job_environment
 from mgpu.node.stdin import STDIN_WRITTEN, InputPump, OnInputAck
-from mgpu.utils.spool import read_at
 
 log = logging.getLogger("mgpu.node.keeper_link")
 
-READ_CHUNK = 1 << 20
 CONNECT_TIMEOUT = 10.0
 RESTART_BACKOFF = (0.1, 5.0)  # seconds between attempts to start a new keeper: first, most
 
 
 __all__ = ["KeeperLink", "NodeRun", "job_environment"]
 
-OnOutput = Callable[[NodeRun, int, bytes], None]
-OnEnded = Callable[[NodeRun], None]
 OnHealth = Callable[[str | None], None]
 
 
@@ -65,7 +61,7 @@ def _nothing(*_: object) -> None:
     return None
 
 
-class KeeperLink:
+class KeeperLink(LinkRuns):
     """Starts jobs through the keeper; reports their output and ends through callbacks.
 
     Jobs are kept by run key (a requeued job's new run may start here while its old run is
@@ -104,23 +100,6 @@ class KeeperLink:
         self.lost = asyncio.Event()
         self.restarting = False  # the keeper died: messages to it wait for the next one
         self._closing = False
-
-    # ------------------------------------------------------------------ files
-
-    def spool(self, key: str) -> Path:
-        return self.spool_dir / f"{key}.out"
-
-    def _exit_file(self, key: str) -> str:
-        return f"{self.jobs_dir}/{key}.exit"
-
-    def output_size(self, key: str) -> int:
-        try:
-            return self.spool(key).stat().st_size
-        except FileNotFoundError:
-            return 0
-
-    def read_output(self, key: str, offset: int, limit: int = READ_CHUNK) -> bytes:
-        return read_at(self.spool(key), offset, limit)
 
     # ------------------------------------------------------------------ life cycle
 
@@ -179,31 +158,6 @@ class KeeperLink:
                 if loop.time() > deadline:
                     raise
                 await asyncio.sleep(0.01)
-
-    def _adopt(self, held: list[dict[str, Any]]) -> None:
-        """Take back the jobs a former agent started: running, or ended while it was away."""
-        for item in held:
-            job = self.jobs.get(item["key"])  # known: the same keeper, after a lost link
-            if job is None:
-                job = self.jobs[item["key"]] = from_key(item["key"])
-                job.keeper_base = item.get("stdin_written", 0)
-            job.pid = item["pid"]
-            job.known = max(job.known, item.get("size", 0))
-            if item["exited"]:
-                exited = kp.Exited(**item["exited"])
-                job.known = exited.size
-                job.ended = ended_of(exited)
-            log.info("re-adopted job %s (%s)", job.key,
-                     job.ended.state if job.ended else "running")
-        for name in os.listdir(self.jobs_dir):
-            key, dot, suffix = name.rpartition(".")
-            if not dot or suffix != "exit" or key in self.jobs:
-                continue
-            left = read_exit(self._exit_file(key))
-            if left is not None:  # the keeper that recorded it is gone
-                job = from_key(key)
-                job.known, job.ended = left.size, ended_of(left)
-                self.jobs[key] = job
 
     async def close(self, kill_jobs: bool) -> None:
         """Stop supervising; with ``kill_jobs``, the keeper kills every job and exits.
@@ -436,71 +390,3 @@ class KeeperLink:
                 path.unlink()
         with contextlib.suppress(ConnectionError):
             self._send(kp.FORGET, {"key": key})
-
-    # ------------------------------------------------------------------ output and ends
-
-    def rewind(self, key: str, offset: int) -> None:
-        """The master holds output up to ``offset``: forward from there on."""
-        job = self.jobs.get(key)
-        if job is not None:
-            job.forwarded = offset
-
-    def relink(self) -> None:
-        """A new link to the master: every end is to be reported on it again, and input
-        is counted afresh."""
-        for job in self.jobs.values():
-            job.end_sent = False
-            job.link_base = job.input_got
-
-    def pump(self, key: str, size: int | None = None) -> None:
-        """The run's spool has ``size`` bytes (default: what the file has): forward what
-        the link has room for, and the end once all output has gone."""
-        job = self.jobs.get(key)
-        if job is None:
-            return
-        job.known = max(job.known, self.output_size(key) if size is None else size)
-        self._forward(job)
-
-    def pump_all(self) -> None:
-        """Forward what waits, job after job, while the link has room."""
-        for job in list(self.jobs.values()):
-            if not self._forward(job):
-                return
-
-    def _forward(self, job: NodeRun) -> bool:
-        """Forward the run's output up to what is known, then its end; False when the
-        link ran out of room first."""
-        while job.forwarded < job.known:
-            if not self.has_room():
-                return False
-            data = self.read_output(job.key, job.forwarded,
-                                    min(READ_CHUNK, job.known - job.forwarded))
-            if not data:
-                break  # the spool is shorter than said (lost): the end tells the size
-            self.on_output(job, job.forwarded, data)
-            job.forwarded += len(data)
-        if job.ended is not None and not job.end_sent:
-            if not self.has_room():
-                return False
-            job.end_sent = True
-            self.on_ended(job)
-        return True
-
-    def _conclude(self, job: NodeRun, exited: kp.Exited) -> None:
-        if job.ended is not None:
-            return
-        job.known = max(job.known, exited.size)
-        job.ended = ended_of(exited)
-        self.input.dropped(job)
-        self._forward(job)
-
-    def _fail(self, job: NodeRun, reason: str, state: str = "failed") -> None:
-        if job.ended is not None:
-            return
-        with open(self.spool(job.key), "ab") as f:
-            f.write(m.frame(m.STREAM_STDERR, f"mgpu: {reason}\n".encode()))
-        size = self.output_size(job.key)
-        job.known = size
-        job.ended = m.JobEnded(job.job_id, job.run, state, None, reason, size)
-        self.input.dropped(job)
-        self._forward(job)
