@@ -24,9 +24,9 @@ re-adopts every job with its output and exit code. For each job the keeper:
 timeout is longer) can requeue them: no job ever runs twice because of a silent agent.
 
 Why one keeper per node rather than one watcher process per job: a fork of a Python
-process costs about 3 ms of CPU here (copy-on-write of the interpreter's pages in both
-processes), which would cap a 2-core node at a few hundred jobs per second; the keeper
-starts each job with ``vfork`` for a fraction of that. The cost: if the keeper itself is
+process is dear (copy-on-write of the interpreter's pages in both processes) and would cap
+how many jobs a node can start per second; the keeper starts each job with ``vfork``
+(``posix_spawn``), which copies nothing. The cost: if the keeper itself is
 killed, the node's jobs lose their watcher; the next agent then reports them as failed.
 
 Messages are those of ``core/keeper_messages.py``. A message the keeper cannot act on is

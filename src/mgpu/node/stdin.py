@@ -20,7 +20,7 @@ STDIN_WINDOW = 256 * 1024  # bytes of a job's input passed to the keeper and not
 # its buffer (written to the job's stdin, or dropped because the job closed it or ended),
 # counted from the first. A keeper that sends it says so in HELLO ("stdin_credit": true,
 # and each job's count so far as "stdin_written", for an agent that re-adopts it);
-# with an older keeper, input counts as written once it is passed on.
+# with a keeper that does not say so, input counts as written once it is passed on.
 STDIN_WRITTEN = kp.STDIN_CREDIT
 
 OnInputAck = Callable[[NodeRun], None]
@@ -31,7 +31,7 @@ class InputPump:
     """Passes input to the keeper a window at a time; ``on_ack(job)`` when more of a
     job's input was written (``job.input_delivered``), for the agent to tell the master.
 
-    ``credit`` says the keeper reports what it wrote; without (an older keeper), input
+    ``credit`` says the keeper reports what it wrote; without (a keeper that does not), input
     counts as written once passed on, and only the master and agent hops are bounded.
     """
 

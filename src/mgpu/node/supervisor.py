@@ -80,7 +80,7 @@ def as_owner(job: KeeperRun, preexec: Callable[[], None] | None = None) -> dict[
     its working directory, calling ``preexec`` in the child last.
 
     Only when the owner is another user than the keeper's: a uid change makes Popen fork
-    instead of vfork, which costs the keeper about a millisecond per job. The directory is
+    instead of vfork, which costs the keeper a copy of its pages per job. The directory is
     then entered as the owner, after the change of ids (Popen's ``cwd`` would enter it as
     root, past the directory's permissions)."""
     env = job.req.env
