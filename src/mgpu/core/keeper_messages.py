@@ -28,11 +28,11 @@ RESIZE = b"r"  # {key, rows, cols}
 FORGET = b"f"  # {key}: the agent has reported the end; drop it
 SHUTDOWN = b"q"  # kill every job and exit
 # keeper -> agent
-HELLO = b"h"  # {jobs: [{key, job_id, pid, size, exited, stdin_written}], stdin_credit}
-GREW = b"g"  # {key, size}
+HELLO = b"h"  # Hello
+GREW = b"g"  # Grew
 EXITED = b"x"  # Exited
-STDIN_CREDIT = b"w"  # {key, written}: see "stdin flow control" below
-REFUSED = b"!"  # {reason}: this connection is refused (another agent holds the keeper,
+STDIN_CREDIT = b"w"  # StdinCredit: see "stdin flow control" below
+REFUSED = b"!"  # Refused: this connection is refused (another agent holds the keeper,
 #                 or the peer's uid is not allowed); the keeper closes it after this
 
 # Stdin flow control (credit-based). For each job the keeper counts ``written``: the bytes
@@ -84,6 +84,51 @@ class Exited:
     exit_code: int | None
     reason: str | None
     size: int
+
+
+@dataclass
+class Held:
+    """Keeper -> agent, in HELLO: one run the keeper holds (``exited``: its end, if it
+    ended; ``stdin_written``: its stdin credit so far)."""
+
+    key: str
+    job_id: int
+    pid: int
+    size: int
+    stdin_written: int
+    exited: Exited | None
+
+
+@dataclass
+class Hello:
+    """Keeper -> agent, first on every connection: the runs it holds; ``stdin_credit``
+    says it sends STDIN_CREDIT."""
+
+    jobs: list[Held]
+    stdin_credit: bool = True
+
+
+@dataclass
+class Grew:
+    """Keeper -> agent: the run's spool has ``size`` bytes."""
+
+    key: str
+    size: int
+
+
+@dataclass
+class StdinCredit:
+    """Keeper -> agent: ``written`` bytes of the run's stdin taken off its buffer."""
+
+    key: str
+    written: int
+
+
+@dataclass
+class Refused:
+    """Keeper -> a peer it will not serve, before it closes the connection."""
+
+    reason: str
 
 
 def pack(kind: bytes, body: dict[str, Any] | bytes = b"") -> bytes:

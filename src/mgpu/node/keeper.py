@@ -68,6 +68,7 @@ from mgpu.core.keeper_messages import (
     STDIN_EOF,
     STDIN_WINDOW,
     Exited,
+    Grew,
     Spawn,
     pack,
     unpack_all,
@@ -352,7 +353,7 @@ class Keeper(AgentConnection):
             if (self.conn is not None and job.size != job.notified
                     and len(self.outbuf) < GREW_BELOW):
                 job.notified = job.size
-                self.send(GREW, {"key": job.key, "size": job.size})
+                self.send(GREW, vars(Grew(job.key, job.size)))
 
 
 socket_path = keeper_sock.socket_path

@@ -34,6 +34,9 @@ from mgpu.core.keeper_messages import (
     STDIN,
     STDIN_EOF,
     Exited,
+    Held,
+    Hello,
+    Refused,
     Spawn,
     pack,
     unpack_all,
@@ -123,7 +126,7 @@ class AgentConnection:
         if refusal is not None:
             with contextlib.suppress(OSError):
                 conn.setblocking(False)
-                conn.send(pack(REFUSED, {"reason": refusal}))
+                conn.send(pack(REFUSED, asdict(Refused(refusal))))
             conn.close()
             print(f"mgpu keeper: refused a connection: {refusal}", file=sys.stderr, flush=True)
             return
@@ -131,14 +134,13 @@ class AgentConnection:
         self.conn = conn
         self.last_heard = time.monotonic()
         self.sel.register(conn, selectors.EVENT_READ, ("conn", None))
-        jobs = []
+        held = []
         for job in self.jobs.values():
-            jobs.append({"key": job.key, "job_id": job.job_id, "pid": job.pid,
-                         "size": job.size, "stdin_written": job.stdin_written,
-                         "exited": asdict(job.result) if job.result else None})
+            held.append(Held(job.key, job.job_id, job.pid, job.size, job.stdin_written,
+                             job.result))
             job.notified = job.size
             job.stdin_credited = job.stdin_written
-        self.send(HELLO, {"jobs": jobs, "stdin_credit": True})
+        self.send(HELLO, asdict(Hello(held)))
 
     def _on_conn(self, mask: int) -> None:
         if mask & selectors.EVENT_WRITE:

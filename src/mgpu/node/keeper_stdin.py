@@ -15,7 +15,12 @@ from collections.abc import Callable
 from typing import Any
 
 from mgpu.core.frames import STREAM_STDOUT
-from mgpu.core.keeper_messages import STDIN_CREDIT, STDIN_CREDIT_STEP, STDIN_WINDOW
+from mgpu.core.keeper_messages import (
+    STDIN_CREDIT,
+    STDIN_CREDIT_STEP,
+    STDIN_WINDOW,
+    StdinCredit,
+)
 from mgpu.node.keeper_jobs import KeeperRun
 
 
@@ -87,4 +92,4 @@ class StdinFeed:
         ahead = job.stdin_written - job.stdin_credited
         if ahead >= STDIN_CREDIT_STEP or (ahead > 0 and not job.stdin_buf):
             job.stdin_credited = job.stdin_written
-            self.send(STDIN_CREDIT, {"key": job.key, "written": job.stdin_written})
+            self.send(STDIN_CREDIT, vars(StdinCredit(job.key, job.stdin_written)))
