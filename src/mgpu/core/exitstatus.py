@@ -1,11 +1,10 @@
 """How a process's end reads as an exit status, one rule for the keeper and the CLI.
 
-Standard library only: the keeper imports this at start.
+Standard library only: the keeper imports this at start. ``signal`` (which imports
+``enum``) is imported only to name a signal, as the CLI's start-up budget has no room for it.
 """
 
 from __future__ import annotations
-
-import signal
 
 
 def exit_code_of(returncode: int) -> int:
@@ -19,6 +18,8 @@ def describe_exit(returncode: int) -> str | None:
     if returncode == 0:
         return None
     if returncode < 0:
+        import signal
+
         try:
             return f"killed by {signal.Signals(-returncode).name}"
         except ValueError:

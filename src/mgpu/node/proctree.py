@@ -157,23 +157,26 @@ def alive(pid: int) -> bool:
 
 
 def environ_has_any(pid: int, markers: list[bytes]) -> bool:
+    """Does the environment of ``pid`` hold any of ``markers`` (``NAME=VALUE\\0``)?"""
     if not markers:
         return False
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            env = f.read()
-    except OSError:
-        return False
-    return any(marker in env for marker in markers)
+    env = _environ(pid)
+    return env is not None and any(marker in env for marker in markers)
 
 
 def has_env(pid: int, markers: tuple[bytes, ...]) -> bool:
+    """Does the environment of ``pid`` hold all of ``markers``?"""
+    env = _environ(pid)
+    return env is not None and all(marker in env for marker in markers)
+
+
+def _environ(pid: int) -> bytes | None:
+    """The raw environment of ``pid``; None when it has gone or may not be read."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
-            env = f.read()
+            return f.read()
     except OSError:
-        return False
-    return all(marker in env for marker in markers)
+        return None
 
 
 def reap_orphans(keep: set[int]) -> None:
