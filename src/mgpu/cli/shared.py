@@ -2,13 +2,16 @@
 options (``--master``, ``--ca``, ``--token-file``, ``--log-*``) name, and the exit status a
 job's end gives.
 
-Only ``sys`` is imported here; the client and the config dataclasses are imported by the
-functions that make them (start-up time, see :mod:`mgpu.cli`).
+Only ``sys`` and the stdlib-only ``core/exitstatus`` are imported here; the client and the
+config dataclasses are imported by the functions that make them (start-up time, see
+:mod:`mgpu.cli`).
 """
 
 from __future__ import annotations
 
 import sys
+
+from mgpu.core.exitstatus import shell_status
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs start-up time
 if TYPE_CHECKING:
@@ -19,16 +22,8 @@ if TYPE_CHECKING:
 
 
 def exit_status(state: str, exit_code: int | None) -> int:
-    """The status for the shell from how a job ended: its exit code, 128+N for signal N,
-    and never 0 unless it completed."""
-    code = 0 if exit_code is None else exit_code
-    if code < 0:  # a signal number, negated
-        code = 128 - code
-    if not 0 <= code <= 255:
-        code = 1
-    if code == 0 and state != "completed":
-        code = 1
-    return code
+    """The status for the shell from how a job ended (see :func:`shell_status`)."""
+    return shell_status(state, exit_code)
 
 
 def write(text: str, *, err: bool = False) -> None:

@@ -2,7 +2,7 @@
 
 An agent dials the master's WebSocket (only the master needs an open port), registers its
 GPUs and the jobs it still holds, then runs :class:`StartJob` / :class:`CancelJob` orders
-through its :class:`Supervisor`. Output and ends go back over the same socket in order.
+through its :class:`KeeperLink`. Output and ends go back over the same socket in order.
 When the link drops, jobs keep running and their output stays in the spool; the agent
 reconnects with back-off and resends from the offsets the master says it has.
 
@@ -35,9 +35,9 @@ from mgpu.core.models import GpuInfo
 from mgpu.node import credential, fencing, join
 from mgpu.node import users as policy
 from mgpu.node.health import serve_health
+from mgpu.node.keeper_link import KeeperLink, NodeRun
 from mgpu.node.logship import LogShipper
 from mgpu.node.outbox import Outbox
-from mgpu.node.supervisor import RunningJob, Supervisor
 
 MAX_BACKOFF = 2.0
 
@@ -65,7 +65,7 @@ class Agent:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
-        self.supervisor: Supervisor | None = None
+        self.supervisor: KeeperLink | None = None
         self._secret: str | None = None
         self._ssl_context: Any = None
 
@@ -86,7 +86,7 @@ class Agent:
         self._secret = join.join_secret(self.cfg, self.log)
         self._ssl_context = join.client_ssl(self.cfg)
         data_dir = self.cfg.effective_data_dir
-        self.supervisor = Supervisor(
+        self.supervisor = KeeperLink(
             self.node_id, data_dir, self._on_output, self._on_ended, self.cfg.kill_grace,
             self.cfg.fence_timeout, self.cfg.allow_root_jobs, self.cfg.max_output_mib << 20,
             on_health=self._on_health, on_input_ack=self._on_input_ack,
@@ -330,7 +330,7 @@ class Agent:
     def _has_room(self) -> bool:
         return self._ready and self._out is not None and self._out.has_room()
 
-    def _on_output(self, job: RunningJob, offset: int, data: bytes) -> None:
+    def _on_output(self, job: NodeRun, offset: int, data: bytes) -> None:
         self._send(m.JobOutput(job.job_id, job.run, offset, data))
 
     def _on_health(self, degraded: str | None) -> None:
@@ -343,10 +343,10 @@ class Agent:
             self.log.info("node healthy again, taking jobs")
         self._send(m.NodeHealth(degraded))
 
-    def _on_input_ack(self, job: RunningJob) -> None:
+    def _on_input_ack(self, job: NodeRun) -> None:
         self._send(m.JobInputAck(job.job_id, job.input_delivered))
 
-    def _on_ended(self, job: RunningJob) -> None:
+    def _on_ended(self, job: NodeRun) -> None:
         assert job.ended is not None
         self.log.debug("job %s ended: %s", job.key, job.ended.state)
         self._send(job.ended)

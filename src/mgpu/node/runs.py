@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mgpu.core import keeper_messages as kp
 from mgpu.core import messages as m
 from mgpu.core.models import run_key
-from mgpu.node import keeper as kp
 
 
 def job_environment(
@@ -31,7 +31,7 @@ def job_environment(
 
 
 @dataclass
-class RunningJob:
+class NodeRun:
     """One run of a job under supervision, as the agent sees it."""
 
     job_id: int
@@ -60,10 +60,10 @@ class RunningJob:
         return run_key(self.job_id, self.run)
 
 
-def from_key(key: str) -> RunningJob:
+def from_key(key: str) -> NodeRun:
     """A new record of the run named ``JOBID.RUN``."""
     job_id, _, run = key.partition(".")
-    return RunningJob(int(job_id), int(run or 0))
+    return NodeRun(int(job_id), int(run or 0))
 
 
 def ended_of(exited: kp.Exited) -> m.JobEnded:

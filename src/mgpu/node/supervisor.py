@@ -1,504 +1,312 @@
-"""Process supervision on a node, from the agent's side.
+"""Starting a job's processes, in the keeper: what to execute, as whom, and how.
 
-Jobs run under the node's keeper (``keeper.py``), a process the supervisor starts once
-and that outlives the agent. The supervisor talks to it over ``DATA/run/keeper.sock``: it asks
-for jobs to start, passes on cancels, signals and input, forwards output as the spool files
-grow, pings so the keeper knows the agent is alive, and reports each end. When a restarted
-agent connects, the keeper says which jobs it holds, and the agent re-adopts them with their
-output and exit codes. Ends recorded in ``DATA/jobs/JOBID.exit`` are recovered even when the
-keeper is gone.
+* **argv**: the job's argv, its command line split into words when any shell would run it
+  the same way, else ``/bin/sh -c COMMAND`` (:func:`command_argv`); the program is looked up
+  in the job's own PATH (:func:`executable`).
+* **accounts**: a root keeper runs a job as its owner (:func:`account_of`).
+  ``Popen(cwd=..., user=...)`` changes directory *before* it drops privileges, which would
+  let a job start in a directory its owner may not enter; so the keeper passes no ``cwd``
+  and changes directory in the child after the change of ids
+  (:func:`enter_after_setuid`, a ``preexec_fn``, which Popen calls after setuid). When that
+  fails, Popen only says that the preexec function failed: :func:`why_cannot_enter` then
+  finds the reason, in a child that takes the owner's ids and tries.
+* **spawning**: with pipes (:func:`start_pipes`, ``posix_spawn`` for the keeper's own user)
+  or a pseudo-terminal (:func:`start_pty`), in a new session.
 
-**A keeper that dies.** Its jobs lose their watcher. The supervisor then (1) says the node
-is degraded (``on_health``), so the master places nothing here; (2) kills every process of
-the runs it held, found by their environment (``orphans.py``), and only once none lives
-reports them ended (``node_fail``); (3) starts a new keeper, retrying with back-off, and
-says the node is healthy again. A job started meanwhile waits for the new keeper.
-
-**Output** is forwarded from the spool as the link to the master has room (``has_room``),
-never read ahead into memory; a run's end is reported once all its output has gone. When
-the master has acknowledged the end, the run's spool and exit files are deleted.
-
-**Input** (``--stdin``) goes to the keeper a window at a time (``stdin.py``).
+Standard library only (with the keeper's own stdlib-only modules): the keeper imports this
+at start.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
-import logging
+import errno
+import fcntl
 import os
+import signal
+import stat
+import struct
 import subprocess
-import sys
+import termios
+import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from mgpu.core import messages as m
-from mgpu.node import keeper as kp
-from mgpu.node.orphans import is_keeper, kill_runs, peer_pid
-from mgpu.node.runs import RunningJob, ended_of, from_key, job_environment
-from mgpu.node.stdin import STDIN_WRITTEN, InputPump, OnInputAck
-from mgpu.utils.spool import read_at
+from mgpu.core.keeper_messages import Spawn
+from mgpu.node.keeper_jobs import Account, KeeperRun
 
-log = logging.getLogger("mgpu.node.supervisor")
-
-READ_CHUNK = 1 << 20
-CONNECT_TIMEOUT = 10.0
-RESTART_BACKOFF = (0.1, 5.0)  # seconds between attempts to start a new keeper: first, most
+ACCOUNT_TTL = 30.0  # seconds an account lookup is reused (passwd and group files)
+_accounts: dict[str, tuple[float, Account | None]] = {}
 
 
-__all__ = ["RunningJob", "Supervisor", "job_environment"]
-
-OnOutput = Callable[[RunningJob, int, bytes], None]
-OnEnded = Callable[[RunningJob], None]
-OnHealth = Callable[[str | None], None]
-
-
-def _always() -> bool:
-    return True
-
-
-def _nothing(*_: object) -> None:
-    return None
-
-
-class Supervisor:
-    """Starts jobs through the keeper; reports their output and ends through callbacks.
-
-    Jobs are kept by run key (a requeued job's new run may start here while its old run is
-    still being killed). ``on_output(job, offset, framed_bytes)`` is called as output
-    appears in the run's spool, while ``has_room()`` says the link can take it;
-    ``on_ended(job)`` once per run and link, after all of its output, with ``job.ended``
-    set. ``on_health(reason)`` says the node cannot take jobs (its keeper died), or
-    (None) that it can again; ``on_input_ack(job)`` that more of its input was written.
-    """
-
-    def __init__(self, node_id: str, data_dir: Path, on_output: OnOutput, on_ended: OnEnded,
-                 kill_grace: float = 30.0, fence: float | None = None,
-                 allow_root: bool = False, max_output: int = 0, *,
-                 on_health: OnHealth = _nothing, on_input_ack: OnInputAck = _nothing,
-                 has_room: Callable[[], bool] = _always) -> None:
-        self.node_id = node_id
-        self.data_dir = data_dir
-        self.spool_dir = data_dir / "spool"
-        self.jobs_dir = data_dir / "jobs"
-        self.on_output = on_output
-        self.on_ended = on_ended
-        self.on_health = on_health
-        self.has_room = has_room
-        self.kill_grace = kill_grace
-        self.fence = fence
-        self.allow_root = allow_root
-        self.max_output = max_output  # bytes of output kept per run (0: no cap)
-        self.jobs: dict[str, RunningJob] = {}
-        self._writer: asyncio.StreamWriter | None = None
-        self._outbox = bytearray()  # messages to the keeper, written at the end of a turn
-        self._reader_task: asyncio.Task[None] | None = None
-        self._pinger: asyncio.Task[None] | None = None
-        self._keeper: subprocess.Popen[bytes] | None = None
-        self.keeper_pid = 0  # of the keeper at the other end of the socket
-        self.input = InputPump(self._send, on_input_ack)
-        self.lost = asyncio.Event()
-        self.restarting = False  # the keeper died: messages to it wait for the next one
-        self._closing = False
-
-    # ------------------------------------------------------------------ files
-
-    def spool(self, key: str) -> Path:
-        return self.spool_dir / f"{key}.out"
-
-    def _exit_file(self, key: str) -> str:
-        return f"{self.jobs_dir}/{key}.exit"
-
-    def output_size(self, key: str) -> int:
-        try:
-            return self.spool(key).stat().st_size
-        except FileNotFoundError:
-            return 0
-
-    def read_output(self, key: str, offset: int, limit: int = READ_CHUNK) -> bytes:
-        return read_at(self.spool(key), offset, limit)
-
-    # ------------------------------------------------------------------ life cycle
-
-    async def open(self) -> None:
-        """Connect to the node's keeper (starting it if none runs) and re-adopt its jobs."""
-        for d in (self.spool_dir, self.jobs_dir):
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        await self._link()
-        self._pinger = asyncio.create_task(self._ping_loop())
-
-    async def _link(self) -> None:
-        """Connect to the keeper, starting one if none answers; adopt what it holds."""
-        try:
-            reader, writer = await self._connect()
-        except OSError:
-            # No keeper: whatever still runs of this node's jobs lost its keeper (which
-            # died, perhaps while no agent ran) and is unwatched. It goes first: the master
-            # takes those runs for lost and may run them elsewhere.
-            await asyncio.to_thread(kill_runs, str(self.data_dir.absolute()), None)
-            self._start_keeper()
-            reader, writer = await self._connect_when_ready()
-        hello = await self._read_message(reader)
-        if hello is None or hello[0] != kp.HELLO:
-            writer.close()
-            raise OSError("the node keeper did not answer")
-        self.keeper_pid = peer_pid(writer)
-        body = json.loads(hello[1])
-        self.input.credit = bool(body.get("stdin_credit"))
-        self._writer = writer
-        self._adopt(body["jobs"])
-        self._reader_task = asyncio.create_task(self._follow(reader))
-
-    def _start_keeper(self) -> None:
-        logfile = open(self.data_dir / "keeper.log", "ab")  # noqa: SIM115 - handed to the child
-        with logfile:
-            self._keeper = subprocess.Popen(
-                [sys.executable, "-m", "mgpu.node.keeper", str(self.data_dir)],
-                stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile,
-                start_new_session=True, close_fds=True,
-            )
-
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        with kp.socket_address(str(self.data_dir)) as address:
-            return await asyncio.open_unix_connection(address)
-
-    async def _connect_when_ready(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + CONNECT_TIMEOUT
-        while True:
-            try:
-                return await self._connect()
-            except OSError:
-                if self._keeper is not None and self._keeper.poll() is not None:
-                    raise OSError(f"the node keeper exited at start (see "
-                                  f"{self.data_dir / 'keeper.log'})") from None
-                if loop.time() > deadline:
-                    raise
-                await asyncio.sleep(0.01)
-
-    def _adopt(self, held: list[dict[str, Any]]) -> None:
-        """Take back the jobs a former agent started: running, or ended while it was away."""
-        for item in held:
-            job = self.jobs.get(item["key"])  # known: the same keeper, after a lost link
-            if job is None:
-                job = self.jobs[item["key"]] = from_key(item["key"])
-                job.keeper_base = item.get("stdin_written", 0)
-            job.pid = item["pid"]
-            job.known = max(job.known, item.get("size", 0))
-            if item["exited"]:
-                exited = kp.Exited(**item["exited"])
-                job.known = exited.size
-                job.ended = ended_of(exited)
-            log.info("re-adopted job %s (%s)", job.key,
-                     job.ended.state if job.ended else "running")
-        for name in os.listdir(self.jobs_dir):
-            key, dot, suffix = name.rpartition(".")
-            if not dot or suffix != "exit" or key in self.jobs:
-                continue
-            left = kp.read_exit(self._exit_file(key))
-            if left is not None:  # the keeper that recorded it is gone
-                job = from_key(key)
-                job.known, job.ended = left.size, ended_of(left)
-                self.jobs[key] = job
-
-    async def close(self, kill_jobs: bool) -> None:
-        """Stop supervising; with ``kill_jobs``, the keeper kills every job and exits.
-        Without, the jobs run on under the keeper, which kills them if no agent comes
-        back within the fence time. Closing twice is harmless."""
-        if self._closing:
-            return
-        self._closing = True
-        if self._pinger is not None:
-            self._pinger.cancel()
-        if kill_jobs and self._writer is not None:
-            self._send(kp.SHUTDOWN, {})
-            running = [j for j in self.jobs.values() if j.ended is None]
-            if running and self._reader_task is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._all_ended(running), 10)
-        if self._reader_task is not None:
-            self._reader_task.cancel()
-        if self._writer is not None:
-            self._flush()
-            self._writer.close()
-            self._writer = None
-        if self._keeper is not None and kill_jobs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                await asyncio.to_thread(self._keeper.wait, 10)
-
-    async def _all_ended(self, jobs: list[RunningJob]) -> None:
-        while any(j.ended is None for j in jobs) and not self.lost.is_set():
-            await asyncio.sleep(0.01)
-
-    # ------------------------------------------------------------------ the keeper link
-
-    def _send(self, kind: bytes, body: dict[str, Any] | bytes) -> None:
-        """Queue a message to the keeper: what one turn of the event loop queued goes
-        out in one write. While a new keeper is being started, it waits for that one."""
-        if self._writer is None and not self.restarting:
-            raise ConnectionError("the node keeper is not connected")
-        if not self._outbox and self._writer is not None:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._outbox += kp.pack(kind, body)
-
-    def _flush(self) -> None:
-        if self._writer is None:
-            return  # (while restarting, what waits goes to the next keeper)
-        if self._outbox:
-            self._writer.write(self._outbox)
-        self._outbox = bytearray()
-
-    @staticmethod
-    async def _read_message(reader: asyncio.StreamReader) -> tuple[bytes, bytes] | None:
-        try:
-            head = await reader.readexactly(4)
-            raw = await reader.readexactly(kp.LENGTH.unpack(head)[0])
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return None
-        return raw[:1], raw[1:]
-
-    async def _follow(self, reader: asyncio.StreamReader) -> None:
-        buf = bytearray()
-        while True:
-            try:
-                data = await reader.read(1 << 18)
-            except ConnectionError:
-                data = b""
-            if not data:
-                break
-            buf += data
-            for kind, payload in kp.unpack_all(buf):
-                self._on_keeper(kind, payload)
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        if self._closing:
-            self.lost.set()
-            return
-        self.restarting = True
-        try:
-            await self._recover()
-        finally:
-            self.restarting = False
-
-    async def _recover(self) -> None:
-        """The link to the keeper broke. A keeper that still lives is reconnected to; a dead
-        one's jobs are killed and reported, and a new keeper is started (see the module
-        docstring). The node is degraded until then."""
-        alive = self.keeper_pid > 0 and is_keeper(self.keeper_pid)
-        if self._keeper is not None:
-            self._keeper.poll()  # reap it, if it was ours
-        if not alive:
-            self.lost.set()
-            log.error("the node keeper died: killing its jobs and starting a new one")
-            self.on_health("the node keeper died; restarting it")
-            await self._end_orphans("the node keeper died while the job ran: its processes "
-                                    "were killed")
-        delay = RESTART_BACKOFF[0]
-        while not self._closing:
-            try:
-                await self._link()
-                break
-            except OSError as e:
-                why = f"the node keeper died and cannot be restarted ({e}); retrying"
-                log.error("%s", why)
-                self.on_health(why)
-                self._outbox.clear()  # what waited for the keeper: its jobs end below
-                await self._end_orphans(f"the node keeper is gone and cannot be restarted "
-                                        f"({e}; see {self.data_dir / 'keeper.log'})")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RESTART_BACKOFF[1])
-        if self._closing:
-            return
-        self.lost.clear()
-        log.info("the node keeper is back (pid %d)", self.keeper_pid)
-        self._flush()
-        self.on_health(None)
-
-    async def _end_orphans(self, reason: str) -> None:
-        """Kill every process of the runs the dead keeper held, then report their ends:
-        those it recorded as they are, the others as ``node_fail`` for ``reason``."""
-        open_runs = [j for j in self.jobs.values() if j.ended is None]
-        for job in open_runs:
-            exited = kp.read_exit(self._exit_file(job.key))
-            if exited is not None:
-                self._conclude(job, exited)
-        keys = {j.key for j in self.jobs.values() if j.ended is None}
-        if keys:
-            await asyncio.to_thread(kill_runs, str(self.data_dir.absolute()), keys)
-        for job in open_runs:
-            if job.key in keys:
-                self._fail(job, reason, state="node_fail")
-
-    def _on_keeper(self, kind: bytes, payload: bytes) -> None:
-        body = json.loads(payload)
-        job = self.jobs.get(str(body.get("key")))
-        if job is None:
-            return
-        if kind == kp.GREW:
-            self.pump(job.key, body["size"])
-        elif kind == kp.EXITED:
-            self._conclude(job, kp.Exited(**body))
-        elif kind == STDIN_WRITTEN:
-            self.input.written(job, int(body["written"]) - job.keeper_base)
-
-    async def _ping_loop(self) -> None:
-        while True:
-            if self._writer is not None:
-                self._send(kp.PING, {"fence": self.fence})
-            await asyncio.sleep(max(0.05, (self.fence or 4.0) / 4))
-
-    # ------------------------------------------------------------------ orders
-
-    def start(self, msg: m.StartJob) -> RunningJob:
-        """Ask the keeper to start a job; its output and end come back by callback."""
-        job = RunningJob(msg.job_id, msg.run)
-        self.jobs[job.key] = job
-        env = job_environment(msg.env, msg.job_id, msg.run, self.node_id, msg.gpu_ids,
-                              msg.name, str(self.data_dir.absolute()))
-        req = {
-            "key": job.key, "job_id": msg.job_id, "command": msg.command, "cwd": msg.cwd,
-            "env": env, "spool": str(self.spool(job.key)),
-            "exit_file": self._exit_file(job.key),
-            "time_limit": msg.time_limit, "grace": self.kill_grace, "fence": self.fence,
-            "stdin": msg.stdin, "pty": msg.pty, "argv": msg.argv, "user": msg.user,
-            "allow_root": self.allow_root, "max_output": self.max_output,
-        }
-        try:
-            self._send(kp.SPAWN, req)
-        except ConnectionError as e:
-            self._fail(job, f"could not start: {e}")
-        return job
-
-    def refuse(self, msg: m.StartJob, reason: str) -> None:
-        """End a job this node will not run, with ``reason`` (its output says it too)."""
-        job = RunningJob(msg.job_id, msg.run)
-        self.jobs[job.key] = job
-        self._fail(job, reason)
-
-    def active(self, job_id: int) -> RunningJob | None:
-        """The run of ``job_id`` that still runs here, if any."""
-        for job in self.jobs.values():
-            if job.job_id == job_id and job.ended is None:
-                return job
+def account_of(req: Spawn) -> Account | None:
+    """Whom to run the job as: its owner's account when the keeper is root, else nobody
+    else (the job runs as the keeper's user). PermissionError, with the reason, when the
+    owner has no account here or is root and root jobs are not allowed."""
+    if os.geteuid() != 0:
         return None
+    now = time.monotonic()
+    cached = _accounts.get(req.user)
+    if cached is not None and now - cached[0] < ACCOUNT_TTL:
+        acct = cached[1]
+    else:
+        acct = _lookup(req.user)
+        _accounts[req.user] = (now, acct)
+    if acct is None:
+        raise PermissionError(
+            f"user {req.user!r} has no account on this node: create it (same name as on "
+            "the master) or run the job from an account that exists here")
+    if acct.uid == 0 and not req.allow_root:
+        raise PermissionError(
+            "jobs do not run as root: submit as another user, or allow root jobs on this "
+            "node (MGPU_ALLOW_ROOT_JOBS=1, allow_root_jobs in [node])")
+    return acct
 
-    def cancel(self, job_id: int, reason: str = "cancelled", grace: float | None = None,
-               state: str = "cancelled") -> None:
-        """SIGTERM the job's whole tree; SIGKILL it after the grace period."""
-        job = self.active(job_id)
-        if job is not None:
-            self._stop(job.key, state, reason, self.kill_grace if grace is None else grace)
 
-    def kill(self, key: str, reason: str) -> None:
-        """Kill one run at once (fencing)."""
-        job = self.jobs.get(key)
-        if job is not None and job.ended is None:
-            self._stop(key, "node_fail", reason, 0)
+def _lookup(user: str) -> Account | None:
+    import pwd
 
-    def _stop(self, key: str, state: str, reason: str, grace: float) -> None:
-        with contextlib.suppress(ConnectionError):
-            self._send(kp.CANCEL, {"key": key, "state": state, "reason": reason,
-                                   "grace": grace})
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return None
+    groups = os.getgrouplist(entry.pw_name, entry.pw_gid)
+    return Account(entry.pw_name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir,
+                   entry.pw_shell)
 
-    def signal(self, job_id: int, signum: int) -> None:
-        job = self.active(job_id)
-        if job is not None:
-            with contextlib.suppress(ConnectionError):
-                self._send(kp.SIGNAL, {"key": job.key, "signum": signum})
 
-    def write_stdin(self, job_id: int, data: bytes, eof: bool) -> None:
-        """Input from the master for the job's stdin: passed to the keeper a window at a
-        time (:data:`STDIN_WINDOW`), the rest held until the keeper has written some."""
-        job = self.active(job_id)
-        if job is not None:
-            self.input.feed(job, data, eof)
+def as_owner(job: KeeperRun, preexec: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Popen arguments that run the job as its owner, with the owner's HOME and USER, in
+    its working directory, calling ``preexec`` in the child last.
 
-    def resize(self, job_id: int, rows: int, cols: int) -> None:
-        job = self.active(job_id)
-        if job is not None:
-            with contextlib.suppress(ConnectionError):
-                self._send(kp.RESIZE, {"key": job.key, "rows": rows, "cols": cols})
+    Only when the owner is another user than the keeper's: a uid change makes Popen fork
+    instead of vfork, which costs the keeper a copy of its pages per job. The directory is
+    then entered as the owner, after the change of ids (Popen's ``cwd`` would enter it as
+    root, past the directory's permissions)."""
+    env = job.req.env
+    acct = job.account
+    cwd = job.req.cwd or "/"
+    if acct is None or acct.uid == os.geteuid():
+        return {"env": env, "cwd": cwd, "preexec_fn": preexec}
+    env = {**env, "HOME": acct.home, "USER": acct.name, "LOGNAME": acct.name,
+           "SHELL": acct.shell or "/bin/sh"}
+    return {"env": env, "user": acct.uid, "group": acct.gid, "extra_groups": acct.groups,
+            "preexec_fn": enter_after_setuid(cwd, preexec)}
 
-    def forget(self, key: str) -> None:
-        """Drop an ended run once the master has saved its end, and its files: the master
-        has all of its output by then (it came before the end)."""
-        job = self.jobs.get(key)
-        if job is None or job.ended is None:
-            return
-        del self.jobs[key]
-        for path in (self.spool(key), Path(self._exit_file(key))):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-        with contextlib.suppress(ConnectionError):
-            self._send(kp.FORGET, {"key": key})
 
-    # ------------------------------------------------------------------ output and ends
+# Words that only a shell understands: a command starting with one needs /bin/sh.
+_SHELL_WORDS = frozenset((
+    "alias", "bg", "break", "builtin", "cd", "command", "continue", "declare", "eval",
+    "exec", "exit", "export", "fc", "fg", "getopts", "hash", "jobs", "let", "local", "read",
+    "readonly", "return", "set", "shift", "source", "times", "trap", "type", "typeset",
+    "ulimit", "umask", "unalias", "unset", "wait", ".", ":", "!", "{", "}", "if", "then",
+    "else", "elif", "fi", "case", "esac", "for", "while", "until", "do", "done", "function",
+    "select", "time",
+))
+_PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_@%+=:,./- ")
 
-    def rewind(self, key: str, offset: int) -> None:
-        """The master holds output up to ``offset``: forward from there on."""
-        job = self.jobs.get(key)
-        if job is not None:
-            job.forwarded = offset
 
-    def relink(self) -> None:
-        """A new link to the master: every end is to be reported on it again, and input
-        is counted afresh."""
-        for job in self.jobs.values():
-            job.end_sent = False
-            job.link_base = job.input_got
+def argv0(req: Spawn) -> str:
+    with contextlib.suppress(Exception):
+        return command_argv(req)[0]
+    return ""
 
-    def pump(self, key: str, size: int | None = None) -> None:
-        """The run's spool has ``size`` bytes (default: what the file has): forward what
-        the link has room for, and the end once all output has gone."""
-        job = self.jobs.get(key)
-        if job is None:
-            return
-        job.known = max(job.known, self.output_size(key) if size is None else size)
-        self._forward(job)
 
-    def pump_all(self) -> None:
-        """Forward what waits, job after job, while the link has room."""
-        for job in list(self.jobs.values()):
-            if not self._forward(job):
-                return
+def command_argv(req: Spawn) -> list[str]:
+    """What to execute: the job's argv; else its command line split on spaces when it is
+    a plain list of words that any shell would run the same way (no quotes, variables,
+    globs, redirections, builtins; this saves a fork and lets the program itself get
+    signals); else ``/bin/sh -c COMMAND``."""
+    if req.argv:
+        return req.argv
+    words = req.command.split()
+    if (words and set(req.command) <= _PLAIN and words[0] not in _SHELL_WORDS
+            and "=" not in words[0]):
+        return words
+    return ["/bin/sh", "-c", req.command]
 
-    def _forward(self, job: RunningJob) -> bool:
-        """Forward the run's output up to what is known, then its end; False when the
-        link ran out of room first."""
-        while job.forwarded < job.known:
-            if not self.has_room():
-                return False
-            data = self.read_output(job.key, job.forwarded,
-                                    min(READ_CHUNK, job.known - job.forwarded))
-            if not data:
-                break  # the spool is shorter than said (lost): the end tells the size
-            self.on_output(job, job.forwarded, data)
-            job.forwarded += len(data)
-        if job.ended is not None and not job.end_sent:
-            if not self.has_room():
-                return False
-            job.end_sent = True
-            self.on_ended(job)
-        return True
 
-    def _conclude(self, job: RunningJob, exited: kp.Exited) -> None:
-        if job.ended is not None:
-            return
-        job.known = max(job.known, exited.size)
-        job.ended = ended_of(exited)
-        self.input.dropped(job)
-        self._forward(job)
+# Signals the keeper ignores, which an exec would pass on to the job as ignored.
+_RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
-    def _fail(self, job: RunningJob, reason: str, state: str = "failed") -> None:
-        if job.ended is not None:
-            return
-        with open(self.spool(job.key), "ab") as f:
-            f.write(m.frame(m.STREAM_STDERR, f"mgpu: {reason}\n".encode()))
-        size = self.output_size(job.key)
-        job.known = size
-        job.ended = m.JobEnded(job.job_id, job.run, state, None, reason, size)
-        self.input.dropped(job)
-        self._forward(job)
+
+def executable(name: str, env: dict[str, str]) -> str:
+    """The file ``execvp`` would run for ``name``, searching the job's own PATH (not the
+    keeper's): FileNotFoundError, or PermissionError when only files it may not execute
+    were found, each naming ``name``."""
+    if "/" in name:
+        return name
+    denied = False  # as execvp: EACCES if any candidate was there but not runnable
+    for d in env.get("PATH", os.defpath).split(os.pathsep):
+        path = f"{d or '.'}/{name}"
+        try:
+            st = os.stat(path)
+        except PermissionError:  # a directory of PATH it may not search
+            denied = True
+            continue
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and os.access(path, os.X_OK):
+            return path
+        denied = True  # not executable, or a directory of that name
+    if denied:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
+
+
+def start_pipes(job: KeeperRun, devnull: int, home: int) -> None:
+    """Start the job with its stdout and stderr on pipes (``job.out_fds``: stdout's read
+    end, then stderr's, non-blocking), and its stdin on a pipe too when it takes input
+    (``job.stdin_fd``), else on ``devnull``. ``home``: the directory to return to."""
+    req = job.req
+    argv = command_argv(req)
+    opts = as_owner(job)
+    out_r, out_w = os.pipe()  # both ends close on exec; the child gets dup2'd copies
+    err_r, err_w = os.pipe()
+    in_r, in_w = os.pipe() if req.stdin else (-1, -1)
+    try:
+        fds = (in_r if req.stdin else devnull, out_w, err_w)
+        if "user" in opts:  # another account: Popen changes the ids in the child
+            job.popen = subprocess.Popen(
+                argv, stdin=fds[0], stdout=fds[1], stderr=fds[2],
+                start_new_session=True, **opts)
+            job.pid = job.popen.pid
+        else:
+            job.pid = spawn_here(argv, req.cwd or "/", opts["env"], fds, home)
+    except BaseException:
+        for fd in (out_r, err_r, in_w):
+            if fd >= 0:
+                os.close(fd)
+        raise
+    finally:
+        for fd in (out_w, err_w, in_r):
+            if fd >= 0:
+                os.close(fd)
+    for fd in (out_r, err_r):
+        fcntl.fcntl(fd, fcntl.F_SETFL, os.O_NONBLOCK)
+        job.out_fds.append(fd)
+    job.open_streams = 2
+    if in_w >= 0:
+        fcntl.fcntl(in_w, fcntl.F_SETFL, os.O_NONBLOCK)
+        job.stdin_fd = in_w
+
+
+def spawn_here(argv: list[str], cwd: str, env: dict[str, str],
+               fds: tuple[int, int, int], home: int) -> int:
+    """Start ``argv`` as the keeper's own user with ``posix_spawn`` (a vfork and an
+    exec, without Popen's error pipe and bookkeeping): in a new session, with ``fds``
+    as its stdin, stdout and stderr and the signals the keeper ignores set back to
+    their defaults. posix_spawn cannot change directory, so the keeper (one thread)
+    steps into ``cwd`` for the call and back out (to the directory ``home``) after it."""
+    os.chdir(cwd)
+    try:
+        path = executable(argv[0], env)
+        try:
+            return os.posix_spawn(
+                path, argv, env, setsid=True, setsigdef=_RESET_SIGNALS,
+                file_actions=[(os.POSIX_SPAWN_DUP2, fd, n) for n, fd in enumerate(fds)])
+        except (FileNotFoundError, PermissionError) as e:
+            raise type(e)(e.errno, e.strerror, argv[0]) from None
+    finally:
+        os.fchdir(home)
+
+
+def start_pty(job: KeeperRun) -> None:
+    """Start the job on a new pseudo-terminal of its size; ``job.pty_fd`` (also its
+    ``stdin_fd``) is the terminal's master end, non-blocking."""
+    import pty
+
+    req = job.req
+    master_fd, slave_fd = pty.openpty()
+    set_size(slave_fd, req.rows, req.cols)
+    try:
+        job.popen = subprocess.Popen(
+            command_argv(req),
+            stdin=slave_fd, stdout=slave_fd, stderr=slave_fd, start_new_session=True,
+            **as_owner(job, _take_terminal),
+        )
+        job.pid = job.popen.pid
+    except BaseException:
+        os.close(master_fd)
+        raise
+    finally:
+        os.close(slave_fd)
+    os.set_blocking(master_fd, False)
+    job.pty_fd = job.stdin_fd = master_fd
+    job.open_streams = 1
+
+
+def reap(job: KeeperRun) -> int | None:
+    """The main process's return code, as Popen gives it (-N: killed by signal N)."""
+    if job.popen is not None:
+        return job.popen.wait()
+    try:
+        _, status = os.waitpid(job.pid, 0)
+    except ChildProcessError:
+        return None
+    return os.waitstatus_to_exitcode(status)
+
+
+def set_size(fd: int, rows: int, cols: int) -> None:
+    """Set the terminal's size (a terminal that has gone is left alone)."""
+    with contextlib.suppress(OSError):
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def _take_terminal() -> None:
+    """In the job's child, after setsid: make the pty its controlling terminal."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def enter_after_setuid(cwd: str, then: Callable[[], None] | None = None) -> Callable[[], None]:
+    """A ``preexec_fn``: change to ``cwd`` with the job's own ids, then call ``then``."""
+
+    def enter() -> None:
+        os.chdir(cwd)
+        if then is not None:
+            then()
+
+    return enter
+
+
+def why_cannot_enter(cwd: str, uid: int, gid: int, groups: list[int]) -> str | None:
+    """Why a process with these ids cannot change to ``cwd`` (``strerror``), or None."""
+    pid = os.fork()
+    if pid == 0:  # the child: one system call each, then _exit (no Python clean-up)
+        code = 0
+        try:
+            os.setgroups(groups)
+            os.setgid(gid)
+            os.setuid(uid)
+            os.chdir(cwd)
+        except OSError as e:
+            code = e.errno or 1
+        except BaseException:  # the child must reach _exit
+            code = 1
+        os._exit(code & 0xFF)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    return None if code == 0 else os.strerror(code).lower()
+
+
+def failure_reason(e: BaseException, argv0: str, cwd: str, user: str | None,
+                   ids: tuple[int, int, list[int]] | None) -> tuple[int | None, str]:
+    """(exit code or None, reason) for a job that could not start because of ``e``.
+
+    ``user``/``ids``: the owner it was to run as, when that is another user than the
+    keeper's (the directory is then entered after the change of ids)."""
+    if isinstance(e, FileNotFoundError | PermissionError) and e.filename == argv0:
+        # What a shell would say and return for a program it cannot run.
+        missing = isinstance(e, FileNotFoundError)
+        return (127 if missing else 126,
+                f"{argv0}: {'command not found' if missing else e.strerror}")
+    if isinstance(e, subprocess.SubprocessError) and ids is not None:
+        why = why_cannot_enter(cwd, *ids)
+        if why is not None:
+            return None, (f"cannot enter working directory {cwd} as user {user}: {why} "
+                          "(submit from a directory that user may enter, or pass -D)")
+    if isinstance(e, FileNotFoundError | PermissionError):
+        return None, f"could not start in {cwd}: {e.strerror or e}"
+    if isinstance(e, OSError):
+        return None, f"could not start: {e.strerror or e}"
+    return None, f"could not start: {e}"

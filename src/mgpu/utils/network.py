@@ -6,14 +6,13 @@ written: a reader sees the old file or the new one, never half of one.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mgpu.core.errors import MgpuError
+from mgpu.utils.atomic import write_atomic
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -71,25 +70,7 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     data = json.dumps(obj, indent=2, sort_keys=True) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), 0o600)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    # Make the rename itself durable; not every filesystem allows fsync on a directory.
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    write_atomic(target, data.encode("utf-8"), 0o600, durable=True)
 
 
 def read_json(path: str | os.PathLike[str], default: Any = _MISSING) -> Any:

@@ -49,18 +49,8 @@ def read_secret(path: str | PathLike[str], what: str, *, must_exist: bool = Fals
 
 def write_secret(path: str | PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` atomically, readable by its owner only (0600; dir 0700)."""
-    import contextlib
+    from mgpu.utils.atomic import write_atomic
 
     name = os.fspath(path)
-    directory = os.path.dirname(name) or "."
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(name)}.{os.getpid()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)  # left by a crash
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, f"{text}\n".encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, name)
+    os.makedirs(os.path.dirname(name) or ".", mode=0o700, exist_ok=True)
+    write_atomic(name, f"{text}\n".encode(), 0o600, durable=True)
