@@ -572,7 +572,11 @@ class Cluster:
         with contextlib.suppress(psutil.Error):
             psutil.wait_procs([psutil.Process(p) for p in leftover if _ours(p, marker)],
                               timeout=5)
-        _kill_pids({p for p in leftover if _ours(p, marker)}, signal.SIGKILL)
+        stubborn = {p for p in leftover if _ours(p, marker)}
+        _kill_pids(stubborn, signal.SIGKILL)
+        with contextlib.suppress(psutil.Error):  # SIGKILL is sent at once, not yet done
+            psutil.wait_procs([psutil.Process(p) for p in stubborn if _ours(p, marker)],
+                              timeout=5)
         for comp in comps:
             if comp.proc.poll() is None:
                 comp.proc.wait()

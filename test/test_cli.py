@@ -395,7 +395,7 @@ def test_json_follows_the_contract() -> None:
     data = json.loads(output.to_json([ended]))
     assert set(data[0]) == {
         "id", "name", "user", "state", "gpus", "node", "gpu_ids", "command", "cwd",
-        "exit_code", "reason", "submitted_at", "started_at", "ended_at",
+        "exit_code", "reason", "submitted_at", "started_at", "ended_at", "end_cause",
         "time_limit", "requeues", "max_requeue", "interactive", "stdin", "pty", "argv",
     }  # fmt: skip
     assert data[0]["state"] == "completed"

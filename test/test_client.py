@@ -29,7 +29,7 @@ from mgpu.core.models import JobSpec, JobState
 
 JOB_KEYS = {
     "id", "name", "user", "state", "gpus", "node", "gpu_ids", "command", "cwd",
-    "exit_code", "reason", "submitted_at", "started_at", "ended_at",
+    "exit_code", "reason", "submitted_at", "started_at", "ended_at", "end_cause",
     "time_limit", "requeues", "max_requeue", "interactive", "stdin", "pty", "argv",
 }  # fmt: skip
 

@@ -14,6 +14,7 @@ from mgpu.core.models import (
     ACTIVE_STATES,
     ENDED_STATES,
     TRANSITIONS,
+    EndCause,
     GpuInfo,
     JobSpec,
     JobState,
@@ -194,6 +195,7 @@ JOB_FIELDS = [
     "submitted_at",
     "started_at",
     "ended_at",
+    "end_cause",
 ]
 
 
@@ -204,6 +206,7 @@ def test_job_json_fields_state_and_times() -> None:
     assert list(data) == JOB_FIELDS
     assert data["state"] == "cancelled"
     assert data["exit_code"] == 143
+    assert data["end_cause"] == "cancelled"
     assert data["node"] == "node1"
     assert data["gpu_ids"] == [0, 1]
     for key in ("submitted_at", "started_at", "ended_at"):
@@ -220,7 +223,7 @@ def test_pending_job_json_has_nulls_not_missing_keys() -> None:
     assert data["state"] == "pending"
     assert data["node"] is None
     assert data["gpu_ids"] == []
-    for key in ("exit_code", "reason", "started_at", "ended_at"):
+    for key in ("exit_code", "reason", "started_at", "ended_at", "end_cause"):
         assert data[key] is None
 
 
@@ -270,3 +273,22 @@ def test_job_spec_defaults_and_unknown_fields() -> None:
         msgspec.json.decode(b'{"command": "x", "gpu": 2}', type=JobSpec)
     with pytest.raises(msgspec.ValidationError, match="command"):
         msgspec.json.decode(b'{"gpus": 2}', type=JobSpec)
+
+
+@pytest.mark.parametrize(("state", "given", "exit_code", "cause"), [
+    (JobState.COMPLETED, None, 0, EndCause.EXITED),
+    (JobState.FAILED, None, 3, EndCause.EXITED),
+    (JobState.FAILED, EndCause.SIGNALED, 137, EndCause.SIGNALED),
+    (JobState.FAILED, None, None, None),
+    (JobState.FAILED, EndCause.FAILED_TO_START, 127, EndCause.FAILED_TO_START),
+    (JobState.CANCELLED, EndCause.SIGNALED, 143, EndCause.CANCELLED),
+    (JobState.TIMEOUT, None, 137, EndCause.TIME_LIMIT),
+    (JobState.NODE_FAIL, None, None, EndCause.NODE_LOST),
+    (JobState.NODE_FAIL, EndCause.KEEPER_DIED, None, EndCause.KEEPER_DIED),
+])
+def test_why_a_job_ended_is_kept_apart_from_its_state(
+        state: JobState, given: EndCause | None, exit_code: int | None,
+        cause: EndCause | None) -> None:
+    job = job_in(JobState.RUNNING)
+    advance(job, state, T1, exit_code=exit_code, end_cause=given)
+    assert job.end_cause is cause

@@ -118,6 +118,7 @@ def test_a_dead_keepers_job_is_killed_before_its_end_and_a_new_keeper_runs_jobs(
     alive = [p.pid for p in pids if _alive(p)]  # right after the master heard of the end
     assert not alive, f"job {job_id} was reported {job['state']} while {alive} still ran"
     assert job["state"] == "node_fail" and "keeper died" in job["reason"], job
+    assert job["end_cause"] == "keeper_died", job
     new = wait_until(lambda: _keeper(cluster), ignore=(LookupError,))
     assert new.pid != keeper.pid
     done = cluster.wait_job(cluster.submit("echo after"))

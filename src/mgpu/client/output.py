@@ -5,7 +5,7 @@ return the text to print, ending in a newline; they never fetch and never print.
 built as one string so that ten thousand rows cost one write.
 
 The ``--json`` contract is the structs' own JSON (msgspec): a job has ``id, name, user,
-state, gpus, command, cwd, node, gpu_ids, exit_code, reason, submitted_at, started_at,
+state, gpus, command, cwd, node, gpu_ids, exit_code, reason, end_cause, submitted_at, started_at,
 ended_at``, a node ``node_id, state, gpus [{index, name, memory_total_mib, job_id}],
 last_seen, reason, users`` (``users``: whose jobs it runs, ``null`` for everyone's); times
 are RFC 3339 in UTC (``2024-05-01T12:00:00Z``), absent values ``null``.
@@ -87,6 +87,7 @@ def job_detail(job: SimpleJob, now: datetime) -> str:
         ("cwd", job.cwd),
         ("exit_code", "-" if job.exit_code is None else str(job.exit_code)),
         ("reason", job.reason or "-"),
+        ("end_cause", job.end_cause.value if job.end_cause else "-"),
         ("time_limit", duration(job.time_limit)),
         ("requeues", str(job.requeues)),
         ("max_requeue", str(job.max_requeue)),

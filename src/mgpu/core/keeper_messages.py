@@ -84,6 +84,11 @@ class Exited:
     exit_code: int | None
     reason: str | None
     size: int
+    cause: str | None = None  # an EndCause value of core/models.py (None: unknown)
+
+
+# Why a run the keeper stopped ended, by the state it stopped it into (EndCause values).
+ENDING_CAUSES = {"cancelled": "cancelled", "timeout": "time_limit", "node_fail": "node_lost"}
 
 
 @dataclass

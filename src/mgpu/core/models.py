@@ -188,6 +188,7 @@ class SimpleJob(msgspec.Struct, kw_only=True):
     submitted_at: datetime | None = None
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    end_cause: EndCause | None = None  # why it ended, beside ``reason``'s words
 
     @property
     def job_id(self) -> int:
@@ -207,11 +208,14 @@ def advance(
     *,
     reason: str | None = None,
     exit_code: int | None = None,
+    end_cause: EndCause | None = None,
 ) -> None:
     """Move ``job`` to state ``to`` at time ``now``, or raise :class:`InvalidTransition`.
 
     Sets ``started_at`` on entering running, ``ended_at`` on entering an ended state, and
     clears the placement when a job goes back to pending. ``reason`` replaces the old one.
+    Entering an ended state sets ``end_cause`` (``end_cause``, else what ``to`` and
+    ``exit_code`` say: :func:`end_cause_of`); any other move clears it.
     """
     if to not in TRANSITIONS[job.state]:
         raise InvalidTransition(job.id, job.state.value, to.value)
@@ -230,6 +234,32 @@ def advance(
     else:
         job.ended_at = utc(now)
         job.exit_code = exit_code
+        job.end_cause = end_cause_of(to, end_cause, exit_code)
+        return
+    job.end_cause = None
+
+
+_CAUSE_OF_STATE = {
+    JobState.COMPLETED: EndCause.EXITED,
+    JobState.CANCELLED: EndCause.CANCELLED,
+    JobState.TIMEOUT: EndCause.TIME_LIMIT,
+    JobState.NODE_FAIL: EndCause.NODE_LOST,
+}
+
+
+def end_cause_of(state: JobState, given: EndCause | None,
+                 exit_code: int | None) -> EndCause | None:
+    """Why a job that ended in ``state`` ended: ``given`` (what its node saw), unless the
+    state itself says more (a cancel or a time limit ends the job with the signal it sent);
+    without ``given``, what the state says (a failed job with an exit code exited)."""
+    if state in (JobState.CANCELLED, JobState.TIMEOUT) and given in (
+            None, EndCause.EXITED, EndCause.SIGNALED):
+        return _CAUSE_OF_STATE[state]
+    if given is not None:
+        return given
+    if state is JobState.FAILED:
+        return EndCause.EXITED if exit_code is not None else None
+    return _CAUSE_OF_STATE.get(state)
 
 
 class GpuInfo(msgspec.Struct, kw_only=True):

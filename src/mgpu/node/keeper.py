@@ -26,8 +26,7 @@ timeout is longer) can requeue them: no job ever runs twice because of a silent 
 Why one keeper per node rather than one watcher process per job: a fork of a Python
 process is dear (copy-on-write of the interpreter's pages in both processes) and would cap
 how many jobs a node can start per second; the keeper starts each job with ``vfork``
-(``posix_spawn``), which copies nothing. The cost: if the keeper itself is
-killed, the node's jobs lose their watcher; the next agent then reports them as failed.
+(``posix_spawn``), which copies nothing. If the keeper dies, its agent kills what it leaves.
 
 Messages are those of ``core/keeper_messages.py``. A message the keeper cannot act on is
 logged and, for a SPAWN, fails that job: no single request ends the keeper. This module
@@ -51,6 +50,7 @@ from mgpu.core.exitstatus import describe_exit, exit_code_of
 from mgpu.core.frames import STREAM_STDERR, STREAM_STDOUT
 from mgpu.core.keeper_messages import (
     CANCEL,
+    ENDING_CAUSES,
     EXITED,
     FORGET,
     GREW,
@@ -131,7 +131,7 @@ class Keeper(AgentConnection):
         except Exception as e:  # a user name that no look-up takes (a NUL byte) too
             why = str(e) if isinstance(e, PermissionError) else f"could not start: {e}"
             job.spool.note(f"mgpu: {why}\n")
-            self.finish(job, "failed", None, why)
+            self.finish(job, "failed", None, why, "failed_to_start")
             return
         try:
             if self.cgroups is not None:
@@ -155,7 +155,7 @@ class Keeper(AgentConnection):
                 self.cgroups.kill(job.cgroup)  # (nothing, unless the spawn failed late)
                 if not cgroup.populated(job.cgroup):
                     self.cgroups.give_back(job.cgroup)
-            self.finish(job, "failed", exit_code, reason)
+            self.finish(job, "failed", exit_code, reason, "failed_to_start")
             return
         self.sel.register(job.pidfd, selectors.EVENT_READ, ("exit", job))
         if req.time_limit:
@@ -242,17 +242,21 @@ class Keeper(AgentConnection):
                 self.sel.unregister(job.pty_fd)
             with contextlib.suppress(OSError):
                 os.close(job.pty_fd)
+        cause: str | None = None
         if returncode is None:
             state, exit_code, reason = "failed", None, "its exit status was lost"
         else:
             exit_code = exit_code_of(returncode)
             state = "completed" if returncode == 0 else "failed"
             reason = describe_exit(returncode) or ""
+            cause = "signaled" if returncode < 0 else "exited"
         if job.ending is not None:
             state, reason = job.ending
-        self.finish(job, state, exit_code, reason or None)
+            cause = ENDING_CAUSES.get(state, cause)
+        self.finish(job, state, exit_code, reason or None, cause)
 
-    def finish(self, job: KeeperRun, state: str, exit_code: int | None, reason: str | None) -> None:
+    def finish(self, job: KeeperRun, state: str, exit_code: int | None, reason: str | None,
+               cause: str | None = None) -> None:
         """Report the end to the agent, or record it on disk when no agent is there.
 
         The keeper also keeps the end in memory until the agent says FORGET (a reconnecting
@@ -260,7 +264,7 @@ class Keeper(AgentConnection):
         job.spool.close()
         if job.spool.lost is not None:
             reason = f"{reason}; {job.spool.lost}" if reason else job.spool.lost
-        job.result = Exited(job.key, job.job_id, state, exit_code, reason, job.size)
+        job.result = Exited(job.key, job.job_id, state, exit_code, reason, job.size, cause)
         if self.conn is None:
             self._record(job)
         else:

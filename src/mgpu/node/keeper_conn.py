@@ -175,7 +175,8 @@ class AgentConnection:
             key, job_id = str(body["key"]), int(body["job_id"])
             if key not in self.jobs:
                 self.send(EXITED, asdict(Exited(key, job_id, "failed", None,
-                                                f"could not start: bad request ({e})", 0)))
+                                                f"could not start: bad request ({e})", 0,
+                                                "failed_to_start")))
 
     def _on_message(self, kind: bytes, payload: bytes) -> None:
         if kind == STDIN:

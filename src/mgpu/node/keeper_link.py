@@ -35,6 +35,7 @@ from typing import Any
 
 from mgpu.core import keeper_messages as kp
 from mgpu.core import messages as m
+from mgpu.core.models import EndCause
 from mgpu.node import keeper_sock
 from mgpu.node.exitfile import read_exit
 from mgpu.node.link_runs import LinkRuns, OnEnded, OnOutput
@@ -286,7 +287,7 @@ class KeeperLink(LinkRuns):
             await asyncio.to_thread(kill_runs, str(self.data_dir.absolute()), keys)
         for job in open_runs:
             if job.key in keys:
-                self._fail(job, reason, state="node_fail")
+                self._fail(job, reason, state="node_fail", cause=EndCause.KEEPER_DIED)
 
     def _on_keeper(self, kind: bytes, payload: bytes) -> None:
         body = json.loads(payload)

@@ -15,6 +15,7 @@ from typing import Any
 
 from mgpu.core import keeper_messages as kp
 from mgpu.core import messages as m
+from mgpu.core.models import EndCause
 from mgpu.node.exitfile import read_exit
 from mgpu.node.runs import NodeRun, ended_of, from_key
 from mgpu.node.stdin import InputPump
@@ -135,13 +136,14 @@ class LinkRuns:
         self.input.dropped(job)
         self._forward(job)
 
-    def _fail(self, job: NodeRun, reason: str, state: str = "failed") -> None:
+    def _fail(self, job: NodeRun, reason: str, state: str = "failed",
+              cause: EndCause = EndCause.FAILED_TO_START) -> None:
         if job.ended is not None:
             return
         with open(self.spool(job.key), "ab") as f:
             f.write(m.frame(m.STREAM_STDERR, f"mgpu: {reason}\n".encode()))
         size = self.output_size(job.key)
         job.known = size
-        job.ended = m.JobEnded(job.job_id, job.run, state, None, reason, size)
+        job.ended = m.JobEnded(job.job_id, job.run, state, None, reason, size, cause)
         self.input.dropped(job)
         self._forward(job)

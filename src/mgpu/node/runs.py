@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from mgpu.core import keeper_messages as kp
 from mgpu.core import messages as m
-from mgpu.core.models import run_key
+from mgpu.core.models import EndCause, run_key
 
 
 def job_environment(
@@ -69,5 +69,9 @@ def from_key(key: str) -> NodeRun:
 def ended_of(exited: kp.Exited) -> m.JobEnded:
     """The end to report for what the keeper recorded."""
     job = from_key(exited.key)
+    cause = exited.cause if exited.cause in _CAUSES else None
     return m.JobEnded(job.job_id, job.run, exited.state, exited.exit_code, exited.reason,
-                      exited.size)
+                      exited.size, None if cause is None else EndCause(cause))
+
+
+_CAUSES = frozenset(c.value for c in EndCause)

@@ -317,7 +317,7 @@ async def nodes(request: web.Request) -> web.Response:
 async def stats(request: web.Request) -> web.Response:
     master = master_of(request)
     jobs = Counter(j.state.value for j in master.state.jobs.values())
-    nodes = Counter(n.state for n in master.state.nodes.values())
+    nodes = Counter(n.state.value for n in master.state.nodes.values())
     return reply(StatsReply(scheduling=master.scheduling, jobs=dict(jobs), nodes=dict(nodes)))
 
 

@@ -13,7 +13,18 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from mgpu.core import messages as m
-from mgpu.core.models import GpuInfo, JobState, NodeInfo, SimpleJob, advance, run_key, utc
+from mgpu.core.models import (
+    NODE_TRANSITIONS,
+    REGISTERED_STATES,
+    GpuInfo,
+    JobState,
+    NodeInfo,
+    NodeState,
+    SimpleJob,
+    advance,
+    run_key,
+    utc,
+)
 from mgpu.server.effects import Effects
 from mgpu.server.validate import register_problem
 
@@ -26,7 +37,7 @@ class Node:
     gpus: list[GpuInfo]
     hostname: str = ""
     connected: bool = True
-    state: str = "up"  # up | degraded (takes no jobs: see reason) | unreachable | down
+    state: NodeState = NodeState.UP  # core/models.py: the states and their moves
     last_seen: float = 0.0
     down_since: float | None = None
     reason: str | None = None  # why it is degraded
@@ -43,14 +54,21 @@ class Node:
     def info(self) -> NodeInfo:
         return NodeInfo(
             node_id=self.node_id,
-            state=self.state,
+            state=self.state.value,
             gpus=self.gpus,
             last_seen=utc(self.last_seen) if self.last_seen else None,
             down_since=utc(self.down_since) if self.down_since else None,
             hostname=self.hostname or None,
-            reason=self.reason if self.state == "degraded" else None,
+            reason=self.reason if self.state is NodeState.DEGRADED else None,
             users=self.users,
         )
+
+    def move(self, to: NodeState) -> None:
+        """Change state along ``NODE_TRANSITIONS`` (staying put is no move); a forbidden
+        move is a bug, raised (registration makes a new record instead)."""
+        if to is not self.state and to not in NODE_TRANSITIONS[self.state]:
+            raise AssertionError(f"node {self.node_id} cannot go from {self.state} to {to}")
+        self.state = to
 
     def serves(self, user: str) -> bool:
         return self.users is None or user in self.users
@@ -91,7 +109,7 @@ class NodeEvents(ABC):
                                   for g in msg.gpus],
                     hostname=msg.hostname, last_seen=now, users=msg.users)
         if msg.degraded is not None:
-            node.state, node.reason = "degraded", msg.degraded
+            node.state, node.reason = NodeState.DEGRADED, msg.degraded
         self.nodes[msg.node_id] = node
         reported = {r.key for r in msg.running}
         kill: list[str] = []
@@ -148,7 +166,8 @@ class NodeEvents(ABC):
                 to = JobState.CANCELLED
         if not to.ended:
             to = JobState.FAILED
-        advance(job, to, now, reason=msg.reason, exit_code=msg.exit_code)
+        advance(job, to, now, reason=msg.reason, exit_code=msg.exit_code,
+                end_cause=msg.end_cause)
         self.envs.pop(job.id, None)
         effects.update(job)
         effects.ended.append(job.id)
@@ -157,24 +176,24 @@ class NodeEvents(ABC):
     def on_node_health(self, node_id: str, msg: m.NodeHealth) -> None:
         """A connected node says it cannot take jobs now (``degraded``), or can again."""
         node = self.nodes.get(node_id)
-        if node is None or node.state not in ("up", "degraded"):
+        if node is None or node.state not in REGISTERED_STATES:
             return
-        node.state = "up" if msg.degraded is None else "degraded"
+        node.move(NodeState.UP if msg.degraded is None else NodeState.DEGRADED)
         node.reason = msg.degraded
 
     def on_disconnect(self, node_id: str, now: float) -> None:
         node = self.nodes.get(node_id)
-        if node is not None and node.state in ("up", "degraded"):
+        if node is not None and node.state in REGISTERED_STATES:
             node.connected = False
-            node.state = "unreachable"
+            node.move(NodeState.UNREACHABLE)
 
     def on_tick(self, now: float) -> Effects:
         """Declare nodes silent for longer than the timeout down; end their jobs."""
         effects = Effects()
         for node in self.nodes.values():
-            if node.state == "down" or now - node.last_seen <= self.node_timeout:
+            if node.state is NodeState.DOWN or now - node.last_seen <= self.node_timeout:
                 continue
-            node.state = "down"
+            node.move(NodeState.DOWN)
             node.connected = False
             node.down_since = now
             for job in self.running_on(node.node_id):

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from mgpu.core import messages as m
 from mgpu.core.errors import StoreError, Unauthorized
-from mgpu.core.models import JobState, run_key
+from mgpu.core.models import JobState, NodeState, run_key
 from mgpu.server.auth import JOIN_HINT, bearer
 from mgpu.server.effects import Effects
 from mgpu.server.nodeconn import NodeConn, Violation
@@ -86,7 +86,7 @@ class NodeLink:
         reconnect, and their registration tells them to kill the jobs ended here."""
         for node_id, conn in list(self.master.conns.items()):
             node = self.master.state.nodes.get(node_id)
-            if node is not None and node.state == "down":
+            if node is not None and node.state is NodeState.DOWN:
                 log.warning("node %s is down but still connected: disconnecting it", node_id)
                 del self.master.conns[node_id]
                 conn.gone.set()

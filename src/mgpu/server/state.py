@@ -16,6 +16,7 @@ from mgpu.core.errors import Forbidden, NotFound, Rejected, UsageError
 from mgpu.core.models import (
     JobSpec,
     JobState,
+    NodeState,
     SimpleJob,
     advance,
     utc,
@@ -249,7 +250,7 @@ class ClusterState(NodeEvents):
 
     def refresh_pending_reasons(self) -> None:
         """Say why each pending job waits (derived, not saved)."""
-        up = [n for n in self.nodes.values() if n.state == "up"]
+        up = [n for n in self.nodes.values() if n.state.takes_jobs]
         largest = max((len(n.gpus) for n in self.nodes.values()), default=0)
         for job_id in self.pending:
             job = self.jobs[job_id]
@@ -262,8 +263,8 @@ class ClusterState(NodeEvents):
                 job.reason = f"no node runs jobs of {job.user}: " + "; ".join(
                     f"{n.node_id} runs only {', '.join(n.users or [])}'s"
                     for n in list(self.nodes.values())[:5])
-            elif not any(n.state == "up" for n in serving):
-                degraded = [n for n in serving if n.state == "degraded"]
+            elif not any(n.state.takes_jobs for n in serving):
+                degraded = [n for n in serving if n.state is NodeState.DEGRADED]
                 job.reason = ("no node is up" if not degraded else "no node is up: " + "; ".join(
                     f"{n.node_id} is degraded ({n.reason})" for n in degraded[:5]))
             elif not up:
@@ -286,7 +287,7 @@ class ClusterState(NodeEvents):
             NodeSnapshot(n.node_id, len(n.gpus), n.free_gpu_ids(),
                          None if n.users is None else frozenset(n.users))
             for n in self.nodes.values()
-            if n.state == "up" and n.connected
+            if n.state.takes_jobs and n.connected
         ]
         if not any(s.free_gpu_ids for s in snapshot):
             return effects
