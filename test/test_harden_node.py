@@ -19,7 +19,7 @@ import pytest
 
 from conftest import Cluster, wait_until
 from mgpu.core.errors import ConfigError
-from mgpu.core.scheduler import NodeSnapshot, PendingJob, Placement, schedule
+from mgpu.core.scheduler import JobSnapshot, NodeSnapshot, Placement, schedule
 from mgpu.node.users import own_user, served_users
 
 MIB = 1024 * 1024
@@ -181,8 +181,8 @@ def test_who_a_node_serves_by_default() -> None:
 def test_the_scheduler_places_a_job_only_where_its_user_is_served() -> None:
     nodes = [NodeSnapshot("alices", 4, (0, 1, 2, 3), frozenset({"alice"})),
              NodeSnapshot("any", 4, (0, 1))]
-    pending = [PendingJob(1, 2, "bob"), PendingJob(2, 1, "alice"), PendingJob(3, 4, "bob"),
-               PendingJob(4, 2, "alice")]
+    pending = [JobSnapshot(1, 2, "bob"), JobSnapshot(2, 1, "alice"), JobSnapshot(3, 4, "bob"),
+               JobSnapshot(4, 2, "alice")]
     # bob's first job fits only on "any"; his 4-GPU job reserves "any" (not "alices",
     # which would never take it), so alice's last job still runs on hers.
     assert schedule(pending, nodes, 0.0) == [

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mgpu.core.errors import ConfigError
-from mgpu.core.scheduler import NodeSnapshot, PendingJob, Placement, load_policy, schedule
+from mgpu.core.scheduler import JobSnapshot, NodeSnapshot, Placement, load_policy, schedule
 
 # A node is (node_id, total GPUs, free GPU ids); a job is (job_id, GPUs);
 # a placement is (job_id, node_id, GPU ids).
@@ -120,8 +120,8 @@ def snapshot(nodes: list[NodeRow]) -> list[NodeSnapshot]:
     return [NodeSnapshot(node_id, total, free) for node_id, total, free in nodes]
 
 
-def pending(jobs: list[JobRow]) -> list[PendingJob]:
-    return [PendingJob(job_id, gpus) for job_id, gpus in jobs]
+def pending(jobs: list[JobRow]) -> list[JobSnapshot]:
+    return [JobSnapshot(job_id, gpus) for job_id, gpus in jobs]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
@@ -149,20 +149,20 @@ def test_load_policy() -> None:
 
 
 @st.composite
-def snapshots(draw: st.DrawFn) -> tuple[list[PendingJob], list[NodeSnapshot]]:
+def snapshots(draw: st.DrawFn) -> tuple[list[JobSnapshot], list[NodeSnapshot]]:
     nodes = []
     for i in range(draw(st.integers(0, 5))):
         total = draw(st.integers(1, 8))
         free = draw(st.lists(st.integers(0, total - 1), unique=True, max_size=total))
         nodes.append(NodeSnapshot(f"n{i}", total, tuple(free)))
     sizes = draw(st.lists(st.integers(1, 10), max_size=12))
-    jobs = [PendingJob(job_id=100 + i, gpus=g) for i, g in enumerate(sizes)]
+    jobs = [JobSnapshot(job_id=100 + i, gpus=g) for i, g in enumerate(sizes)]
     return jobs, nodes
 
 
 @settings(max_examples=300, deadline=None)
 @given(snapshots())
-def test_placements_are_always_valid(snap: tuple[list[PendingJob], list[NodeSnapshot]]) -> None:
+def test_placements_are_always_valid(snap: tuple[list[JobSnapshot], list[NodeSnapshot]]) -> None:
     jobs, nodes = snap
     got = schedule(jobs, nodes, 0.0)
     by_id = {j.job_id: j for j in jobs}
@@ -203,7 +203,7 @@ def test_placements_are_always_valid(snap: tuple[list[PendingJob], list[NodeSnap
 
 @settings(max_examples=200, deadline=None)
 @given(snapshots())
-def test_one_node_is_strict_fifo(snap: tuple[list[PendingJob], list[NodeSnapshot]]) -> None:
+def test_one_node_is_strict_fifo(snap: tuple[list[JobSnapshot], list[NodeSnapshot]]) -> None:
     jobs, nodes = snap
     nodes = nodes[:1]
     got = schedule(jobs, nodes, 0.0)
@@ -215,7 +215,7 @@ def test_one_node_is_strict_fifo(snap: tuple[list[PendingJob], list[NodeSnapshot
 @settings(max_examples=200, deadline=None)
 @given(snapshots())
 def test_nothing_blocked_means_everything_placed(
-    snap: tuple[list[PendingJob], list[NodeSnapshot]],
+    snap: tuple[list[JobSnapshot], list[NodeSnapshot]],
 ) -> None:
     """With room for every job at once on the node it gets, all fitting jobs run."""
     jobs, nodes = snap

@@ -30,7 +30,9 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
-class PendingJob:
+class JobSnapshot:
+    """A pending job, as the policy sees it (the master's record is a ``SimpleJob``)."""
+
     job_id: int
     gpus: int
     user: str = ""
@@ -54,11 +56,11 @@ class Placement:
     gpu_ids: tuple[int, ...]
 
 
-Policy = Callable[[Iterable[PendingJob], Sequence[NodeSnapshot], float], list[Placement]]
+Policy = Callable[[Iterable[JobSnapshot], Sequence[NodeSnapshot], float], list[Placement]]
 
 
 def schedule(
-    pending: Iterable[PendingJob], nodes: Sequence[NodeSnapshot], now: float
+    pending: Iterable[JobSnapshot], nodes: Sequence[NodeSnapshot], now: float
 ) -> list[Placement]:
     """Placements for as many pending jobs as the free GPUs allow (see module docstring).
 
@@ -98,7 +100,7 @@ def schedule(
 
 
 def _reserve(
-    job: PendingJob,
+    job: JobSnapshot,
     order: list[str],
     free: dict[str, list[int]],
     total: dict[str, int],

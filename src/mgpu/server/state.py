@@ -21,7 +21,7 @@ from mgpu.core.models import (
     advance,
     utc,
 )
-from mgpu.core.scheduler import NodeSnapshot, PendingJob, Policy, schedule
+from mgpu.core.scheduler import JobSnapshot, NodeSnapshot, Policy, schedule
 from mgpu.server.auth import Identity
 from mgpu.server.effects import Effects
 from mgpu.server.node_events import Node, NodeEvents
@@ -45,7 +45,7 @@ class ClusterState(NodeEvents):
         max_pending_per_user: int = 100_000,
     ) -> None:
         self.jobs: dict[int, SimpleJob] = {}
-        self.pending: dict[int, PendingJob] = {}  # queue order = insertion order = id order
+        self.pending: dict[int, JobSnapshot] = {}  # queue order = insertion order = id order
         self.pending_by_user: dict[str, int] = {}  # kept by _enqueue and _dequeue
         self.envs: dict[int, dict[str, str]] = {}  # of jobs not yet ended (kept to requeue)
         self.nodes: dict[str, Node] = {}
@@ -61,7 +61,7 @@ class ClusterState(NodeEvents):
 
     def _enqueue(self, job: SimpleJob, *, in_place: bool = False) -> None:
         """Put ``job`` in the pending queue: at the end, or (``in_place``) at its id's place."""
-        self.pending[job.id] = PendingJob(job.id, job.gpus, job.user)
+        self.pending[job.id] = JobSnapshot(job.id, job.gpus, job.user)
         self.pending_by_user[job.user] = self.pending_by_user.get(job.user, 0) + 1
         if in_place:
             self.pending = dict(sorted(self.pending.items()))
