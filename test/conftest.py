@@ -577,6 +577,7 @@ class Cluster:
         with contextlib.suppress(psutil.Error):  # SIGKILL is sent at once, not yet done
             psutil.wait_procs([psutil.Process(p) for p in stubborn if _ours(p, marker)],
                               timeout=5)
+        self._sweep_keepers(marker)
         for comp in comps:
             if comp.proc.poll() is None:
                 comp.proc.wait()
@@ -588,6 +589,28 @@ class Cluster:
                     ):
                         problems.append(f"{comp.name} logged a traceback")
         return problems
+
+
+    @staticmethod
+    def _sweep_keepers(marker: str, timeout: float = 10.0) -> None:
+        """Last: no keeper of this cluster may outlive it, whether an agent started it in the
+        meantime (a stopping agent restarts a keeper it finds dead) or a signal has not yet
+        taken effect. SIGKILL and wait, until none is left (bounded)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rest = []
+            for proc in psutil.process_iter(["cmdline"]):
+                cmd = proc.info["cmdline"] or []
+                with contextlib.suppress(psutil.Error):
+                    if ("mgpu.node.keeper" in cmd and cmd[-1].startswith(marker + os.sep)
+                            and proc.status() != psutil.STATUS_ZOMBIE):
+                        rest.append(proc)
+            if not rest or time.monotonic() > deadline:
+                return
+            for proc in rest:
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+            psutil.wait_procs(rest, timeout=1)
 
 
 # ---------------------------------------------------------------- fixtures
