@@ -18,7 +18,9 @@ ms more per job start (``bench/srun.py``: 2.9 x ``python -c pass`` against 2.1 x
 which an interactive ``srun`` feels. Without them (the default), or where cgroups are not
 usable (``available()`` is None), the keeper uses its subreaper and process-group walk,
 which also kills what escaped with ``setsid`` and shed the job's markers, at the end of a
-job (``proctree.py``). Tests cover both paths.
+job (``proctree.py``). Tests cover both paths. Starting the job straight in its cgroup
+(``clone3`` with ``CLONE_INTO_CGROUP``, which ``posix_spawn`` does not offer) would remove
+the moves, and so the cost; then cgroups could be the default.
 
 Standard library only: the keeper imports this at start.
 """
