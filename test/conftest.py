@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -657,6 +658,23 @@ def pytest_runtest_makereport(
             for title, text in cluster.log_sections():
                 report.sections.append((title, text))
     return report
+
+
+@pytest.fixture
+def account() -> Iterator[str]:
+    """A fresh Unix account for the test, removed afterwards (skipped unless root can make
+    one with ``useradd``)."""
+    if os.geteuid() != 0 or shutil.which("useradd") is None:
+        pytest.skip("running jobs as another user needs a root agent and useradd")
+    name = f"mgpu{os.getpid() % 100000}"
+    made = subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name],
+                          capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot create a user here: {made.stderr.decode().strip()}")
+    try:
+        yield name
+    finally:
+        subprocess.run(["userdel", "--remove", name], capture_output=True)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import contextlib
 import getpass
 import json
 import os
-import shutil
 import signal
 import socket
 import stat
@@ -388,21 +387,6 @@ def test_without_cgroups_an_orphan_of_a_running_job_is_not_killed_by_anothers_en
 
 # ---------------------------------------------------------------- 3. -D and permissions
 
-
-@pytest.fixture
-def account() -> Iterator[str]:
-    """A fresh Unix account, removed afterwards (root only)."""
-    if not ROOT or shutil.which("useradd") is None:
-        pytest.skip("running jobs as another user needs a root agent and useradd")
-    name = f"mgpk{os.getpid() % 100000}"
-    made = subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name],
-                          capture_output=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot create a user here: {made.stderr.decode().strip()}")
-    try:
-        yield name
-    finally:
-        subprocess.run(["userdel", "--remove", name], capture_output=True)
 
 
 def _submit_in(cluster: Cluster, user: str, cwd: str, command: str, pty: bool = False) -> int:

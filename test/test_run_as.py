@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,19 +15,6 @@ pytestmark = pytest.mark.skipif(
     reason="running jobs as another user needs a root agent and useradd",
 )
 
-
-@pytest.fixture
-def account() -> Iterator[str]:
-    """A fresh Unix account for the test, removed afterwards."""
-    name = f"mgpu{os.getpid() % 100000}"
-    made = subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name],
-                          capture_output=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot create a user here: {made.stderr.decode().strip()}")
-    try:
-        yield name
-    finally:
-        subprocess.run(["userdel", "--remove", name], capture_output=True)
 
 
 def submit_as(cluster: Cluster, user: str, command: str) -> int:

@@ -18,7 +18,10 @@ import signal
 import socket
 import struct
 import time
+from collections.abc import Iterable
 from typing import Any
+
+import psutil
 
 log = logging.getLogger("mgpu.node.orphans")
 
@@ -76,7 +79,16 @@ def kill_runs(node_dir: str, keys: set[str] | None, poll: float = 0.02) -> None:
             warned = True
             log.warning("processes %s of runs whose keeper died still live after SIGKILL; "
                         "still trying", sorted(found))
-        time.sleep(poll)
+        _wait_gone(found, poll)
+
+
+def _wait_gone(pids: Iterable[int], timeout: float) -> None:
+    """Until these processes are gone (reaped or zombies), or ``timeout`` seconds."""
+    procs = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            procs.append(psutil.Process(pid))
+    psutil.wait_procs(procs, timeout=timeout)
 
 
 def peer_pid(writer: Any) -> int:

@@ -252,9 +252,13 @@ class ClusterState(NodeEvents):
         """Say why each pending job waits (derived, not saved)."""
         up = [n for n in self.nodes.values() if n.state.takes_jobs]
         largest = max((len(n.gpus) for n in self.nodes.values()), default=0)
+        by_user: dict[str, list[Node]] = {}  # (a listing reads 10,000 jobs of few users)
         for job_id in self.pending:
             job = self.jobs[job_id]
-            serving = [n for n in self.nodes.values() if n.serves(job.user)]
+            serving = by_user.get(job.user)
+            if serving is None:
+                serving = by_user[job.user] = [
+                    n for n in self.nodes.values() if n.serves(job.user)]
             if not self.nodes:
                 job.reason = "waiting for a node to register"
             elif job.gpus > largest:
