@@ -51,6 +51,20 @@ def _admin(name: str) -> Handler:
     return run
 
 
+def _lazy(module: str, name: str) -> Handler:
+    """The handler ``module.name``, imported only when its subcommand runs."""
+
+    def run(ns: argparse.Namespace) -> int:
+        import importlib
+
+        handler: Handler = getattr(importlib.import_module(module), name)
+        return handler(ns)
+
+    run.__name__ = run.__qualname__ = name
+    run.target = (module, name)  # type: ignore[attr-defined]  # for test_cli_package
+    return run
+
+
 _FORMATTER: type[argparse.HelpFormatter] | None = None  # made by _formatter()
 
 
@@ -209,6 +223,24 @@ def _nodes_args(p: argparse.ArgumentParser) -> None:
                    "join secret gets a new one (a node that lost its data dir)")
 
 
+def _k8s_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["render"], help="render: print the manifests")
+    p.add_argument("job_id", type=job_id, nargs="?", metavar="JOB_ID",
+                   help="a job the master knows (or give --from-submit-args)")
+    p.add_argument("--image", metavar="IMAGE", default=os.environ.get("MGPU_K8S_IMAGE"),
+                   help="the container image the job runs in (or MGPU_K8S_IMAGE)")
+    p.add_argument("--namespace", metavar="NS")
+    p.add_argument("--queue", metavar="LOCALQUEUE",
+                   help="the Kueue LocalQueue to submit to (the Job is created suspended)")
+    p.add_argument("--nodes", type=int, metavar="N", default=1,
+                   help="run on N nodes (an Indexed Job with a headless Service); -G is "
+                   "the whole job's GPUs, split evenly")
+    p.add_argument("--priority-class", metavar="NAME")
+    p.add_argument("--json", action="store_true", help="one v1 List instead of a YAML stream")
+    p.add_argument("--from-submit-args", dest="submit_args", nargs=REMAINDER, metavar="ARGS",
+                   help="render what `mgpu submit ARGS` would queue, instead of a queued job")
+
+
 COMMANDS: dict[str, tuple[Handler, str, Callable[[argparse.ArgumentParser], None]]] = {
     "submit": (cmd_submit, "queue a command to run on GPUs", _submit_args),
     "srun": (cmd_srun, "run a command interactively, output here, live", _srun_args),
@@ -227,6 +259,8 @@ COMMANDS: dict[str, tuple[Handler, str, Callable[[argparse.ArgumentParser], None
     "server": (_admin("server"), "run the master", daemon_args.master_args),
     "node": (_admin("node"), "run a node agent", daemon_args.node_args),
     "up": (_admin("up"), "run a master and a local node in one process", daemon_args.up_args),
+    "k8s": (_lazy("mgpu.cli.k8s", "cmd_k8s"), "print the Kubernetes manifests that would run a job",
+            _k8s_args),
 }
 
 
