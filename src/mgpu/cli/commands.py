@@ -220,10 +220,11 @@ def cmd_nodes(ns: argparse.Namespace) -> int:
         write(f"{node_id}: credential forgotten; its next join with the join secret gets a "
               "new one\n")
         return 0
-    nodes = client_for(ns).nodes()
     from mgpu.client import output
+    from mgpu.client.nodeadmin import nodes_and_pools
 
-    write(output.to_json(nodes) if ns.json else output.nodes_table(nodes))
+    nodes, pools = nodes_and_pools(client_for(ns))
+    write(output.to_json(nodes) if ns.json else output.nodes_table(nodes, pools))
     return 0
 
 

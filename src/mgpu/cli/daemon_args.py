@@ -30,6 +30,8 @@ def master_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--node-timeout", type=seconds, metavar="S", help="mark a silent node lost")
     p.add_argument("--job-retention-days", type=days, metavar="DAYS",
                    help="keep ended jobs this long, then only their accounting (default 30)")
+    p.add_argument("--pools", metavar="TOML",
+                   help="node pools that grow and shrink with the queue (README \"Node pools\")")
 
 
 def node_args(p: argparse.ArgumentParser) -> None:
@@ -46,6 +48,7 @@ def node_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kill-jobs-on-exit", action="store_true", default=None,
                    help="end the jobs when the agent stops (default: they run on, for the "
                    "next agent to re-adopt within the fence time)")
+    p.add_argument("--pool", metavar="NAME", help="the node pool this node was started for")
     users_args(p)
     gpu_args(p)
 

@@ -223,6 +223,15 @@ def _nodes_args(p: argparse.ArgumentParser) -> None:
                    "join secret gets a new one (a node that lost its data dir)")
 
 
+def _drain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("node", metavar="NODE")
+    p.add_argument("--reason", metavar="TEXT", help="why (shown in `mgpu nodes`)")
+
+
+def _resume_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("node", metavar="NODE")
+
+
 def _k8s_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["render"], help="render: print the manifests")
     p.add_argument("job_id", type=job_id, nargs="?", metavar="JOB_ID",
@@ -259,6 +268,10 @@ COMMANDS: dict[str, tuple[Handler, str, Callable[[argparse.ArgumentParser], None
     "server": (_admin("server"), "run the master", daemon_args.master_args),
     "node": (_admin("node"), "run a node agent", daemon_args.node_args),
     "up": (_admin("up"), "run a master and a local node in one process", daemon_args.up_args),
+    "drain": (_lazy("mgpu.cli.nodeadmin", "cmd_drain"),
+              "admins: no new jobs on a node; its running jobs finish", _drain_args),
+    "resume": (_lazy("mgpu.cli.nodeadmin", "cmd_resume"), "admins: undo `mgpu drain`",
+               _resume_args),
     "k8s": (_lazy("mgpu.cli.k8s", "cmd_k8s"), "print the Kubernetes manifests that would run a job",
             _k8s_args),
 }

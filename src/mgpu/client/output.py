@@ -24,7 +24,7 @@ from mgpu.client import tables
 from mgpu.client.tables import QUEUE_HEADERS as QUEUE_HEADERS
 from mgpu.client.tables import clean as _clean
 from mgpu.client.tables import table as table
-from mgpu.core.messages import AuditEvent, CancelResult, TokenInfo
+from mgpu.core.messages import AuditEvent, CancelResult, PoolInfo, TokenInfo
 from mgpu.core.models import JobState, NodeInfo, SimpleJob
 from mgpu.core.timefmt import format_elapsed
 
@@ -113,26 +113,38 @@ def _holders(node: NodeInfo) -> str:
     return " ".join(f"{job}:{','.join(idx)}" for job, idx in sorted(by_job.items()))
 
 
-def nodes_table(nodes: Sequence[NodeInfo]) -> str:
+def nodes_table(nodes: Sequence[NodeInfo], pools: Sequence[PoolInfo] = ()) -> str:
     """The ``mgpu nodes`` table: GPUs total, used and free, whose jobs the node runs
-    (``all``, or ``only alice``), which job holds which GPU, and why a degraded node
-    takes no jobs."""
+    (``all``, or ``only alice``), which job holds which GPU, and why a degraded or draining
+    node takes no new jobs; a POOL column when pools exist, and a line per pool below."""
     rows = []
+    pooled = any(n.pool for n in nodes) or bool(pools)
     for n in nodes:
         used = sum(1 for g in n.gpus if g.job_id is not None)
-        rows.append(
-            (
-                _clean(n.node_id),
-                n.state,
-                str(len(n.gpus)),
-                str(used),
-                str(len(n.gpus) - used),
-                "all" if n.users is None else _clean("only " + ",".join(n.users)),
-                _holders(n) or "-",
-                _clean(n.reason or ""),
-            )
+        state = n.state
+        if n.draining:
+            state = f"{state},{'draining' if used else 'drained'}"
+        row = (
+            _clean(n.node_id),
+            state,
+            str(len(n.gpus)),
+            str(used),
+            str(len(n.gpus) - used),
+            "all" if n.users is None else _clean("only " + ",".join(n.users)),
+            _holders(n) or "-",
+            _clean((n.drain_reason if n.draining else n.reason) or ""),
         )
-    return table(NODE_HEADERS, rows, right=(2, 3, 4))
+        rows.append((*row[:2], _clean(n.pool or "-"), *row[2:]) if pooled else row)
+    if not pooled:
+        return table(NODE_HEADERS, rows, right=(2, 3, 4))
+    headers = (*NODE_HEADERS[:2], "POOL", *NODE_HEADERS[2:])
+    lines = [table(headers, rows, right=(3, 4, 5))]
+    for p in pools:
+        lines.append(
+            f"pool {_clean(p.name)}: {len(p.nodes)} node(s) of {p.gpus_per_node} GPUs "
+            f"(min {p.min_nodes}, max {p.max_nodes}), {p.requested} requested"
+            + (f", releasing {_clean(' '.join(p.releasing))}" if p.releasing else "") + "\n")
+    return "".join(lines)
 
 
 def cancel_report(results: Sequence[CancelResult]) -> tuple[str, str]:

@@ -123,6 +123,33 @@ class TokenListReply(msgspec.Struct):
     tokens: list[TokenInfo]
 
 
+class DrainRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST /nodes/NODE/drain``: why (shown in ``mgpu nodes``)."""
+
+    reason: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+
+
+class DrainReply(msgspec.Struct):
+    """A node drained (or resumed): how many jobs still run there."""
+
+    node_id: str
+    draining: bool
+    running_jobs: int = 0
+    registered: bool = True  # False: drained ahead of its first join
+
+
+class PoolInfo(msgspec.Struct):
+    """A node pool (server/pools.py): its bounds, its nodes, what it asked for."""
+
+    name: str
+    min_nodes: int
+    max_nodes: int
+    gpus_per_node: int
+    nodes: list[str] = msgspec.field(default_factory=list)
+    requested: int = 0  # nodes asked for that have not joined yet
+    releasing: list[str] = msgspec.field(default_factory=list)
+
+
 class NodeCredentialReset(msgspec.Struct):
     """A node's credential was forgotten: its next join (with the join secret) gets a new one."""
 

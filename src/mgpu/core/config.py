@@ -64,6 +64,8 @@ class MasterConfig:
     # A cap on the database's size, in SQLite pages of 4 KiB (0: none): for testing a full
     # disk, or bounding the database.
     db_max_pages: int = field(default=0, metadata=_env("MGPU_DB_MAX_PAGES"))
+    # A TOML file of node pools that grow and shrink with the queue (server/pools.py).
+    pools: Path | None = field(default=None, metadata=_env("MGPU_POOLS"))
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,8 @@ class NodeConfig:
     # A stopping agent (SIGTERM, SIGINT) leaves its jobs with the keeper, which a new agent
     # re-adopts within the fence time; with this, it ends them first.
     kill_jobs_on_exit: bool = field(default=False, metadata=_env("MGPU_KILL_JOBS_ON_EXIT"))
+    # The node pool it was started for (server/pools.py): a pool's scale_up command sets it.
+    pool: str | None = field(default=None, metadata=_env("MGPU_NODE_POOL"))
 
     @property
     def effective_data_dir(self) -> Path:

@@ -21,6 +21,8 @@ from mgpu.core.api_messages import AuditEvent as AuditEvent
 from mgpu.core.api_messages import CancelReply as CancelReply
 from mgpu.core.api_messages import CancelRequest as CancelRequest
 from mgpu.core.api_messages import CancelResult as CancelResult
+from mgpu.core.api_messages import DrainReply as DrainReply
+from mgpu.core.api_messages import DrainRequest as DrainRequest
 from mgpu.core.api_messages import ErrorReply as ErrorReply
 from mgpu.core.api_messages import EventListReply as EventListReply
 from mgpu.core.api_messages import HealthReply as HealthReply
@@ -28,6 +30,7 @@ from mgpu.core.api_messages import JobListReply as JobListReply
 from mgpu.core.api_messages import NodeCredentialReset as NodeCredentialReset
 from mgpu.core.api_messages import OutputEnd as OutputEnd
 from mgpu.core.api_messages import OutputStatus as OutputStatus
+from mgpu.core.api_messages import PoolInfo as PoolInfo
 from mgpu.core.api_messages import ResizeRequest as ResizeRequest
 from mgpu.core.api_messages import SignalRequest as SignalRequest
 from mgpu.core.api_messages import SubmitReply as SubmitReply
@@ -96,6 +99,8 @@ class Register(msgspec.Struct, tag=MessageType.REGISTER.value):
     users: Annotated[list[UserName], msgspec.Meta(max_length=4096)] | None = None
     # Why the node cannot take jobs now (its keeper died and is being restarted), or None.
     degraded: Reason | None = None
+    # The node pool it was started for (its operator's `--pool`), or None.
+    pool: Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[A-Za-z0-9._-]+$")] | None = None
 
 
 class NodeHealth(msgspec.Struct, tag=MessageType.NODE_HEALTH.value):

@@ -283,6 +283,9 @@ class NodeInfo(msgspec.Struct, kw_only=True):
     hostname: str | None = None
     reason: str | None = None  # why it takes no jobs (degraded), when it says so
     users: list[str] | None = None  # whose jobs it runs: None, everyone's
+    pool: str | None = None  # the node pool it belongs to (server/pools.py), if any
+    draining: bool = False  # takes no new jobs; its running jobs finish (`mgpu drain`)
+    drain_reason: str | None = None  # why, as the admin (or the pool) said
 
     @property
     def free_gpus(self) -> list[int]:

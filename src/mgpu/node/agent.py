@@ -219,7 +219,7 @@ class Agent:
         register = m.Register(
             node_id=self.node_id, gpus=self.gpus, hostname=socket.gethostname(), running=held,
             credential=credential.load(data_dir, self.node_id),
-            users=self.users, degraded=self.degraded,
+            users=self.users, degraded=self.degraded, pool=self.cfg.pool,
         )
         await ws.send_bytes(m.node_encoder.encode(register))
         first = await ws.receive(timeout=30)

@@ -22,7 +22,7 @@ from mgpu.core.errors import ApiError, NotFound, StoreError, UsageError
 from mgpu.core.frames import complete_frames
 from mgpu.core.models import ENDED_STATES, JobState, SimpleJob, run_key
 from mgpu.core.version import __version__ as VERSION
-from mgpu.server import admin, retention
+from mgpu.server import admin, api_nodes, retention
 from mgpu.server.http import (
     MASTER,
     Route,
@@ -311,7 +311,9 @@ async def resize(request: web.Request) -> web.Response:
 
 async def nodes(request: web.Request) -> web.Response:
     master = master_of(request)
-    return reply({"nodes": [n.info() for n in master.state.nodes.values()]})
+    nodes = list(master.state.nodes.values())
+    pools = master.pools.statuses(nodes) if master.pools is not None else []
+    return reply({"nodes": [n.info() for n in nodes], "pools": pools})
 
 
 async def stats(request: web.Request) -> web.Response:
@@ -383,6 +385,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", f"{API}/events", admin.events, "The audit log (admins)", None, m.EventListReply,
           query=(("limit", f"entries, 1 to {admin.MAX_EVENTS} (default 50)"),
                  ("node", "only this node's entries (its joins, warnings and errors)"))),
+    *api_nodes.ROUTES,
     Route("GET", NODE_WS, node_ws, "Node agents' WebSocket (join secret)"),
 )
 

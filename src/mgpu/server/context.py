@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from mgpu.server.effects import Effects
     from mgpu.server.nodeauth import NodeCredentials
     from mgpu.server.nodeconn import NodeConn
+    from mgpu.server.pools import Pools
     from mgpu.server.state import ClusterState
     from mgpu.server.stats import SchedulingStats
     from mgpu.server.store import AuditRow, Store, TokenRow
@@ -49,6 +50,10 @@ class Context(Protocol):
     ended: asyncio.Condition  # notified whenever jobs end (long-poll waits)
     closing: bool
     scheduling: SchedulingStats  # the scheduling passes run so far
+    pools: Pools | None  # the node pools, when the master has a pools file
+
+    def reschedule(self) -> None:
+        """A scheduling pass now, for a change outside the state's handlers (a drain)."""
 
     def apply(self, effects: Effects, now: float | None = None,
               durable: bool = False) -> asyncio.Future[None]:

@@ -37,6 +37,7 @@ from mgpu.server.http import quiet_bad_requests
 from mgpu.server.nodeauth import NodeCredentials
 from mgpu.server.nodeconn import NodeConn
 from mgpu.server.nodelink import NodeLink
+from mgpu.server.pools import DRAIN_KEY, Pools, read_pools
 from mgpu.server.state import ClusterState
 from mgpu.server.stats import SchedulingStats
 from mgpu.server.store import AuditRow, Store, TokenRow
@@ -88,6 +89,8 @@ class Master:
         self._tick: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
         self._job_pruner: asyncio.Task[None] | None = None
+        self._pool_task: asyncio.Task[None] | None = None
+        self.pools: Pools | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
@@ -107,6 +110,9 @@ class Master:
                         len(scrubbed.envs))
         self.state.load(rows, self.store.last_id())
         self.state.nodes.clear()
+        self.state.drained.update(self.store.meta_items(DRAIN_KEY))
+        if self.cfg.pools is not None:  # a mistake in the file stops the start, named
+            self.pools = Pools(read_pools(self.cfg.pools))
         self._started_at = time.time()
         self.tokens, self.join = load_secrets(self.store, data_dir)
         self.node_credentials = NodeCredentials(self.store.load_node_credentials())
@@ -166,6 +172,8 @@ class Master:
         self._tick = asyncio.create_task(self._ticker())
         self._pruner = asyncio.create_task(retention.prune_audit(self))
         self._job_pruner = asyncio.create_task(retention.prune_jobs(self))
+        if self.pools is not None:
+            self._pool_task = asyncio.create_task(self.pools.run(self))
 
     async def reset_node_credential(self, node_id: str, user: str) -> None:
         """Forget ``node_id``'s credential (saved with its audit entry, then in effect)."""
@@ -185,9 +193,11 @@ class Master:
         await self._notify_ended()  # and every long-poll wait
         if self._tick is not None:
             self._tick.cancel()
-        for task in (self._pruner, self._job_pruner):
+        for task in (self._pruner, self._job_pruner, self._pool_task):
             if task is not None:
                 task.cancel()
+        if self.pools is not None:
+            await self.pools.stop()
         for conn in list(self.conns.values()):
             conn.writer.cancel()
             await conn.ws.close()
@@ -313,6 +323,10 @@ class Master:
         fut = self.committer.submit(effects)
         fut.add_done_callback(_consume)
         return fut
+
+    def reschedule(self) -> None:
+        """A pass of the scheduler now (something outside the state changed: a drain)."""
+        self.apply(Effects()).add_done_callback(_consume)
 
     async def audit(self, user: str, action: str, detail: str) -> None:
         """Save an audit entry for a request that changes nothing else, before acting."""

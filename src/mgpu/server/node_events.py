@@ -42,6 +42,16 @@ class Node:
     down_since: float | None = None
     reason: str | None = None  # why it is degraded
     users: list[str] | None = None  # whose jobs it runs: None, everyone's
+    pool: str | None = None  # its node pool (server/pools.py)
+    drain_reason: str | None = None  # draining: no new jobs, its running jobs finish
+
+    @property
+    def takes_jobs(self) -> bool:
+        """Whether new jobs may be placed here: up, connected and not draining."""
+        return self.state.takes_jobs and self.connected and self.drain_reason is None
+
+    def busy(self) -> bool:
+        return any(g.job_id is not None for g in self.gpus)
 
     def free_gpu_ids(self) -> tuple[int, ...]:
         return tuple(g.index for g in self.gpus if g.job_id is None)
@@ -61,6 +71,9 @@ class Node:
             hostname=self.hostname or None,
             reason=self.reason if self.state is NodeState.DEGRADED else None,
             users=self.users,
+            pool=self.pool,
+            draining=self.drain_reason is not None,
+            drain_reason=self.drain_reason,
         )
 
     def move(self, to: NodeState) -> None:
@@ -83,6 +96,18 @@ class NodeEvents(ABC):
     envs: dict[int, dict[str, str]]  # of jobs not yet ended (kept to requeue)
     cancel_requested: set[int]
     node_timeout: float
+    drained: dict[str, str]  # node id -> why it drains (kept across its re-registrations)
+
+    def set_drain(self, node_id: str, reason: str | None) -> None:
+        """Drain ``node_id`` (``reason``) or, with None, resume it. A node not registered
+        yet is drained when it registers."""
+        if reason is None:
+            self.drained.pop(node_id, None)
+        else:
+            self.drained[node_id] = reason
+        node = self.nodes.get(node_id)
+        if node is not None:
+            node.drain_reason = reason
 
     @abstractmethod
     def node_lost(self, job: SimpleJob, why: str, now: float) -> Effects:
@@ -107,7 +132,8 @@ class NodeEvents(ABC):
         node = Node(msg.node_id, [GpuInfo(index=g.index, name=g.name,
                                           memory_total_mib=g.memory_total_mib, uuid=g.uuid)
                                   for g in msg.gpus],
-                    hostname=msg.hostname, last_seen=now, users=msg.users)
+                    hostname=msg.hostname, last_seen=now, users=msg.users, pool=msg.pool,
+                    drain_reason=self.drained.get(msg.node_id))
         if msg.degraded is not None:
             node.state, node.reason = NodeState.DEGRADED, msg.degraded
         self.nodes[msg.node_id] = node

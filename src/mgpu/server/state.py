@@ -50,6 +50,7 @@ class ClusterState(NodeEvents):
         self.envs: dict[int, dict[str, str]] = {}  # of jobs not yet ended (kept to requeue)
         self.nodes: dict[str, Node] = {}
         self.cancel_requested: set[int] = set()
+        self.drained: dict[str, str] = {}
         self.next_id = 1
         self.policy = policy
         self.node_timeout = node_timeout
@@ -250,7 +251,7 @@ class ClusterState(NodeEvents):
 
     def refresh_pending_reasons(self) -> None:
         """Say why each pending job waits (derived, not saved)."""
-        up = [n for n in self.nodes.values() if n.state.takes_jobs]
+        up = [n for n in self.nodes.values() if n.takes_jobs]
         largest = max((len(n.gpus) for n in self.nodes.values()), default=0)
         by_user: dict[str, list[Node]] = {}  # (a listing reads 10,000 jobs of few users)
         for job_id in self.pending:
@@ -267,10 +268,11 @@ class ClusterState(NodeEvents):
                 job.reason = f"no node runs jobs of {job.user}: " + "; ".join(
                     f"{n.node_id} runs only {', '.join(n.users or [])}'s"
                     for n in list(self.nodes.values())[:5])
-            elif not any(n.state.takes_jobs for n in serving):
-                degraded = [n for n in serving if n.state is NodeState.DEGRADED]
-                job.reason = ("no node is up" if not degraded else "no node is up: " + "; ".join(
-                    f"{n.node_id} is degraded ({n.reason})" for n in degraded[:5]))
+            elif not any(n.takes_jobs for n in serving):
+                why = [f"{n.node_id} is degraded ({n.reason})" if n.drain_reason is None else
+                       f"{n.node_id} is draining ({n.drain_reason})" for n in serving
+                       if n.state is NodeState.DEGRADED or n.drain_reason is not None]
+                job.reason = "no node is up" + (": " + "; ".join(why[:5]) if why else "")
             elif not up:
                 job.reason = "no node is up"
             else:
@@ -291,7 +293,7 @@ class ClusterState(NodeEvents):
             NodeSnapshot(n.node_id, len(n.gpus), n.free_gpu_ids(),
                          None if n.users is None else frozenset(n.users))
             for n in self.nodes.values()
-            if n.state.takes_jobs and n.connected
+            if n.takes_jobs
         ]
         if not any(s.free_gpu_ids for s in snapshot):
             return effects

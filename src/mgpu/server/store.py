@@ -153,10 +153,12 @@ class Batch:
     credential_resets: list[str] = field(default_factory=list)  # node ids
     envs: dict[int, dict[str, str]] = field(default_factory=dict)  # job id -> new env
     pruned: list[AccountingRow] = field(default_factory=list)  # jobs to drop, kept as these
+    meta: dict[str, str | None] = field(default_factory=dict)  # key -> value (None: delete)
 
     def __bool__(self) -> bool:
         return bool(self.inserts or self.updates or self.tokens or self.revokes or self.audit
-                    or self.credentials or self.credential_resets or self.envs or self.pruned)
+                    or self.credentials or self.credential_resets or self.envs or self.pruned
+                    or self.meta)
 
     def merge(self, other: Batch) -> None:
         self.inserts.extend(other.inserts)
@@ -167,6 +169,7 @@ class Batch:
         self.credentials.extend(other.credentials)
         self.credential_resets.extend(other.credential_resets)
         self.envs.update(other.envs)
+        self.meta.update(other.meta)
         self.pruned.extend(other.pruned)
 
 
@@ -270,6 +273,12 @@ class Store:
             raise StoreError(f"cannot prune the audit log in {self.path}: {e}") from e
         return cur.rowcount
 
+    def meta_items(self, prefix: str) -> dict[str, str]:
+        """The ``meta`` entries whose key starts with ``prefix``, by key without it."""
+        rows = self._db.execute("SELECT key, value FROM meta WHERE key >= ? AND key < ?",
+                                (prefix, prefix + "\uffff")).fetchall()
+        return {k[len(prefix):]: v for k, v in rows}
+
     def write(self, batch: Batch) -> None:
         """Save ``batch`` in one durable transaction, or raise :class:`StoreError`."""
         try:
@@ -340,6 +349,12 @@ class Store:
             self._db.executemany(
                 "INSERT OR REPLACE INTO node_credentials(node_id, digest, created) "
                 "VALUES (?,?,?)", [(c.node_id, c.digest, c.created) for c in batch.credentials])
+        for key, value in batch.meta.items():
+            if value is None:
+                self._db.execute("DELETE FROM meta WHERE key=?", (key,))
+            else:
+                self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?,?)",
+                                 (key, value))
         if batch.pruned:
             self._db.executemany(
                 "INSERT OR REPLACE INTO accounting(id, user, gpus, node, started, ended, state, "

@@ -1,0 +1,359 @@
+"""Node pools that grow and shrink with the queue.
+
+A pool is a named set of nodes (agents started with ``--pool NAME``) with a size between
+``min_nodes`` and ``max_nodes`` and two operator commands, declared in the master's pools
+file (``pools = PATH``, ``MGPU_POOLS``, ``mgpu server --pools PATH``)::
+
+    [pool.cloud]
+    gpus_per_node = 8                 # what one node of the pool offers
+    min_nodes = 0
+    max_nodes = 4
+    scale_up = "launch-gpu-node --count $MGPU_POOL_COUNT"     # shell; or plugin = "NAME"
+    scale_down = "stop-gpu-node $MGPU_POOL_NODES"
+    scale_up_after = 60               # seconds a fitting job waits before nodes are asked for
+    scale_down_after = 600            # seconds a node sits idle before it is released
+    request_timeout = 600             # a requested node that has not joined by then is given up
+
+The master asks for nodes (``scale_up`` with ``MGPU_POOL_COUNT``) when pending jobs that a
+node of the pool could run (``gpus <= gpus_per_node``) have waited longer than
+``scale_up_after``: as many as those jobs fill, counting the nodes already asked for, up to
+``max_nodes``; and always enough for ``min_nodes``. It drains a node of the pool that has been
+idle for ``scale_down_after`` (no new job goes there) and releases it (``scale_down`` with
+``MGPU_POOL_NODES``, space-separated node ids) while the pool stays above ``min_nodes``; once
+the released node's agent is gone, the master forgets it. Each command runs in the
+background with ``MGPU_POOL`` set, never blocking the master; what it does (start a cloud VM,
+``systemctl start mgpu-node``, ``sbatch`` an agent into SLURM) is the operator's business.
+A plugin is an entry point of the group ``mgpu.pools``: a class taking the pool's
+:class:`PoolSpec`, with ``async scale_up(count)`` and ``async scale_down(nodes)``.
+
+Every request, release and command failure is in the audit log (``mgpu events``) as user
+``pool:NAME``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgspec
+
+from mgpu.core.api_messages import PoolInfo
+from mgpu.core.errors import ConfigError
+from mgpu.core.models import NodeState
+from mgpu.server.node_events import Node
+
+log = logging.getLogger("mgpu.pools")
+
+DRAIN_KEY = "drain:"  # the store's meta keys of drained nodes: drain:NODE -> reason
+COMMAND_TIMEOUT = 300.0  # an operator command still running after this is killed
+_KEYS = {"gpus_per_node", "min_nodes", "max_nodes", "scale_up", "scale_down", "plugin",
+         "scale_up_after", "scale_down_after", "request_timeout"}
+
+
+class PoolSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One pool, as its ``[pool.NAME]`` table declares it."""
+
+    name: str
+    gpus_per_node: int
+    max_nodes: int
+    min_nodes: int = 0
+    scale_up: str | None = None
+    scale_down: str | None = None
+    plugin: str | None = None
+    scale_up_after: float = 60.0
+    scale_down_after: float = 600.0
+    request_timeout: float = 600.0
+
+
+def read_pools(path: str | os.PathLike[str]) -> list[PoolSpec]:
+    """The pools of the TOML file at ``path``; a :class:`ConfigError` that names the
+    mistake and the fix otherwise."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"pools file {path}: {e}") from e
+    if set(data) - {"pool"} or not isinstance(data.get("pool"), dict):
+        raise ConfigError(f"pools file {path}: declare each pool as a [pool.NAME] table")
+    specs = []
+    for name, table in data["pool"].items():
+        where = f"pools file {path}, [pool.{name}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: must be a table of settings")
+        unknown = sorted(set(table) - _KEYS)
+        if unknown:
+            raise ConfigError(f"{where}: unknown setting {unknown[0]!r}; the settings are "
+                              f"{', '.join(sorted(_KEYS))}")
+        try:
+            spec = msgspec.convert({"name": name, **table}, PoolSpec)
+        except msgspec.ValidationError as e:
+            raise ConfigError(f"{where}: {e}") from e
+        problem = _problem(spec)
+        if problem:
+            raise ConfigError(f"{where}: {problem}")
+        specs.append(spec)
+    return specs
+
+
+def _problem(s: PoolSpec) -> str | None:
+    if not s.name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        return "a pool name is letters, digits, '.', '-' and '_'"
+    if s.gpus_per_node < 1:
+        return "gpus_per_node must be 1 or more"
+    if not 0 <= s.min_nodes <= s.max_nodes or s.max_nodes < 1:
+        return "need 0 <= min_nodes <= max_nodes and max_nodes >= 1"
+    if (s.plugin is None) == (s.scale_up is None):
+        return "give scale_up (a shell command) or plugin (an mgpu.pools entry point)"
+    if s.plugin is None and s.scale_down is None:
+        return "give scale_down too: the command that releases idle nodes"
+    if min(s.scale_up_after, s.scale_down_after) < 0 or s.request_timeout <= 0:
+        return "scale_up_after and scale_down_after must be >= 0, request_timeout > 0"
+    return None
+
+
+class Operator(Protocol):
+    """What grows and shrinks a pool: shell commands, or a plugin."""
+
+    async def scale_up(self, count: int) -> None: ...
+
+    async def scale_down(self, nodes: list[str]) -> None: ...
+
+
+class ShellOperator:
+    """Runs the pool's ``scale_up`` / ``scale_down`` through ``/bin/sh``; a non-zero exit
+    (or one past :data:`COMMAND_TIMEOUT`) raises ``RuntimeError`` with its output's end."""
+
+    def __init__(self, spec: PoolSpec) -> None:
+        self.spec = spec
+
+    async def scale_up(self, count: int) -> None:
+        assert self.spec.scale_up is not None
+        await self._run(self.spec.scale_up, MGPU_POOL_COUNT=str(count))
+
+    async def scale_down(self, nodes: list[str]) -> None:
+        assert self.spec.scale_down is not None
+        await self._run(self.spec.scale_down, MGPU_POOL_NODES=" ".join(nodes))
+
+    async def _run(self, command: str, **env: str) -> None:
+        proc = await asyncio.create_subprocess_shell(
+            command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "MGPU_POOL": self.spec.name, **env})
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), COMMAND_TIMEOUT)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise RuntimeError(
+                f"{command!r} ran past {COMMAND_TIMEOUT:g}s and was killed") from None
+        if proc.returncode:
+            tail = out.decode(errors="replace").strip()[-300:]
+            raise RuntimeError(f"{command!r} exited with {proc.returncode}: {tail}")
+
+
+def operator_for(spec: PoolSpec) -> Operator:
+    if spec.plugin is None:
+        return ShellOperator(spec)
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="mgpu.pools"):
+        if ep.name == spec.plugin:
+            op: Operator = ep.load()(spec)
+            return op
+    raise ConfigError(f"pool {spec.name}: no mgpu.pools entry point named {spec.plugin!r}: "
+                      "install the package that provides it, or use scale_up/scale_down")
+
+
+@dataclass
+class Demand:
+    """A pending job, as a pool sees it."""
+
+    gpus: int
+    waited: float
+
+
+@dataclass
+class PoolState:
+    """What the master remembers of one pool between ticks."""
+
+    spec: PoolSpec
+    operator: Operator
+    requested: list[float] = field(default_factory=list)  # when each asked-for node was
+    known: set[str] = field(default_factory=set)  # pool nodes seen registered
+    idle_since: dict[str, float] = field(default_factory=dict)
+    releasing: set[str] = field(default_factory=set)
+    busy: bool = False  # an operator command is running
+
+    def members(self, nodes: Iterable[Node]) -> list[Node]:
+        return [n for n in nodes if n.pool == self.spec.name]
+
+
+@dataclass
+class Decision:
+    """What one tick decided for one pool."""
+
+    request: int = 0  # nodes to ask for
+    release: list[str] = field(default_factory=list)  # idle nodes to drain and release
+    expired: int = 0  # requests given up (their node never joined)
+    forget: list[str] = field(default_factory=list)  # released nodes now gone
+
+
+def decide(pool: PoolState, nodes: list[Node], demand: Iterable[Demand],
+           now: float) -> Decision:
+    """One tick's decision for ``pool``: what to ask for and release, also recorded in
+    ``pool`` (its requests and releases), which is all it changes.
+
+    ``nodes`` are the pool's nodes as the master has them; ``demand`` the pending jobs in
+    queue order (read only as far as needed)."""
+    spec, d = pool.spec, Decision()
+    live = [n for n in nodes if n.state is not NodeState.DOWN]
+    for n in nodes:
+        if n.node_id not in pool.known:
+            pool.known.add(n.node_id)
+            if pool.requested:
+                pool.requested.pop(0)  # an asked-for node joined
+    fresh = [t for t in pool.requested if now - t < spec.request_timeout]
+    d.expired = len(pool.requested) - len(fresh)
+    pool.requested = fresh
+    for n in nodes:  # released nodes whose agent has gone
+        if n.node_id in pool.releasing and not n.connected and not n.busy():
+            d.forget.append(n.node_id)
+    staying = [n for n in live if n.node_id not in pool.releasing]
+    have = len(staying) + len(pool.requested)
+    # Grow: the jobs a pool node could run that waited long enough, packed by GPUs, read
+    # only as far as the pool could grow.
+    gpus, cap = 0, (spec.max_nodes - len(staying)) * spec.gpus_per_node
+    for job in demand:
+        if gpus >= cap:
+            break
+        if job.waited >= spec.scale_up_after and job.gpus <= spec.gpus_per_node:
+            gpus += job.gpus
+    wanted = max(math.ceil(gpus / spec.gpus_per_node) - len(pool.requested),
+                 spec.min_nodes - have)
+    d.request = max(0, min(wanted, spec.max_nodes - have))
+    # Shrink: idle nodes past scale_down_after, keeping min_nodes.
+    if d.request == 0:
+        spare = len(staying) - spec.min_nodes
+        for n in staying:
+            if n.busy() or not n.takes_jobs:
+                pool.idle_since.pop(n.node_id, None)
+                continue
+            since = pool.idle_since.setdefault(n.node_id, now)
+            if spare > 0 and now - since >= spec.scale_down_after:
+                d.release.append(n.node_id)
+                spare -= 1
+    if pool.busy:  # one operator command at a time per pool: decide again after it
+        d.request, d.release = 0, []
+    pool.requested += [now] * d.request
+    pool.releasing.update(d.release)
+    return d
+
+
+def status(pool: PoolState, nodes: list[Node]) -> PoolInfo:
+    """The pool as ``GET /api/v1/nodes`` shows it (beside the nodes)."""
+    spec = pool.spec
+    mine = pool.members(nodes)
+    return PoolInfo(name=spec.name, min_nodes=spec.min_nodes, max_nodes=spec.max_nodes,
+                    gpus_per_node=spec.gpus_per_node,
+                    nodes=sorted(n.node_id for n in mine if n.node_id not in pool.releasing),
+                    requested=len(pool.requested), releasing=sorted(pool.releasing))
+
+
+class PoolHost(Protocol):
+    """What the pools need of the master (``server/master.py``)."""
+
+    @property
+    def state(self) -> Any: ...  # ClusterState: nodes, pending, jobs, set_drain
+
+    async def audit(self, user: str, action: str, detail: str) -> None: ...
+
+    def reschedule(self) -> None: ...
+
+
+class Pools:
+    """Every pool of the master, and the task that ticks them."""
+
+    def __init__(self, specs: list[PoolSpec]) -> None:
+        self.pools = {s.name: PoolState(s, operator_for(s)) for s in specs}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def statuses(self, nodes: list[Node]) -> list[PoolInfo]:
+        return [status(p, nodes) for p in self.pools.values()]
+
+    async def run(self, host: PoolHost, interval: float = 0.5) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.tick(host, time.time())
+
+    def tick(self, host: PoolHost, now: float) -> None:
+        state = host.state
+        nodes: list[Node] = list(state.nodes.values())
+        for pool in self.pools.values():
+            demand = (Demand(state.jobs[i].gpus, now - _submitted(state.jobs[i], now))
+                      for i in state.pending)
+            d = decide(pool, pool.members(nodes), demand, now)
+            name, who = pool.spec.name, f"pool:{pool.spec.name}"
+            for node_id in d.forget:
+                pool.releasing.discard(node_id)
+                pool.known.discard(node_id)
+                pool.idle_since.pop(node_id, None)
+                state.drained.pop(node_id, None)
+                state.nodes.pop(node_id, None)
+                log.info("pool %s: released node %s is gone", name, node_id)
+            if d.expired:
+                self._spawn(host.audit(who, "pool.request_expired",
+                                       f"{d.expired} requested node(s) did not join within "
+                                       f"{pool.spec.request_timeout:g}s"))
+            if d.request:
+                self._spawn(self._scale(host, pool, d.request, []))
+            elif d.release:
+                for node_id in d.release:
+                    state.set_drain(node_id, f"pool {name}: idle, released")
+                self._spawn(self._scale(host, pool, 0, d.release))
+
+    async def _scale(self, host: PoolHost, pool: PoolState, count: int,
+                     release: list[str]) -> None:
+        name, who = pool.spec.name, f"pool:{pool.spec.name}"
+        pool.busy = True
+        try:
+            if count:
+                log.info("pool %s: asking for %d node(s)", name, count)
+                await host.audit(who, "pool.scale_up", f"asked for {count} node(s)")
+                await pool.operator.scale_up(count)
+            else:
+                log.info("pool %s: releasing %s", name, " ".join(release))
+                await host.audit(who, "pool.scale_down", "released " + " ".join(release))
+                await pool.operator.scale_down(release)
+        except Exception as e:  # the operator's failure, never the master's
+            log.error("pool %s: %s failed: %s", name, "scale_up" if count else "scale_down", e)
+            if count:
+                del pool.requested[-count:]
+            for node_id in release:  # not released after all: back in service
+                pool.releasing.discard(node_id)
+                host.state.set_drain(node_id, None)
+            host.reschedule()
+            await host.audit(who, "pool.error", str(e)[:500])
+        finally:
+            pool.busy = False
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _submitted(job: Any, now: float) -> float:
+    return job.submitted_at.timestamp() if job.submitted_at is not None else now
