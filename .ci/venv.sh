@@ -6,8 +6,22 @@
 # ~nothing.
 #   PYTHON=python3.12 ./run-tests     picks the interpreter used to create the venv.
 
+# The stamp's first line says what was installed from (pyproject.toml, the constraints, the
+# Python, the checkout's path); its second line, which extras ("dev", "dev,torch").
+_mgpu_stamp_ok() {  # STAMP WANT EXTRAS: whether STAMP covers WANT with at least EXTRAS
+    local have have_extras e
+    have="$(sed -n 1p "$1" 2>/dev/null || true)"
+    have_extras=",$(sed -n 2p "$1" 2>/dev/null || true),"
+    [ "$have" = "$2" ] || return 1
+    for e in ${3//,/ }; do
+        case "$have_extras" in *",$e,"*) ;; *) return 1 ;; esac
+    done
+}
+
+# mgpu_ensure_venv [EXTRAS]: EXTRAS of pyproject.toml to install besides mgpu (default
+# "dev"; ./run-tests asks for "dev,torch", the torch tier's CPU build of PyTorch).
 mgpu_ensure_venv() {
-    local root venv python stamp want have
+    local root venv python stamp want extras="${1:-dev}"
     root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
     venv="$root/.venv"
     python="${PYTHON:-python3}"
@@ -33,9 +47,11 @@ mgpu_ensure_venv() {
 
     want="$(cat "$root/pyproject.toml" "$root/.ci/constraints.txt" | cksum)"
     want="$want $("$venv/bin/python" -V 2>&1) $root"
-    have="$(cat "$stamp" 2>/dev/null || true)"
-    if [ "$want" != "$have" ]; then
-        mgpu_install "$root" "$venv" "$stamp" "$want" || return 1
+    if ! _mgpu_stamp_ok "$stamp" "$want" "$extras"; then
+        if [ "$(sed -n 1p "$stamp" 2>/dev/null || true)" = "$want" ]; then
+            extras="$extras,$(sed -n 2p "$stamp")"  # keep what is there
+        fi
+        mgpu_install "$root" "$venv" "$stamp" "$want" "$extras" || return 1
     fi
     # Bytecode for src/: with an editable install nothing writes it but Python's first
     # import, which writes nothing when PYTHONDONTWRITEBYTECODE is set, and then every
@@ -45,25 +61,27 @@ mgpu_ensure_venv() {
 }
 
 mgpu_install() {
-    local root="$1" venv="$2" stamp="$3" want="$4"
+    local root="$1" venv="$2" stamp="$3" want="$4" extras="$5"
     (
         # Two scripts starting at once must not install over each other.
         if command -v flock >/dev/null 2>&1; then
             exec 9>"$venv/.mgpu-install.lock"
             flock 9
         fi
-        if [ "$want" = "$(cat "$stamp" 2>/dev/null || true)" ]; then
+        if _mgpu_stamp_ok "$stamp" "$want" "$extras"; then
             exit 0
         fi
-        echo "installing mgpu and its dev tools into $venv (pyproject.toml or" \
-             ".ci/constraints.txt changed)" >&2
+        extras="$(printf '%s' "$extras" | tr ',' '\n' | sed '/^$/d' | sort -u | paste -sd, -)"
+        echo "installing mgpu and its extras [$extras] into $venv (pyproject.toml or" \
+             ".ci/constraints.txt changed, or an extra is new)" >&2
         rm -f "$stamp"
         local pins="$root/.ci/constraints.txt"
         "$venv/bin/python" -m pip install --quiet -c "$pins" pip >&2 || true
-        "$venv/bin/python" -m pip install --quiet -c "$pins" -e "$root[dev]" >&2 || {
-            echo "error: pip install -c .ci/constraints.txt -e '.[dev]' failed (see above)" >&2
+        "$venv/bin/python" -m pip install --quiet -c "$pins" -e "$root[$extras]" >&2 || {
+            echo "error: pip install -c .ci/constraints.txt -e '.[$extras]' failed (see" \
+                 "above)" >&2
             exit 1
         }
-        printf '%s' "$want" >"$stamp"
+        printf '%s\n%s\n' "$want" "$extras" >"$stamp"
     )
 }
