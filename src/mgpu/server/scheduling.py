@@ -115,8 +115,6 @@ class SchedulingPass(ABC):
         advance(job, JobState.RUNNING, now)
         job.node = node.node_id
         job.gpu_ids = list(gpu_ids)
-        job.pending_reason = None
-        job.expected_start = None
         effects.update(job)
         effects.sends.append((node.node_id, m.StartJob(
             job_id=job.id, run=job.requeues, command=job.command, cwd=job.cwd, env=env,
