@@ -23,6 +23,7 @@ from mgpu.core.frames import complete_frames
 from mgpu.core.models import ENDED_STATES, JobState, SimpleJob, run_key
 from mgpu.core.version import __version__ as VERSION
 from mgpu.server import admin, api_nodes, retention
+from mgpu.server.api_sched import SCHED_ROUTES
 from mgpu.server.http import (
     MASTER,
     Route,
@@ -61,7 +62,7 @@ async def submit(request: web.Request) -> web.Response:
         spec.env = retention.strip_secrets(spec.env)
     now = time.time()
     owner = who.user if master.cfg.auth else None
-    ids, effects = master.state.on_submit(req.jobs, now, user=owner)
+    ids, effects = master.state.on_submit(req.jobs, now, user=owner, admin=who.admin)
     first = master.state.jobs[ids[0]]
     effects.audit(now, first.user, "submit", _submitted(master, ids))
     try:
@@ -387,6 +388,7 @@ ROUTES: tuple[Route, ...] = (
                  ("node", "only this node's entries (its joins, warnings and errors)"))),
     *api_nodes.ROUTES,
     Route("GET", NODE_WS, node_ws, "Node agents' WebSocket (join secret)"),
+    *SCHED_ROUTES,
 )
 
 

@@ -233,6 +233,11 @@ class Store:
         (max_row,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()
         return max(int(row[0]) if row else 0, int(max_row))
 
+    def meta(self, key: str) -> str | None:
+        """A value of the meta table (``Batch.meta`` sets them), None when never set."""
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
     def load_tokens(self) -> list[TokenRow]:
         """Every token not revoked, in id order."""
         rows = self._db.execute(
