@@ -196,6 +196,17 @@ JOB_FIELDS = [
     "started_at",
     "ended_at",
     "end_cause",
+    # job controls (README "Job controls")
+    "dependency",
+    "kill_on_invalid_dep",
+    "array_job_id",
+    "array_task_id",
+    "array_throttle",
+    "held",
+    "begin_at",
+    "retries",
+    "max_retries",
+    "pending_reason",
 ]
 
 

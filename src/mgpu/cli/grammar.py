@@ -14,7 +14,7 @@ import os
 import sys
 
 from mgpu.cli import daemon_args
-from mgpu.cli.argtypes import job_id, seconds
+from mgpu.cli.argtypes import job_id, job_ref, seconds
 from mgpu.cli.commands import (
     cmd_attach,
     cmd_cancel,
@@ -26,6 +26,7 @@ from mgpu.cli.commands import (
     cmd_submit,
     cmd_wait,
 )
+from mgpu.cli.jobargs import control_args
 from mgpu.cli.plainargs import REMAINDER, SUPPRESS, Grammar, Namespace, parse
 from mgpu.core.version import __version__
 
@@ -49,6 +50,29 @@ def _admin(name: str) -> Handler:
 
     run.__name__ = run.__qualname__ = f"cmd_{name}"
     return run
+
+
+def _controls(name: str) -> Handler:
+    """The handler ``mgpu.cli.controls.cmd_<name>``, imported when its subcommand runs."""
+
+    def run(ns: argparse.Namespace) -> int:
+        import mgpu.cli.controls as controls
+
+        handler: Handler = getattr(controls, f"cmd_{name}")
+        return handler(ns)
+
+    run.__name__ = run.__qualname__ = f"cmd_{name}"
+    return run
+
+
+def _limits_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=("list", "set", "clear"), nargs="?", default="list")
+    p.add_argument("user", nargs="?", help="the user (set, clear)")
+    p.add_argument("--max-gpus", metavar="N", help="GPUs running at once (none: no limit)")
+    p.add_argument("--max-pending", metavar="N", help="jobs pending at once (none: no limit)")
+    p.add_argument("--max-time", metavar="TIME",
+                   help="longest time limit, e.g. 24:00:00 or 1-00 (none: no limit)")
+    p.add_argument("--json", action="store_true")
 
 
 _FORMATTER: type[argparse.HelpFormatter] | None = None  # made by _formatter()
@@ -149,6 +173,7 @@ def _submit_args(p: argparse.ArgumentParser) -> None:
                    help="keep the job's stdin open, for `mgpu attach` to write to")
     p.add_argument("--parsable", action="store_true", help="print only the job id")
     p.add_argument("--json", action="store_true")
+    control_args(p)
     p.add_argument("command", nargs=REMAINDER, help="the command line")
 
 
@@ -174,7 +199,7 @@ def _queue_args(p: argparse.ArgumentParser) -> None:
 
 
 def _job_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("job_id", type=job_id)
+    p.add_argument("job_id", type=job_ref, help="a job id, or an array's task: 12_4")
     p.add_argument("--json", action="store_true")
 
 
@@ -187,6 +212,12 @@ def _logs_args(p: argparse.ArgumentParser) -> None:
 
 def _jobs_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("job_ids", type=job_id, nargs="+", metavar="JOB_ID")
+    p.add_argument("--json", action="store_true")
+
+
+def _refs_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job_ids", type=job_ref, nargs="+", metavar="JOB_ID",
+                   help="job ids; 12 (every task of array 12), 12_4, 12_[3-5]")
     p.add_argument("--json", action="store_true")
 
 
@@ -217,7 +248,11 @@ COMMANDS: dict[str, tuple[Handler, str, Callable[[argparse.ArgumentParser], None
     "show": (cmd_show, "one job in full", _job_args),
     "logs": (cmd_logs, "a job's output", _logs_args),
     "wait": (cmd_wait, "wait for jobs to end; exit with the first non-zero code", _wait_args),
-    "cancel": (cmd_cancel, "cancel jobs", _jobs_args),
+    "cancel": (cmd_cancel, "cancel jobs", _refs_args),
+    "hold": (_controls("hold"), "keep pending jobs from starting", _refs_args),
+    "release": (_controls("release"), "let held jobs start", _refs_args),
+    "limits": (_controls("limits"), "per-user limits: list (all), set or clear (admins)",
+               _limits_args),
     "nodes": (cmd_nodes, "nodes and their GPUs", _nodes_args),
     "config": (_admin("config"), "the effective configuration and where it came from", _json_args),
     "token": (_admin("token"), "create, list or revoke tokens (admins)", daemon_args.token_args),

@@ -91,6 +91,7 @@ def job_detail(job: SimpleJob, now: datetime) -> str:
         ("time_limit", duration(job.time_limit)),
         ("requeues", str(job.requeues)),
         ("max_requeue", str(job.max_requeue)),
+        ("retries", f"{job.retries} of {job.max_retries}"),
         ("interactive", "yes" if job.interactive else "no"),
         ("stdin", "yes" if job.stdin else "no"),
         ("pty", "yes" if job.pty else "no"),
@@ -100,8 +101,25 @@ def job_detail(job: SimpleJob, now: datetime) -> str:
         ("ended_at", _when(job.ended_at)),
         ("time", duration(elapsed(job, now))),
     ]
+    fields.extend(_control_fields(job))
     width = max(len(k) for k, _ in fields) + 1
     return "".join(f"{k + ':':<{width}} {_clean(v)}\n" for k, v in fields)
+
+
+def _control_fields(job: SimpleJob) -> list[tuple[str, str]]:
+    """``mgpu show``'s lines of the job controls (README "Job controls"), those that apply."""
+    out = [("pending_reason", job.pending_reason)] if job.pending_reason else []
+    if job.array_job_id is not None:
+        out.append(("array", f"{job.array_job_id}_{job.array_task_id}" + (
+            f" (at most {job.array_throttle} at once)" if job.array_throttle else "")))
+    if job.dependency:
+        out.append(("dependency", job.dependency + (
+            "" if job.kill_on_invalid_dep else " (kept if never met)")))
+    if job.held:
+        out.append(("held", "yes"))
+    if job.begin_at is not None:
+        out.append(("begin_at", _when(job.begin_at)))
+    return out
 
 
 def _holders(node: NodeInfo) -> str:

@@ -64,6 +64,10 @@ class MasterConfig:
     # A cap on the database's size, in SQLite pages of 4 KiB (0: none): for testing a full
     # disk, or bounding the database.
     db_max_pages: int = field(default=0, metadata=_env("MGPU_DB_MAX_PAGES"))
+    # Job controls: a job with --retries N waits retry_backoff seconds before its first
+    # retry, twice that before the next, ..., never more than retry_backoff_max.
+    retry_backoff: float = field(default=10.0, metadata=_env("MGPU_RETRY_BACKOFF"))
+    retry_backoff_max: float = field(default=600.0, metadata=_env("MGPU_RETRY_BACKOFF_MAX"))
 
 
 @dataclass(frozen=True)

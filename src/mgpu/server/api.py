@@ -22,7 +22,7 @@ from mgpu.core.errors import ApiError, NotFound, StoreError, UsageError
 from mgpu.core.frames import complete_frames
 from mgpu.core.models import ENDED_STATES, JobState, SimpleJob, run_key
 from mgpu.core.version import __version__ as VERSION
-from mgpu.server import admin, retention
+from mgpu.server import admin, api_controls, retention
 from mgpu.server.http import (
     MASTER,
     Route,
@@ -208,7 +208,7 @@ async def output(request: web.Request) -> web.StreamResponse:
                     state=job.state.value, node=job.node, gpu_ids=job.gpu_ids, gpus=job.gpus,
                     ahead=master.state.queue_position(job_id)))))
             data = spool.read_across(
-                [run_key(job_id, r) for r in range(job.requeues + 1)], offset)
+                [run_key(job_id, r) for r in range(job.run + 1)], offset)
             # Whole frames only: the copy may end inside a frame while the node's next
             # chunk is on its way, and a STATUS or END frame must not land inside one.
             whole = complete_frames(data)
@@ -384,6 +384,7 @@ ROUTES: tuple[Route, ...] = (
           query=(("limit", f"entries, 1 to {admin.MAX_EVENTS} (default 50)"),
                  ("node", "only this node's entries (its joins, warnings and errors)"))),
     Route("GET", NODE_WS, node_ws, "Node agents' WebSocket (join secret)"),
+    *api_controls.ROUTES,
 )
 
 

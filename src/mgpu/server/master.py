@@ -34,6 +34,7 @@ from mgpu.server.committer import Committer
 from mgpu.server.datadir import prepare_data_dir, write_json
 from mgpu.server.effects import Effects
 from mgpu.server.http import quiet_bad_requests
+from mgpu.server.limits import load_limits
 from mgpu.server.nodeauth import NodeCredentials
 from mgpu.server.nodeconn import NodeConn
 from mgpu.server.nodelink import NodeLink
@@ -66,6 +67,8 @@ class Master:
             max_batch_jobs=cfg.max_batch_jobs,
             max_pending_per_user=cfg.max_pending_per_user,
         )
+        self.state.retry_backoff, self.state.retry_backoff_max = (cfg.retry_backoff,
+                                                                  cfg.retry_backoff_max)
         self.tokens = Tokens([], 0)
         self.join = JoinSecret("")
         self.conns: dict[str, NodeConn] = {}
@@ -106,6 +109,7 @@ class Master:
             log.warning("took mgpu's secrets out of the saved environments of %d jobs",
                         len(scrubbed.envs))
         self.state.load(rows, self.store.last_id())
+        self.state.start_controls(load_limits(self.store), time.time())
         self.state.nodes.clear()
         self._started_at = time.time()
         self.tokens, self.join = load_secrets(self.store, data_dir)
@@ -238,6 +242,7 @@ class Master:
         now = time.time() if now is None else now
         pending = len(self.state.pending)
         started = time.perf_counter()
+        effects.merge(self.state.gate_pass(effects, now))  # jobs the controls let in
         effects.merge(self.state.schedule(now))
         if pending:
             self.scheduling.record(time.perf_counter() - started, pending)
@@ -277,7 +282,7 @@ class Master:
                 self.notify_output(job_id)
                 job = self.state.jobs.get(job_id)
                 if self.output is not None and job is not None:
-                    self.output.close(run_key(job_id, job.requeues))
+                    self.output.close(run_key(job_id, job.run))
             self.spawn(self._notify_ended())
 
     async def _notify_ended(self) -> None:

@@ -129,7 +129,7 @@ async def prune_jobs(master: Context) -> None:
             else:
                 assert master.output is not None
                 for job in gone:
-                    for run in range(job.requeues + 1):
+                    for run in range(job.run + 1):
                         master.output.close(run_key(job.id, run))
                         with contextlib.suppress(OSError):
                             master.output.file(run_key(job.id, run)).unlink()

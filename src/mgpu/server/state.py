@@ -22,16 +22,17 @@ from mgpu.core.models import (
     utc,
 )
 from mgpu.core.scheduler import JobSnapshot, NodeSnapshot, Policy, schedule
+from mgpu.server.arrays import SubmitControls
 from mgpu.server.auth import Identity
 from mgpu.server.effects import Effects
-from mgpu.server.node_events import Node, NodeEvents
+from mgpu.server.node_events import Node
 from mgpu.server.store import LoadedJob
 from mgpu.server.validate import MAX_TIME_LIMIT, check_spec
 
 __all__ = ["ClusterState", "Effects", "Node"]
 
 
-class ClusterState(NodeEvents):
+class ClusterState(SubmitControls):
     """Jobs and nodes in memory; the single place that decides what happens to them."""
 
     def __init__(
@@ -58,6 +59,7 @@ class ClusterState(NodeEvents):
         self.max_requeue = max_requeue
         self.max_batch_jobs = max_batch_jobs
         self.max_pending_per_user = max_pending_per_user
+        self.init_controls()  # the gate of holds, dependencies, arrays, limits (controls.py)
 
     def _enqueue(self, job: SimpleJob, *, in_place: bool = False) -> None:
         """Put ``job`` in the pending queue: at the end, or (``in_place``) at its id's place."""
@@ -103,6 +105,7 @@ class ClusterState(NodeEvents):
         """
         if not specs:
             raise UsageError("no jobs to submit: give at least one job")
+        specs, tasks = self.expand_arrays(specs)  # (arrays.py: one spec per task)
         if len(specs) > self.max_batch_jobs:
             raise Rejected(
                 f"{len(specs)} jobs in one submit is over this master's limit of "
@@ -120,6 +123,7 @@ class ClusterState(NodeEvents):
                     f"master's limit of {self.max_pending_per_user} pending jobs per user "
                     "(max_pending_per_user / MGPU_MAX_PENDING): wait for some to start"
                 )
+        self.check_controls(specs, user)
         largest = self.largest_node()
         for i, spec in enumerate(specs):
             where = f"job {i + 1} of the batch: " if len(specs) > 1 else ""
@@ -159,6 +163,7 @@ class ClusterState(NodeEvents):
             self.envs[job_id] = spec.env
             effects.batch.inserts.append((job, spec.env))
             ids.append(job_id)
+        self.gate_submitted(ids, specs, tasks, effects, now)
         return ids, effects
 
     def forget_submit(self, ids: list[int]) -> None:
@@ -167,6 +172,7 @@ class ClusterState(NodeEvents):
             self._dequeue(job_id)
             self.jobs.pop(job_id, None)
             self.envs.pop(job_id, None)
+        self.gate_forget(ids)
 
     def _time_limit(self, spec: JobSpec, where: str) -> int | None:
         """The job's time limit: its own, else the default; never above the maximum."""
@@ -316,7 +322,7 @@ class ClusterState(NodeEvents):
                     node.node_id,
                     m.StartJob(
                         job_id=job.id,
-                        run=job.requeues,
+                        run=job.run,
                         command=job.command,
                         cwd=job.cwd,
                         env=env,
