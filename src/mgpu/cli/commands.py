@@ -63,7 +63,7 @@ def cmd_submit(ns: argparse.Namespace) -> int:
     elif ns.parsable:
         write(f"{job_id}\n")
     else:
-        write(f"Submitted job {job_id}\n")
+        write(f"Submitted {'array ' if ns.array else ''}job {job_id}\n")
     return 0
 
 

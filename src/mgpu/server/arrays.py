@@ -10,11 +10,15 @@ the queue or keeps it at the gate (``controls.py``).
 
 An array's id is its first task's job id; each task is a job of its own, with
 ``MGPU_ARRAY_JOB_ID`` and ``MGPU_ARRAY_TASK_ID`` in its environment (and SLURM's names,
-``SLURM_ARRAY_JOB_ID`` and ``SLURM_ARRAY_TASK_ID``). :meth:`SubmitControls.resolve` turns
+``SLURM_ARRAY_JOB_ID`` and ``SLURM_ARRAY_TASK_ID``), added when it starts. The tasks share
+one environment, saved once, with the first task (what makes 10,000 tasks one small write);
+retention keeps that row while a task may still run. :meth:`SubmitControls.resolve` turns
 ``12``, ``12_4`` and ``12_[3-5]`` into job ids.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from mgpu.core import controls as c
 from mgpu.core.control_messages import UserLimits
@@ -118,11 +122,38 @@ class SubmitControls(JobControls):
                 array = ids[first]
                 job.array_job_id, job.array_task_id, job.array_throttle = array, task_id, throttle
                 self.arrays.setdefault(array, {})[task_id] = job_id
-                self.envs[job_id] = {**spec.env, **_array_env(array, task_id)}
             self._settle(job, now, effects, queued=True)
-        if arrays:
-            effects.batch.inserts = [(j, self.envs.get(j.id, env))
-                                     for j, env in effects.batch.inserts]
+        if arrays:  # an array's environment is saved once, with its first task
+            effects.batch.inserts = [
+                (j, env if j.array_job_id in (None, j.id) else {})
+                for j, env in effects.batch.inserts]
+
+    def run_env(self, job: SimpleJob) -> dict[str, str]:
+        """The environment ``job`` runs with: the submitter's, and an array task's ids."""
+        env = self.envs.get(job.id, {})
+        if job.array_job_id is None or job.array_task_id is None:
+            return env
+        return {**env, **_array_env(job.array_job_id, job.array_task_id)}
+
+    def shares_env(self, job_id: int) -> bool:
+        """Whether ``job_id`` is an array whose tasks not yet ended run with its saved
+        environment (retention keeps its row until they end)."""
+        tasks = self.arrays.get(job_id, {})
+        return any(not j.state.ended for t in tasks.values() if (j := self.jobs.get(t)))
+
+    def load_array_envs(self, load_env: Callable[[int], dict[str, str]]) -> None:
+        """At start-up: each array task not ended gets its array's environment (saved with
+        the first task; read again when that one has ended)."""
+        cache: dict[int, dict[str, str]] = {}
+        for job in self.jobs.values():
+            array = job.array_job_id
+            if array is None or array == job.id or job.state.ended:
+                continue
+            if array not in cache:
+                first = self.jobs.get(array)
+                known = None if first is None or first.state.ended else self.envs.get(array)
+                cache[array] = known if known is not None else load_env(array)
+            self.envs[job.id] = cache[array]
 
     def resolve(self, refs: list[str], who: Identity | None, private: bool) -> list[int]:
         """Job ids of references: ``12`` (job 12; every task not ended, when 12 is an

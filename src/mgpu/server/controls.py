@@ -24,7 +24,7 @@ from __future__ import annotations
 import heapq
 from abc import abstractmethod
 from bisect import insort
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from mgpu.core import controls as c
 from mgpu.core import messages as m
@@ -298,7 +298,12 @@ class JobControls(NodeEvents):
 
     # ------------------------------------------------------------------ start-up
 
-    def start_controls(self, limits: dict[str, UserLimits], now: float) -> None:
+    @abstractmethod
+    def load_array_envs(self, load_env: Callable[[int], dict[str, str]]) -> None:
+        """At start-up: array tasks get their array's saved environment (``arrays.py``)."""
+
+    def start_controls(self, limits: dict[str, UserLimits], now: float,
+                       load_env: Callable[[int], dict[str, str]]) -> None:
         """After the jobs are loaded: the limits, the arrays, and the gate rebuilt (what
         that changes is saved with the first scheduling pass)."""
         self.limits = dict(limits)
@@ -308,6 +313,7 @@ class JobControls(NodeEvents):
                 self.arrays.setdefault(job.array_job_id, {})[job.array_task_id] = job.id
             if job.state is JobState.RUNNING:
                 self._charge(job)
+        self.load_array_envs(load_env)
         for job in list(self.jobs.values()):
             if job.state is JobState.PENDING:
                 self._settle(job, now, effects, queued=job.id in self.pending)

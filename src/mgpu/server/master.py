@@ -109,7 +109,7 @@ class Master:
             log.warning("took mgpu's secrets out of the saved environments of %d jobs",
                         len(scrubbed.envs))
         self.state.load(rows, self.store.last_id())
-        self.state.start_controls(load_limits(self.store), time.time())
+        self.state.start_controls(load_limits(self.store), time.time(), self.store.load_env)
         self.state.nodes.clear()
         self._started_at = time.time()
         self.tokens, self.join = load_secrets(self.store, data_dir)

@@ -68,7 +68,8 @@ def prune(state: ClusterState, before: float) -> tuple[list[SimpleJob], Effects]
     effects = Effects()
     gone: list[SimpleJob] = []
     for job in list(state.jobs.values()):
-        if not job.state.ended or job.ended_at is None or job.ended_at.timestamp() >= before:
+        if (not job.state.ended or job.ended_at is None or job.ended_at.timestamp() >= before
+                or state.shares_env(job.id)):  # (an array's row holds its tasks' env)
             continue
         del state.jobs[job.id]
         state.envs.pop(job.id, None)

@@ -126,6 +126,8 @@ class ClusterState(SubmitControls):
         self.check_controls(specs, user)
         largest = self.largest_node()
         for i, spec in enumerate(specs):
+            if i and spec is specs[i - 1]:
+                continue  # an array's next task (arrays.py): checked with its first
             where = f"job {i + 1} of the batch: " if len(specs) > 1 else ""
             check_spec(spec, where)
             self._time_limit(spec, where)
@@ -312,7 +314,7 @@ class ClusterState(SubmitControls):
             for i in p.gpu_ids:
                 held[i].job_id = job.id
             self._dequeue(job.id)
-            env = self.envs.get(job.id, {})
+            env = self.run_env(job)
             advance(job, JobState.RUNNING, now)
             job.node = node.node_id
             job.gpu_ids = list(p.gpu_ids)
