@@ -196,6 +196,11 @@ JOB_FIELDS = [
     "started_at",
     "ended_at",
     "end_cause",
+    # scheduling (README "How scheduling works")
+    "pending_reason",
+    "expected_start",
+    "priority",
+    "nice",
     # job controls (README "Job controls")
     "dependency",
     "kill_on_invalid_dep",
@@ -206,7 +211,6 @@ JOB_FIELDS = [
     "begin_at",
     "retries",
     "max_retries",
-    "pending_reason",
 ]
 
 

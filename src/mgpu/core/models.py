@@ -162,6 +162,10 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     stdin: bool = False  # keep the job's stdin open for `mgpu attach` / srun to write to
     pty: bool = False  # run it on a pseudo-terminal (srun --pty)
     argv: list[str] | None = None  # run this without a shell (``command`` shows it joined)
+    # Scheduling (issue 11): points added to (--priority, admins only) or taken off (--nice;
+    # below 0, admins only) the job's priority.
+    priority: int | None = None
+    nice: int = 0
     # Job controls (README "Job controls"): kept together, at the end.
     dependency: str | None = None  # afterok:12:13,afterany:14 (',' all hold, '?' any)
     kill_on_invalid_dep: bool = True  # a dependency that can never hold cancels the job
@@ -196,6 +200,12 @@ class SimpleJob(msgspec.Struct, kw_only=True):
     started_at: datetime | None = None
     ended_at: datetime | None = None
     end_cause: EndCause | None = None  # why it ended, beside ``reason``'s words
+    # Scheduling (issue 11): why a pending job waits, as a code (a value of
+    # core/scheduler.PendingReason), and when the backfill plan expects it to start.
+    pending_reason: str | None = None
+    expected_start: datetime | None = None
+    priority: int = 0  # --priority (admins): points added to its priority
+    nice: int = 0  # --nice: points taken off (below 0: admins)
     # Job controls (README "Job controls"): kept together, at the end.
     dependency: str | None = None
     kill_on_invalid_dep: bool = True
@@ -206,7 +216,6 @@ class SimpleJob(msgspec.Struct, kw_only=True):
     begin_at: datetime | None = None  # not before (--begin, or a retry's back-off)
     retries: int = 0  # runs again after a non-zero exit (apart from ``requeues``)
     max_retries: int = 0
-    pending_reason: str | None = None  # why it waits, as a code (Held, Dependency, ...)
 
     @property
     def run(self) -> int:

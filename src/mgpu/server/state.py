@@ -13,46 +13,50 @@ from collections.abc import Iterable
 
 from mgpu.core import messages as m
 from mgpu.core.errors import Forbidden, NotFound, Rejected, UsageError
-from mgpu.core.models import (
-    JobSpec,
-    JobState,
-    NodeState,
-    SimpleJob,
-    advance,
-    utc,
-)
-from mgpu.core.scheduler import JobSnapshot, NodeSnapshot, Policy, schedule
+from mgpu.core.models import JobSpec, JobState, SimpleJob, advance, utc
+from mgpu.core.priority import PriorityWeights, job_term
+from mgpu.core.scheduler import JobSnapshot, Policy, ScheduleResult, fifo_reserve
 from mgpu.server.arrays import SubmitControls
 from mgpu.server.auth import Identity
 from mgpu.server.effects import Effects
+from mgpu.server.fairshare import FairShare
 from mgpu.server.node_events import Node
+from mgpu.server.queue import PendingQueue
+from mgpu.server.scheduling import SchedulingPass
 from mgpu.server.store import LoadedJob
-from mgpu.server.validate import MAX_TIME_LIMIT, check_spec
+from mgpu.server.validate import MAX_TIME_LIMIT, check_priority, check_spec
 
 __all__ = ["ClusterState", "Effects", "Node"]
 
 
-class ClusterState(SubmitControls):
+class ClusterState(SubmitControls, SchedulingPass):
     """Jobs and nodes in memory; the single place that decides what happens to them."""
 
     def __init__(
         self,
-        policy: Policy = schedule,
+        policy: Policy = fifo_reserve,
         node_timeout: float = 10.0,
         default_time_limit: int | None = None,
         max_time_limit: int | None = None,
         max_requeue: int = 3,
         max_batch_jobs: int = 10_000,
         max_pending_per_user: int = 100_000,
+        weights: PriorityWeights | None = None,
+        half_life: float = 7 * 86_400.0,
+        backfill_depth: int = 1_000,
     ) -> None:
         self.jobs: dict[int, SimpleJob] = {}
-        self.pending: dict[int, JobSnapshot] = {}  # queue order = insertion order = id order
+        self.pending: dict[int, JobSnapshot] = {}  # the queue (its order: ``queue``)
+        self.queue = PendingQueue(weights)  # the same jobs, in priority order
+        self.fairshare = FairShare(half_life)
+        self.backfill_depth = backfill_depth
         self.pending_by_user: dict[str, int] = {}  # kept by _enqueue and _dequeue
         self.envs: dict[int, dict[str, str]] = {}  # of jobs not yet ended (kept to requeue)
         self.nodes: dict[str, Node] = {}
         self.cancel_requested: set[int] = set()
         self.next_id = 1
         self.policy = policy
+        self.plan = ScheduleResult()
         self.node_timeout = node_timeout
         self.default_time_limit = default_time_limit
         self.max_time_limit = max_time_limit
@@ -62,13 +66,25 @@ class ClusterState(SubmitControls):
         self.init_controls()  # the gate of holds, dependencies, arrays, limits (controls.py)
 
     def _enqueue(self, job: SimpleJob, *, in_place: bool = False) -> None:
-        """Put ``job`` in the pending queue: at the end, or (``in_place``) at its id's place."""
-        self.pending[job.id] = JobSnapshot(job.id, job.gpus, job.user)
+        """Put ``job`` in the pending queue. Its place is its priority, whose age counts from
+        its first submit, so a requeued job goes back where it was (``in_place``: kept for
+        callers; every job is in place)."""
+        snap = JobSnapshot(
+            job.id, job.gpus, job.user,
+            submitted_at=job.submitted_at.timestamp() if job.submitted_at else 0.0,
+            time_limit=job.time_limit)
+        self.pending[job.id] = snap
+        self.queue.add(snap, job_term(job.priority, job.nice))
         self.pending_by_user[job.user] = self.pending_by_user.get(job.user, 0) + 1
-        if in_place:
-            self.pending = dict(sorted(self.pending.items()))
+
+    def pending_in_order(self, now: float | None = None) -> Iterable[JobSnapshot]:
+        """The pending jobs, highest priority at ``now`` (default: the last pass) first."""
+        at = self.fairshare.as_of if now is None else now
+        pending = self.pending
+        return (j for j in self.queue.ordered(at, self.fairshare.factor) if j.job_id in pending)
 
     def _dequeue(self, job_id: int) -> None:
+        self.queue.remove(job_id)
         p = self.pending.pop(job_id, None)
         if p is not None:
             left = self.pending_by_user[p.user] - 1
@@ -79,8 +95,13 @@ class ClusterState(SubmitControls):
 
     # ------------------------------------------------------------------ start-up
 
-    def load(self, rows: Iterable[LoadedJob], last_id: int) -> None:
-        """Rebuild memory from the database. Running jobs wait for their node to report."""
+    def load(self, rows: Iterable[LoadedJob], last_id: int, now: float = 0.0,
+             shares: str | None = None) -> None:
+        """Rebuild memory from the database (``shares``: the saved fair-share shares). Running
+        jobs wait for their node to report. Fair-share usage is the jobs' GPU-seconds, decayed
+        to ``now`` (a running job's until ``now``)."""
+        self.fairshare.load_shares(shares)
+        self.fairshare.advance(now)
         for row in rows:
             job = row.job
             self.jobs[job.id] = job
@@ -88,6 +109,10 @@ class ClusterState(SubmitControls):
                 self._enqueue(job)
             if not job.state.ended:
                 self.envs[job.id] = row.env
+            if job.started_at is not None and now:
+                end = job.ended_at.timestamp() if job.ended_at else now
+                self.fairshare.charge(job.user, job.gpus, job.started_at.timestamp(), end, now)
+        self.fairshare.advance(now)
         self.next_id = last_id + 1
 
     # ------------------------------------------------------------------ clients
@@ -96,12 +121,12 @@ class ClusterState(SubmitControls):
         return max((len(n.gpus) for n in self.nodes.values()), default=0)
 
     def on_submit(
-        self, specs: list[JobSpec], now: float, user: str | None = None
+        self, specs: list[JobSpec], now: float, user: str | None = None, admin: bool = True
     ) -> tuple[list[int], Effects]:
         """Accept a batch of jobs whole, or reject it whole with the reason.
 
         ``user`` owns the jobs (the token's user); None takes each spec's ``user`` (only
-        when authentication is off).
+        when authentication is off). Only an ``admin`` may raise a job's priority.
         """
         if not specs:
             raise UsageError("no jobs to submit: give at least one job")
@@ -130,6 +155,7 @@ class ClusterState(SubmitControls):
                 continue  # an array's next task (arrays.py): checked with its first
             where = f"job {i + 1} of the batch: " if len(specs) > 1 else ""
             check_spec(spec, where)
+            check_priority(spec, admin, where)
             self._time_limit(spec, where)
             if self.nodes and spec.gpus > largest:
                 biggest = max(self.nodes.values(), key=lambda n: len(n.gpus))
@@ -159,6 +185,8 @@ class ClusterState(SubmitControls):
                 stdin=spec.stdin or spec.pty,
                 pty=spec.pty,
                 argv=spec.argv or None,
+                priority=spec.priority or 0,
+                nice=spec.nice,
             )
             self.jobs[job_id] = job
             self._enqueue(job)
@@ -255,90 +283,6 @@ class ClusterState(SubmitControls):
                     )
                 )
         return results, effects
-
-    def refresh_pending_reasons(self) -> None:
-        """Say why each pending job waits (derived, not saved)."""
-        up = [n for n in self.nodes.values() if n.state.takes_jobs]
-        largest = max((len(n.gpus) for n in self.nodes.values()), default=0)
-        by_user: dict[str, list[Node]] = {}  # (a listing reads 10,000 jobs of few users)
-        for job_id in self.pending:
-            job = self.jobs[job_id]
-            serving = by_user.get(job.user)
-            if serving is None:
-                serving = by_user[job.user] = [
-                    n for n in self.nodes.values() if n.serves(job.user)]
-            if not self.nodes:
-                job.reason = "waiting for a node to register"
-            elif job.gpus > largest:
-                job.reason = f"no node has {job.gpus} GPUs (largest has {largest})"
-            elif not serving:
-                job.reason = f"no node runs jobs of {job.user}: " + "; ".join(
-                    f"{n.node_id} runs only {', '.join(n.users or [])}'s"
-                    for n in list(self.nodes.values())[:5])
-            elif not any(n.state.takes_jobs for n in serving):
-                degraded = [n for n in serving if n.state is NodeState.DEGRADED]
-                job.reason = ("no node is up" if not degraded else "no node is up: " + "; ".join(
-                    f"{n.node_id} is degraded ({n.reason})" for n in degraded[:5]))
-            elif not up:
-                job.reason = "no node is up"
-            else:
-                job.reason = f"waiting for {job.gpus} free GPU{'s' if job.gpus > 1 else ''}"
-
-    def queue_position(self, job_id: int) -> int:
-        """How many pending jobs are ahead of ``job_id``."""
-        return sum(1 for other in self.pending if other < job_id)
-
-    # ------------------------------------------------------------------ scheduling
-
-    def schedule(self, now: float) -> Effects:
-        """Place pending jobs on free GPUs; each placement is saved, then sent."""
-        effects = Effects()
-        if not self.pending:
-            return effects
-        snapshot = [
-            NodeSnapshot(n.node_id, len(n.gpus), n.free_gpu_ids(),
-                         None if n.users is None else frozenset(n.users))
-            for n in self.nodes.values()
-            if n.state.takes_jobs and n.connected
-        ]
-        if not any(s.free_gpu_ids for s in snapshot):
-            return effects
-        for p in self.policy(self.pending.values(), snapshot, now):
-            job = self.jobs[p.job_id]
-            node = self.nodes[p.node_id]
-            held = {g.index: g for g in node.gpus}
-            if job.state is not JobState.PENDING or any(
-                held[i].job_id is not None for i in p.gpu_ids
-            ):
-                raise AssertionError(f"policy made an impossible placement: {p}")
-            for i in p.gpu_ids:
-                held[i].job_id = job.id
-            self._dequeue(job.id)
-            env = self.run_env(job)
-            advance(job, JobState.RUNNING, now)
-            job.node = node.node_id
-            job.gpu_ids = list(p.gpu_ids)
-            effects.update(job)
-            effects.sends.append(
-                (
-                    node.node_id,
-                    m.StartJob(
-                        job_id=job.id,
-                        run=job.run,
-                        command=job.command,
-                        cwd=job.cwd,
-                        env=env,
-                        gpu_ids=job.gpu_ids,
-                        user=job.user,
-                        name=job.name,
-                        time_limit=job.time_limit,
-                        stdin=job.stdin,
-                        pty=job.pty,
-                        argv=job.argv,
-                    ),
-                )
-            )
-        return effects
 
     def unplace(self, job_ids: Iterable[int], now: float, reason: str) -> None:
         """Put placed jobs back in the queue when their placement could not be saved."""

@@ -153,7 +153,7 @@ class Batch:
     credential_resets: list[str] = field(default_factory=list)  # node ids
     envs: dict[int, dict[str, str]] = field(default_factory=dict)  # job id -> new env
     pruned: list[AccountingRow] = field(default_factory=list)  # jobs to drop, kept as these
-    meta: dict[str, str] = field(default_factory=dict)  # settings kept in ``meta`` (limits)
+    meta: dict[str, str] = field(default_factory=dict)  # keys of the meta table to set
 
     def __bool__(self) -> bool:
         return bool(self.inserts or self.updates or self.tokens or self.revokes or self.audit
@@ -234,7 +234,7 @@ class Store:
         return max(int(row[0]) if row else 0, int(max_row))
 
     def meta(self, key: str) -> str | None:
-        """A setting kept in the ``meta`` table (``Batch.meta`` writes them), or None."""
+        """A value of the meta table (``Batch.meta`` sets them), None when never set."""
         row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
