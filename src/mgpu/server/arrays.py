@@ -122,7 +122,7 @@ class SubmitControls(JobControls):
                 array = ids[first]
                 job.array_job_id, job.array_task_id, job.array_throttle = array, task_id, throttle
                 self.arrays.setdefault(array, {})[task_id] = job_id
-            self._settle(job, now, effects, queued=True)
+            self._settle(job, now, effects, queued=not spec.array)
         if arrays:  # an array's environment is saved once, with its first task
             effects.batch.inserts = [
                 (j, env if j.array_job_id in (None, j.id) else {})

@@ -10,6 +10,7 @@ you say"). Nothing here does I/O or reads the clock: ``now`` is always passed in
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 
 from mgpu.core import messages as m
 from mgpu.core.errors import Forbidden, NotFound, Rejected, UsageError
@@ -189,7 +190,8 @@ class ClusterState(SubmitControls, SchedulingPass):
                 nice=spec.nice,
             )
             self.jobs[job_id] = job
-            self._enqueue(job)
+            if not spec.array:  # (an array's tasks are let in by gate_submitted)
+                self._enqueue(job)
             self.envs[job_id] = spec.env
             effects.batch.inserts.append((job, spec.env))
             ids.append(job_id)
@@ -316,6 +318,7 @@ class ClusterState(SubmitControls, SchedulingPass):
         return effects
 
 
+@lru_cache(maxsize=256)  # (the tasks of an array share their command)
 def _default_name(command: str) -> str:
     first = command.strip().split(None, 1)[0] if command.strip() else "job"
     return first.rsplit("/", 1)[-1][:64]
