@@ -136,6 +136,14 @@ def test_hold_release_and_begin(cluster: Cluster) -> None:
     assert datetime.fromisoformat(ended["started_at"]) >= begin
     bad = cluster.mgpu("submit", "--begin", "tomorrow", "true", check=2)
     assert "--begin 'tomorrow'" in bad.stderr
+    # Bad input over the API: a 400 naming it, never a 500.
+    for spec, words in (({"begin": 1e300}, "begin must be a POSIX time"),
+                        ({"array": "1," * 6000}, "--array is longer than 10000 characters"),
+                        ({"dependency": "afterok:" + "1:" * 6000}, "--dependency is longer"),
+                        ({"retries": -1}, "--retries must be from 0 to 100")):
+        code, reply = cluster.status_of("/api/v1/jobs", {"jobs": [{"command": "true", **spec}]},
+                                        cluster.token)
+        assert code == 400 and words in reply["error"], (spec.keys(), reply)
 
 
 @pytest.mark.cluster(nodes=1, gpus=2)

@@ -31,6 +31,8 @@ MAX_DEP_IDS = 1000
 MAX_TASK_ID = 4_000_000
 MAX_ARRAY_TASKS = 100_000  # what a spec may name; the master's max_batch_jobs caps it lower
 MAX_RETRIES = 100
+MAX_SPEC = 10_000  # characters of a dependency or an array spec
+LATEST = 253_402_300_799.0  # 9999-12-31T23:59:59Z: the latest begin time
 
 # The ended states each dependency type is satisfied by ("after": the job started, or
 # ended without starting).
@@ -44,6 +46,8 @@ def parse_dependency(text: str) -> tuple[bool, list[tuple[str, int]]]:
     form = ("use TYPE:ID[:ID...] with TYPE one of after, afterany, afterok, afternotok, "
             "joined by ',' (all) or '?' (any); e.g. afterok:12:13")
     raw = text.strip()
+    if len(raw) > MAX_SPEC:
+        raise UsageError(f"--dependency is longer than {MAX_SPEC} characters")
     if "," in raw and "?" in raw:
         raise UsageError(f"--dependency {text!r}: mix of ',' and '?'; {form}")
     anyof = "?" in raw
@@ -94,6 +98,8 @@ def parse_array(text: str, top: int = MAX_ARRAY_TASKS) -> tuple[list[int], int |
     """``(task ids in order, throttle)`` from an array spec (see the module docstring)."""
     form = "use e.g. 0-99, 1,3,5-7 or 0-15:4, with %N to run at most N at once"
     raw = text.strip()
+    if len(raw) > MAX_SPEC:
+        raise UsageError(f"--array is longer than {MAX_SPEC} characters: use ranges (0-999)")
     body, pct, limit = raw.partition("%")
     throttle: int | None = None
     if pct:

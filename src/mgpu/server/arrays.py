@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from mgpu.core import controls as c
 from mgpu.core.control_messages import UserLimits
-from mgpu.core.errors import NotFound, Rejected
+from mgpu.core.errors import NotFound, Rejected, UsageError
 from mgpu.core.models import JobSpec, SimpleJob, utc
 from mgpu.core.timefmt import format_duration
 from mgpu.server.auth import Identity
@@ -69,6 +69,8 @@ class SubmitControls(JobControls):
                 continue  # an array's next task: checked with its first
             where = f"job {i + 1} of the batch: " if len(specs) > 1 else ""
             check_retries(spec.retries, where)
+            if spec.begin is not None and not 0 <= spec.begin <= c.LATEST:
+                raise UsageError(f"{where}begin must be a POSIX time from 0 to {c.LATEST:.0f}")
             if spec.dependency:
                 _, terms = c.parse_dependency(spec.dependency)
                 for _, dep_id in terms:

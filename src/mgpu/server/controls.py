@@ -161,6 +161,7 @@ class JobControls(NodeEvents):
             return
         self.gated[job.id] = code
         job.pending_reason, job.reason = code, f"{code}: {words}"
+        job.expected_start = None  # (the plan's, from when it was in the queue)
 
     def gate_pass(self, effects: Effects, now: float) -> Effects:
         """Look again at the gated jobs that ``effects`` (what just happened) and the clock
