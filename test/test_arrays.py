@@ -14,6 +14,11 @@ from typing import Any
 import pytest
 
 from conftest import Cluster, wait_until
+from mgpu.core.models import JobSpec, JobState, advance
+from mgpu.server import retention
+from mgpu.server.effects import Effects
+from mgpu.server.state import ClusterState
+from mgpu.server.store import Store
 
 
 def tasks_of(cluster: Cluster, array: int) -> dict[int, dict[str, Any]]:
@@ -50,7 +55,8 @@ def test_array_throttle_cancel_show_and_queue(cluster: Cluster, tmp_path: Path) 
     listed = json.loads(cluster.mgpu("queue", "--json").stdout)  # --json lists every task
     assert len(listed) == 6
     shown = cluster.mgpu("show", f"{array}_3").stdout
-    assert f"array:          {array}_3 (at most 2 at once)" in shown
+    fields = {k: v.strip() for k, v in (line.split(":", 1) for line in shown.splitlines())}
+    assert fields["array_job_id"] == f"{array} (task {array}_3; at most 2 at once)"
     assert json.loads(cluster.mgpu("show", f"{array}_3", "--json").stdout)["id"] == array + 3
     assert "no task 9 in array" in cluster.mgpu("show", f"{array}_9", check=4).stderr
 
@@ -107,3 +113,36 @@ def test_ten_thousand_tasks_are_one_request(make_cluster: Any) -> None:
     over = cluster.status_of("/api/v1/jobs", {"jobs": [{"command": "true",
                                                          "array": "0-10000"}]}, cluster.token)
     assert over[0] == 400 and "over 10000 tasks" in over[1]["error"]
+
+
+def test_an_arrays_tasks_share_one_saved_environment(tmp_path: Path) -> None:
+    """Saved once, with the first task; every task runs with it (after a restart too, when
+    the first task has ended), and retention keeps that row while a task may still run."""
+    state = ClusterState()
+    ids, effects = state.on_submit([JobSpec(command="true", env={"A": "1"}, array="0-2")],
+                                   1000.0, user="u")
+    assert {j.id: env for j, env in effects.batch.inserts} == {
+        ids[0]: {"A": "1"}, ids[1]: {}, ids[2]: {}}
+    assert state.run_env(state.jobs[ids[2]]) == {
+        "A": "1", "MGPU_ARRAY_JOB_ID": str(ids[0]), "MGPU_ARRAY_TASK_ID": "2",
+        "SLURM_ARRAY_JOB_ID": str(ids[0]), "SLURM_ARRAY_TASK_ID": "2"}
+    store = Store(tmp_path / "mgpu.db")
+    store.write(effects.batch)
+    first = state.jobs[ids[0]]
+    advance(first, JobState.RUNNING, 1001.0)
+    advance(first, JobState.COMPLETED, 1002.0)
+    ended = Effects()
+    ended.update(first)
+    store.write(ended.batch)
+
+    again = ClusterState()  # a master restarted on that database
+    again.load(store.load(), store.last_id())
+    again.start_controls({}, 2000.0, store.load_env)
+    assert again.run_env(again.jobs[ids[1]])["A"] == "1"
+    gone, _ = retention.prune(again, before=10.0**10)
+    assert gone == []  # the first task's row holds its sisters' environment
+    for job_id in ids[1:]:
+        again.on_cancel([job_id], 3000.0)
+    gone, _ = retention.prune(again, before=10.0**10)
+    assert sorted(j.id for j in gone) == ids
+    store.close()

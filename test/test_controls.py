@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,7 @@ def test_hold_release_and_begin(cluster: Cluster) -> None:
     assert shown["held"] is True and shown["reason"].startswith("Held: ")
     queue = cluster.mgpu("queue").stdout
     assert f"Held: `mgpu release {held}`" in queue
-    assert "pending_reason: Held" in cluster.mgpu("show", str(held)).stdout
+    assert re.search(r"^pending_reason: +Held$", cluster.mgpu("show", str(held)).stdout, re.M)
     assert cluster.mgpu("release", str(held)).stdout == f"Released job {held}\n"
     assert cluster.wait_job(held)["state"] == "completed"
 
@@ -194,7 +195,8 @@ def test_retries_with_backoff(make_cluster: Any, tmp_path: Path) -> None:
         "completed", 1, 3, 0)
     assert runs.read_text() == "run\nrun\n"
     show = cluster.mgpu("show", str(flaky)).stdout
-    assert "retries:" in show and "1 of 3" in show and "requeues:     0" in show
+    fields = {k: v.strip() for k, v in (line.split(":", 1) for line in show.splitlines())}
+    assert (fields["retries"], fields["max_retries"], fields["requeues"]) == ("1", "3", "0")
 
     # Always fails: runs 1 + 2 times, then ends failed with its exit code; each retry waits
     # its back-off (0.5 s, then 1 s) pending with BeginTime.

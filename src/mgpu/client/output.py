@@ -91,7 +91,7 @@ def job_detail(job: SimpleJob, now: datetime) -> str:
         ("time_limit", duration(job.time_limit)),
         ("requeues", str(job.requeues)),
         ("max_requeue", str(job.max_requeue)),
-        ("retries", f"{job.retries} of {job.max_retries}"),
+        ("retries", str(job.retries)),  # (after non-zero exits; requeues: lost nodes)
         ("interactive", "yes" if job.interactive else "no"),
         ("stdin", "yes" if job.stdin else "no"),
         ("pty", "yes" if job.pty else "no"),
@@ -107,19 +107,27 @@ def job_detail(job: SimpleJob, now: datetime) -> str:
 
 
 def _control_fields(job: SimpleJob) -> list[tuple[str, str]]:
-    """``mgpu show``'s lines of the job controls (README "Job controls"), those that apply."""
-    out = [("pending_reason", job.pending_reason)] if job.pending_reason else []
-    if job.array_job_id is not None:
-        out.append(("array", f"{job.array_job_id}_{job.array_task_id}" + (
-            f" (at most {job.array_throttle} at once)" if job.array_throttle else "")))
-    if job.dependency:
-        out.append(("dependency", job.dependency + (
-            "" if job.kill_on_invalid_dep else " (kept if never met)")))
-    if job.held:
-        out.append(("held", "yes"))
-    if job.begin_at is not None:
-        out.append(("begin_at", _when(job.begin_at)))
-    return out
+    """``mgpu show``'s lines of the scheduling fields and the job controls (README "Job
+    controls"): every field, ``-`` when it does not apply."""
+    def opt(value: object) -> str:
+        return "-" if value is None else str(value)
+
+    throttle = f"; at most {job.array_throttle} at once" if job.array_throttle else ""
+    return [
+        ("pending_reason", opt(job.pending_reason)),
+        ("expected_start", _when(job.expected_start)),
+        ("priority", str(job.priority)),
+        ("nice", str(job.nice)),
+        ("dependency", opt(job.dependency)),
+        ("kill_on_invalid_dep", "yes" if job.kill_on_invalid_dep else "no"),
+        ("array_job_id", "-" if job.array_job_id is None else
+         f"{job.array_job_id} (task {job.array_job_id}_{job.array_task_id}{throttle})"),
+        ("array_task_id", opt(job.array_task_id)),
+        ("array_throttle", opt(job.array_throttle)),
+        ("held", "yes" if job.held else "no"),
+        ("begin_at", _when(job.begin_at)),
+        ("max_retries", str(job.max_retries)),
+    ]
 
 
 def _holders(node: NodeInfo) -> str:

@@ -207,19 +207,18 @@ class JobControls(NodeEvents):
                 if self.gated.get(job_id) == c.ARRAY_LIMIT:
                     out.append(job_id)
                     room -= 1
-                    users.discard(self.jobs[job_id].user)  # (its settle rechecks the cap)
         for user in users:
             waiting = self.qos_waiting.get(user, [])
             cap = self.limits.get(user, UserLimits()).max_gpus
-            room = self.user_gpus.get(user, 0)
+            used = self.user_gpus.get(user, 0)  # (each job let in is checked again)
             while waiting:
                 job = self.jobs.get(waiting[0])
                 if job is None or self.gated.get(job.id) != c.QOS_MAX_GPUS:
                     waiting.pop(0)
                     continue
-                if cap is not None and room + job.gpus > cap:
+                if cap is not None and used + job.gpus > cap:
                     break
-                room += job.gpus
+                used += job.gpus
                 out.append(waiting.pop(0))
         return out
 
