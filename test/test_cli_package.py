@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mgpu.cli import admin_commands, commands, grammar, sched
+from mgpu.cli import admin_commands, commands, controls, grammar, sched
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 
@@ -27,7 +27,7 @@ def test_every_subcommand_has_a_handler(name: str) -> None:
         assert callable(getattr(importlib.import_module(target[0]), target[1]))
     else:
         assert handler is direct or any(callable(getattr(module, handler.__name__, None))
-                                        for module in (admin_commands, sched))
+                                        for module in (admin_commands, sched, controls))
     assert handler.__name__ == cmd
 
 

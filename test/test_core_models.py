@@ -196,6 +196,21 @@ JOB_FIELDS = [
     "started_at",
     "ended_at",
     "end_cause",
+    # scheduling (README "How scheduling works")
+    "pending_reason",
+    "expected_start",
+    "priority",
+    "nice",
+    # job controls (README "Job controls")
+    "dependency",
+    "kill_on_invalid_dep",
+    "array_job_id",
+    "array_task_id",
+    "array_throttle",
+    "held",
+    "begin_at",
+    "retries",
+    "max_retries",
 ]
 
 

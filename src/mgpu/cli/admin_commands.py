@@ -39,6 +39,9 @@ def cmd_config(ns: argparse.Namespace) -> int:
 
     where = token_source(getattr(ns, "token_file", None))
     extra = [("client", "token", "(set)" if where else "none", where or "default")]
+    from mgpu.cli.controls import limit_rows
+
+    extra.extend(limit_rows(ns))
     if ns.json:
         write(output.config_json(sections, path, extra))
     else:

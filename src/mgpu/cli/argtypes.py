@@ -25,6 +25,18 @@ def job_id(text: str) -> int:
     raise bad_value(f"not a job id: {text!r}")
 
 
+def job_ref(text: str) -> str:
+    """A job id or an array's tasks (``12``, ``12_4``, ``12_[3-5]``), checked, as text."""
+    from mgpu.core.controls import parse_job_ref
+    from mgpu.core.errors import UsageError
+
+    try:
+        parse_job_ref(text)
+    except UsageError as e:
+        raise bad_value(str(e)) from None
+    return text
+
+
 def count(text: str) -> int:
     if text.isascii() and text.isdigit():
         return int(text)

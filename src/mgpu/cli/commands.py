@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from mgpu.cli.jobargs import job_fields
+from mgpu.cli.jobargs import control_fields, job_fields
 from mgpu.cli.shared import client_for, exit_status, now, write
 from mgpu.core.errors import ConnectionFailed, UsageError
 
@@ -56,13 +56,14 @@ def cmd_submit(ns: argparse.Namespace) -> int:
         raise UsageError("--max-requeue must be 0 or more")
     job_id = client_for(ns).submit_job(
         **fields, requeue=not ns.no_requeue, max_requeue=ns.max_requeue, stdin=ns.stdin,
+        **control_fields(ns),
     )
     if ns.json:
         write(f'{{"job_id": {job_id}}}\n')
     elif ns.parsable:
         write(f"{job_id}\n")
     else:
-        write(f"Submitted job {job_id}\n")
+        write(f"Submitted {'array ' if ns.array else ''}job {job_id}\n")
     return 0
 
 
@@ -145,13 +146,16 @@ def cmd_queue(ns: argparse.Namespace) -> int:
     from time import time
 
     from mgpu.client import tables
+    from mgpu.client.arrayrows import folded_rows
 
-    write(tables.queue_table(tables.queue_rows(plain), time()))
+    write(tables.queue_table(folded_rows(plain), time()))
     return 0
 
 
 def cmd_show(ns: argparse.Namespace) -> int:
-    job = client_for(ns).get_job(ns.job_id)
+    client = client_for(ns)
+    job = client.get_job(job_ids(client, [ns.job_id])[0] if "_" in ns.job_id
+                         else int(ns.job_id))
     from mgpu.client import output
 
     write(output.to_json(job) if ns.json else output.job_detail(job, now()))
@@ -196,7 +200,8 @@ def cmd_wait(ns: argparse.Namespace) -> int:
 
 
 def cmd_cancel(ns: argparse.Namespace) -> int:
-    results = client_for(ns).cancel(*ns.job_ids)
+    client = client_for(ns)
+    results = client.cancel(*job_ids(client, ns.job_ids))
     from mgpu.client import output
 
     if ns.json:
@@ -210,6 +215,13 @@ def cmd_cancel(ns: argparse.Namespace) -> int:
     if not kinds:
         return 0
     return {"not_found": 4, "forbidden": 6}.get(kinds.pop(), 1) if len(kinds) == 1 else 1
+
+
+def job_ids(client: SimpleClient, refs: list[str]) -> list[int]:
+    """The job ids that ``refs`` name (``12``: every task of array 12 not ended)."""
+    from mgpu.client.controls import resolve
+
+    return resolve(client, refs)
 
 
 def cmd_nodes(ns: argparse.Namespace) -> int:

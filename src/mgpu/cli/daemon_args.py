@@ -1,10 +1,14 @@
 """The arguments of the commands that run or administer mgpu rather than a job: ``server``,
-``node``, ``up``, ``token``, ``events``, ``certs`` (:data:`mgpu.cli.grammar.COMMANDS`).
+``node``, ``up``, ``token``, ``events``, ``certs``, ``drain``, ``resume``, ``k8s``
+(:data:`mgpu.cli.grammar.COMMANDS`).
 """
 
 from __future__ import annotations
 
-from mgpu.cli.argtypes import count, days, port_number, positive, seconds
+import os
+
+from mgpu.cli.argtypes import count, days, job_id, port_number, positive, seconds
+from mgpu.cli.plainargs import REMAINDER
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs start-up time
 if TYPE_CHECKING:
@@ -92,3 +96,30 @@ def up_args(p: argparse.ArgumentParser) -> None:
 
 
 # name -> (handler, one-line help, adds the subcommand's own arguments)
+
+
+def drain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("node", metavar="NODE")
+    p.add_argument("--reason", metavar="TEXT", help="why (shown in `mgpu nodes`)")
+
+
+def resume_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("node", metavar="NODE")
+
+
+def k8s_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["render"], help="render: print the manifests")
+    p.add_argument("job_id", type=job_id, nargs="?", metavar="JOB_ID",
+                   help="a job the master knows (or give --from-submit-args)")
+    p.add_argument("--image", metavar="IMAGE", default=os.environ.get("MGPU_K8S_IMAGE"),
+                   help="the container image the job runs in (or MGPU_K8S_IMAGE)")
+    p.add_argument("--namespace", metavar="NS")
+    p.add_argument("--queue", metavar="LOCALQUEUE",
+                   help="the Kueue LocalQueue to submit to (the Job is created suspended)")
+    p.add_argument("--nodes", type=int, metavar="N", default=1,
+                   help="run on N nodes (an Indexed Job with a headless Service); -G is "
+                   "the whole job's GPUs, split evenly")
+    p.add_argument("--priority-class", metavar="NAME")
+    p.add_argument("--json", action="store_true", help="one v1 List instead of a YAML stream")
+    p.add_argument("--from-submit-args", dest="submit_args", nargs=REMAINDER, metavar="ARGS",
+                   help="render what `mgpu submit ARGS` would queue, instead of a queued job")

@@ -14,7 +14,7 @@ import os
 import sys
 
 from mgpu.cli import daemon_args
-from mgpu.cli.argtypes import job_id, seconds
+from mgpu.cli.argtypes import job_id, job_ref, seconds
 from mgpu.cli.commands import (
     cmd_attach,
     cmd_cancel,
@@ -26,6 +26,7 @@ from mgpu.cli.commands import (
     cmd_submit,
     cmd_wait,
 )
+from mgpu.cli.jobargs import control_args
 from mgpu.cli.plainargs import REMAINDER, SUPPRESS, Grammar, Namespace, parse
 from mgpu.core.version import __version__
 
@@ -69,6 +70,29 @@ def _lazy(module: str, name: str) -> Handler:
     run.__name__ = run.__qualname__ = name
     run.target = (module, name)  # type: ignore[attr-defined]  # for test_cli_package
     return run
+
+
+def _controls(name: str) -> Handler:
+    """The handler ``mgpu.cli.controls.cmd_<name>``, imported when its subcommand runs."""
+
+    def run(ns: argparse.Namespace) -> int:
+        import mgpu.cli.controls as controls
+
+        handler: Handler = getattr(controls, f"cmd_{name}")
+        return handler(ns)
+
+    run.__name__ = run.__qualname__ = f"cmd_{name}"
+    return run
+
+
+def _limits_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=("list", "set", "clear"), nargs="?", default="list")
+    p.add_argument("user", nargs="?", help="the user (set, clear)")
+    p.add_argument("--max-gpus", metavar="N", help="GPUs running at once (none: no limit)")
+    p.add_argument("--max-pending", metavar="N", help="jobs pending at once (none: no limit)")
+    p.add_argument("--max-time", metavar="TIME",
+                   help="longest time limit, e.g. 24:00:00 or 1-00 (none: no limit)")
+    p.add_argument("--json", action="store_true")
 
 
 _FORMATTER: type[argparse.HelpFormatter] | None = None  # made by _formatter()
@@ -174,6 +198,7 @@ def _submit_args(p: argparse.ArgumentParser) -> None:
                    help="keep the job's stdin open, for `mgpu attach` to write to")
     p.add_argument("--parsable", action="store_true", help="print only the job id")
     p.add_argument("--json", action="store_true")
+    control_args(p)
     p.add_argument("command", nargs=REMAINDER, help="the command line")
 
 
@@ -201,7 +226,7 @@ def _queue_args(p: argparse.ArgumentParser) -> None:
 
 
 def _job_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("job_id", type=job_id)
+    p.add_argument("job_id", type=job_ref, help="a job id, or an array's task: 12_4")
     p.add_argument("--json", action="store_true")
 
 
@@ -214,6 +239,12 @@ def _logs_args(p: argparse.ArgumentParser) -> None:
 
 def _jobs_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("job_ids", type=job_id, nargs="+", metavar="JOB_ID")
+    p.add_argument("--json", action="store_true")
+
+
+def _refs_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job_ids", type=job_ref, nargs="+", metavar="JOB_ID",
+                   help="job ids; 12 (every task of array 12), 12_4, 12_[3-5]")
     p.add_argument("--json", action="store_true")
 
 
@@ -243,33 +274,6 @@ def _nodes_args(p: argparse.ArgumentParser) -> None:
                    "join secret gets a new one (a node that lost its data dir)")
 
 
-def _drain_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("node", metavar="NODE")
-    p.add_argument("--reason", metavar="TEXT", help="why (shown in `mgpu nodes`)")
-
-
-def _resume_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("node", metavar="NODE")
-
-
-def _k8s_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["render"], help="render: print the manifests")
-    p.add_argument("job_id", type=job_id, nargs="?", metavar="JOB_ID",
-                   help="a job the master knows (or give --from-submit-args)")
-    p.add_argument("--image", metavar="IMAGE", default=os.environ.get("MGPU_K8S_IMAGE"),
-                   help="the container image the job runs in (or MGPU_K8S_IMAGE)")
-    p.add_argument("--namespace", metavar="NS")
-    p.add_argument("--queue", metavar="LOCALQUEUE",
-                   help="the Kueue LocalQueue to submit to (the Job is created suspended)")
-    p.add_argument("--nodes", type=int, metavar="N", default=1,
-                   help="run on N nodes (an Indexed Job with a headless Service); -G is "
-                   "the whole job's GPUs, split evenly")
-    p.add_argument("--priority-class", metavar="NAME")
-    p.add_argument("--json", action="store_true", help="one v1 List instead of a YAML stream")
-    p.add_argument("--from-submit-args", dest="submit_args", nargs=REMAINDER, metavar="ARGS",
-                   help="render what `mgpu submit ARGS` would queue, instead of a queued job")
-
-
 COMMANDS: dict[str, tuple[Handler, str, Callable[[argparse.ArgumentParser], None]]] = {
     "submit": (cmd_submit, "queue a command to run on GPUs", _submit_args),
     "srun": (cmd_srun, "run a command interactively, output here, live", _srun_args),
@@ -278,7 +282,11 @@ COMMANDS: dict[str, tuple[Handler, str, Callable[[argparse.ArgumentParser], None
     "show": (cmd_show, "one job in full", _job_args),
     "logs": (cmd_logs, "a job's output", _logs_args),
     "wait": (cmd_wait, "wait for jobs to end; exit with the first non-zero code", _wait_args),
-    "cancel": (cmd_cancel, "cancel jobs", _jobs_args),
+    "cancel": (cmd_cancel, "cancel jobs", _refs_args),
+    "hold": (_controls("hold"), "keep pending jobs from starting", _refs_args),
+    "release": (_controls("release"), "let held jobs start", _refs_args),
+    "limits": (_controls("limits"), "per-user limits: list (all), set or clear (admins)",
+               _limits_args),
     "nodes": (cmd_nodes, "nodes and their GPUs", _nodes_args),
     "explain": (_admin("explain", "sched"), "why a job waits: reason, priority, place in "
                 "line, expected start", _job_args),
@@ -293,11 +301,11 @@ COMMANDS: dict[str, tuple[Handler, str, Callable[[argparse.ArgumentParser], None
     "node": (_admin("node"), "run a node agent", daemon_args.node_args),
     "up": (_admin("up"), "run a master and a local node in one process", daemon_args.up_args),
     "drain": (_lazy("mgpu.cli.nodeadmin", "cmd_drain"),
-              "admins: no new jobs on a node; its running jobs finish", _drain_args),
+              "admins: no new jobs on a node; its running jobs finish", daemon_args.drain_args),
     "resume": (_lazy("mgpu.cli.nodeadmin", "cmd_resume"), "admins: undo `mgpu drain`",
-               _resume_args),
+               daemon_args.resume_args),
     "k8s": (_lazy("mgpu.cli.k8s", "cmd_k8s"), "print the Kubernetes manifests that would run a job",
-            _k8s_args),
+            daemon_args.k8s_args),
 }
 
 

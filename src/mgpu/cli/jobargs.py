@@ -103,3 +103,59 @@ def time_limit(text: str | None) -> int | None:
 
     limit = parse_duration(text, "-t/--time")
     return 0 if limit is None else limit  # 0: UNLIMITED, asked for explicitly
+
+
+# ---------------------------------------------------------------------- job controls
+# README "Job controls": the flags, and what a job is queued with from them.
+
+
+def control_args(p: argparse.ArgumentParser) -> None:
+    """The job-control flags of ``mgpu submit``."""
+    p.add_argument("-d", "--dependency", metavar="DEP",
+                   help="start after other jobs: afterok|afterany|afternotok|after:ID[:ID...], "
+                   "',' = all of them, '?' = any (e.g. afterok:12:13)")
+    p.add_argument("--kill-on-invalid-dep", choices=("yes", "no"), metavar="yes|no",
+                   help="cancel the job when its dependency can never be met (default yes)")
+    p.add_argument("-a", "--array", metavar="SPEC",
+                   help="one job per task: 0-99, 1,3,5-7 or 0-15:4; %%N runs at most N at once "
+                   "(each task gets MGPU_ARRAY_JOB_ID and MGPU_ARRAY_TASK_ID)")
+    p.add_argument("-H", "--hold", action="store_true",
+                   help="queue it held: it starts only after `mgpu release ID`")
+    p.add_argument("-b", "--begin", metavar="TIME",
+                   help="not before TIME: now+1h (s, m, h, d, w) or 2026-12-24T18:00")
+    p.add_argument("--retries", metavar="N",
+                   help="after a non-zero exit, run it again up to N times, waiting longer "
+                   "each time (the master's retry_backoff, doubled each retry)")
+
+
+def control_fields(ns: argparse.Namespace) -> dict[str, Any]:
+    """``submit_job``'s job-control keywords from the flags on ``ns`` (only those given)."""
+    out: dict[str, Any] = {}
+    if ns.dependency is not None:
+        from mgpu.core.controls import parse_dependency
+
+        parse_dependency(ns.dependency)  # (a mistake is named here, before any request)
+        out["dependency"] = ns.dependency.strip()
+    if ns.kill_on_invalid_dep == "no":
+        out["kill_on_invalid_dep"] = False
+    if ns.array is not None:
+        from mgpu.core.controls import parse_array
+
+        parse_array(ns.array)
+        out["array"] = ns.array.strip()
+    if ns.hold:
+        out["hold"] = True
+    if ns.begin is not None:
+        import time
+
+        from mgpu.core.controls import parse_begin
+
+        out["begin"] = parse_begin(ns.begin, time.time(), time.localtime().tm_gmtoff)
+    if ns.retries is not None:
+        from mgpu.core.controls import MAX_RETRIES
+
+        if not (ns.retries.isascii() and ns.retries.isdigit()
+                and int(ns.retries) <= MAX_RETRIES):
+            raise UsageError(f"--retries must be from 0 to {MAX_RETRIES}, got {ns.retries!r}")
+        out["retries"] = int(ns.retries)
+    return out

@@ -123,6 +123,7 @@ class SimpleClient:
         pty: bool = False,
         argv: list[str] | None = None,
         priority: int | None = None, nice: int = 0,
+        **controls: Any,
     ) -> int:
         """Queue ``cmd`` (a shell command line) to run with ``gpus`` GPUs; return its id.
 
@@ -132,6 +133,7 @@ class SimpleClient:
         requeued, cancelled when its clients go), ``stdin`` keeps the job's input open for
         ``mgpu attach``, ``pty`` runs it on a pseudo-terminal. With ``argv`` the job runs
         that program and arguments without a shell (``cmd`` is then what listings show).
+        ``controls``: more :class:`~mgpu.core.models.JobSpec` fields (``dependency``, ...).
         Built as plain JSON (the fields of :class:`~mgpu.core.models.JobSpec`, which the
         master validates) so that a submit does not pay for importing msgspec.
         """
@@ -154,6 +156,7 @@ class SimpleClient:
             "pty": pty,
             "argv": argv,
             "priority": priority, "nice": nice,  # points up (admins) and down (see README)
+            **controls,
         }
         body = plainjson.dumps({"jobs": [spec]}).encode()
         reply = plainjson.loads(self._call("POST", f"{API}/jobs", body))

@@ -92,6 +92,7 @@ def job_detail(job: SimpleJob, now: datetime) -> str:
         ("time_limit", duration(job.time_limit)),
         ("requeues", str(job.requeues)),
         ("max_requeue", str(job.max_requeue)),
+        ("retries", str(job.retries)),  # (after non-zero exits; requeues: lost nodes)
         ("interactive", "yes" if job.interactive else "no"),
         ("stdin", "yes" if job.stdin else "no"),
         ("pty", "yes" if job.pty else "no"),
@@ -106,8 +107,33 @@ def job_detail(job: SimpleJob, now: datetime) -> str:
         ("priority", str(job.priority)),
         ("nice", str(job.nice)),
     ]
+    fields.extend(_control_fields(job))
     width = max(len(k) for k, _ in fields) + 1
     return "".join(f"{k + ':':<{width}} {_clean(v)}\n" for k, v in fields)
+
+
+def _control_fields(job: SimpleJob) -> list[tuple[str, str]]:
+    """``mgpu show``'s lines of the scheduling fields and the job controls (README "Job
+    controls"): every field, ``-`` when it does not apply."""
+    def opt(value: object) -> str:
+        return "-" if value is None else str(value)
+
+    throttle = f"; at most {job.array_throttle} at once" if job.array_throttle else ""
+    return [
+        ("pending_reason", opt(job.pending_reason)),
+        ("expected_start", _when(job.expected_start)),
+        ("priority", str(job.priority)),
+        ("nice", str(job.nice)),
+        ("dependency", opt(job.dependency)),
+        ("kill_on_invalid_dep", "yes" if job.kill_on_invalid_dep else "no"),
+        ("array_job_id", "-" if job.array_job_id is None else
+         f"{job.array_job_id} (task {job.array_job_id}_{job.array_task_id}{throttle})"),
+        ("array_task_id", opt(job.array_task_id)),
+        ("array_throttle", opt(job.array_throttle)),
+        ("held", "yes" if job.held else "no"),
+        ("begin_at", _when(job.begin_at)),
+        ("max_retries", str(job.max_retries)),
+    ]
 
 
 def _holders(node: NodeInfo) -> str:

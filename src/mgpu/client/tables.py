@@ -17,9 +17,10 @@ if TYPE_CHECKING:
 
 QUEUE_HEADERS = ("ID", "NAME", "USER", "STATE", "GPUS", "NODE", "TIME", "REASON")
 
-# One job's row of the queue, as plain values: id, name, user, state (its JSON name),
-# GPUs, node (or None), started and ended (POSIX seconds, or None), reason (or None).
-QueueRow = tuple[int, str, str, str, int, "str | None", "float | None", "float | None",
+# One job's row of the queue, as plain values: id (or an array's ``12_[5-99]``), name, user,
+# state (its JSON name), GPUs, node (or None), started and ended (POSIX seconds, or None),
+# reason (or None).
+QueueRow = tuple["int | str", str, str, str, int, "str | None", "float | None", "float | None",
                  "str | None"]
 
 

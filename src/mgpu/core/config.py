@@ -80,6 +80,10 @@ class MasterConfig:
     db_max_pages: int = field(default=0, metadata=_env("MGPU_DB_MAX_PAGES"))
     # A TOML file of node pools that grow and shrink with the queue (server/pools.py).
     pools: Path | None = field(default=None, metadata=_env("MGPU_POOLS"))
+    # Job controls: a job with --retries N waits retry_backoff seconds before its first
+    # retry, twice that before the next, ..., never more than retry_backoff_max.
+    retry_backoff: float = field(default=10.0, metadata=_env("MGPU_RETRY_BACKOFF"))
+    retry_backoff_max: float = field(default=600.0, metadata=_env("MGPU_RETRY_BACKOFF_MAX"))
 
 
 @dataclass(frozen=True)

@@ -166,6 +166,13 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # below 0, admins only) the job's priority.
     priority: int | None = None
     nice: int = 0
+    # Job controls (README "Job controls"): kept together, at the end.
+    dependency: str | None = None  # afterok:12:13,afterany:14 (',' all hold, '?' any)
+    kill_on_invalid_dep: bool = True  # a dependency that can never hold cancels the job
+    array: str | None = None  # 0-99%8 or 1,3,5-7: one job per task, at most N at once
+    hold: bool = False  # queued held, until `mgpu release`
+    begin: float | None = None  # POSIX time before which it may not start
+    retries: int = 0  # run again after a non-zero exit, at most this many times
 
 
 class SimpleJob(msgspec.Struct, kw_only=True):
@@ -199,6 +206,22 @@ class SimpleJob(msgspec.Struct, kw_only=True):
     expected_start: datetime | None = None
     priority: int = 0  # --priority (admins): points added to its priority
     nice: int = 0  # --nice: points taken off (below 0: admins)
+    # Job controls (README "Job controls"): kept together, at the end.
+    dependency: str | None = None
+    kill_on_invalid_dep: bool = True
+    array_job_id: int | None = None  # the array it is a task of (its first task's id)
+    array_task_id: int | None = None
+    array_throttle: int | None = None  # the %N of its array
+    held: bool = False
+    begin_at: datetime | None = None  # not before (--begin, or a retry's back-off)
+    retries: int = 0  # runs again after a non-zero exit (apart from ``requeues``)
+    max_retries: int = 0
+
+    @property
+    def run(self) -> int:
+        """The number of the job's current run (0, then 1, ...): its requeues and retries
+        together; it names the run's files (:func:`run_key`)."""
+        return self.requeues + self.retries
 
     @property
     def job_id(self) -> int:

@@ -22,7 +22,7 @@ from mgpu.core.errors import ApiError, NotFound, StoreError, UsageError
 from mgpu.core.frames import complete_frames
 from mgpu.core.models import ENDED_STATES, JobState, SimpleJob, run_key
 from mgpu.core.version import __version__ as VERSION
-from mgpu.server import admin, api_nodes, retention
+from mgpu.server import admin, api_controls, api_nodes, retention
 from mgpu.server.api_sched import SCHED_ROUTES
 from mgpu.server.http import (
     MASTER,
@@ -209,7 +209,7 @@ async def output(request: web.Request) -> web.StreamResponse:
                     state=job.state.value, node=job.node, gpu_ids=job.gpu_ids, gpus=job.gpus,
                     ahead=master.state.queue_position(job_id)))))
             data = spool.read_across(
-                [run_key(job_id, r) for r in range(job.requeues + 1)], offset)
+                [run_key(job_id, r) for r in range(job.run + 1)], offset)
             # Whole frames only: the copy may end inside a frame while the node's next
             # chunk is on its way, and a STATUS or END frame must not land inside one.
             whole = complete_frames(data)
@@ -310,13 +310,6 @@ async def resize(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------------- cluster
 
 
-async def nodes(request: web.Request) -> web.Response:
-    master = master_of(request)
-    nodes = list(master.state.nodes.values())
-    pools = master.pools.statuses(nodes) if master.pools is not None else []
-    return reply({"nodes": [n.info() for n in nodes], "pools": pools})
-
-
 async def stats(request: web.Request) -> web.Response:
     master = master_of(request)
     jobs = Counter(j.state.value for j in master.state.jobs.values())
@@ -368,7 +361,7 @@ ROUTES: tuple[Route, ...] = (
           "Signal a running job (owner or admin)", m.SignalRequest),
     Route("POST", f"{API}/jobs/{{job_id}}/resize", resize,
           "A job's terminal size (owner or admin)", m.ResizeRequest),
-    Route("GET", f"{API}/nodes", nodes, "Nodes and their GPUs"),
+    Route("GET", f"{API}/nodes", api_nodes.nodes, "Nodes and their GPUs, and the node pools"),
     Route("GET", f"{API}/health", health, "Liveness (no token needed)", None, m.HealthReply),
     Route("GET", f"{API}/stats", stats, "The master's own figures: scheduling passes, jobs "
           "and nodes by state", None, StatsReply),
@@ -389,6 +382,7 @@ ROUTES: tuple[Route, ...] = (
     *api_nodes.ROUTES,
     Route("GET", NODE_WS, node_ws, "Node agents' WebSocket (join secret)"),
     *SCHED_ROUTES,
+    *api_controls.ROUTES,
 )
 
 

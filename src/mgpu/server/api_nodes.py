@@ -1,4 +1,4 @@
-"""Routes that change how nodes are used: drain and resume (admins).
+"""Routes about nodes: the list (with the node pools), drain and resume (admins).
 
 A drained node takes no new jobs; the jobs it runs finish. The drain is saved (the store's
 ``meta``, key ``drain:NODE``) with its audit entry before it takes effect, so it outlasts the
@@ -21,6 +21,13 @@ from mgpu.server.pools import DRAIN_KEY
 from mgpu.server.validate import MAX_NODE_ID
 
 MAX_REASON = 500
+
+
+async def nodes(request: web.Request) -> web.Response:
+    master = master_of(request)
+    nodes = list(master.state.nodes.values())
+    pools = master.pools.statuses(nodes) if master.pools is not None else []
+    return reply({"nodes": [n.info() for n in nodes], "pools": pools})
 
 
 async def drain(request: web.Request) -> web.Response:

@@ -248,3 +248,22 @@ def tls_context(cfg: MasterConfig) -> Any:
         raise ConfigError(f"cannot load the TLS certificate {cert} and key {key}: {e}; "
                           "`mgpu certs` makes a pair") from e
     return ctx
+
+
+def warn_if_exposed(cfg: MasterConfig, port: int, *, tls: bool) -> None:
+    """Say loudly, at start, when the master runs without authentication or serves a
+    network without TLS."""
+    if not cfg.auth:
+        log.warning(
+            "AUTHENTICATION IS OFF (auth = false / MGPU_AUTH=0): anyone who can reach port "
+            "%d can run commands on your nodes as any user; this switch is for "
+            "benchmarks only", port,
+        )
+    if not tls and cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "listening on %s without TLS: requests are authenticated, but tokens, the "
+            "join secret, commands, environments and job output cross the network in "
+            "clear text, readable (and tokens reusable) by anyone on the path; use "
+            "--tls-cert/--tls-key (`mgpu certs` makes them) unless the network is trusted",
+            cfg.host,
+        )

@@ -29,13 +29,21 @@ from mgpu.core.scheduler import Policy, load_policy
 from mgpu.core.timefmt import parse_duration
 from mgpu.core.version import __version__ as VERSION
 from mgpu.server import retention
-from mgpu.server.auth import REVOKED, JoinSecret, Tokens, load_secrets, tls_context
+from mgpu.server.auth import (
+    REVOKED,
+    JoinSecret,
+    Tokens,
+    load_secrets,
+    tls_context,
+    warn_if_exposed,
+)
 from mgpu.server.committer import Committer
 from mgpu.server.datadir import prepare_data_dir, write_json
 from mgpu.server.effects import Effects
 from mgpu.server.fairshare import META_KEY as SHARES_KEY
 from mgpu.server.fairshare import scheduling_options
 from mgpu.server.http import quiet_bad_requests
+from mgpu.server.limits import load_limits
 from mgpu.server.nodeauth import NodeCredentials
 from mgpu.server.nodeconn import NodeConn
 from mgpu.server.nodelink import NodeLink
@@ -68,6 +76,8 @@ class Master:
             max_requeue=cfg.max_requeue,
             max_batch_jobs=cfg.max_batch_jobs,
             max_pending_per_user=cfg.max_pending_per_user, **scheduling_options(cfg))
+        self.state.retry_backoff, self.state.retry_backoff_max = (cfg.retry_backoff,
+                                                                  cfg.retry_backoff_max)
         self.tokens = Tokens([], 0)
         self.join = JoinSecret("")
         self.conns: dict[str, NodeConn] = {}
@@ -110,6 +120,7 @@ class Master:
             log.warning("took mgpu's secrets out of the saved environments of %d jobs",
                         len(scrubbed.envs))
         self.state.load(rows, self.store.last_id(), time.time(), self.store.meta(SHARES_KEY))
+        self.state.start_controls(load_limits(self.store), time.time(), self.store.load_env)
         self.state.nodes.clear()
         self.state.drained.update(self.store.meta_items(DRAIN_KEY))
         if self.cfg.pools is not None:  # a mistake in the file stops the start, named
@@ -152,20 +163,7 @@ class Master:
             scheme, self.cfg.host, self.port, data_dir, n_jobs, len(self.state.pending),
             running,
         )
-        if not self.cfg.auth:
-            log.warning(
-                "AUTHENTICATION IS OFF (auth = false / MGPU_AUTH=0): anyone who can reach port "
-                "%d can run commands on your nodes as any user; this switch is for "
-                "benchmarks only", self.port,
-            )
-        if ssl_context is None and self.cfg.host not in ("127.0.0.1", "localhost", "::1"):
-            log.warning(
-                "listening on %s without TLS: requests are authenticated, but tokens, the "
-                "join secret, commands, environments and job output cross the network in "
-                "clear text, readable (and tokens reusable) by anyone on the path; use "
-                "--tls-cert/--tls-key (`mgpu certs` makes them) unless the network is trusted",
-                self.cfg.host,
-            )
+        warn_if_exposed(self.cfg, self.port, tls=ssl_context is not None)
         write_json(data_dir / "master.json", {
             "host": self.cfg.host, "port": self.port, "pid": os.getpid(), "version": VERSION,
             "tls": ssl_context is not None,
@@ -249,6 +247,7 @@ class Master:
         now = time.time() if now is None else now
         pending = len(self.state.pending)
         started = time.perf_counter()
+        effects.merge(self.state.gate_pass(effects, now))  # jobs the controls let in
         effects.merge(self.state.schedule(now))
         if pending:
             self.scheduling.record(time.perf_counter() - started, pending)
@@ -288,7 +287,7 @@ class Master:
                 self.notify_output(job_id)
                 job = self.state.jobs.get(job_id)
                 if self.output is not None and job is not None:
-                    self.output.close(run_key(job_id, job.requeues))
+                    self.output.close(run_key(job_id, job.run))
             self.spawn(self._notify_ended())
 
     async def _notify_ended(self) -> None:

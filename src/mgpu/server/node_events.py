@@ -140,7 +140,7 @@ class NodeEvents(ABC):
         reported = {r.key for r in msg.running}
         kill: list[str] = []
         offsets: dict[str, int] = {}
-        believed = {run_key(j.id, j.requeues): j for j in self.running_on(msg.node_id)}
+        believed = {run_key(j.id, j.run): j for j in self.running_on(msg.node_id)}
         by_index = {g.index: g for g in node.gpus}
         for key, job in believed.items():
             if key in reported:
@@ -178,7 +178,7 @@ class NodeEvents(ABC):
         job = self.jobs.get(msg.job_id)
         node = node or self.nodes.get(node_id)
         if (job is None or job.state is not JobState.RUNNING or job.node != node_id
-                or job.requeues != msg.run):
+                or job.run != msg.run):
             return effects  # settled already, or an old run: just acknowledge
         if node is not None:
             node.release(job.id)

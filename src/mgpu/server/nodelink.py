@@ -252,7 +252,7 @@ class NodeLink:
         elif isinstance(msg, m.JobOutput):
             assert self.master.output is not None
             job = self.master.state.jobs.get(msg.job_id)
-            if (job is None or job.node != node_id or job.requeues != msg.run
+            if (job is None or job.node != node_id or job.run != msg.run
                     or job.state is not JobState.RUNNING):
                 return  # an old run's late output (or a killed one's): not kept
             key = run_key(msg.job_id, msg.run)

@@ -68,7 +68,8 @@ def prune(state: ClusterState, before: float) -> tuple[list[SimpleJob], Effects]
     effects = Effects()
     gone: list[SimpleJob] = []
     for job in list(state.jobs.values()):
-        if not job.state.ended or job.ended_at is None or job.ended_at.timestamp() >= before:
+        if (not job.state.ended or job.ended_at is None or job.ended_at.timestamp() >= before
+                or state.shares_env(job.id)):  # (an array's row holds its tasks' env)
             continue
         del state.jobs[job.id]
         state.envs.pop(job.id, None)
@@ -129,7 +130,7 @@ async def prune_jobs(master: Context) -> None:
             else:
                 assert master.output is not None
                 for job in gone:
-                    for run in range(job.requeues + 1):
+                    for run in range(job.run + 1):
                         master.output.close(run_key(job.id, run))
                         with contextlib.suppress(OSError):
                             master.output.file(run_key(job.id, run)).unlink()

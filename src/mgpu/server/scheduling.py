@@ -60,6 +60,10 @@ class SchedulingPass(ABC):
     def _dequeue(self, job_id: int) -> None:
         """Take a job out of the pending queue."""
 
+    @abstractmethod
+    def run_env(self, job: SimpleJob) -> dict[str, str]:
+        """The environment ``job`` runs with (``arrays.py``: an array task's ids added)."""
+
     def plan_limit(self) -> int:
         """What a job without a time limit counts as when planning."""
         return self.default_time_limit or PLAN_LIMIT
@@ -154,13 +158,13 @@ class SchedulingPass(ABC):
         for i in gpu_ids:
             held[i].job_id = job.id
         self._dequeue(job.id)
-        env = self.envs.get(job.id, {})
+        env = self.run_env(job)
         advance(job, JobState.RUNNING, now)
         job.node = node.node_id
         job.gpu_ids = list(gpu_ids)
         effects.update(job)
         effects.sends.append((node.node_id, m.StartJob(
-            job_id=job.id, run=job.requeues, command=job.command, cwd=job.cwd, env=env,
+            job_id=job.id, run=job.run, command=job.command, cwd=job.cwd, env=env,
             gpu_ids=job.gpu_ids, user=job.user, name=job.name, time_limit=job.time_limit,
             stdin=job.stdin, pty=job.pty, argv=job.argv)))
 

@@ -10,16 +10,18 @@ you say"). Nothing here does I/O or reads the clock: ``now`` is always passed in
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 
 from mgpu.core import messages as m
 from mgpu.core.errors import Forbidden, NotFound, Rejected, UsageError
 from mgpu.core.models import JobSpec, JobState, SimpleJob, advance, utc
 from mgpu.core.priority import PriorityWeights, job_term
 from mgpu.core.scheduler import JobSnapshot, Policy, ScheduleResult, fifo_reserve
+from mgpu.server.arrays import SubmitControls
 from mgpu.server.auth import Identity
 from mgpu.server.effects import Effects
 from mgpu.server.fairshare import FairShare
-from mgpu.server.node_events import Node, NodeEvents
+from mgpu.server.node_events import Node
 from mgpu.server.queue import PendingQueue
 from mgpu.server.scheduling import SchedulingPass
 from mgpu.server.store import LoadedJob
@@ -28,7 +30,7 @@ from mgpu.server.validate import MAX_TIME_LIMIT, check_priority, check_spec
 __all__ = ["ClusterState", "Effects", "Node"]
 
 
-class ClusterState(NodeEvents, SchedulingPass):
+class ClusterState(SubmitControls, SchedulingPass):
     """Jobs and nodes in memory; the single place that decides what happens to them."""
 
     def __init__(
@@ -65,6 +67,7 @@ class ClusterState(NodeEvents, SchedulingPass):
         self.max_requeue = max_requeue
         self.max_batch_jobs = max_batch_jobs
         self.max_pending_per_user = max_pending_per_user
+        self.init_controls()  # the gate of holds, dependencies, arrays, limits (controls.py)
 
     def _enqueue(self, job: SimpleJob, *, in_place: bool = False) -> None:
         """Put ``job`` in the pending queue. Its place is its priority, whose age counts from
@@ -131,6 +134,7 @@ class ClusterState(NodeEvents, SchedulingPass):
         """
         if not specs:
             raise UsageError("no jobs to submit: give at least one job")
+        specs, tasks = self.expand_arrays(specs)  # (arrays.py: one spec per task)
         if len(specs) > self.max_batch_jobs:
             raise Rejected(
                 f"{len(specs)} jobs in one submit is over this master's limit of "
@@ -148,8 +152,11 @@ class ClusterState(NodeEvents, SchedulingPass):
                     f"master's limit of {self.max_pending_per_user} pending jobs per user "
                     "(max_pending_per_user / MGPU_MAX_PENDING): wait for some to start"
                 )
+        self.check_controls(specs, user)
         largest = self.largest_node()
         for i, spec in enumerate(specs):
+            if i and spec is specs[i - 1]:
+                continue  # an array's next task (arrays.py): checked with its first
             where = f"job {i + 1} of the batch: " if len(specs) > 1 else ""
             check_spec(spec, where)
             check_priority(spec, admin, where)
@@ -186,10 +193,12 @@ class ClusterState(NodeEvents, SchedulingPass):
                 nice=spec.nice,
             )
             self.jobs[job_id] = job
-            self._enqueue(job)
+            if not spec.array:  # (an array's tasks are let in by gate_submitted)
+                self._enqueue(job)
             self.envs[job_id] = spec.env
             effects.batch.inserts.append((job, spec.env))
             ids.append(job_id)
+        self.gate_submitted(ids, specs, tasks, effects, now)
         return ids, effects
 
     def forget_submit(self, ids: list[int]) -> None:
@@ -198,6 +207,7 @@ class ClusterState(NodeEvents, SchedulingPass):
             self._dequeue(job_id)
             self.jobs.pop(job_id, None)
             self.envs.pop(job_id, None)
+        self.gate_forget(ids)
 
     def _time_limit(self, spec: JobSpec, where: str) -> int | None:
         """The job's time limit: its own, else the default; never above the maximum."""
@@ -311,6 +321,7 @@ class ClusterState(NodeEvents, SchedulingPass):
         return effects
 
 
+@lru_cache(maxsize=256)  # (the tasks of an array share their command)
 def _default_name(command: str) -> str:
     first = command.strip().split(None, 1)[0] if command.strip() else "job"
     return first.rsplit("/", 1)[-1][:64]
