@@ -27,6 +27,7 @@ from mgpu.cli.commands import (
     cmd_wait,
 )
 from mgpu.cli.plainargs import REMAINDER, SUPPRESS, Grammar, Namespace, parse
+from mgpu.cli.simulate import cmd_simulate, simulate_args
 from mgpu.core.version import __version__
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs start-up time
@@ -227,6 +228,8 @@ COMMANDS: dict[str, tuple[Handler, str, Callable[[argparse.ArgumentParser], None
     "server": (_admin("server"), "run the master", daemon_args.master_args),
     "node": (_admin("node"), "run a node agent", daemon_args.node_args),
     "up": (_admin("up"), "run a master and a local node in one process", daemon_args.up_args),
+    "simulate": (cmd_simulate, "replay a job trace through a scheduling policy, offline",
+                 simulate_args),
 }
 
 
