@@ -189,6 +189,10 @@ class SimpleJob(msgspec.Struct, kw_only=True):
     started_at: datetime | None = None
     ended_at: datetime | None = None
     end_cause: EndCause | None = None  # why it ended, beside ``reason``'s words
+    # Scheduling (issue 11): why a pending job waits, as a code (a value of
+    # core/scheduler.PendingReason), and when the backfill plan expects it to start.
+    pending_reason: str | None = None
+    expected_start: datetime | None = None
 
     @property
     def job_id(self) -> int:

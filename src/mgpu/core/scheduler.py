@@ -1,32 +1,77 @@
-"""The scheduling policy: a pure function from a snapshot to placements.
+"""The scheduling policy's contract, and the built-in ``fifo-reserve`` policy.
 
-No I/O, no clock reads, no locks: the master calls :func:`schedule` whenever something that
-could let a job start happens (submit, job end, node join, cancel), with the pending jobs in
-queue order and the free GPUs of every node that is up.
+A policy is a pure function ``policy(snapshot: Snapshot) -> ScheduleResult``: no I/O, no
+clock reads, no locks. The master calls it whenever something that could let a job start
+happens (submit, job end, node join, cancel, a timer), with:
 
-The default policy, ``fifo-reserve``:
+- ``now``;
+- the pending jobs the gates let through (dependencies met, not held, past their begin time,
+  within their user's limits), **highest priority first** (a lazy iterable: a policy reads
+  only as far as it needs), each with its priority and the factors it is made of, its
+  effective time limit and its constraints (GPU type, GPU memory, partition);
+- the nodes that take jobs, with their free GPUs;
+- the running jobs, with the time each is expected to end (its start plus its time limit, or
+  plus ``default_time_limit`` when it has none);
+- ``default_time_limit``: what a job without a limit counts as when planning.
 
-1. Jobs are considered in queue order (oldest first).
+It returns the placements, a :class:`Reason` for each pending job it examined and did not
+place (a :class:`PendingReason` code and words), and the reservations of its backfill plan
+(which job, which node, from when). Jobs it did not examine keep the master's default code
+(``Priority`` behind a waiting job, ``Resources`` otherwise).
+
+Constraints (:func:`node_fits`): a job with ``gpu_type`` uses only nodes of that type (the
+names compared without case); with ``gpu_mem_mib`` only GPUs with at least that much free
+memory (``gpu_free_mib``, when the node reports it); with ``partition`` only the nodes of that
+partition, and without one only the nodes in no partition; a node that runs only some users'
+jobs (``users``) runs no one else's.
+
+``fifo-reserve`` (the founding policy, :func:`schedule` over the snapshot):
+
+1. Jobs are considered in the order given.
 2. A job that fits goes to the node with the *fewest* free GPUs that can hold it (best fit,
    so large holes stay open for large jobs); ties go to the node listed first. It takes that
    node's lowest-numbered free GPUs.
 3. The first job that does not fit *reserves* the node where it will fit soonest (the node,
    among those with enough GPUs in total, with the most free GPUs now). Later jobs may not
    use a reserved node, so a stream of small jobs cannot starve a large one; they may still
-   run on other nodes (backfill).
+   run on other nodes.
 4. A job larger than every node never fits and reserves nothing; the master rejects such
    jobs at submit when nodes are known, so this only happens before nodes register.
-5. A node that runs only some users' jobs (``users``) is not considered for other users'
-   jobs, neither to place nor to reserve.
 
-Other policies can be installed under the entry-point group ``mgpu.schedulers``; each is a
-callable with the signature of :func:`schedule`.
+Other policies are installed under the entry-point group ``mgpu.schedulers`` (see
+``docs/scheduling.md``).
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+
+class PendingReason(enum.StrEnum):
+    """Why a pending job waits: the code in ``queue``, ``show`` and ``--json``
+    (``SimpleJob.pending_reason``), named as SLURM names its own."""
+
+    PRIORITY = "Priority"  # jobs of higher priority are ahead of it
+    RESOURCES = "Resources"  # it is next, but not enough GPUs are free
+    RESERVED = "Reserved"  # the GPUs it could use are held for a higher job (detail: which)
+    DEPENDENCY = "Dependency"  # a job it depends on has not ended as it needs
+    HELD = "Held"  # held by its user or an admin
+    BEGIN_TIME = "BeginTime"  # its --begin time has not come
+    QOS_MAX_GPUS = "QOSMaxGPUs"  # its user already runs as many GPUs as allowed
+    NODE_DOWN = "NodeDown"  # no node that could run it is up
+    NO_NODE_FITS = "NoNodeFits"  # no node could ever run it (size, type, memory, partition)
+    GPUS_BUSY_OUTSIDE = "GpusBusyOutside"  # free GPUs are in use by processes outside mgpu
+
+
+@dataclass(frozen=True, slots=True)
+class PriorityFactors:
+    """The weighted parts a job's priority is the sum of (each already times its weight)."""
+
+    age: float = 0.0  # how long it has waited
+    fair_share: float = 0.0  # how little its user has used of their share
+    job: float = 0.0  # its --priority, less its --nice
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,17 +81,54 @@ class JobSnapshot:
     job_id: int
     gpus: int
     user: str = ""
+    submitted_at: float = 0.0  # Unix time
+    time_limit: int | None = None  # effective, seconds; None: plan with default_time_limit
+    priority: float = 0.0
+    factors: PriorityFactors = PriorityFactors()
+    # Constraints, filled by the parts that own them (None: any).
+    gpu_type: str | None = None
+    gpu_mem_mib: int | None = None
+    partition: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class NodeSnapshot:
+    """A node that takes jobs. ``gpu_free_mib``, when known, is the free memory of each GPU
+    of ``free_gpu_ids``, in the same order."""
+
     node_id: str
     total_gpus: int
     free_gpu_ids: tuple[int, ...]
     users: frozenset[str] | None = None  # whose jobs it runs: None, everyone's
+    gpu_type: str = ""
+    gpu_free_mib: tuple[int, ...] | None = None
+    partition: str | None = None
 
     def serves(self, user: str) -> bool:
         return self.users is None or user in self.users
+
+
+@dataclass(frozen=True, slots=True)
+class RunningSnapshot:
+    """A running job: whose, where, and when it is expected to end (Unix time)."""
+
+    job_id: int
+    user: str
+    node_id: str
+    gpu_ids: tuple[int, ...]
+    expected_end: float
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything a policy may look at (see the module docstring)."""
+
+    now: float
+    pending: Iterable[JobSnapshot]  # highest priority first
+    nodes: Sequence[NodeSnapshot]
+    running: Sequence[RunningSnapshot] = ()
+    default_time_limit: int = 86_400
+    backfill_depth: int = 1_000  # how many jobs past the first blocked one backfill tries
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,68 +138,126 @@ class Placement:
     gpu_ids: tuple[int, ...]
 
 
-Policy = Callable[[Iterable[JobSnapshot], Sequence[NodeSnapshot], float], list[Placement]]
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why the policy did not place a job it examined. ``job_id``: for ``Reserved``, the
+    job the GPUs are held for."""
+
+    code: PendingReason
+    detail: str = ""
+    job_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """The backfill plan holds ``gpus`` GPUs of ``node_id`` for ``job_id`` from ``start``."""
+
+    job_id: int
+    node_id: str
+    start: float
+    gpus: int
+
+
+@dataclass(slots=True)
+class ScheduleResult:
+    placements: list[Placement] = field(default_factory=list)
+    reasons: dict[int, Reason] = field(default_factory=dict)
+    reservations: list[Reservation] = field(default_factory=list)
+
+    @property
+    def starts(self) -> dict[int, float]:
+        """The expected start time of each reserved job."""
+        return {r.job_id: r.start for r in self.reservations}
+
+
+Policy = Callable[[Snapshot], ScheduleResult]
+
+
+def node_fits(job: JobSnapshot, node: NodeSnapshot) -> bool:
+    """Whether ``node`` may ever run ``job``: size, users, GPU type, partition (not memory,
+    which changes: :func:`usable_gpus`)."""
+    if job.gpus > node.total_gpus or not node.serves(job.user):
+        return False
+    if job.gpu_type is not None and job.gpu_type.casefold() != node.gpu_type.casefold():
+        return False
+    return job.partition == node.partition
+
+
+def usable_gpus(job: JobSnapshot, node: NodeSnapshot) -> tuple[int, ...]:
+    """The free GPUs of ``node`` that ``job`` may use now (enough free memory)."""
+    if job.gpu_mem_mib is None or node.gpu_free_mib is None:
+        return node.free_gpu_ids
+    need = job.gpu_mem_mib
+    return tuple(g for g, mib in zip(node.free_gpu_ids, node.gpu_free_mib, strict=True)
+                 if mib >= need)
+
+
+def fifo_reserve(snap: Snapshot) -> ScheduleResult:
+    """The ``fifo-reserve`` policy (module docstring): its reservation has no start time, so
+    it plans none (``reservations`` stays empty)."""
+    nodes = snap.nodes
+    free: dict[str, list[int]] = {n.node_id: sorted(n.free_gpu_ids) for n in nodes}
+    mem = {n.node_id: dict(zip(n.free_gpu_ids, n.gpu_free_mib, strict=True))
+           for n in nodes if n.gpu_free_mib is not None}
+    free_count = sum(len(v) for v in free.values())
+    reserved: dict[str, int] = {}  # node -> the job it is held for
+    out = ScheduleResult()
+    for job in snap.pending:
+        if free_count == 0:
+            break
+        fitting = [n for n in nodes if node_fits(job, n)]
+        if not fitting:
+            out.reasons[job.job_id] = Reason(PendingReason.NO_NODE_FITS,
+                                             f"no node can run {job.gpus} GPUs of this kind")
+            continue
+        best: tuple[int, str, list[int]] | None = None
+        for n in fitting:
+            if n.node_id in reserved:
+                continue
+            ids = _usable(job, free[n.node_id], mem.get(n.node_id))
+            if len(ids) >= job.gpus and (best is None or len(ids) < best[0]):
+                best = (len(ids), n.node_id, ids)
+        if best is None:
+            if not reserved:
+                target = max(fitting, key=lambda n: len(free[n.node_id]))
+                reserved[target.node_id] = job.job_id
+                out.reasons[job.job_id] = Reason(PendingReason.RESOURCES,
+                                                 f"waits for {job.gpus} GPUs on "
+                                                 f"{target.node_id}")
+            else:
+                holder = next(iter(reserved.values()))
+                out.reasons[job.job_id] = Reason(PendingReason.RESERVED,
+                                                 f"GPUs are held for job {holder}", holder)
+            continue
+        _, node_id, ids = best
+        take = ids[: job.gpus]
+        for g in take:
+            free[node_id].remove(g)
+        free_count -= job.gpus
+        out.placements.append(Placement(job.job_id, node_id, tuple(take)))
+    return out
+
+
+def _usable(job: JobSnapshot, free: list[int], mem: dict[int, int] | None) -> list[int]:
+    if job.gpu_mem_mib is None or mem is None:
+        return free
+    return [g for g in free if mem.get(g, 0) >= job.gpu_mem_mib]
 
 
 def schedule(
     pending: Iterable[JobSnapshot], nodes: Sequence[NodeSnapshot], now: float
 ) -> list[Placement]:
-    """Placements for as many pending jobs as the free GPUs allow (see module docstring).
-
-    ``pending`` must be in queue order; ``now`` is unused by this policy but part of the
-    contract so that policies based on waiting time need no clock.
-    """
-    free: dict[str, list[int]] = {n.node_id: sorted(n.free_gpu_ids) for n in nodes}
-    total = {n.node_id: n.total_gpus for n in nodes}
-    order = [n.node_id for n in nodes]
-    limited = {n.node_id: n for n in nodes if n.users is not None}
-    largest = max(total.values(), default=0)
-    free_count = sum(len(v) for v in free.values())
-    reserved: set[str] = set()
-    placements: list[Placement] = []
-    for job in pending:
-        if free_count == 0:
-            break
-        if job.gpus > largest:
-            continue
-        best: str | None = None
-        allowed = order if not limited else [
-            n for n in order if n not in limited or limited[n].serves(job.user)]
-        for node_id in allowed:
-            n_free = len(free[node_id])
-            if node_id in reserved or n_free < job.gpus:
-                continue
-            if best is None or n_free < len(free[best]):
-                best = node_id
-        if best is None:
-            _reserve(job, allowed, free, total, reserved)
-            continue
-        ids = free[best][: job.gpus]
-        del free[best][: job.gpus]
-        free_count -= job.gpus
-        placements.append(Placement(job.job_id, best, tuple(ids)))
-    return placements
+    """The placements of :func:`fifo_reserve` (the founding call form, kept for callers)."""
+    return fifo_reserve(Snapshot(now, pending, nodes)).placements
 
 
-def _reserve(
-    job: JobSnapshot,
-    order: list[str],
-    free: dict[str, list[int]],
-    total: dict[str, int],
-    reserved: set[str],
-) -> None:
-    """Reserve, for the first blocked job, the node where it will fit soonest."""
-    if reserved:
-        return
-    candidates = [n for n in order if total[n] >= job.gpus]
-    if candidates:
-        reserved.add(max(candidates, key=lambda n: len(free[n])))
+BUILTIN = ("fifo-reserve",)
 
 
 def load_policy(name: str) -> Policy:
-    """The policy called ``name``: the built-in one or an ``mgpu.schedulers`` entry point."""
+    """The policy called ``name``: a built-in one or an ``mgpu.schedulers`` entry point."""
     if name in ("fifo-reserve", "default"):
-        return schedule
+        return fifo_reserve
     from importlib.metadata import entry_points
 
     from mgpu.core.errors import ConfigError
@@ -126,4 +266,5 @@ def load_policy(name: str) -> Policy:
         if ep.name == name:
             policy: Policy = ep.load()
             return policy
-    raise ConfigError(f"unknown scheduler {name!r}: use 'fifo-reserve' or install a plugin")
+    raise ConfigError(f"unknown scheduler {name!r}: use one of {', '.join(BUILTIN)} or "
+                      "install a plugin")
