@@ -10,13 +10,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pytest
 
 from mgpu.core.errors import UsageError
-from mgpu.core.scheduler import JobSnapshot, NodeSnapshot, Placement, load_policy
+from mgpu.core.scheduler import Placement, ScheduleResult, Snapshot, load_policy
 from mgpu.core.simmetrics import Figures, backlogged, figures, percentile, shares_within
 from mgpu.core.simulator import NEVER, PolicyError, SimResult, parse_nodes, simulate
 from mgpu.core.trace import Dependency, parse_trace
@@ -149,6 +148,32 @@ def test_shares_of_two_backlogged_users_under_fifo() -> None:
     assert figures(result).shares == pytest.approx({"a": 4 / 6, "b": 2 / 6})
 
 
+def test_the_policy_sees_the_snapshot_the_master_builds() -> None:
+    # One node of 3 GPUs.  Job 1 runs from t=0, its limit 49.5; job 2 (no limit) from t=10;
+    # job 3 (2 GPUs) is submitted at t=20 and sees both running, with their expected ends:
+    # start + limit, and start + the default limit for the job without one.
+    seen: list[Snapshot] = []
+    fifo = load_policy("fifo-reserve")
+
+    def watching(snap: Snapshot) -> ScheduleResult:
+        seen.append(Snapshot(snap.now, list(snap.pending), snap.nodes, snap.running,
+                             snap.default_time_limit))
+        return fifo(seen[-1])
+
+    trace = parse_trace(f"{HEADER}\n0,a,1,100,49.5\n10,b,1,100,\n20,c,2,1,\n")
+    simulate(trace, parse_nodes("1x3"), watching, default_time_limit=600)
+    at20 = next(s for s in seen if s.now == 20)
+    assert [(j.job_id, j.gpus, j.user, j.submitted_at, j.time_limit)
+            for j in at20.pending] == [(3, 2, "c", 20, None)]
+    assert [(r.job_id, r.user, r.node_id, r.gpu_ids, r.expected_end)
+            for r in at20.running] == [(1, "a", "n01", (0,), 49.5), (2, "b", "n01", (1,), 610)]
+    assert at20.default_time_limit == 600
+    assert [(n.node_id, n.total_gpus, n.free_gpu_ids) for n in at20.nodes] == [
+        ("n01", 3, (2,))]
+    # t=0: job 1's limit, as the policy sees it, is in whole seconds (rounded up).
+    assert [(j.job_id, j.time_limit) for j in seen[0].pending] == [(1, 50)]
+
+
 def test_percentile_is_nearest_rank() -> None:
     assert percentile([], 95) is None
     assert percentile([5.0], 95) == 5.0
@@ -157,9 +182,9 @@ def test_percentile_is_nearest_rank() -> None:
 
 
 def test_a_policy_that_places_a_job_on_a_busy_gpu_is_reported() -> None:
-    def greedy(pending: Iterable[JobSnapshot], nodes: Sequence[NodeSnapshot],
-               now: float) -> list[Placement]:
-        return [Placement(j.job_id, nodes[0].node_id, (0,)) for j in pending]
+    def greedy(snap: Snapshot) -> ScheduleResult:
+        return ScheduleResult([Placement(j.job_id, snap.nodes[0].node_id, (0,))
+                               for j in snap.pending])
 
     with pytest.raises(PolicyError, match="impossible placement"):
         simulate(parse_trace(f"{HEADER}\n0,a,1,1,\n0,a,1,1,\n"), parse_nodes("1x2"), greedy)

@@ -9,10 +9,12 @@ How time runs, as on the master (whose scheduling is event-driven):
 
 1. Events are job submissions and job ends, in time order; at one instant the ends come
    before the submissions, and the submissions in queue order (the trace's order).
-2. After the events of an instant, one scheduling pass: the policy gets the pending jobs
-   that may start (submitted, dependencies met, under their array's ``%N`` cap) in queue
-   order and the nodes with their free GPUs, as the master gives them; as the master does,
-   no pass is run when no GPU is free.
+2. After the events of an instant, one scheduling pass: the policy gets a
+   :class:`~mgpu.core.scheduler.Snapshot` as the master builds one: the pending jobs that
+   may start (submitted, dependencies met, under their array's ``%N`` cap) in queue order,
+   the nodes with their free GPUs, the running jobs with their expected ends (start plus
+   time limit, or plus ``default_time_limit``). A pass when no GPU is free could place
+   nothing and is skipped (the master runs it for the reasons it gives).
 3. A placed job runs ``min(duration, time_limit)`` seconds from that instant, then ends
    ``completed`` (or ``timeout``, stopped at its limit) and frees its GPUs.
 4. A job larger than every node is ``rejected`` at submission (the master refuses it); a
@@ -26,14 +28,16 @@ pending with nothing left to happen) stays ``pending``.
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mgpu.core.errors import MgpuError, UsageError
-from mgpu.core.scheduler import JobSnapshot, NodeSnapshot, Policy
+from mgpu.core.scheduler import JobSnapshot, NodeSnapshot, Policy, RunningSnapshot, Snapshot
 from mgpu.core.trace import Dependency, TraceJob
 
 MAX_SIM_NODES = 100_000
+PLAN_LIMIT = 86_400  # what a job without a time limit counts as when planning, as the master
 NEVER = "DependencyNeverSatisfied"
 _END, _SUBMIT = 0, 1  # event kinds, in the order they are handled at one instant
 
@@ -109,11 +113,13 @@ def parse_nodes(text: str) -> list[tuple[str, int]]:
     return [(next(names), gpus) for count, gpus in shapes for _ in range(count)]
 
 
-def simulate(trace: Sequence[TraceJob], nodes: list[tuple[str, int]],
-             policy: Policy) -> SimResult:
+def simulate(trace: Sequence[TraceJob], nodes: list[tuple[str, int]], policy: Policy,
+             default_time_limit: int = PLAN_LIMIT) -> SimResult:
     """Replay ``trace`` (in queue order, as :func:`mgpu.core.trace.parse_trace` returns
-    it) on ``nodes`` with ``policy``; see the module docstring for the rules."""
-    return _Replay(trace, nodes, policy).run()
+    it) on ``nodes`` with ``policy``; see the module docstring for the rules.
+    ``default_time_limit``: what a job without a limit counts as in the policy's plan (its
+    running jobs' expected ends), as the master's setting of that name."""
+    return _Replay(trace, nodes, policy, default_time_limit=default_time_limit).run()
 
 
 @dataclass
@@ -127,6 +133,8 @@ class _Replay:
     by_trace_id: dict[int, list[SimJob]] = field(default_factory=dict)
     running_of: dict[int, int] = field(default_factory=dict)  # trace id -> tasks running
     events: list[tuple[float, int, int]] = field(default_factory=list)  # (t, kind, sim_id)
+    default_time_limit: int = PLAN_LIMIT
+    running: dict[int, RunningSnapshot] = field(default_factory=dict)  # sim_id -> as seen
     passes: int = 0
     starts_matter: bool = False  # some job waits for another's start (`after`)
 
@@ -168,6 +176,7 @@ class _Replay:
         held = self.holders[job.node]
         for i in job.gpu_ids:
             held[i] = None
+        del self.running[job.sim_id]
         self.running_of[job.trace.id] -= 1
 
     def _pass(self, now: float) -> bool:
@@ -180,10 +189,16 @@ class _Replay:
             return False
         self.passes += 1
         placed = False
-        snapshot = [NodeSnapshot(n, len(self.holders[n]), free[n]) for n, _ in self.nodes]
         asked = {j.sim_id: j for j in eligible}
-        for p in self.policy([JobSnapshot(j.sim_id, j.gpus, j.user) for j in eligible],
-                             snapshot, now):
+        snapshot = Snapshot(
+            now,
+            [JobSnapshot(j.sim_id, j.gpus, j.user, submitted_at=j.submit,
+                         time_limit=_whole_seconds(j.trace.time_limit)) for j in eligible],
+            [NodeSnapshot(n, len(self.holders[n]), free[n]) for n, _ in self.nodes],
+            list(self.running.values()),
+            self.default_time_limit,
+        )
+        for p in self.policy(snapshot).placements:
             job = asked.pop(p.job_id, None)
             held = self.holders.get(p.node_id)
             if (job is None or held is None or len(p.gpu_ids) != job.gpus
@@ -199,6 +214,9 @@ class _Replay:
             limit = job.trace.time_limit
             job.end = now + (job.trace.duration if limit is None
                              else min(job.trace.duration, limit))
+            self.running[job.sim_id] = RunningSnapshot(
+                job.sim_id, job.user, p.node_id, p.gpu_ids,
+                now + (self.default_time_limit if limit is None else limit))
             heapq.heappush(self.events, (job.end, _END, job.sim_id))
             placed = True
         return placed
@@ -245,6 +263,11 @@ class _Replay:
             if alt is None:
                 outcome = None
         return outcome
+
+
+def _whole_seconds(limit: float | None) -> int | None:
+    """A trace's time limit as the policy sees one (whole seconds, rounded up)."""
+    return None if limit is None else math.ceil(limit)
 
 
 def _holds(kind: str, dep: SimJob) -> bool | None:
