@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from mgpu.core.errors import MgpuError, UsageError
@@ -129,7 +129,8 @@ class _Replay:
     policy: Policy
     jobs: list[SimJob] = field(default_factory=list)
     holders: dict[str, list[int | None]] = field(default_factory=dict)  # GPU -> sim_id
-    pending: dict[int, SimJob] = field(default_factory=dict)  # submitted, in queue order
+    pending: dict[int, SimJob] = field(default_factory=dict)  # may start, in queue order
+    waiting: dict[int, SimJob] = field(default_factory=dict)  # on dependencies, queue order
     by_trace_id: dict[int, list[SimJob]] = field(default_factory=dict)
     running_of: dict[int, int] = field(default_factory=dict)  # trace id -> tasks running
     events: list[tuple[float, int, int]] = field(default_factory=list)  # (t, kind, sim_id)
@@ -160,8 +161,10 @@ class _Replay:
                 elif job.gpus > largest:
                     job.state, job.end = "rejected", now
                     job.reason = f"no node has {job.gpus} GPUs (largest has {largest})"
+                elif job.trace.depends:
+                    self.waiting[job.sim_id] = job
                 else:
-                    self.pending[job.sim_id] = job
+                    self._enqueue(job)
             # A start can meet an `after` dependency: pass again at once, as the master's
             # next event would, so that no time passes in between.
             while self._pass(now) and self.starts_matter:
@@ -182,18 +185,17 @@ class _Replay:
     def _pass(self, now: float) -> bool:
         """One scheduling pass at ``now``: what may start, the policy, its placements.
         Whether it started any job."""
-        eligible = self._eligible(now)
+        self._settle(now)
         free = {n: tuple(i for i, h in enumerate(held) if h is None)
                 for n, held in self.holders.items()}
-        if not eligible or not any(free.values()):
+        if not self.pending or not any(free.values()):
             return False
         self.passes += 1
         placed = False
-        asked = {j.sim_id: j for j in eligible}
+        asked: dict[int, SimJob] = {}  # what the policy has read of the pending jobs
         snapshot = Snapshot(
             now,
-            [JobSnapshot(j.sim_id, j.gpus, j.user, submitted_at=j.submit,
-                         time_limit=_whole_seconds(j.trace.time_limit)) for j in eligible],
+            self._ready(asked),
             [NodeSnapshot(n, len(self.holders[n]), free[n]) for n, _ in self.nodes],
             list(self.running.values()),
             self.default_time_limit,
@@ -206,44 +208,60 @@ class _Replay:
                     or any(not 0 <= i < len(held) or held[i] is not None for i in p.gpu_ids)):
                 raise PolicyError(f"the policy made an impossible placement at t={now:g}: "
                                   f"{p} (a bug in the policy: check its placements)")
-            for i in p.gpu_ids:
-                held[i] = job.sim_id
-            del self.pending[job.sim_id]
-            self.running_of[job.trace.id] = self.running_of.get(job.trace.id, 0) + 1
-            job.state, job.start, job.node, job.gpu_ids = "running", now, p.node_id, p.gpu_ids
-            limit = job.trace.time_limit
-            job.end = now + (job.trace.duration if limit is None
-                             else min(job.trace.duration, limit))
-            self.running[job.sim_id] = RunningSnapshot(
-                job.sim_id, job.user, p.node_id, p.gpu_ids,
-                now + (self.default_time_limit if limit is None else limit))
-            heapq.heappush(self.events, (job.end, _END, job.sim_id))
+            self._start(job, p.node_id, p.gpu_ids, now)
             placed = True
         return placed
 
-    def _eligible(self, now: float) -> list[SimJob]:
-        """The pending jobs that may start now, in queue order; those whose dependency
-        can no longer be met are cancelled on the way (queue order: a dependency comes
-        before its dependants, so one sweep settles a chain)."""
-        out: list[SimJob] = []
+    def _start(self, job: SimJob, node_id: str, gpu_ids: tuple[int, ...], now: float) -> None:
+        held = self.holders[node_id]
+        for i in gpu_ids:
+            held[i] = job.sim_id
+        del self.pending[job.sim_id]
+        self.running_of[job.trace.id] = self.running_of.get(job.trace.id, 0) + 1
+        job.state, job.start, job.node, job.gpu_ids = "running", now, node_id, gpu_ids
+        limit = job.trace.time_limit
+        job.end = now + (job.trace.duration if limit is None else min(job.trace.duration, limit))
+        self.running[job.sim_id] = RunningSnapshot(
+            job.sim_id, job.user, node_id, gpu_ids,
+            now + (self.default_time_limit if limit is None else limit))
+        heapq.heappush(self.events, (job.end, _END, job.sim_id))
+
+    def _enqueue(self, job: SimJob) -> None:
+        """Into the queue at its place (queue order is ``sim_id`` order)."""
+        late = bool(self.pending) and next(reversed(self.pending)) > job.sim_id
+        self.pending[job.sim_id] = job
+        if late:
+            self.pending = dict(sorted(self.pending.items()))
+
+    def _ready(self, asked: dict[int, SimJob]) -> Iterator[JobSnapshot]:
+        """The pending jobs the policy may start, in queue order, each noted in ``asked``
+        as it is read: lazily, as the master's, so that a policy that stops early does not
+        pay for the rest of the queue. A capped array's tasks past its ``%N`` are left out."""
         room: dict[int, int] = {}  # trace id -> tasks that may still start (capped arrays)
-        for job in list(self.pending.values()):
+        for job in self.pending.values():
             row = job.trace
-            if row.depends:
-                met = self._met(row.depends)
-                if met is None:
-                    continue
-                if not met:
-                    del self.pending[job.sim_id]
-                    job.state, job.end, job.reason = "cancelled", now, NEVER
-                    continue
             if row.array_limit is not None:
                 left = room.setdefault(row.id, row.array_limit - self.running_of.get(row.id, 0))
                 if left <= 0:
                     continue
                 room[row.id] = left - 1
-            out.append(job)
-        return out
+            asked[job.sim_id] = job
+            yield JobSnapshot(job.sim_id, job.gpus, job.user, submitted_at=job.submit,
+                              time_limit=_whole_seconds(row.time_limit))
+
+    def _settle(self, now: float) -> None:
+        """Jobs whose dependencies are met join the queue; those whose dependencies can no
+        longer be met are cancelled. In queue order: a dependency comes before its
+        dependants, so one sweep settles a chain."""
+        for job in list(self.waiting.values()):
+            met = self._met(job.trace.depends)
+            if met is None:
+                continue
+            del self.waiting[job.sim_id]
+            if met:
+                self._enqueue(job)
+            else:
+                job.state, job.end, job.reason = "cancelled", now, NEVER
 
     def _met(self, alternatives: tuple[tuple[Dependency, ...], ...]) -> bool | None:
         """True: some alternative holds; False: none ever can; None: not yet known."""
