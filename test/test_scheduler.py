@@ -19,6 +19,7 @@ from mgpu.core.scheduler import (
     Placement,
     fifo_reserve,
     load_policy,
+    multifactor,
     schedule,
 )
 
@@ -147,7 +148,7 @@ def test_pending_may_be_any_iterable_and_now_is_ignored() -> None:
 
 def test_load_policy() -> None:
     assert load_policy("fifo-reserve") is fifo_reserve
-    assert load_policy("default") is fifo_reserve
+    assert load_policy("default") is multifactor
     with pytest.raises(ConfigError, match="unknown scheduler 'nope'"):
         load_policy("nope")
 

@@ -92,7 +92,7 @@ def test_an_unknown_scheduler_stops_the_master_with_the_fix(tmp_path: Path) -> N
 
 def test_mgpu_config_shows_the_scheduler(cluster: Cluster) -> None:
     out = cluster.mgpu("config").stdout
-    assert any("scheduler" in line and "fifo-reserve" in line for line in out.splitlines())
+    assert any("scheduler" in line and "multifactor" in line for line in out.splitlines())
 
 
 def test_the_master_reports_its_scheduling_passes(cluster: Cluster) -> None:
