@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from mgpu.core.config import MasterConfig
 from mgpu.core.errors import UsageError
 from mgpu.core.scheduler import Placement, ScheduleResult, Snapshot, load_policy
 from mgpu.core.simmetrics import Figures, backlogged, figures, percentile, shares_within
@@ -71,6 +72,23 @@ def test_the_reservation_keeps_small_jobs_off_its_node_not_off_the_others() -> N
     assert fig.avg_wait_s == pytest.approx((0 + 0 + 100 + 0 + 10) / 5)
     assert fig.avg_jct_s == pytest.approx((100 + 100 + 110 + 10 + 20) / 5)
     assert fig.utilisation == pytest.approx((300 + 200 + 40 + 10 + 10) / (8 * 110))
+
+
+@pytest.mark.parametrize(("policy", "expected"), [
+    # fifo-reserve: job 2's reservation keeps every later job off the node until it runs.
+    ("fifo-reserve", {"1": 0, "2": 100, "3": 110, "4": 110}),
+    # multifactor: job 2 is expected to start at t=100 (job 1's limit); job 3 ends by
+    # then (limit 50) and backfills at once; job 4 (limit 200) would delay job 2: it waits.
+    ("multifactor", {"1": 0, "2": 100, "3": 0, "4": 110}),
+])
+def test_backfill_by_time_limit_does_not_delay_the_reserved_job(
+        policy: str, expected: dict[str, float]) -> None:
+    csv = f"{HEADER}\n0,a,2,100,100\n0,b,4,10,10\n0,c,1,50,50\n0,d,1,200,200\n"
+    result = replay(csv, "1x4", policy)
+    assert starts(result) == expected
+    fig = figures(result)
+    assert fig.makespan_s == 310
+    assert fig.avg_wait_s == pytest.approx(sum(expected.values()) / 4)
 
 
 def test_a_job_too_big_for_every_node_is_rejected_and_the_rest_run() -> None:
@@ -255,7 +273,8 @@ def test_mgpu_simulate_prints_the_figures_and_json(tmp_path: Path) -> None:
     done = mgpu("simulate", "--trace", str(trace), "--nodes", "1x8", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0] == ("3 jobs on 1x8 (8 GPUs), policy fifo-reserve: 2 completed, "
+    default = MasterConfig.__dataclass_fields__["scheduler"].default  # the master's own
+    assert lines[0] == (f"3 jobs on 1x8 (8 GPUs), policy {default}: 2 completed, "
                         "1 timeout, 0 cancelled, 0 rejected, 0 never started")
     assert "average JCT" in lines[1] and "(113.3 s)" in lines[1]
     assert "(63.3 s)" in lines[2] and "(100.0 s)" in lines[3] and "(140.0 s)" in lines[4]
