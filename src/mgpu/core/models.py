@@ -162,6 +162,10 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     stdin: bool = False  # keep the job's stdin open for `mgpu attach` / srun to write to
     pty: bool = False  # run it on a pseudo-terminal (srun --pty)
     argv: list[str] | None = None  # run this without a shell (``command`` shows it joined)
+    # Scheduling (issue 11): points added to (--priority, admins only) or taken off (--nice;
+    # below 0, admins only) the job's priority.
+    priority: int | None = None
+    nice: int = 0
 
 
 class SimpleJob(msgspec.Struct, kw_only=True):
@@ -193,6 +197,8 @@ class SimpleJob(msgspec.Struct, kw_only=True):
     # core/scheduler.PendingReason), and when the backfill plan expects it to start.
     pending_reason: str | None = None
     expected_start: datetime | None = None
+    priority: int = 0  # --priority (admins): points added to its priority
+    nice: int = 0  # --nice: points taken off (below 0: admins)
 
     @property
     def job_id(self) -> int:

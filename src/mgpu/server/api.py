@@ -61,7 +61,7 @@ async def submit(request: web.Request) -> web.Response:
         spec.env = retention.strip_secrets(spec.env)
     now = time.time()
     owner = who.user if master.cfg.auth else None
-    ids, effects = master.state.on_submit(req.jobs, now, user=owner)
+    ids, effects = master.state.on_submit(req.jobs, now, user=owner, admin=who.admin)
     first = master.state.jobs[ids[0]]
     effects.audit(now, first.user, "submit", _submitted(master, ids))
     try:
