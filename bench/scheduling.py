@@ -1,8 +1,9 @@
 """The scheduling policies compared, offline: what each does to a lab's jobs, whether fair
 share converges, and what one scheduling pass costs at scale.
 
-1. **Trace**: ``bench/traces/lab-2k.csv`` replayed by the simulator (``mgpu simulate``'s
-   code: ``mgpu.core.simulator``) on 8 nodes of 8 GPUs with each policy: average JCT, average
+1. **Trace**: ``bench/traces/lab-2k.csv`` replayed by the simulator as ``mgpu simulate``
+   does (``mgpu.cli.simulate.replay``: the master's priority queue and fair-share usage at
+   their default settings around each policy) on 8 nodes of 8 GPUs: average JCT, average
    and p95 wait, makespan, GPU utilisation.
 2. **Fair share**: two users submitting 1-GPU jobs at a 10 : 1 ratio (``gen.py
    --two-users``), both backlogged; each user's share of the GPU-hours used while both had
@@ -35,12 +36,13 @@ sys.path.insert(0, str(HERE / "traces"))
 
 import gen  # noqa: E402 - bench/traces/gen.py, beside this file
 
+from mgpu.cli.simulate import replay  # noqa: E402
 from mgpu.core import messages as m  # noqa: E402
 from mgpu.core.errors import ConfigError  # noqa: E402
 from mgpu.core.models import GpuInfo, JobSpec  # noqa: E402
 from mgpu.core.scheduler import Policy, load_policy  # noqa: E402
 from mgpu.core.simmetrics import backlogged, figures, percentile, shares_within  # noqa: E402
-from mgpu.core.simulator import parse_nodes, simulate  # noqa: E402
+from mgpu.core.simulator import parse_nodes  # noqa: E402
 from mgpu.core.timefmt import format_elapsed  # noqa: E402
 from mgpu.core.trace import parse_trace  # noqa: E402
 from mgpu.server.state import ClusterState  # noqa: E402
@@ -65,7 +67,7 @@ def trace_section(chosen: list[tuple[str, Policy]], trace_path: Path, nodes: str
           f"{'makespan':>12} {'util':>7} {'replay':>8}")
     for name, policy in chosen:
         started = time.perf_counter()
-        fig = figures(simulate(jobs, parse_nodes(nodes), policy))
+        fig = figures(replay(jobs, parse_nodes(nodes), policy))
         took = time.perf_counter() - started
         print(f"{name:<14} {_t(fig.avg_jct_s):>11} {_t(fig.avg_wait_s):>11} "
               f"{_t(fig.p95_wait_s):>11} {_t(fig.makespan_s):>12} "
@@ -82,7 +84,7 @@ def fairshare_section(chosen: list[tuple[str, Policy]], ratio: float, hours: flo
           f"over {hours:g} h on {nodes}; shares of the GPU-hours while both wait")
     print(f"{'policy':<14} {'window':>12} {'heavy':>7} {'light':>7}  target 40-60 % each")
     for name, policy in chosen:
-        result = simulate(jobs, parse_nodes(nodes), policy)
+        result = replay(jobs, parse_nodes(nodes), policy)
         windows = backlogged(result.jobs, ["heavy", "light"])
         shares = shares_within(result.jobs, windows)
         span = sum(b - a for a, b in windows)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from mgpu.cli.simulate import replay as simulate_as_master
 from mgpu.core.config import MasterConfig
 from mgpu.core.errors import UsageError
 from mgpu.core.scheduler import Placement, ScheduleResult, Snapshot, load_policy
@@ -26,7 +27,9 @@ HEADER = "submit,user,gpus,duration,time_limit"
 
 
 def replay(csv: str, nodes: str = "1x8", policy: str = "fifo-reserve") -> SimResult:
-    return simulate(parse_trace(csv), parse_nodes(nodes), load_policy(policy))
+    """``csv`` replayed as ``mgpu simulate`` does: with the master's priority queue and
+    fair-share usage, at their default settings."""
+    return simulate_as_master(parse_trace(csv), parse_nodes(nodes), load_policy(policy))
 
 
 def starts(result: SimResult) -> dict[str, float | None]:
@@ -154,12 +157,29 @@ def test_ties_in_time_keep_file_order_and_ends_come_before_submissions() -> None
     assert figures(result).avg_wait_s == 0
 
 
-def test_shares_of_two_backlogged_users_under_fifo() -> None:
-    # One GPU; a submits 4 jobs of 10 s at t=0, b one at t=0 and one at t=25.  FIFO: a a a
+@pytest.mark.parametrize("policy", ["fifo-reserve", "multifactor"])
+def test_fair_share_lets_the_user_who_used_less_go_first(policy: str) -> None:
+    # One GPU; heavy queues 4 jobs of 10 s at t=0, then light 2.  t=0: nobody has used
+    # anything, so the oldest id goes first (heavy's).  t=10: light has used nothing and goes
+    # ahead of heavy's older jobs; t=20: both used 10 GPU-seconds (heavy's a little decayed,
+    # so a little less): heavy; t=30: light (10 against 20); then heavy's last two.
+    csv = f"{HEADER}\n" + "0,heavy,1,10,\n" * 4 + "0,light,1,10,\n" * 2
+    result = replay(csv, "1x1", policy)
+    assert [(j.user, j.start) for j in sorted(result.jobs, key=lambda j: j.start or 0)] == [
+        ("heavy", 0), ("light", 10), ("heavy", 20), ("light", 30), ("heavy", 40),
+        ("heavy", 50)]
+    # Without the master's queue and usage (submission order), light would wait for all.
+    plain = simulate(parse_trace(csv), parse_nodes("1x1"), load_policy(policy))
+    assert [j.start for j in plain.jobs if j.user == "light"] == [40, 50]
+
+
+def test_shares_while_both_users_wait_in_submission_order() -> None:
+    # Submission order, no fair share (the metrics, not the queue, are under test).
+    # One GPU; a submits 4 jobs of 10 s at t=0, b one at t=0 and one at t=25: a a a
     # a b b.  a waits until its last job starts (t=30), b until t=50: both wait during
     # [0, 30), when a holds the GPU throughout.
     csv = f"{HEADER}\n" + "0,a,1,10,\n" * 4 + "0,b,1,10,\n25,b,1,10,\n"
-    result = replay(csv, "1x1")
+    result = simulate(parse_trace(csv), parse_nodes("1x1"), load_policy("fifo-reserve"))
     windows = backlogged(result.jobs, ["a", "b"])
     assert windows == [(0, 30)]  # a's last job starts at 30
     assert shares_within(result.jobs, windows) == {"a": 1.0}
@@ -320,5 +340,8 @@ def test_mgpu_simulate_imports_no_server_and_no_client(tmp_path: Path) -> None:
                           env=env, timeout=60, check=True)
     status, _, modules = done.stdout.splitlines()[-1].partition(" ")
     assert status == "0"
-    for name in ("aiohttp", "sqlite3", "mgpu.server", "mgpu.client.client", "mgpu.node"):
+    # Of the server, only its pure priority queue and fair-share usage: no aiohttp, no SQLite.
+    for name in ("aiohttp", "sqlite3", "mgpu.server.master", "mgpu.server.state",
+                 "mgpu.server.store", "mgpu.server.api", "mgpu.client.client", "mgpu.node"):
         assert f"'{name}'" not in modules, f"`mgpu simulate` imported {name}"
+    assert "'mgpu.server.fairshare'" in modules and "'mgpu.server.queue'" in modules

@@ -1,9 +1,10 @@
 """``mgpu simulate``: replay a job trace through a scheduling policy, offline.
 
 Reads the trace file (:mod:`mgpu.core.trace`), replays it with :mod:`mgpu.core.simulator`
-through the policy the master would load (``load_policy``: the built-in one or an
-``mgpu.schedulers`` plugin) and prints the figures of :mod:`mgpu.core.simmetrics`, as a
-table or (``--json``) one JSON object. Needs no master: no client and no server is imported.
+through what the master would run with its settings (:func:`replay`) and prints the
+figures of :mod:`mgpu.core.simmetrics`, as a table or (``--json``) one JSON object. Needs
+no master: no client is imported, and of the server only its pure priority queue and
+fair-share usage (``server/queue.py``, ``server/fairshare.py``: no aiohttp, no SQLite).
 """
 
 from __future__ import annotations
@@ -11,8 +12,13 @@ from __future__ import annotations
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs start-up time
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Sequence
 
+    from mgpu.core.config import MasterConfig
+    from mgpu.core.scheduler import Policy
     from mgpu.core.simmetrics import Figures
+    from mgpu.core.simulator import SimResult
+    from mgpu.core.trace import TraceJob
 
 
 def simulate_args(p: argparse.ArgumentParser) -> None:
@@ -34,7 +40,7 @@ def cmd_simulate(ns: argparse.Namespace) -> int:
     from mgpu.core.errors import UsageError
     from mgpu.core.scheduler import load_policy
     from mgpu.core.simmetrics import figures
-    from mgpu.core.simulator import parse_nodes, simulate
+    from mgpu.core.simulator import parse_nodes
     from mgpu.core.trace import parse_trace
 
     try:
@@ -42,11 +48,12 @@ def cmd_simulate(ns: argparse.Namespace) -> int:
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"cannot read the trace {ns.trace}: {e}") from None
-    policy_name = ns.policy or load_config(ns, MasterConfig, {})[0].scheduler
+    cfg: MasterConfig = load_config(ns, MasterConfig, {})[0]
+    policy_name = ns.policy or cfg.scheduler
     policy = load_policy(policy_name)
     nodes_text = ns.nodes or "8x8"
     nodes = parse_nodes(nodes_text)
-    fig = figures(simulate(parse_trace(text), nodes, policy))
+    fig = figures(replay(parse_trace(text), nodes, policy, cfg))
     if ns.json:
         import json
         from dataclasses import asdict
@@ -56,6 +63,30 @@ def cmd_simulate(ns: argparse.Namespace) -> int:
     else:
         write(render(fig, policy_name, nodes_text))
     return 0
+
+
+def replay(trace: Sequence[TraceJob], nodes: list[tuple[str, int]], policy: Policy,
+           cfg: MasterConfig | None = None) -> SimResult:
+    """``trace`` replayed on ``nodes`` with ``policy`` and what a master with ``cfg``
+    (default: the defaults) runs around it: its priority queue and fair-share usage
+    (weights, maximum age, half-life), its backfill depth and planning limit."""
+    from mgpu.core.config import MasterConfig
+    from mgpu.core.simulator import PLAN_LIMIT, simulate
+    from mgpu.core.timefmt import parse_duration
+    from mgpu.server.fairshare import FairShare, scheduling_options
+    from mgpu.server.queue import PendingQueue
+
+    if cfg is None:  # the defaults (a replay writes nothing: the data dir is not used)
+        from pathlib import Path
+
+        cfg = MasterConfig(data_dir=Path("."))
+    options = scheduling_options(cfg)
+    return simulate(
+        trace, nodes, policy, queue=PendingQueue(options["weights"]),
+        usage=FairShare(options["half_life"]),
+        default_time_limit=parse_duration(cfg.default_time_limit, "default_time_limit")
+        or PLAN_LIMIT,
+        backfill_depth=options["backfill_depth"])
 
 
 def render(fig: Figures, policy: str, nodes: str) -> str:

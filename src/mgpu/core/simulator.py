@@ -9,12 +9,16 @@ How time runs, as on the master (whose scheduling is event-driven):
 
 1. Events are job submissions and job ends, in time order; at one instant the ends come
    before the submissions, and the submissions in queue order (the trace's order).
-2. After the events of an instant, one scheduling pass: the policy gets a
-   :class:`~mgpu.core.scheduler.Snapshot` as the master builds one: the pending jobs that
-   may start (submitted, dependencies met, under their array's ``%N`` cap) in queue order,
-   the nodes with their free GPUs, the running jobs with their expected ends (start plus
-   time limit, or plus ``default_time_limit``). A pass when no GPU is free could place
-   nothing and is skipped (the master runs it for the reasons it gives).
+2. After the events of an instant, one scheduling pass, as the master's
+   (``server/scheduling.py``): usage is brought to now (``Usage.advance`` with the GPUs each
+   user runs and the users who wait), then the policy gets a
+   :class:`~mgpu.core.scheduler.Snapshot`: the pending jobs that may start (submitted,
+   dependencies met, under their array's ``%N`` cap) in the queue's order (``Queue.ordered``:
+   the master's priority order, with the fair-share factors of ``Usage``), the nodes with
+   their free GPUs, the running jobs with their expected ends (start plus time limit, or
+   plus ``default_time_limit``) and ``backfill_depth``; each job it starts is charged
+   (``Usage.started``). A pass when no GPU is free could place nothing: the policy is not
+   called then (the master calls it for the reasons it gives).
 3. A placed job runs ``min(duration, time_limit)`` seconds from that instant, then ends
    ``completed`` (or ``timeout``, stopped at its limit) and frees its GPUs.
 4. A job larger than every node is ``rejected`` at submission (the master refuses it); a
@@ -34,11 +38,14 @@ from dataclasses import dataclass, field
 
 from mgpu.core.errors import MgpuError, UsageError
 from mgpu.core.scheduler import JobSnapshot, NodeSnapshot, Policy, RunningSnapshot, Snapshot
+from mgpu.core.simqueue import NoUsage, Queue, SubmitOrder, Usage
 from mgpu.core.trace import Dependency, TraceJob
 
 MAX_SIM_NODES = 100_000
 PLAN_LIMIT = 86_400  # what a job without a time limit counts as when planning, as the master
 NEVER = "DependencyNeverSatisfied"
+# FairShare takes a clock of 0 for "never advanced": its clock is the trace's plus this.
+USAGE_CLOCK = 1.0
 _END, _SUBMIT = 0, 1  # event kinds, in the order they are handled at one instant
 
 
@@ -113,13 +120,19 @@ def parse_nodes(text: str) -> list[tuple[str, int]]:
     return [(next(names), gpus) for count, gpus in shapes for _ in range(count)]
 
 
-def simulate(trace: Sequence[TraceJob], nodes: list[tuple[str, int]], policy: Policy,
-             default_time_limit: int = PLAN_LIMIT) -> SimResult:
+def simulate(trace: Sequence[TraceJob], nodes: list[tuple[str, int]], policy: Policy, *,
+             queue: Queue | None = None, usage: Usage | None = None,
+             default_time_limit: int = PLAN_LIMIT, backfill_depth: int = 1_000) -> SimResult:
     """Replay ``trace`` (in queue order, as :func:`mgpu.core.trace.parse_trace` returns
     it) on ``nodes`` with ``policy``; see the module docstring for the rules.
-    ``default_time_limit``: what a job without a limit counts as in the policy's plan (its
-    running jobs' expected ends), as the master's setting of that name."""
-    return _Replay(trace, nodes, policy, default_time_limit=default_time_limit).run()
+
+    ``queue`` and ``usage``: the master's priority queue and fair-share usage, fresh (see
+    :mod:`mgpu.core.simqueue`); without them, submission order and no usage.
+    ``default_time_limit``: what a job without a limit counts as in the policy's plan;
+    ``backfill_depth``: as the master's settings of those names."""
+    return _Replay(trace, nodes, policy, SubmitOrder() if queue is None else queue,
+                   NoUsage() if usage is None else usage,  # (an empty queue is falsy)
+                   default_time_limit=default_time_limit, backfill_depth=backfill_depth).run()
 
 
 @dataclass
@@ -127,14 +140,18 @@ class _Replay:
     trace: Sequence[TraceJob]
     nodes: list[tuple[str, int]]
     policy: Policy
+    queue: Queue
+    usage: Usage
     jobs: list[SimJob] = field(default_factory=list)
     holders: dict[str, list[int | None]] = field(default_factory=dict)  # GPU -> sim_id
-    pending: dict[int, SimJob] = field(default_factory=dict)  # may start, in queue order
+    pending: dict[int, SimJob] = field(default_factory=dict)  # may start (order: ``queue``)
     waiting: dict[int, SimJob] = field(default_factory=dict)  # on dependencies, queue order
+    waiting_by_user: dict[str, int] = field(default_factory=dict)  # pending and waiting
     by_trace_id: dict[int, list[SimJob]] = field(default_factory=dict)
     running_of: dict[int, int] = field(default_factory=dict)  # trace id -> tasks running
     events: list[tuple[float, int, int]] = field(default_factory=list)  # (t, kind, sim_id)
     default_time_limit: int = PLAN_LIMIT
+    backfill_depth: int = 1_000
     running: dict[int, RunningSnapshot] = field(default_factory=dict)  # sim_id -> as seen
     passes: int = 0
     starts_matter: bool = False  # some job waits for another's start (`after`)
@@ -161,10 +178,12 @@ class _Replay:
                 elif job.gpus > largest:
                     job.state, job.end = "rejected", now
                     job.reason = f"no node has {job.gpus} GPUs (largest has {largest})"
-                elif job.trace.depends:
-                    self.waiting[job.sim_id] = job
                 else:
-                    self._enqueue(job)
+                    self.waiting_by_user[job.user] = self.waiting_by_user.get(job.user, 0) + 1
+                    if job.trace.depends:
+                        self.waiting[job.sim_id] = job
+                    else:
+                        self._enqueue(job)
             # A start can meet an `after` dependency: pass again at once, as the master's
             # next event would, so that no time passes in between.
             while self._pass(now) and self.starts_matter:
@@ -186,6 +205,10 @@ class _Replay:
         """One scheduling pass at ``now``: what may start, the policy, its placements.
         Whether it started any job."""
         self._settle(now)
+        by_user: dict[str, int] = {}
+        for r in self.running.values():
+            by_user[r.user] = by_user.get(r.user, 0) + len(r.gpu_ids)
+        self.usage.advance(now + USAGE_CLOCK, by_user, set(self.waiting_by_user))
         free = {n: tuple(i for i, h in enumerate(held) if h is None)
                 for n, held in self.holders.items()}
         if not self.pending or not any(free.values()):
@@ -195,10 +218,11 @@ class _Replay:
         asked: dict[int, SimJob] = {}  # what the policy has read of the pending jobs
         snapshot = Snapshot(
             now,
-            self._ready(asked),
+            self._ready(asked, now),
             [NodeSnapshot(n, len(self.holders[n]), free[n]) for n, _ in self.nodes],
             list(self.running.values()),
             self.default_time_limit,
+            self.backfill_depth,
         )
         for p in self.policy(snapshot).placements:
             job = asked.pop(p.job_id, None)
@@ -209,6 +233,7 @@ class _Replay:
                 raise PolicyError(f"the policy made an impossible placement at t={now:g}: "
                                   f"{p} (a bug in the policy: check its placements)")
             self._start(job, p.node_id, p.gpu_ids, now)
+            self.usage.started(job.user, job.gpus)
             placed = True
         return placed
 
@@ -217,6 +242,8 @@ class _Replay:
         for i in gpu_ids:
             held[i] = job.sim_id
         del self.pending[job.sim_id]
+        self.queue.remove(job.sim_id)
+        self._unwait(job.user)
         self.running_of[job.trace.id] = self.running_of.get(job.trace.id, 0) + 1
         job.state, job.start, job.node, job.gpu_ids = "running", now, node_id, gpu_ids
         limit = job.trace.time_limit
@@ -227,18 +254,25 @@ class _Replay:
         heapq.heappush(self.events, (job.end, _END, job.sim_id))
 
     def _enqueue(self, job: SimJob) -> None:
-        """Into the queue at its place (queue order is ``sim_id`` order)."""
-        late = bool(self.pending) and next(reversed(self.pending)) > job.sim_id
         self.pending[job.sim_id] = job
-        if late:
-            self.pending = dict(sorted(self.pending.items()))
+        self.queue.add(JobSnapshot(job.sim_id, job.gpus, job.user, submitted_at=job.submit,
+                                   time_limit=_whole_seconds(job.trace.time_limit)), 0.0)
 
-    def _ready(self, asked: dict[int, SimJob]) -> Iterator[JobSnapshot]:
-        """The pending jobs the policy may start, in queue order, each noted in ``asked``
-        as it is read: lazily, as the master's, so that a policy that stops early does not
-        pay for the rest of the queue. A capped array's tasks past its ``%N`` are left out."""
+    def _unwait(self, user: str) -> None:
+        left = self.waiting_by_user[user] - 1
+        if left:
+            self.waiting_by_user[user] = left
+        else:
+            del self.waiting_by_user[user]
+
+    def _ready(self, asked: dict[int, SimJob], now: float) -> Iterator[JobSnapshot]:
+        """The pending jobs the policy may start, in the queue's order, each noted in
+        ``asked`` as it is read: lazily, as the master's, so that a policy that stops early
+        does not pay for the rest of the queue. A capped array's tasks past its ``%N`` are
+        left out."""
         room: dict[int, int] = {}  # trace id -> tasks that may still start (capped arrays)
-        for job in self.pending.values():
+        for snap in self.queue.ordered(now, self.usage.factor):
+            job = self.pending[snap.job_id]
             row = job.trace
             if row.array_limit is not None:
                 left = room.setdefault(row.id, row.array_limit - self.running_of.get(row.id, 0))
@@ -246,8 +280,7 @@ class _Replay:
                     continue
                 room[row.id] = left - 1
             asked[job.sim_id] = job
-            yield JobSnapshot(job.sim_id, job.gpus, job.user, submitted_at=job.submit,
-                              time_limit=_whole_seconds(row.time_limit))
+            yield snap
 
     def _settle(self, now: float) -> None:
         """Jobs whose dependencies are met join the queue; those whose dependencies can no
@@ -261,6 +294,7 @@ class _Replay:
             if met:
                 self._enqueue(job)
             else:
+                self._unwait(job.user)
                 job.state, job.end, job.reason = "cancelled", now, NEVER
 
     def _met(self, alternatives: tuple[tuple[Dependency, ...], ...]) -> bool | None:
