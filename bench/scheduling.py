@@ -16,13 +16,15 @@ share converges, and what one scheduling pass costs at scale.
    ``--profile`` adds cProfile's top functions of the passes after a job end.
 
 Usage: ``python bench/scheduling.py [--policies fifo-reserve,multifactor] [--pending 100000]
-[--nodes 1000] [--passes 200] [--budget 300] [--profile] [--skip trace,fairshare,passes]``
+[--nodes 1000] [--passes 200] [--budget 300] [--profile] [--gc-freeze]
+[--skip trace,fairshare,passes]``
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import io
 import pstats
 import random
@@ -129,7 +131,8 @@ def build_state(policy: Policy, pending: int, nodes: int, gpus: int,
 
 
 def passes_section(chosen: list[tuple[str, Policy]], pending: int, nodes: int, gpus: int,
-                   count: int, profile: bool, seed: int, budget: float) -> None:
+                   count: int, profile: bool, seed: int, budget: float,
+                   gc_freeze: bool = False) -> None:
     print(f"\n== the master's pass: {pending:,} pending x {nodes:,} nodes x {gpus} GPUs, "
           f"{count} passes per event; target p99 <= 50 ms")
     print(f"{'policy':<14} {'event, clock':<16} {'median':>9} {'p99':>9} {'max':>9} "
@@ -137,6 +140,9 @@ def passes_section(chosen: list[tuple[str, Policy]], pending: int, nodes: int, g
     for name, policy in chosen:
         started = time.perf_counter()
         state = build_state(policy, pending, nodes, gpus, seed)
+        if gc_freeze:  # the state built so far is left out of the collector's full sweeps
+            gc.collect()
+            gc.freeze()
         print(f"  ({name}: cluster state built in {time.perf_counter() - started:.1f} s)")
         prof = cProfile.Profile() if profile else None
         ended, submitted, placed = _run_passes(state, count, seed, prof, budget)
@@ -223,6 +229,9 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=300.0,
                     help="seconds of passes per policy, at most (fewer passes if slow)")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--gc-freeze", action="store_true",
+                    help="gc.freeze() once the state is built: passes without the cyclic "
+                    "collector's full sweeps of it")
     ap.add_argument("--skip", default="", help="comma list of trace, fairshare, passes")
     a = ap.parse_args()
     skip = set(filter(None, a.skip.split(",")))
@@ -233,7 +242,7 @@ def main() -> None:
         fairshare_section(chosen, a.ratio, a.hours, a.sim_nodes)
     if "passes" not in skip:
         passes_section(chosen, a.pending, a.nodes, a.gpus, a.passes, a.profile, a.seed,
-                       a.budget)
+                       a.budget, a.gc_freeze)
 
 
 if __name__ == "__main__":
