@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mgpu.cli import admin_commands, commands, grammar
+from mgpu.cli import admin_commands, commands, grammar, sched
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 
@@ -24,7 +24,8 @@ def test_every_subcommand_has_a_handler(name: str) -> None:
     direct = getattr(commands, cmd, None)
     topic = getattr(sys.modules[handler.__module__], cmd, None)
     assert (handler is direct or (handler is topic and handler.__module__.startswith("mgpu.cli."))
-            or callable(getattr(admin_commands, handler.__name__)))
+            or any(callable(getattr(module, handler.__name__, None))
+                   for module in (admin_commands, sched)))
     assert handler.__name__ == cmd
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -353,3 +354,17 @@ def test_two_backlogged_users_converge_to_equal_gpu_hours() -> None:
             hours[job.user] += 1
         now += 3600
     assert 0.4 <= hours["b"] / (hours["a"] + hours["b"]) <= 0.6, hours
+
+
+@settings(max_examples=200, deadline=None)
+@given(clusters())
+def test_nodes_that_bring_their_releases_plan_as_running_jobs_do(snap: Snapshot) -> None:
+    """The master indexes the running jobs' ends by node (``NodeSnapshot.releases``); the
+    plan is the same as the policy's own index of ``running``."""
+    ends: dict[str, list[tuple[float, int]]] = {}
+    for r in snap.running:
+        ends.setdefault(r.node_id, []).append((r.expected_end, len(r.gpu_ids)))
+    indexed = [replace(n, releases=tuple(sorted(ends.get(n.node_id, []))))
+               for n in snap.nodes]
+    plain = multifactor(snap)
+    assert multifactor(replace(snap, nodes=indexed)) == plain

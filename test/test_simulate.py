@@ -206,8 +206,8 @@ def test_the_policy_sees_the_snapshot_the_master_builds() -> None:
     assert [(r.job_id, r.user, r.node_id, r.gpu_ids, r.expected_end)
             for r in at20.running] == [(1, "a", "n01", (0,), 49.5), (2, "b", "n01", (1,), 610)]
     assert at20.default_time_limit == 600
-    assert [(n.node_id, n.total_gpus, n.free_gpu_ids) for n in at20.nodes] == [
-        ("n01", 3, (2,))]
+    assert [(n.node_id, n.total_gpus, n.free_gpu_ids, n.releases) for n in at20.nodes] == [
+        ("n01", 3, (2,), ((49.5, 1), (610, 1)))]
     # t=0: job 1's limit, as the policy sees it, is in whole seconds (rounded up).
     assert [(j.job_id, j.time_limit) for j in seen[0].pending] == [(1, 50)]
 

@@ -122,6 +122,7 @@ class SimpleClient:
         stdin: bool = False,
         pty: bool = False,
         argv: list[str] | None = None,
+        priority: int | None = None, nice: int = 0,
     ) -> int:
         """Queue ``cmd`` (a shell command line) to run with ``gpus`` GPUs; return its id.
 
@@ -152,6 +153,7 @@ class SimpleClient:
             "stdin": stdin,
             "pty": pty,
             "argv": argv,
+            "priority": priority, "nice": nice,  # points up (admins) and down (see README)
         }
         body = plainjson.dumps({"jobs": [spec]}).encode()
         reply = plainjson.loads(self._call("POST", f"{API}/jobs", body))

@@ -29,7 +29,8 @@ limit are ended at it, so backfill behind them never delays the reserved job.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 
 from mgpu.core.snapshot import (
     JobSnapshot,
@@ -55,28 +56,50 @@ class _Pass:
     """One pass's working state: free GPUs, when busy ones free up, the reservation."""
 
     def __init__(self, snap: Snapshot) -> None:
+        # Only what every pass needs is built here, and only for the nodes with a free GPU:
+        # a pass after one job ends on a full cluster touches a handful of nodes.
         self.snap = snap
         self.now = snap.now
         self.nodes = {n.node_id: n for n in snap.nodes}
         self.rank = {n.node_id: i for i, n in enumerate(snap.nodes)}
-        self.free = {n.node_id: sorted(n.free_gpu_ids) for n in snap.nodes}
+        opened = [n for n in snap.nodes if n.free_gpu_ids]
+        self.free = {n.node_id: sorted(n.free_gpu_ids) for n in opened}
         self.mem = {n.node_id: dict(zip(n.free_gpu_ids, n.gpu_free_mib, strict=True))
-                    for n in snap.nodes if n.gpu_free_mib is not None}
-        self.open = [n.node_id for n in snap.nodes if n.free_gpu_ids]  # nodes with a free GPU
+                    for n in opened if n.gpu_free_mib is not None}
+        self.open = [n.node_id for n in opened]  # nodes with a free GPU, in node order
         self.free_count = sum(len(v) for v in self.free.values())
-        # node -> (expected end, GPUs it frees), sorted: the running jobs, then this pass's
-        self.releases: dict[str, list[tuple[float, int]]] = {}
-        for r in snap.running:
-            if r.node_id in self.nodes:
-                self.releases.setdefault(r.node_id, []).append(
-                    (max(r.expected_end, self.now), len(r.gpu_ids)))
-        for events in self.releases.values():
-            events.sort()
+        # node -> sorted (expected end, GPUs it frees): built when a reservation needs it
+        self._releases: dict[str, list[tuple[float, int]]] | None = None
+        self._placed: list[tuple[str, float, int]] = []  # this pass's, until then
+        self._indexed = False  # whether the nodes came with their releases
+        self.by_user = any(n.users is not None for n in snap.nodes)  # does the user matter?
         self.kinds: dict[tuple[str, str | None, str | None], list[NodeSnapshot]] = {}
         self.fitting: dict[tuple[str, str | None, str | None, int], list[NodeSnapshot]] = {}
         self.res: Reservation | None = None
         self.spare = 0  # GPUs of the reserved node free at its start beyond what it needs
         self.out = ScheduleResult()
+
+    def releases(self, node_id: str) -> list[tuple[float, int]] | tuple[tuple[float, int], ...]:
+        """When the busy GPUs of ``node_id`` are expected to free up: (time, GPUs), sorted
+        (times may be past: an overdue job counts as ending now)."""
+        if self._releases is None:
+            self._releases = {}
+            self._indexed = indexed = all(n.releases is not None for n in self.snap.nodes)
+            if not indexed:
+                for r in self.snap.running:
+                    if r.node_id in self.nodes:
+                        self._releases.setdefault(r.node_id, []).append(
+                            (r.expected_end, len(r.gpu_ids)))
+            for placed_on, end, gpus in self._placed:
+                self._releases.setdefault(placed_on, []).append((end, gpus))
+            for node_id_, events in self._releases.items():
+                if indexed:
+                    events.extend(self.nodes[node_id_].releases or ())
+                events.sort()
+        got = self._releases.get(node_id)
+        if got is not None:
+            return got
+        return (self.nodes[node_id].releases or ()) if self._indexed else ()
 
     def run(self, pending: Iterable[JobSnapshot]) -> ScheduleResult:
         tried = 0
@@ -93,13 +116,6 @@ class _Pass:
         return self.out
 
     def _one(self, job: JobSnapshot) -> None:
-        fitting = self._fitting(job)
-        if not fitting:
-            self.out.reasons[job.job_id] = Reason(
-                PendingReason.NO_NODE_FITS,
-                f"no node that takes jobs can run {job.gpus} GPU"
-                f"{'s' if job.gpus > 1 else ''}{_constraints(job)}")
-            return
         end = self.now + (job.time_limit or self.snap.default_time_limit)
         res = self.res
         best: tuple[int, int, str, list[int]] | None = None
@@ -120,6 +136,13 @@ class _Pass:
                 best = key
         if best is not None:
             self._place(job, best[2], best[3][: job.gpus], end)
+            return
+        fitting = self._fitting(job)
+        if not fitting:
+            self.out.reasons[job.job_id] = Reason(
+                PendingReason.NO_NODE_FITS,
+                f"no node that takes jobs can run {job.gpus} GPU"
+                f"{'s' if job.gpus > 1 else ''}{_constraints(job)}")
         elif res is None:
             self._reserve(job, fitting)
         elif held_back:
@@ -140,7 +163,13 @@ class _Pass:
         if not free:
             self.open.remove(node_id)
         self.free_count -= job.gpus
-        bisect.insort(self.releases.setdefault(node_id, []), (end, job.gpus))
+        if self._releases is None:
+            self._placed.append((node_id, end, job.gpus))
+        else:
+            events = self._releases.get(node_id)
+            if events is None:
+                events = self._releases[node_id] = list(self.releases(node_id))
+            bisect.insort(events, (end, job.gpus))
         res = self.res
         if res is not None and node_id == res.node_id and end > res.start:
             self.spare -= job.gpus
@@ -148,20 +177,34 @@ class _Pass:
 
     def _reserve(self, job: JobSnapshot, fitting: list[NodeSnapshot]) -> None:
         """Reserve for the top blocked job the node where it can start soonest."""
+        # (One loop over every node that fits, the hot spot of a pass on a full cluster:
+        # kept to plain operations.) Nodes come in order, so the first of equals wins.
+        need, now = job.gpus, self.now
+        self.releases(fitting[0].node_id)  # (builds the index)
+        overrides, indexed, free = self._releases or {}, self._indexed, self.free
         best: tuple[float, int, str, int] | None = None
+        best_start = math.inf
         for node in fitting:
-            avail = len(self._usable(job, node.node_id))
-            start = self.now
-            for end, count in self.releases.get(node.node_id, ()):
-                if avail >= job.gpus:
+            node_id = node.node_id
+            avail = len(self._usable(job, node_id)) if node_id in free else 0
+            if avail >= need:
+                start = now
+            else:
+                events: Sequence[tuple[float, int]] | None = overrides.get(node_id)
+                if events is None:
+                    events = (node.releases or ()) if indexed else ()
+                found = math.inf
+                for end, count in events:
+                    avail += count
+                    if avail >= need:
+                        found = end
+                        break
+                start = found if found > now else now
+            if start < best_start:
+                best_start = start
+                best = (start, 0, node_id, avail)
+                if start <= now:
                     break
-                avail += count
-                start = end
-            if avail < job.gpus:
-                continue  # GPUs busy outside mgpu's jobs: no time can be given here
-            key = (start, self.rank[node.node_id], node.node_id, avail)
-            if best is None or key[:2] < best[:2]:
-                best = key
         if best is None:
             self.out.reasons[job.job_id] = Reason(
                 PendingReason.RESOURCES,
@@ -171,7 +214,7 @@ class _Pass:
         start, _, node_id, avail = best
         # Everything that ends by the start counts as free then, not only what was needed.
         avail = len(self._usable(job, node_id)) + sum(
-            c for e, c in self.releases.get(node_id, ()) if e <= start)
+            c for e, c in self.releases(node_id) if max(e, self.now) <= start)
         self.res = Reservation(job.job_id, node_id, start, job.gpus)
         self.spare = avail - job.gpus
         self.out.reservations.append(self.res)
@@ -182,7 +225,7 @@ class _Pass:
 
     def _fitting(self, job: JobSnapshot) -> list[NodeSnapshot]:
         """The nodes that could ever run ``job`` (cached per kind of job)."""
-        kind = (job.user, job.gpu_type, job.partition)
+        kind = (job.user if self.by_user else "", job.gpu_type, job.partition)
         sized = self.fitting.get((*kind, job.gpus))
         if sized is None:
             nodes = self.kinds.get(kind)
@@ -195,7 +238,7 @@ class _Pass:
         return sized
 
     def _usable(self, job: JobSnapshot, node_id: str) -> list[int]:
-        free = self.free[node_id]
+        free = self.free.get(node_id, [])
         mem = self.mem.get(node_id)
         if job.gpu_mem_mib is None or mem is None:
             return free

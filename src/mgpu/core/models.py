@@ -231,6 +231,9 @@ def advance(
         raise InvalidTransition(job.id, job.state.value, to.value)
     job.state = to
     job.reason = reason
+    if to is not JobState.PENDING:  # why it waited no longer holds
+        job.pending_reason = None
+        job.expected_start = None
     if to is JobState.RUNNING:
         job.started_at = utc(now)
         job.ended_at = None

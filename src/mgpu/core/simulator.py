@@ -206,8 +206,10 @@ class _Replay:
         Whether it started any job."""
         self._settle(now)
         by_user: dict[str, int] = {}
+        releases: dict[str, list[tuple[float, int]]] = {}  # as the master's NodeSnapshots
         for r in self.running.values():
             by_user[r.user] = by_user.get(r.user, 0) + len(r.gpu_ids)
+            releases.setdefault(r.node_id, []).append((r.expected_end, len(r.gpu_ids)))
         self.usage.advance(now + USAGE_CLOCK, by_user, set(self.waiting_by_user))
         free = {n: tuple(i for i, h in enumerate(held) if h is None)
                 for n, held in self.holders.items()}
@@ -219,7 +221,8 @@ class _Replay:
         snapshot = Snapshot(
             now,
             self._ready(asked, now),
-            [NodeSnapshot(n, len(self.holders[n]), free[n]) for n, _ in self.nodes],
+            [NodeSnapshot(n, len(self.holders[n]), free[n],
+                          releases=tuple(sorted(releases.get(n, ())))) for n, _ in self.nodes],
             list(self.running.values()),
             self.default_time_limit,
             self.backfill_depth,

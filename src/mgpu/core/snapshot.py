@@ -66,6 +66,9 @@ class NodeSnapshot:
     gpu_type: str = ""
     gpu_free_mib: tuple[int, ...] | None = None
     partition: str | None = None
+    # When its busy GPUs are expected to free up: (expected end, GPUs), sorted; the same
+    # facts as ``Snapshot.running``, indexed by node (None: work them out from ``running``).
+    releases: tuple[tuple[float, int], ...] | None = None
 
     def serves(self, user: str) -> bool:
         return self.users is None or user in self.users

@@ -10,7 +10,8 @@ job waits and when it is expected to start. Nothing here does I/O or reads the c
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
+from typing import overload
 
 from mgpu.core import messages as m
 from mgpu.core.models import JobState, NodeState, SimpleJob, advance, utc
@@ -28,6 +29,10 @@ from mgpu.server.effects import Effects
 from mgpu.server.fairshare import FairShare
 from mgpu.server.node_events import Node
 
+# One node as a pass sees it: its snapshot (None: it takes no jobs), its running jobs, and
+# the GPUs each user runs there.
+_NodeView = tuple[NodeSnapshot | None, tuple[RunningSnapshot, ...], dict[str, int]]
+
 PLAN_LIMIT = 86_400  # what a job without a time limit counts as when planning (seconds)
 
 
@@ -43,6 +48,8 @@ class SchedulingPass(ABC):
     backfill_depth: int
     fairshare: FairShare
     plan: ScheduleResult  # the last pass's answer (reasons and reservations)
+    _view_cache: dict[str, tuple[tuple[object, ...], _NodeView]]  # node id -> (key, view)
+    _running_by_user: dict[str, int]  # GPUs each user runs, over the cached views
 
     @abstractmethod
     def pending_in_order(self, now: float | None = None) -> Iterable[JobSnapshot]:
@@ -59,35 +66,71 @@ class SchedulingPass(ABC):
 
     def running_snapshot(self) -> list[RunningSnapshot]:
         """The running jobs, with their expected ends."""
-        out: list[RunningSnapshot] = []
+        return [r for view in self._views() for r in view[1]]
+
+    def _views(self) -> list[_NodeView]:
+        """Each node's snapshot (None if it takes no jobs), running jobs and GPUs per user,
+        remade only for the nodes whose GPUs changed hands since the last pass (a pass after
+        one job ends costs a comparison per node, not a rebuild of thousands of records).
+        Whatever a NodeSnapshot is built from belongs in the key."""
+        cache = self._view_cache
         limit = self.plan_limit()
+        views: list[_NodeView] = []
         for node in self.nodes.values():
-            held: dict[int, list[int]] = {}
-            for g in node.gpus:
-                if g.job_id is not None:
-                    held.setdefault(g.job_id, []).append(g.index)
-            for job_id, ids in held.items():
-                job = self.jobs.get(job_id)
-                if job is None or job.started_at is None:
-                    continue
-                end = job.started_at.timestamp() + (job.time_limit or limit)
-                out.append(RunningSnapshot(job_id, job.user, node.node_id, tuple(ids), end))
-        return out
+            held_by = tuple([g.job_id for g in node.gpus])
+            key = (node.state, node.connected, limit, held_by,
+                   None if node.users is None else tuple(node.users))
+            hit = cache.get(node.node_id)
+            if hit is None or hit[0] != key:
+                if hit is not None:
+                    self._count_running(hit[1][2], -1)
+                hit = cache[node.node_id] = (key, self._view(node, limit))
+                self._count_running(hit[1][2], 1)
+            views.append(hit[1])
+        if len(cache) > len(self.nodes):
+            for gone in cache.keys() - self.nodes.keys():
+                self._count_running(cache.pop(gone)[1][2], -1)
+        return views
+
+    def _count_running(self, by_user: dict[str, int], sign: int) -> None:
+        """Keep :attr:`_running_by_user` (GPUs each user runs, every node) as views change."""
+        totals = self._running_by_user
+        for user, gpus in by_user.items():
+            left = totals.get(user, 0) + sign * gpus
+            if left:
+                totals[user] = left
+            else:
+                totals.pop(user, None)
+
+    def _view(self, node: Node, limit: int) -> _NodeView:
+        held: dict[int, list[int]] = {}
+        for g in node.gpus:
+            if g.job_id is not None:
+                held.setdefault(g.job_id, []).append(g.index)
+        running: list[RunningSnapshot] = []
+        by_user: dict[str, int] = {}
+        for job_id, ids in held.items():
+            job = self.jobs.get(job_id)
+            if job is None or job.started_at is None:
+                continue
+            end = job.started_at.timestamp() + (job.time_limit or limit)
+            running.append(RunningSnapshot(job_id, job.user, node.node_id, tuple(ids), end))
+            by_user[job.user] = by_user.get(job.user, 0) + len(ids)
+        snap = None
+        if node.state.takes_jobs and node.connected:
+            snap = NodeSnapshot(node.node_id, len(node.gpus), node.free_gpu_ids(),
+                                None if node.users is None else frozenset(node.users),
+                                releases=tuple(sorted((r.expected_end, len(r.gpu_ids))
+                                                      for r in running)))
+        return snap, tuple(running), by_user
 
     def schedule(self, now: float) -> Effects:
         """Place pending jobs on free GPUs; each placement is saved, then sent."""
         effects = Effects()
-        nodes = [
-            NodeSnapshot(n.node_id, len(n.gpus), n.free_gpu_ids(),
-                         None if n.users is None else frozenset(n.users))
-            for n in self.nodes.values()
-            if n.state.takes_jobs and n.connected
-        ]
-        running = self.running_snapshot()
-        by_user: dict[str, int] = {}
-        for r in running:
-            by_user[r.user] = by_user.get(r.user, 0) + len(r.gpu_ids)
-        self.fairshare.advance(now, by_user, set(self.pending_by_user))
+        views = self._views()
+        nodes = [v[0] for v in views if v[0] is not None]
+        running = _Running(views)
+        self.fairshare.advance(now, dict(self._running_by_user), set(self.pending_by_user))
         if not self.pending_by_user:
             self.plan = ScheduleResult()
             return effects
@@ -115,8 +158,6 @@ class SchedulingPass(ABC):
         advance(job, JobState.RUNNING, now)
         job.node = node.node_id
         job.gpu_ids = list(gpu_ids)
-        job.pending_reason = None
-        job.expected_start = None
         effects.update(job)
         effects.sends.append((node.node_id, m.StartJob(
             job_id=job.id, run=job.requeues, command=job.command, cwd=job.cwd, env=env,
@@ -177,6 +218,33 @@ class SchedulingPass(ABC):
             if snap.job_id == job_id:
                 return ahead
         return 0
+
+
+class _Running(Sequence[RunningSnapshot]):
+    """``Snapshot.running``: the views' running jobs, put in one list only if a policy reads
+    them (``multifactor`` reads the nodes' ``releases`` instead)."""
+
+    def __init__(self, views: list[_NodeView]) -> None:
+        self._views = views
+        self._flat: list[RunningSnapshot] | None = None
+
+    def _all(self) -> list[RunningSnapshot]:
+        if self._flat is None:
+            self._flat = [r for v in self._views for r in v[1]]
+        return self._flat
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    @overload
+    def __getitem__(self, i: int) -> RunningSnapshot: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[RunningSnapshot]: ...
+    def __getitem__(self, i: int | slice) -> RunningSnapshot | Sequence[RunningSnapshot]:
+        return self._all()[i]
+
+    def __iter__(self) -> Iterator[RunningSnapshot]:
+        return iter(self._all())
 
 
 def _words(job: SimpleJob, code: PendingReason, said: Reason | None) -> str:

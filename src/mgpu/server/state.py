@@ -56,6 +56,8 @@ class ClusterState(NodeEvents, SchedulingPass):
         self.next_id = 1
         self.policy = policy
         self.plan = ScheduleResult()
+        self._view_cache = {}
+        self._running_by_user = {}
         self.node_timeout = node_timeout
         self.default_time_limit = default_time_limit
         self.max_time_limit = max_time_limit
