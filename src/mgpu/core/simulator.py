@@ -146,7 +146,7 @@ class _Replay:
     holders: dict[str, list[int | None]] = field(default_factory=dict)  # GPU -> sim_id
     pending: dict[int, SimJob] = field(default_factory=dict)  # may start (order: ``queue``)
     waiting: dict[int, SimJob] = field(default_factory=dict)  # on dependencies, queue order
-    waiting_by_user: dict[str, int] = field(default_factory=dict)  # pending and waiting
+    queued_by_user: dict[str, int] = field(default_factory=dict)  # jobs pending or waiting
     by_trace_id: dict[int, list[SimJob]] = field(default_factory=dict)
     running_of: dict[int, int] = field(default_factory=dict)  # trace id -> tasks running
     events: list[tuple[float, int, int]] = field(default_factory=list)  # (t, kind, sim_id)
@@ -179,7 +179,7 @@ class _Replay:
                     job.state, job.end = "rejected", now
                     job.reason = f"no node has {job.gpus} GPUs (largest has {largest})"
                 else:
-                    self.waiting_by_user[job.user] = self.waiting_by_user.get(job.user, 0) + 1
+                    self.queued_by_user[job.user] = self.queued_by_user.get(job.user, 0) + 1
                     if job.trace.depends:
                         self.waiting[job.sim_id] = job
                     else:
@@ -210,7 +210,7 @@ class _Replay:
         for r in self.running.values():
             by_user[r.user] = by_user.get(r.user, 0) + len(r.gpu_ids)
             releases.setdefault(r.node_id, []).append((r.expected_end, len(r.gpu_ids)))
-        self.usage.advance(now + USAGE_CLOCK, by_user, set(self.waiting_by_user))
+        self.usage.advance(now + USAGE_CLOCK, by_user, set(self.queued_by_user))
         free = {n: tuple(i for i, h in enumerate(held) if h is None)
                 for n, held in self.holders.items()}
         if not self.pending or not any(free.values()):
@@ -262,11 +262,11 @@ class _Replay:
                                    time_limit=_whole_seconds(job.trace.time_limit)), 0.0)
 
     def _unwait(self, user: str) -> None:
-        left = self.waiting_by_user[user] - 1
+        left = self.queued_by_user[user] - 1
         if left:
-            self.waiting_by_user[user] = left
+            self.queued_by_user[user] = left
         else:
-            del self.waiting_by_user[user]
+            del self.queued_by_user[user]
 
     def _ready(self, asked: dict[int, SimJob], now: float) -> Iterator[JobSnapshot]:
         """The pending jobs the policy may start, in the queue's order, each noted in
