@@ -28,6 +28,7 @@ from mgpu.cli.commands import (
 )
 from mgpu.cli.jobargs import control_args
 from mgpu.cli.plainargs import REMAINDER, SUPPRESS, Grammar, Namespace, parse
+from mgpu.cli.simulate import cmd_simulate, simulate_args
 from mgpu.core.version import __version__
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs start-up time
@@ -306,6 +307,8 @@ COMMANDS: dict[str, tuple[Handler, str, Callable[[argparse.ArgumentParser], None
                daemon_args.resume_args),
     "k8s": (_lazy("mgpu.cli.k8s", "cmd_k8s"), "print the Kubernetes manifests that would run a job",
             daemon_args.k8s_args),
+    "simulate": (cmd_simulate, "replay a job trace through a scheduling policy, offline",
+                 simulate_args),
 }
 
 
