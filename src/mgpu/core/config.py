@@ -64,6 +64,13 @@ class MasterConfig:
     # A cap on the database's size, in SQLite pages of 4 KiB (0: none): for testing a full
     # disk, or bounding the database.
     db_max_pages: int = field(default=0, metadata=_env("MGPU_DB_MAX_PAGES"))
+    # Prometheus scraping of /metrics (README "Metrics"): with a metrics token, a request
+    # that presents it (Authorization: Bearer); without one, requests from loopback only.
+    # metrics_token_file wins over metrics_token.
+    metrics_token: str | None = field(default=None,
+                                      metadata=_env("MGPU_METRICS_TOKEN", secret=True))
+    metrics_token_file: Path | None = field(default=None,
+                                            metadata=_env("MGPU_METRICS_TOKEN_FILE"))
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,13 @@ class NodeConfig:
     # A stopping agent (SIGTERM, SIGINT) leaves its jobs with the keeper, which a new agent
     # re-adopts within the fence time; with this, it ends them first.
     kill_jobs_on_exit: bool = field(default=False, metadata=_env("MGPU_KILL_JOBS_ON_EXIT"))
+    # The agent's own Prometheus /metrics, on ``host`` (None: off; 0: any free port, said in
+    # node.json), scraped as the master's is: with the metrics token, else loopback only.
+    metrics_port: int | None = field(default=None, metadata=_env("MGPU_METRICS_PORT"))
+    metrics_token: str | None = field(default=None,
+                                      metadata=_env("MGPU_METRICS_TOKEN", secret=True))
+    metrics_token_file: Path | None = field(default=None,
+                                            metadata=_env("MGPU_METRICS_TOKEN_FILE"))
 
     @property
     def effective_data_dir(self) -> Path:

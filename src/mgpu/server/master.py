@@ -34,6 +34,7 @@ from mgpu.server.committer import Committer
 from mgpu.server.datadir import prepare_data_dir, write_json
 from mgpu.server.effects import Effects
 from mgpu.server.http import quiet_bad_requests
+from mgpu.server.metrics import MasterMetrics
 from mgpu.server.nodeauth import NodeCredentials
 from mgpu.server.nodeconn import NodeConn
 from mgpu.server.nodelink import NodeLink
@@ -83,6 +84,7 @@ class Master:
         self.port = 0
         self.closing = False
         self.scheduling = SchedulingStats()
+        self.metrics = MasterMetrics(cfg, self.state, self.scheduling)
         self._unclaimed_checked = False
         self._runner: web.AppRunner | None = None
         self._tick: asyncio.Task[None] | None = None
@@ -110,7 +112,8 @@ class Master:
         self._started_at = time.time()
         self.tokens, self.join = load_secrets(self.store, data_dir)
         self.node_credentials = NodeCredentials(self.store.load_node_credentials())
-        self.committer = Committer(self.store, self._on_saved)
+        self.committer = Committer(self.store, self.metrics.counting(self._on_saved),
+                                   self.metrics.commit_seconds.observe)
         from mgpu.server.api import build_app
 
         app = build_app(self)
@@ -240,7 +243,7 @@ class Master:
         started = time.perf_counter()
         effects.merge(self.state.schedule(now))
         if pending:
-            self.scheduling.record(time.perf_counter() - started, pending)
+            self.metrics.scheduling_pass(time.perf_counter() - started, pending)
         assert self.committer is not None
         fut = self.committer.submit(effects, durable)
         fut.add_done_callback(lambda f: self._after_failed_save(f, effects))

@@ -1,0 +1,222 @@
+"""Prometheus metrics: the master's ``/metrics``, each agent's, and who may scrape them.
+
+A real master and real agents on loopback (``inproc``), scraped over HTTP and read with
+prometheus-client's own parser; the values are checked against what the master's API says
+of the same jobs and nodes. The real Prometheus is test_prometheus.py.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import mgpu
+from inproc import InProcCluster, cluster, run, until
+from mgpu.core.errors import Forbidden, Unauthorized
+from mgpu.core.models import ENDED_STATES, JobState, NodeState
+from mgpu.utils.metrics_auth import check_scrape, is_loopback
+from mgpu.utils.secretfile import write_secret
+
+Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(url: str, token: str | None = None) -> tuple[int, str]:
+    """(status, body) of ``GET url`` with ``token`` as a bearer token (None: no header)."""
+    req = urllib.request.Request(url)
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.headers["Content-Type"].startswith("text/plain"), resp.headers
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        with e:
+            return e.code, e.read().decode()
+
+
+def parse(text: str) -> Series:
+    """Every sample of a text exposition, keyed by (name, labels)."""
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(series: Series, name: str, **labels: str) -> float:
+    return series[name, frozenset(labels.items())]
+
+
+async def master_series(c: InProcCluster, token: str | None = None) -> Series:
+    status, body = await c.call(scrape, f"http://127.0.0.1:{c.port}/metrics", token)
+    assert status == 200, body
+    return parse(body)
+
+
+# ---------------------------------------------------------------------- the master
+
+
+def test_master_metrics_match_the_jobs_nodes_and_gpus_the_api_shows(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with cluster(tmp_path, {"n1": 4, "n2": 2}) as c:
+            assert c.master is not None
+            client = c.client()
+            gate = tmp_path / "gate"
+            hold = f"while [ ! -e {gate} ]; do sleep 0.01; done"
+            held = [await c.call(client.submit_job, gpus=g, cmd=hold) for g in (2, 1)]
+            done = [await c.call(client.submit_job, gpus=1, cmd=cmd)
+                    for cmd in ("true", "exit 3", "true")]
+            await c.call(client.wait, *done, timeout=30)
+            big = await c.call(client.submit_job, gpus=4, cmd="true")  # 3 GPUs held: pending
+            await c.call(client.cancel, big)
+            await until(lambda: all(c.master is not None and c.master.state.jobs[j].state
+                                    is JobState.RUNNING for j in held))
+            series = await master_series(c)
+            jobs = {j.id: j for j in await c.call(client.list_jobs, all=True)}
+            nodes = {n.node_id: n for n in await c.call(client.nodes)}
+
+            assert value(series, "mgpu_jobs_submitted_total") == len(jobs) == 6
+            for state in ENDED_STATES:
+                ended = sum(j.state is state for j in jobs.values())
+                assert value(series, "mgpu_jobs_ended_total", state=state.value) == ended
+            by_state_user: dict[tuple[str, str], int] = {}
+            for j in jobs.values():
+                key = (j.state.value, j.user)
+                by_state_user[key] = by_state_user.get(key, 0) + 1
+            shown = {(dict(labels)["state"], dict(labels)["user"]): v
+                     for (name, labels), v in series.items() if name == "mgpu_jobs"}
+            assert shown == by_state_user
+            assert by_state_user[JobState.RUNNING.value, jobs[held[0]].user] == 2
+            for s in NodeState:
+                want = sum(n.state == s.value for n in nodes.values())
+                assert value(series, "mgpu_nodes", state=s.value) == want
+            for node_id, node in nodes.items():
+                assert value(series, "mgpu_gpus", node=node_id) == len(node.gpus)
+                assert value(series, "mgpu_gpus_used", node=node_id) == sum(
+                    g.job_id is not None for g in node.gpus)
+                assert value(series, "mgpu_gpus_busy_outside", node=node_id) == 0
+            assert sum(value(series, "mgpu_gpus_used", node=n) for n in nodes) == 3
+            # Every job that started waited once: the waits are the API's own times.
+            started = [j for j in jobs.values() if j.started_at is not None]
+            assert value(series, "mgpu_job_queue_wait_seconds_count") == len(started) == 5
+            waits = sum((j.started_at - j.submitted_at).total_seconds() for j in started
+                        if j.started_at is not None and j.submitted_at is not None)
+            assert value(series, "mgpu_job_queue_wait_seconds_sum") == pytest.approx(waits)
+            assert value(series, "mgpu_job_queue_wait_seconds_bucket", le="+Inf") == 5
+            # Scheduling passes: as many as /api/v1/stats counts, as long in all.
+            passes = c.master.scheduling.passes
+            assert passes > 0
+            assert value(series, "mgpu_scheduling_pass_seconds_count") == passes
+            assert value(series, "mgpu_scheduling_pass_seconds_sum") == pytest.approx(
+                c.master.scheduling.total_ms / 1000.0)
+            # Commits: at least one a submit, each with a positive duration.
+            commits = value(series, "mgpu_store_commit_seconds_count")
+            assert commits >= 6
+            assert value(series, "mgpu_store_commit_seconds_sum") > 0
+            assert value(series, "mgpu_master_info", version=mgpu.__version__) == 1
+            gate.touch()
+            await c.call(client.wait, *held, timeout=30)
+            after = await master_series(c)
+            assert value(after, "mgpu_jobs_ended_total", state="completed") == 4
+            assert value(after, "mgpu_store_commit_seconds_count") > commits
+            assert sum(value(after, "mgpu_gpus_used", node=n) for n in nodes) == 0
+
+    run(main())
+
+
+# ---------------------------------------------------------------------- who may scrape
+
+
+def test_the_metrics_token_opens_metrics_and_nothing_else(tmp_path: Path) -> None:
+    token_file = tmp_path / "metrics.token"
+    write_secret(token_file, "metrics-secret-1")
+
+    async def main() -> None:
+        async with cluster(tmp_path, {}, metrics_token_file=token_file) as c:
+            url = f"http://127.0.0.1:{c.port}"
+            status, body = await c.call(scrape, f"{url}/metrics")
+            assert status == 401, body  # even from loopback, once a token is set
+            error = json.loads(body)
+            assert "Authorization: Bearer" in error["error"], error
+            assert "credentials_file" in error["error"], error
+            status, body = await c.call(scrape, f"{url}/metrics", "metrics-secret-2")
+            assert status == 401 and "wrong metrics token" in json.loads(body)["error"], body
+            status, body = await c.call(scrape, f"{url}/metrics", c.token)  # an admin's
+            assert status == 401, body
+            series = await master_series(c, "metrics-secret-1")
+            assert value(series, "mgpu_nodes", state="up") == 0
+            # The metrics token is no client token: the API refuses it.
+            status, body = await c.call(scrape, f"{url}/api/v1/jobs", "metrics-secret-1")
+            assert status == 401, body
+
+    run(main())
+
+
+def test_a_metrics_token_file_others_may_read_stops_the_master(tmp_path: Path) -> None:
+    from mgpu.core.config import MasterConfig
+    from mgpu.core.errors import ConfigError
+    from mgpu.server.master import Master
+
+    token_file = tmp_path / "metrics.token"
+    write_secret(token_file, "metrics-secret")
+    token_file.chmod(0o644)
+    cfg = MasterConfig(port=0, data_dir=tmp_path / "m", metrics_token_file=token_file)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        Master(cfg)
+    with pytest.raises(ConfigError, match="does not exist"):
+        Master(MasterConfig(port=0, data_dir=tmp_path / "m",
+                            metrics_token_file=tmp_path / "missing"))
+
+
+@pytest.mark.parametrize(("remote", "loopback"), [
+    ("127.0.0.1", True), ("127.0.0.53", True), ("::1", True), ("::ffff:127.0.0.1", True),
+    ("10.1.2.3", False), ("192.0.2.2", False), ("::ffff:10.0.0.1", False),
+    ("fe80::1%eth0", False), ("", False), (None, False), ("not-an-address", False),
+])
+def test_without_a_token_only_this_machine_may_scrape(remote: str | None,
+                                                      loopback: bool) -> None:
+    assert is_loopback(remote) is loopback
+    if loopback:
+        check_scrape(remote, None, None)
+        check_scrape(remote, "Bearer anything", None)  # no token set: a header is ignored
+    else:
+        with pytest.raises(Forbidden, match="metrics_token_file"):
+            check_scrape(remote, None, None)
+    # With a token set, the address does not matter: the token does.
+    check_scrape(remote, "Bearer t0k", "t0k")
+    check_scrape(remote, "bearer  t0k ", "t0k")
+    for header in (None, "Bearer t0", "Basic t0k", "t0k", "Bearer"):
+        with pytest.raises(Unauthorized):
+            check_scrape(remote, header, "t0k")
+
+
+def _outside_address() -> str | None:
+    """An IPv4 address of this machine that is not loopback (None: it has none)."""
+    import socket
+
+    import psutil
+
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family == socket.AF_INET and not is_loopback(a.address):
+                return str(a.address)
+    return None
+
+
+def test_a_scrape_from_another_address_without_a_token_is_refused(tmp_path: Path) -> None:
+    """The master listening on a real interface, scraped through it: the peer is not
+    loopback, so with no metrics token the scrape is refused with what to set."""
+    address = _outside_address()
+    if address is None:
+        pytest.skip("this machine has no network interface besides loopback")
+
+    async def main() -> None:
+        async with cluster(tmp_path, {}, host=address) as c:
+            status, body = await c.call(scrape, f"http://{address}:{c.port}/metrics")
+            assert status == 403, body
+            error = json.loads(body)["error"]
+            assert f"came from {address}" in error and "metrics_token_file" in error, error
+
+    run(main())
