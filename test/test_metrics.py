@@ -7,18 +7,29 @@ of the same jobs and nodes. The real Prometheus is test_prometheus.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import mgpu
 from inproc import InProcCluster, cluster, run, until
+from mgpu.core.config import NodeConfig
 from mgpu.core.errors import Forbidden, Unauthorized
 from mgpu.core.models import ENDED_STATES, JobState, NodeState
+from mgpu.node.agent import Agent
+from mgpu.utils.gpu import FAKE_GPU_MEMORY_MIB, fake_gpus
+from mgpu.utils.gpu_readings import (
+    FAKE_MEMORY_USED_MIB,
+    FAKE_TEMPERATURE_CELSIUS,
+    FAKE_UTILIZATION_PERCENT,
+    GpuReader,
+)
 from mgpu.utils.metrics_auth import check_scrape, is_loopback
 from mgpu.utils.secretfile import write_secret
 
@@ -220,3 +231,99 @@ def test_a_scrape_from_another_address_without_a_token_is_refused(tmp_path: Path
             assert f"came from {address}" in error and "metrics_token_file" in error, error
 
     run(main())
+
+
+# ---------------------------------------------------------------------- an agent
+
+
+async def start_agent(c: InProcCluster, node_id: str, gpus: int, **options: Any) -> Agent:
+    """An agent whose GPUs are detected as fake ones (``--fake-gpus``), as ``mgpu node``
+    makes them (``InProcCluster.add_node`` hands them over as given GPUs instead)."""
+    assert c.master is not None
+    cfg = NodeConfig(node_id=node_id, master_port=c.port, port=0, fake_gpus=gpus,
+                     data_dir=c.tmp / node_id, join_token=c.master.join.secret,
+                     allow_root_jobs=True, allow_other_users=True, **options)
+    agent = Agent(cfg)
+    await agent.start()
+    c.agents[node_id] = agent
+    await asyncio.wait_for(agent.registered.wait(), 10)
+    return agent
+
+
+def test_an_agent_serves_its_gpus_and_running_jobs(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with cluster(tmp_path) as c:
+            agent = await start_agent(c, "n1", 3, metrics_port=0)
+            assert agent.metrics is not None and agent.metrics.port > 0
+            info = json.loads((tmp_path / "n1" / "node.json").read_text())
+            assert info["metrics_port"] == agent.metrics.port
+            url = f"http://127.0.0.1:{agent.metrics.port}/metrics"
+            client = c.client()
+            gate = tmp_path / "gate"
+            job = await c.call(client.submit_job, gpus=2,
+                               cmd=f"while [ ! -e {gate} ]; do sleep 0.01; done")
+            await until(lambda: agent.supervisor is not None
+                        and agent.supervisor.running_count() == 1)
+            status, body = await c.call(scrape, url)
+            assert status == 200, body
+            series = parse(body)
+            assert value(series, "mgpu_node_jobs_running", node="n1") == 1
+            for g in range(3):
+                labels = {"node": "n1", "gpu": str(g)}
+                assert value(series, "mgpu_node_gpu_memory_total_bytes", **labels) == (
+                    FAKE_GPU_MEMORY_MIB * 2**20)
+                assert value(series, "mgpu_node_gpu_memory_used_bytes", **labels) == (
+                    FAKE_MEMORY_USED_MIB * 2**20)
+                assert value(series, "mgpu_node_gpu_utilization_percent", **labels) == (
+                    FAKE_UTILIZATION_PERCENT)
+                assert value(series, "mgpu_node_gpu_temperature_celsius", **labels) == (
+                    FAKE_TEMPERATURE_CELSIUS)
+            assert not any(dict(labels).get("gpu") == "3" for _, labels in series)
+            gate.touch()
+            await c.call(client.wait, job, timeout=30)
+            await until(lambda: agent.supervisor is not None
+                        and agent.supervisor.running_count() == 0)
+            status, body = await c.call(scrape, url)
+            assert value(parse(body), "mgpu_node_jobs_running", node="n1") == 0
+
+    run(main())
+
+
+def test_agent_metrics_are_off_unless_asked_and_checked_like_the_masters(
+        tmp_path: Path) -> None:
+    token_file = tmp_path / "metrics.token"
+    write_secret(token_file, "node-metrics-secret")
+
+    async def main() -> None:
+        async with cluster(tmp_path) as c:
+            off = await start_agent(c, "off", 1)
+            assert off.metrics is None
+            assert "metrics_port" not in json.loads((tmp_path / "off" / "node.json").read_text())
+            on = await start_agent(c, "on", 1, metrics_port=0, metrics_token_file=token_file)
+            assert on.metrics is not None
+            url = f"http://127.0.0.1:{on.metrics.port}/metrics"
+            status, body = await c.call(scrape, url)
+            assert status == 401 and "metrics token" in body, body
+            status, body = await c.call(scrape, url, "wrong")
+            assert status == 401 and "wrong metrics token" in body, body
+            status, body = await c.call(scrape, url, "node-metrics-secret")
+            assert status == 200
+            assert value(parse(body), "mgpu_node_jobs_running", node="on") == 0
+
+    run(main())
+
+
+def test_gpus_nvml_cannot_read_report_their_total_memory_only(tmp_path: Path) -> None:
+    """GPUs that are not fake are read through NVML; these (fake UUIDs, and on this
+    machine maybe no NVML at all) cannot be, so only what detection said is reported."""
+    gpus = fake_gpus(2)
+    reader = GpuReader(gpus, "nvml")
+    try:
+        readings = reader.read()
+        assert readings == reader.read()  # NVML is tried once, not at every scrape
+    finally:
+        reader.close()
+    assert [(r.index, r.memory_total_bytes) for r in readings] == [
+        (g.index, g.memory_total_mib * 2**20) for g in gpus]
+    assert all(r.utilization_percent is None and r.memory_used_bytes is None
+               and r.temperature_celsius is None for r in readings)

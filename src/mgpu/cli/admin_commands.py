@@ -113,6 +113,7 @@ def _master_config(ns: argparse.Namespace) -> Any:
              "tls_cert": ns.tls_cert, "tls_key": ns.tls_key}
     flags["node_timeout"] = getattr(ns, "node_timeout", None)
     flags["job_retention_days"] = getattr(ns, "job_retention_days", None)
+    flags["metrics_token_file"] = getattr(ns, "metrics_token_file", None)
     return load_config(ns, MasterConfig, flags)[0]
 
 
@@ -129,6 +130,8 @@ def _node_config(ns: argparse.Namespace, **extra: Any) -> Any:
         "users": ns.users,
         "allow_other_users": ns.allow_other_users,
         "kill_jobs_on_exit": getattr(ns, "kill_jobs_on_exit", None),
+        "metrics_port": getattr(ns, "metrics_port", None),
+        "metrics_token_file": getattr(ns, "metrics_token_file", None),
         **extra,
     }
     cfg = load_config(ns, NodeConfig, flags)[0]

@@ -30,6 +30,7 @@ def master_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--node-timeout", type=seconds, metavar="S", help="mark a silent node lost")
     p.add_argument("--job-retention-days", type=days, metavar="DAYS",
                    help="keep ended jobs this long, then only their accounting (default 30)")
+    metrics_token_arg(p)
 
 
 def node_args(p: argparse.ArgumentParser) -> None:
@@ -48,6 +49,15 @@ def node_args(p: argparse.ArgumentParser) -> None:
                    "next agent to re-adopt within the fence time)")
     users_args(p)
     gpu_args(p)
+    p.add_argument("--metrics-port", type=port_number, metavar="PORT",
+                   help="serve Prometheus /metrics on this port (default: off; 0: any)")
+    metrics_token_arg(p)
+
+
+def metrics_token_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics-token-file", metavar="PATH",
+                   help="scrapes of /metrics must send this token (default: only from this "
+                   "machine)")
 
 
 def token_args(p: argparse.ArgumentParser) -> None:
