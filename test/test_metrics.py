@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -66,6 +67,22 @@ async def master_series(c: InProcCluster, token: str | None = None) -> Series:
     return parse(body)
 
 
+async def ends_counted(c: InProcCluster, ended: int) -> Series:
+    """The master's series once they count ``ended`` ends: a job's end is counted once it
+    is saved, which may be just after a client sees the job ended."""
+    seen: list[Series] = []
+
+    def counted() -> bool:
+        status, body = scrape(f"http://127.0.0.1:{c.port}/metrics")
+        assert status == 200, body
+        seen[:] = [parse(body)]
+        return sum(v for (name, _), v in seen[0].items()
+                   if name == "mgpu_jobs_ended_total") == ended
+
+    await until(counted, what=f"{ended} ends counted", blocking=True)
+    return seen[0]
+
+
 # ---------------------------------------------------------------------- the master
 
 
@@ -84,8 +101,8 @@ def test_master_metrics_match_the_jobs_nodes_and_gpus_the_api_shows(tmp_path: Pa
             await c.call(client.cancel, big)
             await until(lambda: all(c.master is not None and c.master.state.jobs[j].state
                                     is JobState.RUNNING for j in held))
-            series = await master_series(c)
             jobs = {j.id: j for j in await c.call(client.list_jobs, all=True)}
+            series = await ends_counted(c, sum(j.state.ended for j in jobs.values()))
             nodes = {n.node_id: n for n in await c.call(client.nodes)}
 
             assert value(series, "mgpu_jobs_submitted_total") == len(jobs) == 6
@@ -129,7 +146,7 @@ def test_master_metrics_match_the_jobs_nodes_and_gpus_the_api_shows(tmp_path: Pa
             assert value(series, "mgpu_master_info", version=mgpu.__version__) == 1
             gate.touch()
             await c.call(client.wait, *held, timeout=30)
-            after = await master_series(c)
+            after = await ends_counted(c, 6)
             assert value(after, "mgpu_jobs_ended_total", state="completed") == 4
             assert value(after, "mgpu_store_commit_seconds_count") > commits
             assert sum(value(after, "mgpu_gpus_used", node=n) for n in nodes) == 0
@@ -327,3 +344,36 @@ def test_gpus_nvml_cannot_read_report_their_total_memory_only(tmp_path: Path) ->
         (g.index, g.memory_total_mib * 2**20) for g in gpus]
     assert all(r.utilization_percent is None and r.memory_used_bytes is None
                and r.temperature_celsius is None for r in readings)
+
+
+# ---------------------------------------------------------------------- the dashboard
+
+DASHBOARD = Path(__file__).resolve().parent.parent / "docs" / "grafana-mgpu.json"
+
+
+def dashboard_exprs() -> list[str]:
+    """The PromQL of every panel of docs/grafana-mgpu.json."""
+    doc = json.loads(DASHBOARD.read_text())
+    return [t["expr"] for p in doc["panels"] for t in p.get("targets", [])]
+
+
+def test_the_grafana_dashboard_uses_only_series_mgpu_serves(tmp_path: Path) -> None:
+    """Every series a panel of docs/grafana-mgpu.json names is one the master or an agent
+    serves (a renamed series would leave a panel empty without a word)."""
+    exprs = dashboard_exprs()
+    wanted = {name for e in exprs for name in re.findall(r"\bmgpu_[a-z_]+\b", e)}
+    assert len(exprs) >= 10 and len(wanted) >= 14, (exprs, wanted)
+
+    async def main() -> set[str]:
+        async with cluster(tmp_path) as c:
+            agent = await start_agent(c, "n1", 1, metrics_port=0)
+            assert agent.metrics is not None
+            client = c.client()  # a job, so that mgpu_jobs has a series
+            await c.call(client.wait, await c.call(client.submit_job, gpus=1, cmd="true"))
+            served = {name for name, _ in await master_series(c)}
+            status, body = await c.call(scrape, f"http://127.0.0.1:{agent.metrics.port}/metrics")
+            assert status == 200, body
+            return served | {name for name, _ in parse(body)}
+
+    served = run(main())
+    assert wanted <= served, sorted(wanted - served)

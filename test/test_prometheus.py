@@ -27,6 +27,7 @@ import pytest
 from conftest import Cluster, wait_until
 from mgpu.utils.gpu import FAKE_GPU_MEMORY_MIB
 from mgpu.utils.secretfile import write_secret
+from test_metrics import dashboard_exprs
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 STOP_GRACE = 15.0
@@ -138,9 +139,15 @@ def test_a_real_prometheus_scrapes_the_master_and_an_agent(
 
     wait_until(both_up, SCRAPED, ignore=(OSError,),
                message=lambda: f"both targets scraped: {prom.api('targets')}\n{prom.log_tail()}")
-    # Series from the master, as the master's own API counts them.
-    ended = dict((m["state"], v) for m, v in prom.query("mgpu_jobs_ended_total"))
-    assert ended["completed"] == 1 and ended["failed"] == 1, ended
+    # Series from the master, as the master's own API counts them (an end is counted once
+    # saved: a scrape may come just before; the next one has it).
+    ended: dict[str, float] = {}
+
+    def both_ended() -> bool:
+        ended.update((m["state"], v) for m, v in prom.query("mgpu_jobs_ended_total"))
+        return ended.get("completed") == 1 and ended.get("failed") == 1
+
+    wait_until(both_ended, SCRAPED, message=lambda: f"both ends counted: {ended}")
     assert ended["cancelled"] == 0, ended
     [(labels, submitted)] = prom.query('mgpu_jobs_submitted_total{job="mgpu-master"}')
     assert submitted == 2, labels
@@ -156,3 +163,8 @@ def test_a_real_prometheus_scrapes_the_master_and_an_agent(
         ("0", FAKE_GPU_MEMORY_MIB * 2**20), ("1", FAKE_GPU_MEMORY_MIB * 2**20)]
     [(_, running)] = prom.query('mgpu_node_jobs_running{node="node1"}')
     assert running == 0
+    # Every panel of the Grafana dashboard is a query this Prometheus accepts.
+    for expr in dashboard_exprs():
+        prom.query(expr.replace("$__rate_interval", "1m"))
+    [(_, share)] = prom.query("sum(mgpu_gpus_used) / sum(mgpu_gpus)")
+    assert share == 0
