@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import mgpu
 from inproc import InProcCluster, cluster, run, until
 from mgpu.core.config import NodeConfig
-from mgpu.core.errors import Forbidden, Unauthorized
+from mgpu.core.errors import Forbidden, MgpuError, Unauthorized
 from mgpu.core.models import ENDED_STATES, JobState, NodeState
 from mgpu.node.agent import Agent
 from mgpu.utils.gpu import FAKE_GPU_MEMORY_MIB, fake_gpus
@@ -377,3 +378,35 @@ def test_the_grafana_dashboard_uses_only_series_mgpu_serves(tmp_path: Path) -> N
 
     served = run(main())
     assert wanted <= served, sorted(wanted - served)
+
+
+def test_a_metrics_port_in_use_says_so_and_leaves_no_listener(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with cluster(tmp_path) as c:
+            assert c.master is not None
+            with socket.socket() as held:
+                held.bind(("127.0.0.1", 0))
+                held.listen()
+                busy = held.getsockname()[1]
+                base = {"master_port": c.port, "join_token": c.master.join.secret,
+                        "fake_gpus": 1, "allow_root_jobs": True, "allow_other_users": True}
+                # Its metrics port taken: the error names the flag that picks another.
+                agent = Agent(NodeConfig(node_id="a", port=0, data_dir=tmp_path / "a",
+                                         metrics_port=busy, **base))
+                with pytest.raises(MgpuError, match="--metrics-port"):
+                    await agent.start()
+                await agent.stop()
+                # Its health port taken: the metrics listener, already up, is closed again.
+                free = socket.socket()
+                free.bind(("127.0.0.1", 0))
+                port = free.getsockname()[1]
+                free.close()
+                agent = Agent(NodeConfig(node_id="b", port=busy, data_dir=tmp_path / "b",
+                                         metrics_port=port, **base))
+                with pytest.raises(MgpuError, match="already in use"):
+                    await agent.start()
+                with socket.socket() as again:  # free at once (no stop() is owed to an
+                    again.bind(("127.0.0.1", port))  # agent that did not start)
+                await agent.stop()  # (its keeper, which did start)
+
+    run(main())

@@ -104,9 +104,14 @@ class Agent:
             ) from e
         self.metrics = await start_metrics(self.cfg, self.gpus, self.gpu_source,
                                            self.supervisor.running_count)
-        self._runner, self.port = await serve_health(
-            self.cfg.host, self.cfg.port, data_dir, self.node_id, self.health,
-            self.metrics.port if self.metrics else None)
+        try:
+            self._runner, self.port = await serve_health(
+                self.cfg.host, self.cfg.port, data_dir, self.node_id, self.health,
+                self.metrics.port if self.metrics else None)
+        except BaseException:  # (its port in use): no listener is left behind
+            if self.metrics is not None:
+                await self.metrics.close()
+            raise
         self.log.info(
             "node %s: %d GPUs (%s), health on %s:%d, joining master %s:%d; runs jobs of "
             "%s users", self.node_id, len(self.gpus), self.gpu_source, self.cfg.host,
