@@ -410,3 +410,16 @@ def test_a_metrics_port_in_use_says_so_and_leaves_no_listener(tmp_path: Path) ->
                 await agent.stop()  # (its keeper, which did start)
 
     run(main())
+
+
+def test_with_authentication_off_metrics_are_open_like_the_api(tmp_path: Path) -> None:
+    """``auth = false`` (benchmarks only) opens everything, /metrics included."""
+    token_file = tmp_path / "metrics.token"
+    write_secret(token_file, "unused-metrics-secret")
+
+    async def main() -> None:
+        async with cluster(tmp_path, {}, auth=False, metrics_token_file=token_file) as c:
+            series = await master_series(c)  # no token sent, none asked for
+            assert value(series, "mgpu_jobs_submitted_total") == 0
+
+    run(main())
