@@ -9,22 +9,57 @@ Measured in one run, against a floor measured in the same run:
 * durable single submits: concurrent one-job requests (each acknowledged only once saved)
   from 8 client threads to a master with no node, in jobs/s (group commit at work).
 
-Usage: ``python bench/throughput.py [--jobs 1000]``. Target: API completion rate at least
-half the floor; durable single submits at least 2,000 jobs/s.
+Usage: ``python bench/throughput.py [--jobs 1000] [--scrape-every S]``. Target: API
+completion rate at least half the floor; durable single submits at least 2,000 jobs/s.
+``--scrape-every S`` reads the master's Prometheus ``/metrics`` every S seconds during each
+measurement (from loopback, as a Prometheus on the master's machine would), to see what
+scraping costs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import os
 import subprocess
+import threading
 import time
+import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-from common import PY, cluster
+from common import PY, Cluster, cluster
 from mgpu.client.client import SimpleClient
 from mgpu.core.models import JobSpec, JobState
+
+SCRAPE_EVERY = 0.0  # seconds between scrapes of /metrics during a measurement (0: none)
+SCRAPES: list[int] = []  # scrapes done, per measurement
+
+
+@contextlib.contextmanager
+def scraped(c: Cluster) -> Iterator[None]:
+    """Scrape the master's ``/metrics`` every :data:`SCRAPE_EVERY` seconds meanwhile."""
+    if not SCRAPE_EVERY:
+        yield
+        return
+    stop = threading.Event()
+    done = [0]
+
+    def scrape() -> None:
+        while not stop.wait(SCRAPE_EVERY):
+            with urllib.request.urlopen(f"http://{c.master}/metrics", timeout=30) as r:
+                r.read()
+            done[0] += 1
+
+    thread = threading.Thread(target=scrape, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        SCRAPES.append(done[0])
 
 
 def floor(n: int, parallel: int = 8) -> float:
@@ -44,7 +79,7 @@ def floor(n: int, parallel: int = 8) -> float:
 
 
 def api_batch(n: int) -> tuple[float, float]:
-    with cluster({"n1": 8}) as c:
+    with cluster({"n1": 8}) as c, scraped(c):
         client = SimpleClient("127.0.0.1", c.port, timeout=300)
         spec = JobSpec(command="true", gpus=1, cwd="/", env={"PATH": os.environ["PATH"]},
                        user=getpass.getuser())
@@ -59,7 +94,7 @@ def api_batch(n: int) -> tuple[float, float]:
 
 
 def cli_parallel(n: int, parallel: int = 8) -> tuple[float, float]:
-    with cluster({"n1": 8}) as c:
+    with cluster({"n1": 8}) as c, scraped(c):
         env = c.env()
 
         def submit(_: int) -> int:
@@ -80,7 +115,7 @@ def cli_parallel(n: int, parallel: int = 8) -> tuple[float, float]:
 
 
 def durable_singles(n: int, threads: int = 8) -> float:
-    with cluster({}) as c:
+    with cluster({}) as c, scraped(c):
         per = n // threads
 
         def worker(_: int) -> None:
@@ -99,7 +134,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=1000)
     ap.add_argument("--cli-jobs", type=int, default=None, help="default: --jobs")
+    ap.add_argument("--scrape-every", type=float, default=0.0, metavar="S",
+                    help="scrape the master's /metrics every S seconds meanwhile")
     args = ap.parse_args()
+    global SCRAPE_EVERY
+    SCRAPE_EVERY = args.scrape_every
     n = args.jobs
     # The floor is taken around the measurement (before, between, after) and its median
     # used: on a shared machine one sample of it can be off by a factor of several.
@@ -120,6 +159,9 @@ def main() -> None:
     print(f"parallel mgpu submit: completed           {ccomp:8.0f} jobs/s")
     singles = durable_singles(min(n * 4, 4000))
     print(f"durable single submits, 8 clients:        {singles:8.0f} jobs/s (target >= 2000)")
+    if SCRAPE_EVERY:
+        print(f"scrapes of /metrics meanwhile, every {SCRAPE_EVERY:g} s: "
+              + ", ".join(str(n) for n in SCRAPES))
 
 
 if __name__ == "__main__":

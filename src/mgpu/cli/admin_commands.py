@@ -117,6 +117,7 @@ def _master_config(ns: argparse.Namespace) -> Any:
     flags["node_timeout"] = getattr(ns, "node_timeout", None)
     flags["job_retention_days"] = getattr(ns, "job_retention_days", None)
     flags["pools"] = getattr(ns, "pools", None)
+    flags["metrics_token_file"] = getattr(ns, "metrics_token_file", None)
     return load_config(ns, MasterConfig, flags)[0]
 
 
@@ -134,6 +135,8 @@ def _node_config(ns: argparse.Namespace, **extra: Any) -> Any:
         "allow_other_users": ns.allow_other_users,
         "kill_jobs_on_exit": getattr(ns, "kill_jobs_on_exit", None),
         "pool": getattr(ns, "pool", None),
+        "metrics_port": getattr(ns, "metrics_port", None),
+        "metrics_token_file": getattr(ns, "metrics_token_file", None),
         **extra,
     }
     cfg = load_config(ns, NodeConfig, flags)[0]

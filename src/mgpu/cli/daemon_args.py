@@ -36,6 +36,7 @@ def master_args(p: argparse.ArgumentParser) -> None:
                    help="keep ended jobs this long, then only their accounting (default 30)")
     p.add_argument("--pools", metavar="TOML",
                    help="node pools that grow and shrink with the queue (README \"Node pools\")")
+    metrics_token_arg(p)
 
 
 def node_args(p: argparse.ArgumentParser) -> None:
@@ -55,6 +56,15 @@ def node_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pool", metavar="NAME", help="the node pool this node was started for")
     users_args(p)
     gpu_args(p)
+    p.add_argument("--metrics-port", type=port_number, metavar="PORT",
+                   help="serve Prometheus /metrics on this port (default: off; 0: any)")
+    metrics_token_arg(p)
+
+
+def metrics_token_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics-token-file", metavar="PATH",
+                   help="scrapes of /metrics must send this token (default: only from this "
+                   "machine)")
 
 
 def token_args(p: argparse.ArgumentParser) -> None:

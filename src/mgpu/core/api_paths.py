@@ -5,3 +5,4 @@ from __future__ import annotations
 
 API = "/api/v1"
 NODE_WS = f"{API}/node/ws"  # node agents' WebSocket (the join secret, not a user token)
+METRICS = "/metrics"  # Prometheus scrapes (the metrics token, or loopback: README "Metrics")

@@ -84,6 +84,13 @@ class MasterConfig:
     # retry, twice that before the next, ..., never more than retry_backoff_max.
     retry_backoff: float = field(default=10.0, metadata=_env("MGPU_RETRY_BACKOFF"))
     retry_backoff_max: float = field(default=600.0, metadata=_env("MGPU_RETRY_BACKOFF_MAX"))
+    # Prometheus scraping of /metrics (README "Metrics"): with a metrics token, a request
+    # that presents it (Authorization: Bearer); without one, requests from loopback only.
+    # metrics_token_file wins over metrics_token.
+    metrics_token: str | None = field(default=None,
+                                      metadata=_env("MGPU_METRICS_TOKEN", secret=True))
+    metrics_token_file: Path | None = field(default=None,
+                                            metadata=_env("MGPU_METRICS_TOKEN_FILE"))
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,13 @@ class NodeConfig:
     kill_jobs_on_exit: bool = field(default=False, metadata=_env("MGPU_KILL_JOBS_ON_EXIT"))
     # The node pool it was started for (server/pools.py): a pool's scale_up command sets it.
     pool: str | None = field(default=None, metadata=_env("MGPU_NODE_POOL"))
+    # The agent's own Prometheus /metrics, on ``host`` (None: off; 0: any free port, said in
+    # node.json), scraped as the master's is: with the metrics token, else loopback only.
+    metrics_port: int | None = field(default=None, metadata=_env("MGPU_METRICS_PORT"))
+    metrics_token: str | None = field(default=None,
+                                      metadata=_env("MGPU_METRICS_TOKEN", secret=True))
+    metrics_token_file: Path | None = field(default=None,
+                                            metadata=_env("MGPU_METRICS_TOKEN_FILE"))
 
     @property
     def effective_data_dir(self) -> Path:

@@ -37,6 +37,7 @@ from mgpu.node import users as policy
 from mgpu.node.health import serve_health
 from mgpu.node.keeper_link import KeeperLink, NodeRun
 from mgpu.node.logship import LogShipper
+from mgpu.node.metrics import NodeMetrics, start_metrics
 from mgpu.node.outbox import Outbox
 
 MAX_BACKOFF = 2.0
@@ -65,6 +66,7 @@ class Agent:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
+        self.metrics: NodeMetrics | None = None  # its /metrics, when metrics_port is set
         self.supervisor: KeeperLink | None = None
         self._secret: str | None = None
         self._ssl_context: Any = None
@@ -100,8 +102,16 @@ class Agent:
                 f"cannot write to the node's data dir {data_dir}: {e.strerror or e}; "
                 "pass --data-dir with a writable directory"
             ) from e
-        self._runner, self.port = await serve_health(
-            self.cfg.host, self.cfg.port, data_dir, self.node_id, self.health)
+        self.metrics = await start_metrics(self.cfg, self.gpus, self.gpu_source,
+                                           self.supervisor.running_count)
+        try:
+            self._runner, self.port = await serve_health(
+                self.cfg.host, self.cfg.port, data_dir, self.node_id, self.health,
+                self.metrics.port if self.metrics else None)
+        except BaseException:  # (its port in use): no listener is left behind
+            if self.metrics is not None:
+                await self.metrics.close()
+            raise
         self.log.info(
             "node %s: %d GPUs (%s), health on %s:%d, joining master %s:%d; runs jobs of "
             "%s users", self.node_id, len(self.gpus), self.gpu_source, self.cfg.host,
@@ -137,6 +147,8 @@ class Agent:
             await self.supervisor.close(kill_jobs)
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.metrics is not None:
+            await self.metrics.close()
 
     async def wait(self) -> None:
         """Until the agent stops by itself (only when the master refuses it)."""

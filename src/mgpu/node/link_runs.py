@@ -44,6 +44,10 @@ class LinkRuns:
     def spool(self, key: str) -> Path:
         return self.spool_dir / f"{key}.out"
 
+    def running_count(self) -> int:
+        """Runs not yet ended (the node's ``mgpu_node_jobs_running``)."""
+        return sum(1 for j in self.jobs.values() if j.ended is None)
+
     def _exit_file(self, key: str) -> str:
         return f"{self.jobs_dir}/{key}.exit"
 

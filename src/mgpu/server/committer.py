@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -48,9 +49,14 @@ Item = tuple["Effects", "asyncio.Future[None]", bool]  # effects, their future, 
 class Committer:
     """One durable transaction per group of effects, on the store's own thread."""
 
-    def __init__(self, store: Store, on_saved: Callable[[Effects], None]) -> None:
+    def __init__(self, store: Store, on_saved: Callable[[Effects], None],
+                 on_commit: Callable[[float], None] | None = None) -> None:
+        """``on_saved(effects)`` runs for each group once saved; ``on_commit(seconds)``
+        for each transaction that succeeded, with how long it took on the store's thread
+        (the master's ``mgpu_store_commit_seconds``)."""
         self._store = store
         self._on_saved = on_saved
+        self._on_commit = on_commit
         self._queue: list[Item] = []
         self._held: list[Item] = []
         self.full: StoreError | None = None  # while changes are held for want of room
@@ -127,8 +133,10 @@ class Committer:
             batch.merge(effects.batch)
         try:
             if batch:
-                await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._store.write, batch)
+                took = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._write, batch)
+                if self._on_commit is not None:
+                    self._on_commit(took)
         except StoreError as e:
             if self.full is None and not e.full:
                 log.error("%s", e.message)
@@ -140,6 +148,12 @@ class Committer:
                 if not fut.done():
                     fut.set_result(None)
         return None
+
+    def _write(self, batch: Batch) -> float:
+        """Save ``batch`` (on the store's thread); how long the transaction took."""
+        started = time.perf_counter()
+        self._store.write(batch)
+        return time.perf_counter() - started
 
     async def read(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` (a read of the store) on the store's thread, between writes."""

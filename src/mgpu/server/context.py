@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from mgpu.server.auth import JoinSecret, Tokens
     from mgpu.server.committer import Committer
     from mgpu.server.effects import Effects
+    from mgpu.server.metrics import MasterMetrics
     from mgpu.server.nodeauth import NodeCredentials
     from mgpu.server.nodeconn import NodeConn
     from mgpu.server.pools import Pools
@@ -50,6 +51,7 @@ class Context(Protocol):
     ended: asyncio.Condition  # notified whenever jobs end (long-poll waits)
     closing: bool
     scheduling: SchedulingStats  # the scheduling passes run so far
+    metrics: MasterMetrics  # its Prometheus metrics (GET /metrics)
     pools: Pools | None  # the node pools, when the master has a pools file
 
     def reschedule(self) -> None:

@@ -20,7 +20,7 @@ import msgspec
 from aiohttp import hdrs, web
 
 from mgpu.core import messages as m
-from mgpu.core.api_paths import API, NODE_WS
+from mgpu.core.api_paths import API, METRICS, NODE_WS
 from mgpu.core.errors import (
     ApiError,
     Forbidden,
@@ -202,7 +202,7 @@ def authenticate(request: web.Request) -> Identity | None:
         request[IDENTITY] = who
         return who
     path = request.path
-    if path in OPEN or path == NODE_WS:
+    if path in OPEN or path in (NODE_WS, METRICS):  # these two check for themselves
         return None
     raise Unauthorized(NO_TOKEN if token is None else BAD_TOKEN)
 

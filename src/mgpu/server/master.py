@@ -44,6 +44,7 @@ from mgpu.server.fairshare import META_KEY as SHARES_KEY
 from mgpu.server.fairshare import scheduling_options
 from mgpu.server.http import quiet_bad_requests
 from mgpu.server.limits import load_limits
+from mgpu.server.metrics import MasterMetrics
 from mgpu.server.nodeauth import NodeCredentials
 from mgpu.server.nodeconn import NodeConn
 from mgpu.server.nodelink import NodeLink
@@ -95,6 +96,7 @@ class Master:
         self.port = 0
         self.closing = False
         self.scheduling = SchedulingStats()
+        self.metrics = MasterMetrics(cfg, self.state, self.scheduling)
         self._unclaimed_checked = False
         self._runner: web.AppRunner | None = None
         self._tick: asyncio.Task[None] | None = None
@@ -128,7 +130,8 @@ class Master:
         self._started_at = time.time()
         self.tokens, self.join = load_secrets(self.store, data_dir)
         self.node_credentials = NodeCredentials(self.store.load_node_credentials())
-        self.committer = Committer(self.store, self._on_saved)
+        self.committer = Committer(self.store, self.metrics.counting(self._on_saved),
+                                   self.metrics.commit_seconds.observe)
         from mgpu.server.api import build_app
 
         app = build_app(self)
@@ -250,7 +253,7 @@ class Master:
         effects.merge(self.state.gate_pass(effects, now))  # jobs the controls let in
         effects.merge(self.state.schedule(now))
         if pending:
-            self.scheduling.record(time.perf_counter() - started, pending)
+            self.metrics.scheduling_pass(time.perf_counter() - started, pending)
         assert self.committer is not None
         fut = self.committer.submit(effects, durable)
         fut.add_done_callback(lambda f: self._after_failed_save(f, effects))

@@ -65,6 +65,9 @@ def build(routes: Iterable[Route]) -> dict[str, Any]:
         ok: dict[str, Any] = {"description": "success"}
         if r.response is not None:
             ok["content"] = {"application/json": {"schema": schema_of[r.response]}}
+        elif r.handler.__name__ == "metrics":  # Prometheus's text format, its own token
+            ok["content"] = {"text/plain": {"schema": {"type": "string"}}}
+            op["security"] = [{"metrics": []}, {}]
         elif r.handler.__name__ == "output":
             ok["content"] = {"application/octet-stream": {
                 "schema": {"type": "string", "format": "binary"}}}
@@ -91,6 +94,9 @@ def build(routes: Iterable[Route]) -> dict[str, Any]:
                            "description": "a client token (`mgpu token create`)"},
                 "join": {"type": "http", "scheme": "bearer",
                          "description": "the node join secret (DATA_DIR/join.token)"},
+                "metrics": {"type": "http", "scheme": "bearer",
+                            "description": "the metrics token (metrics_token_file); "
+                            "none from loopback when it is not set"},
             },
         },
         "security": [{"bearer": []}],
