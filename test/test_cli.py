@@ -380,12 +380,13 @@ def test_nodes_table_says_who_holds_which_gpu() -> None:
              NodeInfo(node_id="n3", state="degraded", users=["alice"],
                       reason="the node keeper died; restarting it")]
     lines = output.nodes_table(nodes).splitlines()
-    assert lines[0].split() == ["NODE", "STATE", "GPUS", "USED", "FREE", "USERS", "JOBS",
-                                "REASON"]
-    assert lines[1].split() == ["node1", "up", "4", "3", "1", "all", "7:0,1", "9:3"]
-    assert lines[2].split() == ["n2", "down", "0", "0", "0", "all", "-"]
-    assert lines[3].split() == ["n3", "degraded", "0", "0", "0", "only", "alice", "-", "the",
-                                "node", "keeper", "died;", "restarting", "it"]
+    assert lines[0].split() == ["NODE", "STATE", "GPUS", "USED", "FREE", "TYPE", "USERS",
+                                "JOBS", "OUTSIDE", "REASON"]
+    assert lines[1].split() == ["node1", "up", "4", "3", "1", "4xfake", "all", "7:0,1", "9:3",
+                                "-"]
+    assert lines[2].split() == ["n2", "down", "0", "0", "0", "-", "all", "-", "-"]
+    assert lines[3].split() == ["n3", "degraded", "0", "0", "0", "-", "only", "alice", "-",
+                                "-", "the", "node", "keeper", "died;", "restarting", "it"]
 
 
 def test_json_follows_the_contract() -> None:
@@ -397,6 +398,7 @@ def test_json_follows_the_contract() -> None:
         "id", "name", "user", "state", "gpus", "node", "gpu_ids", "command", "cwd",
         "exit_code", "reason", "submitted_at", "started_at", "ended_at", "end_cause",
         "time_limit", "requeues", "max_requeue", "interactive", "stdin", "pty", "argv",
+        "gpu_type", "gpu_mem_mib", "gpu_mem_peak_mib", "gpu_util_mean",
     }  # fmt: skip
     assert data[0]["state"] == "completed"
     assert data[0]["ended_at"] == "2024-05-01T12:00:01Z"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -31,6 +32,7 @@ JOB_KEYS = {
     "id", "name", "user", "state", "gpus", "node", "gpu_ids", "command", "cwd",
     "exit_code", "reason", "submitted_at", "started_at", "ended_at", "end_cause",
     "time_limit", "requeues", "max_requeue", "interactive", "stdin", "pty", "argv",
+    "gpu_type", "gpu_mem_mib", "gpu_mem_peak_mib", "gpu_util_mean",
 }  # fmt: skip
 
 
@@ -200,7 +202,7 @@ def test_cli_submit_queue_show(cluster: Cluster, tmp_path: Path) -> None:
     assert (shown["command"], shown["state"], shown["exit_code"]) == ("echo done", "completed", 0)
     assert shown["submitted_at"].endswith("Z") and shown["ended_at"].endswith("Z")
     human = cluster.mgpu("show", str(train)).stdout
-    assert "state:        running" in human and "gpu_ids:" in human
+    assert re.search(r"^state: +running$", human, re.M) and "gpu_ids:" in human
 
     flag.touch()
     assert cluster.mgpu("wait", str(train), str(big)).stdout.splitlines() == [
@@ -260,11 +262,11 @@ def test_cli_nodes(cluster: Cluster, tmp_path: Path) -> None:
     job = cluster.submit(hold(tmp_path / "never"), "-G", "3")
     cluster.wait_job(job, ("running",))
     lines = cluster.mgpu("nodes").stdout.splitlines()
-    assert lines[0].split() == ["NODE", "STATE", "GPUS", "USED", "FREE", "USERS", "JOBS",
-                                "REASON"]
+    assert lines[0].split() == ["NODE", "STATE", "GPUS", "USED", "FREE", "TYPE", "USERS",
+                                "JOBS", "OUTSIDE", "REASON"]
     gpu_ids = cluster.job(job)["gpu_ids"]
     holds = f"{job}:{','.join(map(str, gpu_ids))}"
-    assert lines[1].split() == ["node1", "up", "4", "3", "1", "all", holds]
+    assert lines[1].split() == ["node1", "up", "4", "3", "1", "4xfake", "all", holds, "-"]
     [node] = json.loads(cluster.mgpu("nodes", "--json").stdout)
     assert (node["node_id"], node["state"]) == ("node1", "up")
     assert node["last_seen"].endswith("Z")

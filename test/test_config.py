@@ -113,6 +113,8 @@ def test_precedence_is_per_field_and_types_are_coerced() -> None:
         "audit_days": "default",
         "job_retention_days": "default",
         "db_max_pages": "default",
+        "foreign_gpu_policy": "default",
+        "min_free_mib": "default",
     }
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from mgpu.client import tables
+from mgpu.client import gpu_views, tables
 from mgpu.client.tables import QUEUE_HEADERS as QUEUE_HEADERS
 from mgpu.client.tables import clean as _clean
 from mgpu.client.tables import table as table
@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 # The elapsed-time form every view of a job uses (``mgpu show``, ``mgpu queue``).
 duration = format_elapsed
 
-NODE_HEADERS = ("NODE", "STATE", "GPUS", "USED", "FREE", "USERS", "JOBS", "REASON")
+NODE_HEADERS = ("NODE", "STATE", "GPUS", "USED", "FREE", "TYPE", "USERS", "JOBS", "OUTSIDE",
+                "REASON")
 
 
 def _enc_hook(obj: Any) -> Any:
@@ -98,6 +99,7 @@ def job_detail(job: SimpleJob, now: datetime) -> str:
         ("submitted_at", _when(job.submitted_at)),
         ("started_at", _when(job.started_at)),
         ("ended_at", _when(job.ended_at)),
+        *gpu_views.job_gpu_rows(job),
         ("time", duration(elapsed(job, now))),
     ]
     width = max(len(k) for k, _ in fields) + 1
@@ -114,9 +116,10 @@ def _holders(node: NodeInfo) -> str:
 
 
 def nodes_table(nodes: Sequence[NodeInfo]) -> str:
-    """The ``mgpu nodes`` table: GPUs total, used and free, whose jobs the node runs
-    (``all``, or ``only alice``), which job holds which GPU, and why a degraded node
-    takes no jobs."""
+    """The ``mgpu nodes`` table: GPUs total, used and free (a job could get them now),
+    their types, whose jobs the node runs (``all``, or ``only alice``), which job holds
+    which GPU, the processes outside mgpu on its GPUs, and why a degraded node takes no
+    jobs."""
     rows = []
     for n in nodes:
         used = sum(1 for g in n.gpus if g.job_id is not None)
@@ -126,9 +129,11 @@ def nodes_table(nodes: Sequence[NodeInfo]) -> str:
                 n.state,
                 str(len(n.gpus)),
                 str(used),
-                str(len(n.gpus) - used),
+                str(gpu_views.node_free(n)),
+                gpu_views.node_types(n),
                 "all" if n.users is None else _clean("only " + ",".join(n.users)),
                 _holders(n) or "-",
+                gpu_views.node_outside(n),
                 _clean(n.reason or ""),
             )
         )

@@ -34,6 +34,7 @@ from mgpu.core.errors import MgpuError
 from mgpu.core.models import GpuInfo
 from mgpu.node import credential, fencing, join
 from mgpu.node import users as policy
+from mgpu.node.gpuwatch import GpuWatch, open_watch
 from mgpu.node.health import serve_health
 from mgpu.node.keeper_link import KeeperLink, NodeRun
 from mgpu.node.logship import LogShipper
@@ -66,6 +67,7 @@ class Agent:
         self._task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self.supervisor: KeeperLink | None = None
+        self.gpuwatch: GpuWatch | None = None  # its GPUs' usage (node/gpuwatch.py)
         self._secret: str | None = None
         self._ssl_context: Any = None
 
@@ -100,6 +102,10 @@ class Agent:
                 f"cannot write to the node's data dir {data_dir}: {e.strerror or e}; "
                 "pass --data-dir with a writable directory"
             ) from e
+        self.gpuwatch = open_watch(self.cfg, self.gpu_source, self.gpus,
+                                   lambda: sup.keeper_pid if (sup := self.supervisor) else 0,
+                                   self.log)
+        self.gpuwatch.start()
         self._runner, self.port = await serve_health(
             self.cfg.host, self.cfg.port, data_dir, self.node_id, self.health)
         self.log.info(
@@ -133,6 +139,8 @@ class Agent:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self.gpuwatch is not None:
+            await self.gpuwatch.close()
         if self.supervisor is not None:
             await self.supervisor.close(kill_jobs)
         if self._runner is not None:
@@ -220,7 +228,7 @@ class Agent:
             node_id=self.node_id, gpus=self.gpus, hostname=socket.gethostname(), running=held,
             credential=credential.load(data_dir, self.node_id),
             users=self.users, degraded=self.degraded,
-        )
+            foreign_gpu_policy=self.cfg.foreign_gpu_policy, min_free_mib=self.cfg.min_free_mib)
         await ws.send_bytes(m.node_encoder.encode(register))
         first = await ws.receive(timeout=30)
         if first.type is not aiohttp.WSMsgType.BINARY:
@@ -292,9 +300,12 @@ class Agent:
             self.supervisor.pump_all()
 
     async def _heartbeat(self, out: Outbox, interval: float) -> None:
+        watch = self.gpuwatch
+        if watch is not None:
+            watch.resend()  # (a new link: the master hears the whole usage again)
         while True:
             await asyncio.sleep(interval)
-            out.put(m.Heartbeat())
+            out.put(m.Heartbeat(gpus=watch.report() if watch is not None else None))
             records = self.logs.take()
             if records:
                 out.put(m.NodeLog(records=records))
@@ -308,6 +319,8 @@ class Agent:
             refused = policy.refusal(self.node_id, msg.user, self.users)
             if refused is None:
                 sup.start(msg)
+                if self.gpuwatch is not None:
+                    self.gpuwatch.started(msg.job_id, msg.gpu_ids)
             else:
                 self.log.warning("refused job %d of %s: %s", msg.job_id, msg.user, refused)
                 sup.refuse(msg, refused)
@@ -349,6 +362,8 @@ class Agent:
     def _on_ended(self, job: NodeRun) -> None:
         assert job.ended is not None
         self.log.debug("job %s ended: %s", job.key, job.ended.state)
+        if self.gpuwatch is not None:
+            job.ended = self.gpuwatch.annotate(job.ended)
         self._send(job.ended)
 
 

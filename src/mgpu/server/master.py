@@ -66,6 +66,8 @@ class Master:
             max_batch_jobs=cfg.max_batch_jobs,
             max_pending_per_user=cfg.max_pending_per_user,
         )
+        self.state.foreign_gpu_policy, self.state.min_free_mib = (
+            cfg.foreign_gpu_policy, cfg.min_free_mib)
         self.tokens = Tokens([], 0)
         self.join = JoinSecret("")
         self.conns: dict[str, NodeConn] = {}

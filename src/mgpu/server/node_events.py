@@ -17,6 +17,7 @@ from mgpu.core.models import (
     NODE_TRANSITIONS,
     REGISTERED_STATES,
     GpuInfo,
+    GpuUsage,
     JobState,
     NodeInfo,
     NodeState,
@@ -42,9 +43,32 @@ class Node:
     down_since: float | None = None
     reason: str | None = None  # why it is degraded
     users: list[str] | None = None  # whose jobs it runs: None, everyone's
+    avoid_outside: bool = True  # foreign_gpu_policy: avoid GPUs busy outside mgpu
+    min_free_mib: int = 0  # a GPU with less free memory (by the last report) is not offered
 
     def free_gpu_ids(self) -> tuple[int, ...]:
-        return tuple(g.index for g in self.gpus if g.job_id is None)
+        """The GPUs no job holds that may be allocated (:meth:`offers`)."""
+        return tuple(g.index for g in self.gpus if g.job_id is None and self.offers(g))
+
+    def offers(self, g: GpuInfo) -> bool:
+        """Whether ``g``, were no job holding it, could be allocated: not busy outside mgpu
+        (under foreign_gpu_policy avoid), and with min_free_mib free (when reported)."""
+        if g.busy_outside and self.avoid_outside:
+            return False
+        free = g.memory_free_mib
+        return free is None or free >= self.min_free_mib
+
+    def apply_usage(self, usage: list[GpuUsage]) -> bool:
+        """Take a usage report (``Heartbeat.gpus``); whether the GPUs offered changed."""
+        before = self.free_gpu_ids()
+        by_index = {g.index: g for g in self.gpus}
+        for u in usage:
+            g = by_index.get(u.index)
+            if g is not None:
+                g.memory_used_mib, g.utilization = u.memory_used_mib, u.utilization
+                g.processes = u.processes
+                g.busy_outside = any(p.outside for p in u.processes)
+        return self.free_gpu_ids() != before
 
     def release(self, job_id: int) -> None:
         for g in self.gpus:
@@ -61,6 +85,7 @@ class Node:
             hostname=self.hostname or None,
             reason=self.reason if self.state is NodeState.DEGRADED else None,
             users=self.users,
+            free_gpu_ids=list(self.free_gpu_ids()),
         )
 
     def move(self, to: NodeState) -> None:
@@ -83,6 +108,8 @@ class NodeEvents(ABC):
     envs: dict[int, dict[str, str]]  # of jobs not yet ended (kept to requeue)
     cancel_requested: set[int]
     node_timeout: float
+    foreign_gpu_policy = "avoid"  # the master's; a node may send its own (Register)
+    min_free_mib = 0
 
     @abstractmethod
     def node_lost(self, job: SimpleJob, why: str, now: float) -> Effects:
@@ -110,6 +137,9 @@ class NodeEvents(ABC):
                     hostname=msg.hostname, last_seen=now, users=msg.users)
         if msg.degraded is not None:
             node.state, node.reason = NodeState.DEGRADED, msg.degraded
+        node.avoid_outside = (msg.foreign_gpu_policy or self.foreign_gpu_policy) != "ignore"
+        node.min_free_mib = (self.min_free_mib if msg.min_free_mib is None
+                             else msg.min_free_mib)
         self.nodes[msg.node_id] = node
         reported = {r.key for r in msg.running}
         kill: list[str] = []
@@ -137,6 +167,12 @@ class NodeEvents(ABC):
         node = self.nodes.get(node_id)
         if node is not None:
             node.last_seen = now
+
+    def on_gpu_usage(self, node_id: str, usage: list[GpuUsage]) -> bool:
+        """A node reports its GPUs' usage; whether the GPUs it offers changed (a
+        scheduling pass is then due)."""
+        node = self.nodes.get(node_id)
+        return node is not None and node.apply_usage(usage)
 
     def on_job_ended(
         self,
@@ -168,6 +204,9 @@ class NodeEvents(ABC):
             to = JobState.FAILED
         advance(job, to, now, reason=msg.reason, exit_code=msg.exit_code,
                 end_cause=msg.end_cause)
+        if msg.gpu_stats is not None:  # its GPUs' figures, as its node measured them
+            job.gpu_mem_peak_mib = msg.gpu_stats.memory_peak_mib
+            job.gpu_util_mean = msg.gpu_stats.utilization_mean
         self.envs.pop(job.id, None)
         effects.update(job)
         effects.ended.append(job.id)
