@@ -196,6 +196,8 @@ JOB_FIELDS = [
     "started_at",
     "ended_at",
     "end_cause",
+    "pending_reason",
+    "expected_start",
     "gpu_type",
     "gpu_mem_mib",
     "gpu_mem_peak_mib",

@@ -13,7 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mgpu.core.errors import ConfigError
-from mgpu.core.scheduler import JobSnapshot, NodeSnapshot, Placement, load_policy, schedule
+from mgpu.core.scheduler import (
+    JobSnapshot,
+    NodeSnapshot,
+    Placement,
+    fifo_reserve,
+    load_policy,
+    multifactor,
+    schedule,
+)
 
 # A node is (node_id, total GPUs, free GPU ids); a job is (job_id, GPUs);
 # a placement is (job_id, node_id, GPU ids).
@@ -139,8 +147,8 @@ def test_pending_may_be_any_iterable_and_now_is_ignored() -> None:
 
 
 def test_load_policy() -> None:
-    assert load_policy("fifo-reserve") is schedule
-    assert load_policy("default") is schedule
+    assert load_policy("fifo-reserve") is fifo_reserve
+    assert load_policy("default") is multifactor
     with pytest.raises(ConfigError, match="unknown scheduler 'nope'"):
         load_policy("nope")
 

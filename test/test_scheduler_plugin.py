@@ -15,20 +15,22 @@ import pytest
 from conftest import SRC, Cluster
 
 PLUGIN = '''
-from mgpu.core.scheduler import Placement
+from mgpu.core.scheduler import Placement, PendingReason, Reason, ScheduleResult
 
 
-def newest_first(pending, nodes, now):
+def newest_first(snap):
     """Newest job first, on the first node with room (a policy no one would choose)."""
-    free = {n.node_id: sorted(n.free_gpu_ids) for n in nodes}
-    placements = []
-    for job in sorted(pending, key=lambda j: -j.job_id):
+    free = {n.node_id: sorted(n.free_gpu_ids) for n in snap.nodes}
+    out = ScheduleResult()
+    for job in sorted(snap.pending, key=lambda j: -j.job_id):
         for node_id, ids in free.items():
             if len(ids) >= job.gpus:
-                placements.append(Placement(job.job_id, node_id, tuple(ids[:job.gpus])))
+                out.placements.append(Placement(job.job_id, node_id, tuple(ids[:job.gpus])))
                 del ids[:job.gpus]
                 break
-    return placements
+        else:
+            out.reasons[job.job_id] = Reason(PendingReason.RESOURCES, "newest first")
+    return out
 '''
 
 
@@ -49,9 +51,9 @@ def install_plugin(where: Path) -> Path:
 def test_load_policy_finds_the_builtin_and_installed_policies(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mgpu.core.errors import ConfigError
-    from mgpu.core.scheduler import load_policy, schedule
+    from mgpu.core.scheduler import fifo_reserve, load_policy
 
-    assert load_policy("fifo-reserve") is schedule
+    assert load_policy("fifo-reserve") is fifo_reserve
     monkeypatch.syspath_prepend(str(install_plugin(tmp_path / "site")))
     assert load_policy("newest-first").__name__ == "newest_first"
     with pytest.raises(ConfigError, match="unknown scheduler 'nope'"):
@@ -68,6 +70,9 @@ def test_a_plugin_chosen_by_the_setting_places_the_jobs(
     first = cluster.submit(f"while [ ! -e {gate} ]; do sleep 0.05; done")
     cluster.wait_job(first, ("running",))
     queued = [cluster.submit("true") for _ in range(3)]
+    shown = [cluster.api(f"/api/v1/jobs/{j}") for j in queued]
+    assert [(j["pending_reason"], j["reason"]) for j in shown] == [
+        ("Resources", "newest first")] * 3  # the plugin's reasons reach the user
     gate.touch()
     ended = [cluster.wait_job(j, ("completed",)) for j in queued]
     order = [j["id"] for j in sorted(ended, key=lambda j: j["started_at"])]
@@ -87,7 +92,7 @@ def test_an_unknown_scheduler_stops_the_master_with_the_fix(tmp_path: Path) -> N
 
 def test_mgpu_config_shows_the_scheduler(cluster: Cluster) -> None:
     out = cluster.mgpu("config").stdout
-    assert any("scheduler" in line and "fifo-reserve" in line for line in out.splitlines())
+    assert any("scheduler" in line and "multifactor" in line for line in out.splitlines())
 
 
 def test_the_master_reports_its_scheduling_passes(cluster: Cluster) -> None:

@@ -59,9 +59,10 @@ class MasterConfig:
     max_time_limit: str = field(default="UNLIMITED", metadata=_env("MGPU_MAX_TIME_LIMIT"))
     max_requeue: int = field(default=3, metadata=_env("MGPU_MAX_REQUEUE"))
     srun_grace: float = field(default=10.0, metadata=_env("MGPU_SRUN_GRACE"))
-    # The scheduling policy: the built-in "fifo-reserve", or a plugin's name (an entry point
-    # of the group "mgpu.schedulers": core/scheduler.py's load_policy).
-    scheduler: str = field(default="fifo-reserve", metadata=_env("MGPU_SCHEDULER"))
+    # The scheduling policy: the built-in "multifactor" (priority, one reservation, backfill)
+    # or "fifo-reserve", or a plugin's name (an entry point of the group "mgpu.schedulers":
+    # core/scheduler.py's load_policy).
+    scheduler: str = field(default="multifactor", metadata=_env("MGPU_SCHEDULER"))
     # Security (README "Security"): off only for benchmarks, and loudly.
     auth: bool = field(default=True, metadata=_env("MGPU_AUTH"))
     private_jobs: bool = field(default=False, metadata=_env("MGPU_PRIVATE_JOBS"))

@@ -193,6 +193,10 @@ class SimpleJob(msgspec.Struct, kw_only=True):
     started_at: datetime | None = None
     ended_at: datetime | None = None
     end_cause: EndCause | None = None  # why it ended, beside ``reason``'s words
+    # Scheduling (issue 11): why a pending job waits, as a code (a value of
+    # core/scheduler.PendingReason), and when the backfill plan expects it to start.
+    pending_reason: str | None = None
+    expected_start: datetime | None = None
     # GPU constraints as submitted (JobSpec), and its GPUs' figures while it last ran, as
     # its node measured them (None: not measured): peak memory used (summed over its
     # GPUs) and mean utilisation in percent.

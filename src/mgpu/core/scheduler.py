@@ -1,123 +1,162 @@
-"""The scheduling policy: a pure function from a snapshot to placements.
+"""The scheduling policy's contract, and the built-in ``fifo-reserve`` policy.
 
-No I/O, no clock reads, no locks: the master calls :func:`schedule` whenever something that
-could let a job start happens (submit, job end, node join, cancel), with the pending jobs in
-queue order and the free GPUs of every node that is up.
+A policy is a pure function ``policy(snapshot: Snapshot) -> ScheduleResult``: no I/O, no
+clock reads, no locks. The master calls it whenever something that could let a job start
+happens (submit, job end, node join, cancel, a timer), with:
 
-The default policy, ``fifo-reserve``:
+- ``now``;
+- the pending jobs the gates let through (dependencies met, not held, past their begin time,
+  within their user's limits), **highest priority first** (a lazy iterable: a policy reads
+  only as far as it needs), each with its priority and the factors it is made of, its
+  effective time limit and its constraints (GPU type, GPU memory, partition);
+- the nodes that take jobs, with their free GPUs;
+- the running jobs, with the time each is expected to end (its start plus its time limit, or
+  plus ``default_time_limit`` when it has none);
+- ``default_time_limit``: what a job without a limit counts as when planning.
 
-1. Jobs are considered in queue order (oldest first).
+It returns the placements, a :class:`Reason` for each pending job it examined and did not
+place (a :class:`PendingReason` code and words), and the reservations of its backfill plan
+(which job, which node, from when). Jobs it did not examine keep the master's default code
+(``Priority`` behind a waiting job, ``Resources`` otherwise).
+
+Constraints (:func:`node_fits`): a job with ``gpu_type`` uses only nodes of that type (the
+names compared without case); with ``gpu_mem_mib`` only GPUs with at least that much free
+memory (``gpu_free_mib``, when the node reports it); with ``partition`` only the nodes of that
+partition, and without one only the nodes in no partition; a node that runs only some users'
+jobs (``users``) runs no one else's.
+
+``fifo-reserve`` (the founding policy, :func:`schedule` over the snapshot):
+
+1. Jobs are considered in the order given.
 2. A job that fits goes to the node with the *fewest* free GPUs that can hold it (best fit,
    so large holes stay open for large jobs); ties go to the node listed first. It takes that
    node's lowest-numbered free GPUs.
 3. The first job that does not fit *reserves* the node where it will fit soonest (the node,
    among those with enough GPUs in total, with the most free GPUs now). Later jobs may not
    use a reserved node, so a stream of small jobs cannot starve a large one; they may still
-   run on other nodes (backfill).
+   run on other nodes.
 4. A job larger than every node never fits and reserves nothing; the master rejects such
    jobs at submit when nodes are known, so this only happens before nodes register.
-5. A node that runs only some users' jobs (``users``) is not considered for other users'
-   jobs, neither to place nor to reserve.
 
-Other policies can be installed under the entry-point group ``mgpu.schedulers``; each is a
-callable with the signature of :func:`schedule`.
+``multifactor`` (the default, :mod:`mgpu.core.backfill`) gives its reservation a start time
+from the running jobs' expected ends, and lets a lower job use the reserved node when that
+delays nothing (backfill).
+
+Other policies are installed under the entry-point group ``mgpu.schedulers`` (see
+``docs/scheduling.md``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+
+from mgpu.core.backfill import multifactor
+from mgpu.core.snapshot import (
+    JobSnapshot,
+    NodeSnapshot,
+    PendingReason,
+    Placement,
+    Policy,
+    PriorityFactors,
+    Reason,
+    Reservation,
+    RunningSnapshot,
+    ScheduleResult,
+    Snapshot,
+    node_fits,
+    usable_gpus,
+)
+
+__all__ = [
+    "BUILTIN",
+    "JobSnapshot",
+    "NodeSnapshot",
+    "PendingReason",
+    "Placement",
+    "Policy",
+    "PriorityFactors",
+    "Reason",
+    "Reservation",
+    "RunningSnapshot",
+    "ScheduleResult",
+    "Snapshot",
+    "fifo_reserve",
+    "load_policy",
+    "multifactor",
+    "node_fits",
+    "schedule",
+    "usable_gpus",
+]
 
 
-@dataclass(frozen=True, slots=True)
-class JobSnapshot:
-    """A pending job, as the policy sees it (the master's record is a ``SimpleJob``)."""
+def fifo_reserve(snap: Snapshot) -> ScheduleResult:
+    """The ``fifo-reserve`` policy (module docstring): its reservation has no start time, so
+    it plans none (``reservations`` stays empty)."""
+    nodes = snap.nodes
+    free: dict[str, list[int]] = {n.node_id: sorted(n.free_gpu_ids) for n in nodes}
+    mem = {n.node_id: dict(zip(n.free_gpu_ids, n.gpu_free_mib, strict=True))
+           for n in nodes if n.gpu_free_mib is not None}
+    free_count = sum(len(v) for v in free.values())
+    reserved: dict[str, int] = {}  # node -> the job it is held for
+    out = ScheduleResult()
+    for job in snap.pending:
+        if free_count == 0:
+            break
+        fitting = [n for n in nodes if node_fits(job, n)]
+        if not fitting:
+            out.reasons[job.job_id] = Reason(PendingReason.NO_NODE_FITS,
+                                             f"no node can run {job.gpus} GPUs of this kind")
+            continue
+        best: tuple[int, str, list[int]] | None = None
+        for n in fitting:
+            if n.node_id in reserved:
+                continue
+            ids = _usable(job, free[n.node_id], mem.get(n.node_id))
+            if len(ids) >= job.gpus and (best is None or len(ids) < best[0]):
+                best = (len(ids), n.node_id, ids)
+        if best is None:
+            if not reserved:
+                target = max(fitting, key=lambda n: len(free[n.node_id]))
+                reserved[target.node_id] = job.job_id
+                out.reasons[job.job_id] = Reason(PendingReason.RESOURCES,
+                                                 f"waits for {job.gpus} GPUs on "
+                                                 f"{target.node_id}")
+            else:
+                holder = next(iter(reserved.values()))
+                out.reasons[job.job_id] = Reason(PendingReason.RESERVED,
+                                                 f"GPUs are held for job {holder}", holder)
+            continue
+        _, node_id, ids = best
+        take = ids[: job.gpus]
+        for g in take:
+            free[node_id].remove(g)
+        free_count -= job.gpus
+        out.placements.append(Placement(job.job_id, node_id, tuple(take)))
+    return out
 
-    job_id: int
-    gpus: int
-    user: str = ""
 
-
-@dataclass(frozen=True, slots=True)
-class NodeSnapshot:
-    node_id: str
-    total_gpus: int
-    free_gpu_ids: tuple[int, ...]
-    users: frozenset[str] | None = None  # whose jobs it runs: None, everyone's
-
-    def serves(self, user: str) -> bool:
-        return self.users is None or user in self.users
-
-
-@dataclass(frozen=True, slots=True)
-class Placement:
-    job_id: int
-    node_id: str
-    gpu_ids: tuple[int, ...]
-
-
-Policy = Callable[[Iterable[JobSnapshot], Sequence[NodeSnapshot], float], list[Placement]]
+def _usable(job: JobSnapshot, free: list[int], mem: dict[int, int] | None) -> list[int]:
+    if job.gpu_mem_mib is None or mem is None:
+        return free
+    return [g for g in free if mem.get(g, 0) >= job.gpu_mem_mib]
 
 
 def schedule(
     pending: Iterable[JobSnapshot], nodes: Sequence[NodeSnapshot], now: float
 ) -> list[Placement]:
-    """Placements for as many pending jobs as the free GPUs allow (see module docstring).
-
-    ``pending`` must be in queue order; ``now`` is unused by this policy but part of the
-    contract so that policies based on waiting time need no clock.
-    """
-    free: dict[str, list[int]] = {n.node_id: sorted(n.free_gpu_ids) for n in nodes}
-    total = {n.node_id: n.total_gpus for n in nodes}
-    order = [n.node_id for n in nodes]
-    limited = {n.node_id: n for n in nodes if n.users is not None}
-    largest = max(total.values(), default=0)
-    free_count = sum(len(v) for v in free.values())
-    reserved: set[str] = set()
-    placements: list[Placement] = []
-    for job in pending:
-        if free_count == 0:
-            break
-        if job.gpus > largest:
-            continue
-        best: str | None = None
-        allowed = order if not limited else [
-            n for n in order if n not in limited or limited[n].serves(job.user)]
-        for node_id in allowed:
-            n_free = len(free[node_id])
-            if node_id in reserved or n_free < job.gpus:
-                continue
-            if best is None or n_free < len(free[best]):
-                best = node_id
-        if best is None:
-            _reserve(job, allowed, free, total, reserved)
-            continue
-        ids = free[best][: job.gpus]
-        del free[best][: job.gpus]
-        free_count -= job.gpus
-        placements.append(Placement(job.job_id, best, tuple(ids)))
-    return placements
+    """The placements of :func:`fifo_reserve` (the founding call form, kept for callers)."""
+    return fifo_reserve(Snapshot(now, pending, nodes)).placements
 
 
-def _reserve(
-    job: JobSnapshot,
-    order: list[str],
-    free: dict[str, list[int]],
-    total: dict[str, int],
-    reserved: set[str],
-) -> None:
-    """Reserve, for the first blocked job, the node where it will fit soonest."""
-    if reserved:
-        return
-    candidates = [n for n in order if total[n] >= job.gpus]
-    if candidates:
-        reserved.add(max(candidates, key=lambda n: len(free[n])))
+BUILTIN = ("multifactor", "fifo-reserve")
 
 
 def load_policy(name: str) -> Policy:
-    """The policy called ``name``: the built-in one or an ``mgpu.schedulers`` entry point."""
-    if name in ("fifo-reserve", "default"):
-        return schedule
+    """The policy called ``name``: a built-in one or an ``mgpu.schedulers`` entry point."""
+    if name in ("multifactor", "default"):
+        return multifactor
+    if name == "fifo-reserve":
+        return fifo_reserve
     from importlib.metadata import entry_points
 
     from mgpu.core.errors import ConfigError
@@ -126,4 +165,5 @@ def load_policy(name: str) -> Policy:
         if ep.name == name:
             policy: Policy = ep.load()
             return policy
-    raise ConfigError(f"unknown scheduler {name!r}: use 'fifo-reserve' or install a plugin")
+    raise ConfigError(f"unknown scheduler {name!r}: use one of {', '.join(BUILTIN)} or "
+                      "install a plugin")

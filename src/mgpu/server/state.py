@@ -13,30 +13,24 @@ from collections.abc import Iterable
 
 from mgpu.core import messages as m
 from mgpu.core.errors import Forbidden, NotFound, Rejected, UsageError
-from mgpu.core.models import (
-    JobSpec,
-    JobState,
-    NodeState,
-    SimpleJob,
-    advance,
-    utc,
-)
-from mgpu.core.scheduler import JobSnapshot, NodeSnapshot, Policy, schedule
+from mgpu.core.models import JobSpec, JobState, SimpleJob, advance, utc
+from mgpu.core.scheduler import JobSnapshot, Policy, ScheduleResult, fifo_reserve
 from mgpu.server.auth import Identity
 from mgpu.server.effects import Effects
 from mgpu.server.node_events import Node, NodeEvents
+from mgpu.server.scheduling import SchedulingPass
 from mgpu.server.store import LoadedJob
 from mgpu.server.validate import MAX_TIME_LIMIT, check_spec
 
 __all__ = ["ClusterState", "Effects", "Node"]
 
 
-class ClusterState(NodeEvents):
+class ClusterState(NodeEvents, SchedulingPass):
     """Jobs and nodes in memory; the single place that decides what happens to them."""
 
     def __init__(
         self,
-        policy: Policy = schedule,
+        policy: Policy = fifo_reserve,
         node_timeout: float = 10.0,
         default_time_limit: int | None = None,
         max_time_limit: int | None = None,
@@ -52,6 +46,7 @@ class ClusterState(NodeEvents):
         self.cancel_requested: set[int] = set()
         self.next_id = 1
         self.policy = policy
+        self.plan = ScheduleResult()
         self.node_timeout = node_timeout
         self.default_time_limit = default_time_limit
         self.max_time_limit = max_time_limit
@@ -61,10 +56,16 @@ class ClusterState(NodeEvents):
 
     def _enqueue(self, job: SimpleJob, *, in_place: bool = False) -> None:
         """Put ``job`` in the pending queue: at the end, or (``in_place``) at its id's place."""
-        self.pending[job.id] = JobSnapshot(job.id, job.gpus, job.user)
+        self.pending[job.id] = JobSnapshot(
+            job.id, job.gpus, job.user,
+            submitted_at=job.submitted_at.timestamp() if job.submitted_at else 0.0,
+            time_limit=job.time_limit)
         self.pending_by_user[job.user] = self.pending_by_user.get(job.user, 0) + 1
         if in_place:
             self.pending = dict(sorted(self.pending.items()))
+
+    def pending_in_order(self) -> Iterable[JobSnapshot]:
+        return self.pending.values()
 
     def _dequeue(self, job_id: int) -> None:
         p = self.pending.pop(job_id, None)
@@ -247,90 +248,6 @@ class ClusterState(NodeEvents):
                     )
                 )
         return results, effects
-
-    def refresh_pending_reasons(self) -> None:
-        """Say why each pending job waits (derived, not saved)."""
-        up = [n for n in self.nodes.values() if n.state.takes_jobs]
-        largest = max((len(n.gpus) for n in self.nodes.values()), default=0)
-        by_user: dict[str, list[Node]] = {}  # (a listing reads 10,000 jobs of few users)
-        for job_id in self.pending:
-            job = self.jobs[job_id]
-            serving = by_user.get(job.user)
-            if serving is None:
-                serving = by_user[job.user] = [
-                    n for n in self.nodes.values() if n.serves(job.user)]
-            if not self.nodes:
-                job.reason = "waiting for a node to register"
-            elif job.gpus > largest:
-                job.reason = f"no node has {job.gpus} GPUs (largest has {largest})"
-            elif not serving:
-                job.reason = f"no node runs jobs of {job.user}: " + "; ".join(
-                    f"{n.node_id} runs only {', '.join(n.users or [])}'s"
-                    for n in list(self.nodes.values())[:5])
-            elif not any(n.state.takes_jobs for n in serving):
-                degraded = [n for n in serving if n.state is NodeState.DEGRADED]
-                job.reason = ("no node is up" if not degraded else "no node is up: " + "; ".join(
-                    f"{n.node_id} is degraded ({n.reason})" for n in degraded[:5]))
-            elif not up:
-                job.reason = "no node is up"
-            else:
-                job.reason = f"waiting for {job.gpus} free GPU{'s' if job.gpus > 1 else ''}"
-
-    def queue_position(self, job_id: int) -> int:
-        """How many pending jobs are ahead of ``job_id``."""
-        return sum(1 for other in self.pending if other < job_id)
-
-    # ------------------------------------------------------------------ scheduling
-
-    def schedule(self, now: float) -> Effects:
-        """Place pending jobs on free GPUs; each placement is saved, then sent."""
-        effects = Effects()
-        if not self.pending:
-            return effects
-        snapshot = [
-            NodeSnapshot(n.node_id, len(n.gpus), n.free_gpu_ids(),
-                         None if n.users is None else frozenset(n.users))
-            for n in self.nodes.values()
-            if n.state.takes_jobs and n.connected
-        ]
-        if not any(s.free_gpu_ids for s in snapshot):
-            return effects
-        for p in self.policy(self.pending.values(), snapshot, now):
-            job = self.jobs[p.job_id]
-            node = self.nodes[p.node_id]
-            held = {g.index: g for g in node.gpus}
-            if job.state is not JobState.PENDING or any(
-                held[i].job_id is not None for i in p.gpu_ids
-            ):
-                raise AssertionError(f"policy made an impossible placement: {p}")
-            for i in p.gpu_ids:
-                held[i].job_id = job.id
-            self._dequeue(job.id)
-            env = self.envs.get(job.id, {})
-            advance(job, JobState.RUNNING, now)
-            job.node = node.node_id
-            job.gpu_ids = list(p.gpu_ids)
-            effects.update(job)
-            effects.sends.append(
-                (
-                    node.node_id,
-                    m.StartJob(
-                        job_id=job.id,
-                        run=job.requeues,
-                        command=job.command,
-                        cwd=job.cwd,
-                        env=env,
-                        gpu_ids=job.gpu_ids,
-                        user=job.user,
-                        name=job.name,
-                        time_limit=job.time_limit,
-                        stdin=job.stdin,
-                        pty=job.pty,
-                        argv=job.argv,
-                    ),
-                )
-            )
-        return effects
 
     def unplace(self, job_ids: Iterable[int], now: float, reason: str) -> None:
         """Put placed jobs back in the queue when their placement could not be saved."""

@@ -1,0 +1,213 @@
+"""The ``multifactor`` policy: priority order, best fit, one reservation, and backfill.
+
+A pure function of a :class:`~mgpu.core.scheduler.Snapshot` (no I/O, no clock). The master
+gives the pending jobs highest priority first (age, fair share and ``--priority``/``--nice``:
+:mod:`mgpu.core.priority`); this policy decides where and whether each may start:
+
+1. Jobs are taken in the order given. A job that fits now goes to the node with the *fewest*
+   usable free GPUs that can hold it (best fit; ties to the node listed first), on that
+   node's lowest-numbered free GPUs.
+2. The first job that does not fit (the *top blocked job*) gets a **reservation**: for every
+   node that could run it, the time its GPUs will be free is worked out from the running jobs'
+   expected ends (their start plus their time limit; ``default_time_limit`` for a job without
+   one); the node free soonest is reserved for it from that time (ties: the node listed first).
+   That time is the job's expected start.
+3. **Backfill**: a lower job may still start now, on any node, unless that would delay the
+   reservation: on the reserved node it starts only if its own limit ends by the reserved
+   start, or if it takes only GPUs the reserved job will not need then (the node's GPUs free
+   at the reserved start beyond those the job needs). Up to ``backfill_depth`` jobs past the
+   top blocked one are tried (SLURM's ``bf_max_job_test``); the pass stops as soon as no GPU
+   is free.
+4. A job no node could ever run (too big, another GPU type or partition, nodes of other users
+   only) is passed over with ``NoNodeFits`` and holds nothing back.
+
+A job whose time limit is unknown is planned with ``default_time_limit``; if it runs longer,
+the reserved job starts later than planned (the plan is remade on every pass). Jobs with a
+limit are ended at it, so backfill behind them never delays the reserved job.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+
+from mgpu.core.snapshot import (
+    JobSnapshot,
+    NodeSnapshot,
+    PendingReason,
+    Placement,
+    Reason,
+    Reservation,
+    ScheduleResult,
+    Snapshot,
+    node_fits,
+)
+
+__all__ = ["multifactor"]
+
+
+def multifactor(snap: Snapshot) -> ScheduleResult:
+    """Placements, reasons and the reservation for ``snap`` (see the module docstring)."""
+    return _Pass(snap).run(snap.pending)
+
+
+class _Pass:
+    """One pass's working state: free GPUs, when busy ones free up, the reservation."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+        self.now = snap.now
+        self.nodes = {n.node_id: n for n in snap.nodes}
+        self.rank = {n.node_id: i for i, n in enumerate(snap.nodes)}
+        self.free = {n.node_id: sorted(n.free_gpu_ids) for n in snap.nodes}
+        self.mem = {n.node_id: dict(zip(n.free_gpu_ids, n.gpu_free_mib, strict=True))
+                    for n in snap.nodes if n.gpu_free_mib is not None}
+        self.open = [n.node_id for n in snap.nodes if n.free_gpu_ids]  # nodes with a free GPU
+        self.free_count = sum(len(v) for v in self.free.values())
+        # node -> (expected end, GPUs it frees), sorted: the running jobs, then this pass's
+        self.releases: dict[str, list[tuple[float, int]]] = {}
+        for r in snap.running:
+            if r.node_id in self.nodes:
+                self.releases.setdefault(r.node_id, []).append(
+                    (max(r.expected_end, self.now), len(r.gpu_ids)))
+        for events in self.releases.values():
+            events.sort()
+        self.kinds: dict[tuple[str, str | None, str | None], list[NodeSnapshot]] = {}
+        self.fitting: dict[tuple[str, str | None, str | None, int], list[NodeSnapshot]] = {}
+        self.res: Reservation | None = None
+        self.spare = 0  # GPUs of the reserved node free at its start beyond what it needs
+        self.out = ScheduleResult()
+
+    def run(self, pending: Iterable[JobSnapshot]) -> ScheduleResult:
+        tried = 0
+        for job in pending:
+            if self.free_count == 0 and self.res is not None:
+                break
+            if self.res is not None:
+                tried += 1
+                if tried > self.snap.backfill_depth:
+                    break
+            # With no GPU free and no reservation yet, the next job that fits a node is the
+            # top blocked one: it is still examined, for its reservation (its start time).
+            self._one(job)
+        return self.out
+
+    def _one(self, job: JobSnapshot) -> None:
+        fitting = self._fitting(job)
+        if not fitting:
+            self.out.reasons[job.job_id] = Reason(
+                PendingReason.NO_NODE_FITS,
+                f"no node that takes jobs can run {job.gpus} GPU"
+                f"{'s' if job.gpus > 1 else ''}{_constraints(job)}")
+            return
+        end = self.now + (job.time_limit or self.snap.default_time_limit)
+        res = self.res
+        best: tuple[int, int, str, list[int]] | None = None
+        held_back = False
+        for node_id in self.open:
+            node = self.nodes[node_id]
+            if not node_fits(job, node):
+                continue
+            ids = self._usable(job, node_id)
+            if len(ids) < job.gpus:
+                continue
+            if (res is not None and node_id == res.node_id and end > res.start
+                    and job.gpus > self.spare):
+                held_back = True
+                continue
+            key = (len(ids), self.rank[node_id], node_id, ids)
+            if best is None or key[:2] < best[:2]:
+                best = key
+        if best is not None:
+            self._place(job, best[2], best[3][: job.gpus], end)
+        elif res is None:
+            self._reserve(job, fitting)
+        elif held_back:
+            self.out.reasons[job.job_id] = Reason(
+                PendingReason.RESERVED,
+                f"the free GPUs of {res.node_id} are held for job {res.job_id}, and this "
+                "job's time limit ends after that job's expected start", res.job_id)
+        else:
+            self.out.reasons[job.job_id] = Reason(
+                PendingReason.PRIORITY,
+                f"waiting for {job.gpus} free GPU{'s' if job.gpus > 1 else ''}; job "
+                f"{res.job_id}, of higher priority, waits first")
+
+    def _place(self, job: JobSnapshot, node_id: str, ids: list[int], end: float) -> None:
+        free = self.free[node_id]
+        for g in ids:
+            free.remove(g)
+        if not free:
+            self.open.remove(node_id)
+        self.free_count -= job.gpus
+        bisect.insort(self.releases.setdefault(node_id, []), (end, job.gpus))
+        res = self.res
+        if res is not None and node_id == res.node_id and end > res.start:
+            self.spare -= job.gpus
+        self.out.placements.append(Placement(job.job_id, node_id, tuple(ids)))
+
+    def _reserve(self, job: JobSnapshot, fitting: list[NodeSnapshot]) -> None:
+        """Reserve for the top blocked job the node where it can start soonest."""
+        best: tuple[float, int, str, int] | None = None
+        for node in fitting:
+            avail = len(self._usable(job, node.node_id))
+            start = self.now
+            for end, count in self.releases.get(node.node_id, ()):
+                if avail >= job.gpus:
+                    break
+                avail += count
+                start = end
+            if avail < job.gpus:
+                continue  # GPUs busy outside mgpu's jobs: no time can be given here
+            key = (start, self.rank[node.node_id], node.node_id, avail)
+            if best is None or key[:2] < best[:2]:
+                best = key
+        if best is None:
+            self.out.reasons[job.job_id] = Reason(
+                PendingReason.RESOURCES,
+                f"waiting for {job.gpus} free GPU{'s' if job.gpus > 1 else ''}; no start "
+                "time can be given (GPUs are in use outside mgpu's jobs)")
+            return
+        start, _, node_id, avail = best
+        # Everything that ends by the start counts as free then, not only what was needed.
+        avail = len(self._usable(job, node_id)) + sum(
+            c for e, c in self.releases.get(node_id, ()) if e <= start)
+        self.res = Reservation(job.job_id, node_id, start, job.gpus)
+        self.spare = avail - job.gpus
+        self.out.reservations.append(self.res)
+        self.out.reasons[job.job_id] = Reason(
+            PendingReason.RESOURCES,
+            f"next to start: {job.gpus} GPU{'s' if job.gpus > 1 else ''} of {node_id} are "
+            "held for it from when its running jobs' time limits end")
+
+    def _fitting(self, job: JobSnapshot) -> list[NodeSnapshot]:
+        """The nodes that could ever run ``job`` (cached per kind of job)."""
+        kind = (job.user, job.gpu_type, job.partition)
+        sized = self.fitting.get((*kind, job.gpus))
+        if sized is None:
+            nodes = self.kinds.get(kind)
+            if nodes is None:
+                probe = JobSnapshot(0, 1, job.user, gpu_type=job.gpu_type,
+                                    partition=job.partition)
+                nodes = self.kinds[kind] = [n for n in self.snap.nodes if node_fits(probe, n)]
+            sized = self.fitting[(*kind, job.gpus)] = [
+                n for n in nodes if n.total_gpus >= job.gpus]
+        return sized
+
+    def _usable(self, job: JobSnapshot, node_id: str) -> list[int]:
+        free = self.free[node_id]
+        mem = self.mem.get(node_id)
+        if job.gpu_mem_mib is None or mem is None:
+            return free
+        return [g for g in free if mem.get(g, 0) >= job.gpu_mem_mib]
+
+
+def _constraints(job: JobSnapshot) -> str:
+    parts = []
+    if job.gpu_type is not None:
+        parts.append(f"of type {job.gpu_type}")
+    if job.gpu_mem_mib is not None:
+        parts.append(f"with {job.gpu_mem_mib} MiB free")
+    if job.partition is not None:
+        parts.append(f"in partition {job.partition}")
+    return (" " + ", ".join(parts)) if parts else ""
