@@ -137,6 +137,12 @@ def _job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env", action="append", metavar="KEY=VAL", help="one variable to set")
     p.add_argument("-t", "--time", metavar="TIME",
                    help="time limit: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS")
+    # GPU constraints (README "GPUs as they are"; cli/jobargs.py: gpu_constraints)
+    p.add_argument("--gpu-mem", metavar="SIZE",
+                   help="each of its GPUs must have this much free memory (20G, 512M)")
+    p.add_argument("--gpu-type", metavar="TYPE",
+                   help="GPUs of this type only (a100, h200, rtx4090; any case)")
+    p.add_argument("--constraint", metavar="gpu=TYPE", help="SLURM's form of --gpu-type")
 
 
 def _submit_args(p: argparse.ArgumentParser) -> None:

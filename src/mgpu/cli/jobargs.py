@@ -22,13 +22,14 @@ if TYPE_CHECKING:
 
 def job_fields(ns: argparse.Namespace) -> dict[str, Any]:
     """``submit_job``'s keywords from the job flags on ``ns``: ``gpus``, ``cmd``, ``argv``,
-    ``name``, ``cwd`` (absolute; default here), ``env`` and ``time_limit``."""
+    ``name``, ``cwd`` (absolute; default here), ``env``, ``time_limit`` and the GPU
+    constraints given (``gpu_type``, ``gpu_mem_mib``)."""
     gpus = gpu_count(ns)
     cmd, argv = command(ns.command)
     env = job_env(ns.export or [], ns.env or [])
     cwd = os.path.abspath(ns.chdir) if ns.chdir else os.getcwd()
     return {"gpus": gpus, "cmd": cmd, "argv": argv, "name": ns.job_name, "cwd": cwd,
-            "env": env, "time_limit": time_limit(ns.time)}
+            "env": env, "time_limit": time_limit(ns.time), **gpu_constraints(ns)}
 
 
 def _count(text: str, what: str) -> int:
@@ -100,3 +101,30 @@ def time_limit(text: str | None) -> int | None:
 
     limit = parse_duration(text, "-t/--time")
     return 0 if limit is None else limit  # 0: UNLIMITED, asked for explicitly
+
+
+# ---------------------------------------------------------------- GPU constraints
+
+
+def gpu_constraints(ns: argparse.Namespace) -> dict[str, Any]:
+    """``--gpu-mem SIZE`` → ``gpu_mem_mib``; ``--gpu-type TYPE`` or ``--constraint
+    gpu=TYPE`` → ``gpu_type`` (both given must agree). Only the ones given."""
+    if ns.gpu_mem is None and ns.gpu_type is None and ns.constraint is None:
+        return {}
+    from mgpu.core.gputypes import gpu_type, parse_constraint, parse_mib
+
+    out: dict[str, Any] = {}
+    if ns.gpu_mem is not None:
+        out["gpu_mem_mib"] = parse_mib(ns.gpu_mem, "--gpu-mem")
+    kind = ns.gpu_type
+    if kind is not None and not gpu_type(kind):
+        raise UsageError(f"--gpu-type {kind!r} names no GPU type: write e.g. a100 or h200")
+    if ns.constraint is not None:
+        asked = parse_constraint(ns.constraint)
+        if kind is not None and gpu_type(kind) != gpu_type(asked):
+            raise UsageError(f"--gpu-type {kind} and --constraint {ns.constraint} disagree; "
+                             "give one")
+        kind = kind or asked
+    if kind is not None:
+        out["gpu_type"] = kind
+    return out

@@ -122,6 +122,7 @@ class SimpleClient:
         stdin: bool = False,
         pty: bool = False,
         argv: list[str] | None = None,
+        gpu_type: str | None = None, gpu_mem_mib: int | None = None,
     ) -> int:
         """Queue ``cmd`` (a shell command line) to run with ``gpus`` GPUs; return its id.
 
@@ -131,6 +132,7 @@ class SimpleClient:
         requeued, cancelled when its clients go), ``stdin`` keeps the job's input open for
         ``mgpu attach``, ``pty`` runs it on a pseudo-terminal. With ``argv`` the job runs
         that program and arguments without a shell (``cmd`` is then what listings show).
+        ``gpu_type`` / ``gpu_mem_mib``: GPU constraints (README "GPUs as they are").
         Built as plain JSON (the fields of :class:`~mgpu.core.models.JobSpec`, which the
         master validates) so that a submit does not pay for importing msgspec.
         """
@@ -153,6 +155,8 @@ class SimpleClient:
             "pty": pty,
             "argv": argv,
         }
+        spec.update((k, v) for k, v in (("gpu_type", gpu_type), ("gpu_mem_mib", gpu_mem_mib))
+                    if v is not None)  # (only when given: an older master knows neither)
         body = plainjson.dumps({"jobs": [spec]}).encode()
         reply = plainjson.loads(self._call("POST", f"{API}/jobs", body))
         return int(reply["job_ids"][0])

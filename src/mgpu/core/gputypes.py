@@ -3,7 +3,8 @@
 A GPU's *type* is a short lowercase model name taken from its NVML name, so that a job
 asking for ``--gpu-type A100`` matches "NVIDIA A100-SXM4-80GB" and "NVIDIA A100 80GB PCIe":
 
-* the vendor and brand words (``NVIDIA``, ``Tesla``, ``GeForce``, ``Quadro``) are dropped;
+* the vendor and brand words (``NVIDIA``, ``Tesla``, ``GeForce``, ``Quadro``) are dropped,
+  also when joined to the model by ``-`` (``nvidia-a100``);
 * the first word left is the model, cut at its first ``-`` (``A100-SXM4-80GB`` → ``a100``);
   ``RTX`` is joined to the word after it (``RTX 4090`` → ``rtx4090``);
 * a short alias list maps other spellings to one name (``4090`` → ``rtx4090``,
@@ -44,7 +45,10 @@ _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*")
 def gpu_type(name: str) -> str:
     """The type of a GPU named ``name`` (an NVML name, or what a user typed); "" when the
     name holds no model word."""
-    words = [w for w in name.lower().replace("_", "-").split() if w not in _BRANDS]
+    text = name.lower().replace("_", "-")
+    for brand in _BRANDS:  # ("NVIDIA-A100": a brand joined to the model)
+        text = text.replace(f"{brand}-", f"{brand} ")
+    words = [w for w in text.split() if w not in _BRANDS]
     if not words:
         return ""
     first = words[0]
@@ -54,6 +58,16 @@ def gpu_type(name: str) -> str:
         first = "rtx" + first[4:]
     model = first.split("-", 1)[0] or first.strip("-")
     return ALIASES.get(model, model)
+
+
+def common_type(names: list[str]) -> str:
+    """The type of a node's GPUs named ``names``: the most common (the first listed of
+    those tied), "" with none."""
+    counts: dict[str, int] = {}
+    for name in names:
+        kind = gpu_type(name)
+        counts[kind] = counts.get(kind, 0) + 1
+    return max(counts, key=lambda k: counts[k]) if counts else ""
 
 
 def parse_mib(text: str, what: str) -> int:

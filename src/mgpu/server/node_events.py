@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from mgpu.core import messages as m
+from mgpu.core.gputypes import common_type
 from mgpu.core.models import (
     NODE_TRANSITIONS,
     REGISTERED_STATES,
@@ -45,6 +46,7 @@ class Node:
     users: list[str] | None = None  # whose jobs it runs: None, everyone's
     avoid_outside: bool = True  # foreign_gpu_policy: avoid GPUs busy outside mgpu
     min_free_mib: int = 0  # a GPU with less free memory (by the last report) is not offered
+    gpu_type: str = ""  # its GPUs' type (core/gputypes.py: common_type), set at registration
 
     def free_gpu_ids(self) -> tuple[int, ...]:
         """The GPUs no job holds that may be allocated (:meth:`offers`)."""
@@ -137,6 +139,7 @@ class NodeEvents(ABC):
                     hostname=msg.hostname, last_seen=now, users=msg.users)
         if msg.degraded is not None:
             node.state, node.reason = NodeState.DEGRADED, msg.degraded
+        node.gpu_type = common_type([g.name for g in node.gpus])
         node.avoid_outside = (msg.foreign_gpu_policy or self.foreign_gpu_policy) != "ignore"
         node.min_free_mib = (self.min_free_mib if msg.min_free_mib is None
                              else msg.min_free_mib)

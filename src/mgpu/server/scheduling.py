@@ -25,6 +25,7 @@ from mgpu.core.scheduler import (
     Snapshot,
 )
 from mgpu.server.effects import Effects
+from mgpu.server.gpu_fit import busy_outside_words, node_free_mib, node_type
 from mgpu.server.node_events import Node
 
 PLAN_LIMIT = 86_400  # what a job without a time limit counts as when planning (seconds)
@@ -75,10 +76,11 @@ class SchedulingPass(ABC):
         """Place pending jobs on free GPUs; each placement is saved, then sent."""
         effects = Effects()
         nodes = [
-            NodeSnapshot(n.node_id, len(n.gpus), n.free_gpu_ids(),
-                         None if n.users is None else frozenset(n.users))
-            for n in self.nodes.values()
-            if n.state.takes_jobs and n.connected
+            NodeSnapshot(n.node_id, len(n.gpus), free,
+                         None if n.users is None else frozenset(n.users),
+                         gpu_type=node_type(n), gpu_free_mib=node_free_mib(n, free))
+            for n in self.nodes.values() if n.state.takes_jobs and n.connected
+            for free in [n.free_gpu_ids()]
         ]
         pending = self.pending_in_order()
         self.plan = self.policy(Snapshot(now, pending, nodes, self.running_snapshot(),
@@ -158,6 +160,10 @@ class SchedulingPass(ABC):
                 if said is not None:
                     code = said.code
                 job.reason = _words(job, code, said)
+                outside = (busy_outside_words(job, self.nodes.values())
+                           if code is PendingReason.RESOURCES else None)
+                if outside is not None:  # (README "GPUs as they are")
+                    code, job.reason = PendingReason.GPUS_BUSY_OUTSIDE, outside
             job.pending_reason = code.value
 
     def queue_position(self, job_id: int) -> int:

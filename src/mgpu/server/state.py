@@ -17,6 +17,7 @@ from mgpu.core.models import JobSpec, JobState, SimpleJob, advance, utc
 from mgpu.core.scheduler import JobSnapshot, Policy, ScheduleResult, fifo_reserve
 from mgpu.server.auth import Identity
 from mgpu.server.effects import Effects
+from mgpu.server.gpu_fit import check_gpu_constraints, job_constraints
 from mgpu.server.node_events import Node, NodeEvents
 from mgpu.server.scheduling import SchedulingPass
 from mgpu.server.store import LoadedJob
@@ -59,7 +60,7 @@ class ClusterState(NodeEvents, SchedulingPass):
         self.pending[job.id] = JobSnapshot(
             job.id, job.gpus, job.user,
             submitted_at=job.submitted_at.timestamp() if job.submitted_at else 0.0,
-            time_limit=job.time_limit)
+            time_limit=job.time_limit, **job_constraints(job))
         self.pending_by_user[job.user] = self.pending_by_user.get(job.user, 0) + 1
         if in_place:
             self.pending = dict(sorted(self.pending.items()))
@@ -125,6 +126,7 @@ class ClusterState(NodeEvents, SchedulingPass):
         for i, spec in enumerate(specs):
             where = f"job {i + 1} of the batch: " if len(specs) > 1 else ""
             check_spec(spec, where)
+            check_gpu_constraints(spec, self.nodes.values(), where)
             self._time_limit(spec, where)
             if self.nodes and spec.gpus > largest:
                 biggest = max(self.nodes.values(), key=lambda n: len(n.gpus))
@@ -154,6 +156,7 @@ class ClusterState(NodeEvents, SchedulingPass):
                 stdin=spec.stdin or spec.pty,
                 pty=spec.pty,
                 argv=spec.argv or None,
+                gpu_type=spec.gpu_type, gpu_mem_mib=spec.gpu_mem_mib,
             )
             self.jobs[job_id] = job
             self._enqueue(job)

@@ -60,9 +60,9 @@ def parse_fake_spec(spec: int | str) -> list[GpuInfo]:
         return fake_gpus(spec)
     gpus: list[GpuInfo] = []
     for group in spec.split(","):
-        count_text, _, rest = group.strip().partition(":")
+        count_text, colon, rest = group.strip().partition(":")
         kind, _, mem_text = rest.partition(":")
-        if not count_text.isdigit() or (rest and not kind.strip()) or ":" in mem_text:
+        if not count_text.isdigit() or (colon and not kind.strip()) or ":" in mem_text:
             raise UsageError(f"--fake-gpus {spec!r}: {group!r} is not N or N:TYPE[:MEM] "
                              "(e.g. 4 or 4:A100:80G)")
         memory = parse_mib(mem_text, f"--fake-gpus {spec!r}") if mem_text else None
