@@ -92,8 +92,8 @@ def test_bad_gpu_counts_are_one_line_errors(
         (["submit"], "error: a job needs a command: mgpu submit [options] 'COMMAND ...'\n"),
         (["submit", "--"], "error: a job needs a command: mgpu submit [options] 'COMMAND ...'\n"),
         (
-            ["submit", "--gres=gpu:a100:2", "true"],
-            "error: --gres takes gpu:N (GPU types are not supported), got 'gpu:a100:2'\n",
+            ["submit", "--gres=gpu:a100:2:x", "true"],
+            "error: --gres takes gpu:N or gpu:TYPE:N, got 'gpu:a100:2:x'\n",
         ),
         (
             ["submit", "--gres=gpu:0", "true"],

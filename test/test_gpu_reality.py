@@ -19,6 +19,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import msgspec
@@ -26,7 +27,7 @@ import psutil
 import pytest
 
 from conftest import Cluster, wait_until
-from mgpu.cli.jobargs import gpu_constraints
+from mgpu.cli.jobargs import gpu_constraints, gpu_count
 from mgpu.core import messages as m
 from mgpu.core.config import MasterConfig, NodeConfig
 from mgpu.core.config_sources import coerce
@@ -46,7 +47,7 @@ from mgpu.node.gpuwatch import GpuWatch
 from mgpu.server.gpu_fit import busy_outside_words, check_gpu_constraints, node_free_mib
 from mgpu.server.node_events import Node
 from mgpu.utils.gpu import detect_gpus, parse_fake_spec
-from mgpu.utils.gpustate import FakeSampler, bounded, parse_fake_state
+from mgpu.utils.gpustate import FakeSampler, NvmlSampler, bounded, parse_fake_state
 
 ME = getpass.getuser()
 
@@ -110,7 +111,8 @@ def test_constraint_knows_gpu_only() -> None:
 
 
 def _ns(**kw: Any) -> argparse.Namespace:
-    return argparse.Namespace(**{"gpu_mem": None, "gpu_type": None, "constraint": None, **kw})
+    return argparse.Namespace(**{"gpu_mem": None, "gpu_type": None, "constraint": None,
+                                 "gres": None, "gpus": None, **kw})
 
 
 def test_job_flags_give_the_constraints_given() -> None:
@@ -119,8 +121,15 @@ def test_job_flags_give_the_constraints_given() -> None:
         "gpu_mem_mib": 20480, "gpu_type": "A100"}
     assert gpu_constraints(_ns(constraint="gpu=h200")) == {"gpu_type": "h200"}
     assert gpu_constraints(_ns(gpu_type="H200", constraint="gpu=h200")) == {"gpu_type": "H200"}
-    with pytest.raises(UsageError, match="disagree"):
+    assert gpu_constraints(_ns(gres="gpu:a100:2")) == {"gpu_type": "a100"}
+    assert gpu_count(_ns(gres="gpu:a100:2")) == 2
+    assert gpu_constraints(_ns(gres="gpu:2")) == {}
+    with pytest.raises(UsageError, match="different GPU types"):
         gpu_constraints(_ns(gpu_type="a100", constraint="gpu=h200"))
+    with pytest.raises(UsageError, match="different GPU types"):
+        gpu_constraints(_ns(gres="gpu:v100:1", constraint="gpu=h200"))
+    with pytest.raises(UsageError, match="gpu:TYPE:N"):
+        gpu_count(_ns(gres="gpu::2"))
     with pytest.raises(UsageError, match="names no GPU type"):
         gpu_constraints(_ns(gpu_type="nvidia"))
 
@@ -203,6 +212,46 @@ def test_fake_sampler_reads_the_file_each_time(tmp_path: Path,
         assert sampler.sample()[0].utilization == 0
         sampler.sample()
     assert sum("fake GPU state" in r.message for r in caplog.records) == 1  # said once
+
+
+class FakeNvml:
+    """What NvmlSampler uses of pynvml, answering from a table (``NVMLError`` where a GPU
+    does not support a query)."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def nvmlDeviceGetMemoryInfo(self, h: dict[str, Any]) -> Any:
+        return SimpleNamespace(used=h["used"] * 2**20 + 5, total=h["total"] * 2**20)
+
+    def nvmlDeviceGetUtilizationRates(self, h: dict[str, Any]) -> Any:
+        if h.get("util") is None:
+            raise self.NVMLError("Not Supported")
+        return SimpleNamespace(gpu=h["util"], memory=0)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h: dict[str, Any]) -> list[Any]:
+        return [SimpleNamespace(pid=pid, usedGpuMemory=mem) for pid, mem in h["procs"]]
+
+    def nvmlShutdown(self) -> None:
+        self.closed = True
+
+
+def test_nvml_usage_with_what_a_gpu_cannot_say_left_out() -> None:
+    nvml = FakeNvml()
+    handles = {
+        0: {"used": 1024, "total": 81920, "util": 55, "procs": [(os.getpid(), 1000 * 2**20)]},
+        2: {"used": 0, "total": 81920, "util": None, "procs": [(os.getpid(), None)]},
+    }
+    sampler = NvmlSampler(nvml, handles)
+    got = sampler.sample()
+    assert (got[0].memory_used_mib, got[0].utilization) == (1024, 55)
+    assert got[0].processes == [GpuProcess(pid=os.getpid(), memory_used_mib=1000, user=ME)]
+    assert (got[2].utilization, got[2].processes[0].memory_used_mib) == (None, None)
+    sampler.close()
+    assert nvml.closed
 
 
 # ---------------------------------------------------------------- the master's side

@@ -39,12 +39,14 @@ def _count(text: str, what: str) -> int:
 
 
 def gpu_count(ns: argparse.Namespace) -> int:
-    """The GPU count from ``-G/--gpus N`` and SLURM's ``--gres=gpu:N`` (default 1)."""
+    """The GPU count from ``-G/--gpus N`` and SLURM's ``--gres=gpu:N`` or
+    ``--gres=gpu:TYPE:N`` (default 1; the type is :func:`gpu_constraints`'s)."""
     count = None if ns.gpus is None else _count(ns.gpus, "-G/--gpus")
     if ns.gres is not None:
-        kind, _, num = ns.gres.partition(":")
-        if kind != "gpu" or ":" in num:
-            raise UsageError(f"--gres takes gpu:N (GPU types are not supported), got {ns.gres!r}")
+        parts = ns.gres.split(":")
+        kind, num = parts[0], parts[-1] if len(parts) > 1 else ""
+        if kind != "gpu" or len(parts) > 3 or (len(parts) == 3 and not parts[1].strip()):
+            raise UsageError(f"--gres takes gpu:N or gpu:TYPE:N, got {ns.gres!r}")
         from_gres = _count(num or "1", "--gres=gpu:N")
         if count is not None and count != from_gres:
             raise UsageError(f"-G/--gpus {count} and --gres={ns.gres} disagree; give one")
@@ -107,24 +109,37 @@ def time_limit(text: str | None) -> int | None:
 
 
 def gpu_constraints(ns: argparse.Namespace) -> dict[str, Any]:
-    """``--gpu-mem SIZE`` → ``gpu_mem_mib``; ``--gpu-type TYPE`` or ``--constraint
-    gpu=TYPE`` → ``gpu_type`` (both given must agree). Only the ones given."""
-    if ns.gpu_mem is None and ns.gpu_type is None and ns.constraint is None:
+    """``--gpu-mem SIZE`` → ``gpu_mem_mib``; ``--gpu-type TYPE``, ``--gres=gpu:TYPE:N``
+    or ``--constraint gpu=TYPE`` → ``gpu_type`` (those given must agree). Only the ones
+    given."""
+    typed = {"--gpu-type": ns.gpu_type, "--gres": _gres_type(ns) or None,
+             "--constraint": ns.constraint}
+    if ns.gpu_mem is None and not any(typed.values()):
         return {}
     from mgpu.core.gputypes import gpu_type, parse_constraint, parse_mib
 
     out: dict[str, Any] = {}
     if ns.gpu_mem is not None:
         out["gpu_mem_mib"] = parse_mib(ns.gpu_mem, "--gpu-mem")
-    kind = ns.gpu_type
-    if kind is not None and not gpu_type(kind):
-        raise UsageError(f"--gpu-type {kind!r} names no GPU type: write e.g. a100 or h200")
-    if ns.constraint is not None:
-        asked = parse_constraint(ns.constraint)
+    if typed["--constraint"] is not None:
+        typed["--constraint"] = parse_constraint(typed["--constraint"])
+    kind: str | None = None
+    for flag, asked in typed.items():
+        if asked is None:
+            continue
+        if not gpu_type(asked):
+            raise UsageError(f"{flag} {asked!r} names no GPU type: write e.g. a100 or h200")
         if kind is not None and gpu_type(kind) != gpu_type(asked):
-            raise UsageError(f"--gpu-type {kind} and --constraint {ns.constraint} disagree; "
-                             "give one")
+            raise UsageError(f"--gpu-type, --gres and --constraint name different GPU types "
+                             f"({kind}, {asked}): give one")
         kind = kind or asked
     if kind is not None:
         out["gpu_type"] = kind
     return out
+
+
+def _gres_type(ns: argparse.Namespace) -> str:
+    """The TYPE of ``--gres=gpu:TYPE:N`` ("" without one)."""
+    gres = getattr(ns, "gres", None) or ""
+    parts = gres.split(":")
+    return parts[1].strip() if len(parts) == 3 and parts[0] == "gpu" else ""

@@ -121,7 +121,10 @@ class GpuWatch:
         while self.sampler is not None:
             try:
                 usage = await asyncio.to_thread(self.sampler.sample)
-                self.latest = {i: self._attribute(u) for i, u in usage.items()}
+                seen: set[tuple[int, float]] = set()
+                self.latest = {i: self._attribute(u, seen) for i, u in usage.items()}
+                for key in [k for k in self._owners if k not in seen]:
+                    del self._owners[key]  # (bounded: only processes on a GPU now)
                 for figures in self._jobs.values():
                     figures.add(self.latest)
                 warned = False
@@ -142,16 +145,13 @@ class GpuWatch:
 
     # ------------------------------------------------------------------ attribution
 
-    def _attribute(self, usage: GpuUsage) -> GpuUsage:
+    def _attribute(self, usage: GpuUsage, seen: set[tuple[int, float]]) -> GpuUsage:
+        """``usage`` with each process's job (the processes' keys added to ``seen``)."""
         procs = []
-        seen: set[tuple[int, float]] = set()
         for p in usage.processes:
             key, job_id, outside = self._owner(p.pid)
             seen.add(key)
             procs.append(msgspec.structs.replace(p, job_id=job_id, outside=outside))
-        for key in [k for k in self._owners if k not in seen]:
-            if not any(k[0] == key[0] for k in seen):
-                del self._owners[key]  # (bounded: only pids on a GPU now)
         return msgspec.structs.replace(usage, processes=procs)
 
     def _owner(self, pid: int) -> tuple[tuple[int, float], int | None, bool]:
