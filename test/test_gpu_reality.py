@@ -492,6 +492,20 @@ def test_a_gpu_busy_outside_mgpu_is_shown_and_not_allocated(
     assert not gpu(cluster, "node1", 0)["busy_outside"]
 
 
+def test_a_restarted_master_knows_busy_gpus_as_nodes_join(
+        make_cluster: Callable[..., Cluster], state: Path) -> None:
+    """Nodes register with their last usage: a master that restarts with pending jobs does
+    not place them on GPUs busy outside mgpu before the first heartbeat says so."""
+    write_state(state, {"0": {"processes": [{"pid": 999_999, "user": "bob"}]}})
+    cluster = make_cluster(nodes=1, gpus=2, env=quick(state))
+    wait_until(lambda: gpu(cluster, "node1", 0)["busy_outside"], 20)
+    job = cluster.submit("echo ran", "-G", "2")
+    wait_until(lambda: cluster.job(job)["pending_reason"] == "GpusBusyOutside", 20)
+    cluster.restart_master()  # (the node joins, and a scheduling pass runs, before its
+    assert cluster.job(job)["state"] == "pending"  # first heartbeat to this master)
+    assert gpu(cluster, "node1", 0)["busy_outside"]
+
+
 def test_foreign_gpu_policy_ignore_allocates_it_anyway(
         make_cluster: Callable[..., Cluster], state: Path) -> None:
     write_state(state, {"0": {"processes": [{"pid": 999_999, "user": "bob",

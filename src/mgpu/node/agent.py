@@ -225,7 +225,8 @@ class Agent:
                 for j in sup.jobs.values()]
         data_dir = self.cfg.effective_data_dir
         register = m.Register(
-            node_id=self.node_id, gpus=self.gpus, hostname=socket.gethostname(), running=held,
+            node_id=self.node_id, hostname=socket.gethostname(), running=held,
+            gpus=self.gpuwatch.with_usage(self.gpus) if self.gpuwatch else self.gpus,
             credential=credential.load(data_dir, self.node_id),
             users=self.users, degraded=self.degraded,
             foreign_gpu_policy=self.cfg.foreign_gpu_policy, min_free_mib=self.cfg.min_free_mib)

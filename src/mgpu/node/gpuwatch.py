@@ -100,6 +100,12 @@ class GpuWatch:
             return ended
         return msgspec.structs.replace(ended, gpu_stats=stats)
 
+    def with_usage(self, gpus: list[GpuInfo]) -> list[GpuInfo]:
+        """``gpus`` with their last sampled usage (what a node registers with)."""
+        return [msgspec.structs.replace(
+            g, memory_used_mib=u.memory_used_mib, utilization=u.utilization,
+            processes=u.processes) if (u := self.latest.get(g.index)) else g for g in gpus]
+
     def report(self) -> list[GpuUsage] | None:
         """The GPUs' usage if it changed since the last report taken, else None."""
         latest = [self.latest[i] for i in sorted(self.latest)]

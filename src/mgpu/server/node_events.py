@@ -140,6 +140,9 @@ class NodeEvents(ABC):
         if msg.degraded is not None:
             node.state, node.reason = NodeState.DEGRADED, msg.degraded
         node.gpu_type = common_type([g.name for g in node.gpus])
+        node.apply_usage([GpuUsage(index=g.index, memory_used_mib=g.memory_used_mib,
+                                   utilization=g.utilization, processes=g.processes)
+                          for g in msg.gpus])  # (as it joins: no GPU busy outside is given)
         node.avoid_outside = (msg.foreign_gpu_policy or self.foreign_gpu_policy) != "ignore"
         node.min_free_mib = (self.min_free_mib if msg.min_free_mib is None
                              else msg.min_free_mib)
