@@ -32,6 +32,7 @@ JOB_KEYS = {
     "id", "name", "user", "state", "gpus", "node", "gpu_ids", "command", "cwd",
     "exit_code", "reason", "submitted_at", "started_at", "ended_at", "end_cause",
     "time_limit", "requeues", "max_requeue", "interactive", "stdin", "pty", "argv",
+    "pending_reason", "expected_start", "priority", "nice",
     "gpu_type", "gpu_mem_mib", "gpu_mem_peak_mib", "gpu_util_mean",
 }  # fmt: skip
 

@@ -198,6 +198,8 @@ JOB_FIELDS = [
     "end_cause",
     "pending_reason",
     "expected_start",
+    "priority",
+    "nice",
     "gpu_type",
     "gpu_mem_mib",
     "gpu_mem_peak_mib",

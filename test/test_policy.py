@@ -262,3 +262,94 @@ def test_a_big_job_is_not_starved_by_a_stream_of_small_ones() -> None:
             break
     assert first_promise is not None and started_big is not None
     assert started_big <= first_promise
+
+
+# ---------------------------------------------------------------- priority and fair share
+
+
+def test_fair_share_factor_is_one_unused_and_a_half_at_par() -> None:
+    from mgpu.core.priority import fair_share_factor
+
+    assert fair_share_factor(0.0, 100.0, 1, 2) == 1.0
+    assert fair_share_factor(50.0, 100.0, 1, 2) == pytest.approx(0.5)
+    assert fair_share_factor(90.0, 100.0, 1, 2) < fair_share_factor(10.0, 100.0, 1, 2)
+    assert fair_share_factor(50.0, 100.0, 2, 3) > fair_share_factor(50.0, 100.0, 1, 3)
+
+
+@given(st.floats(0, 1e6), st.floats(0, 1e6), st.integers(0, 64))
+def test_usage_accrues_the_same_however_often_it_is_updated(a: float, b: float,
+                                                            gpus: int) -> None:
+    from mgpu.core.priority import accrued, decayed
+
+    h = 7 * 86_400.0
+    whole = accrued(gpus, a + b, h)
+    assert decayed(accrued(gpus, a, h), b, h) + accrued(gpus, b, h) == pytest.approx(
+        whole, rel=1e-9, abs=1e-6)
+    assert decayed(1000.0, h, h) == pytest.approx(500.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.floats(0, 20 * 86_400),
+                          st.integers(-5, 5)), min_size=1, max_size=40),
+       st.floats(0, 30 * 86_400), st.lists(st.integers(0, 39), max_size=10))
+def test_the_queue_orders_as_a_full_sort_by_priority_would(
+        jobs: list[tuple[str, float, int]], later: float, gone: list[int]) -> None:
+    from mgpu.core.priority import PriorityWeights
+    from mgpu.server.queue import PendingQueue
+
+    w = PriorityWeights(age=1000, fair_share=10_000, job=100, max_age=7 * 86_400)
+    share = {"a": 0.9, "b": 0.5, "c": 0.1}
+    q = PendingQueue(w)
+    t0 = NOW
+    for i, (user, sub, term) in enumerate(jobs):
+        q.add(JobSnapshot(i, 1, user, submitted_at=t0 + sub), float(term))
+    for i in gone:
+        q.remove(i)
+    now = t0 + 20 * 86_400 + later  # after every submit
+    list(q.ordered(now - later / 2, share.__getitem__))  # an earlier pass ages some jobs
+    got = list(q.ordered(now, share.__getitem__))
+
+    def priority(i: int) -> float:
+        user, sub, term = jobs[i]
+        return (w.age * w.age_factor(now - t0 - sub) + w.fair_share * share[user]
+                + w.job * term)
+
+    left = [i for i in range(len(jobs)) if i not in gone]
+    assert [j.job_id for j in got] == sorted(left, key=lambda i: (-round(priority(i), 6), i))
+    for j in got:
+        f = j.factors
+        assert j.priority == pytest.approx(priority(j.job_id))
+        assert f.age + f.fair_share + f.job == pytest.approx(j.priority)
+
+
+def test_two_backlogged_users_converge_to_equal_gpu_hours() -> None:
+    """User a queues 10 times as many jobs as b (1 GPU, one hour each) on 8 GPUs; with
+    equal shares each gets half the GPU-hours while both have jobs waiting."""
+    from mgpu.server.fairshare import FairShare
+    from mgpu.server.queue import PendingQueue
+
+    q, fs = PendingQueue(), FairShare()
+    for i in range(2200):  # b: 200 jobs, more than it can run in the two days
+        user = "b" if i % 11 == 0 else "a"
+        q.add(JobSnapshot(i, 1, user, submitted_at=NOW, time_limit=3600), 0.0)
+    running: list[tuple[float, str, int]] = []  # (end, user, gpu)
+    hours = {"a": 0, "b": 0}
+    now = NOW
+    for _ in range(48):  # two days, one pass an hour (every job ends on the hour)
+        running = [r for r in running if r[0] > now]
+        by_user: dict[str, int] = {}
+        for _, user, _ in running:
+            by_user[user] = by_user.get(user, 0) + 1
+        fs.advance(now, by_user, {"a", "b"})
+        busy = {g for _, _, g in running}
+        got = multifactor(Snapshot(now, list(q.ordered(now, fs.factor)),
+                                   [NodeSnapshot("n", 8, tuple(g for g in range(8)
+                                                               if g not in busy))]))
+        for p in got.placements:
+            job = q.jobs[p.job_id][0]
+            q.remove(p.job_id)
+            fs.started(job.user, 1)
+            running.append((now + 3600, job.user, p.gpu_ids[0]))
+            hours[job.user] += 1
+        now += 3600
+    assert 0.4 <= hours["b"] / (hours["a"] + hours["b"]) <= 0.6, hours

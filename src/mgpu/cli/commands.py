@@ -129,6 +129,10 @@ def _interact(client: SimpleClient, job_id: int, quiet: bool, forward: bool, pty
 
 
 def cmd_queue(ns: argparse.Namespace) -> int:
+    if ns.start:
+        from mgpu.cli.sched import queue_start
+
+        return queue_start(ns)
     states = parse_states(ns.states) if ns.states else None
     if ns.json:
         jobs = client_for(ns).list_jobs(states=states, user=ns.user, all=ns.all)

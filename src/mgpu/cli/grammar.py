@@ -37,14 +37,20 @@ if TYPE_CHECKING:
     Handler = Callable[[argparse.Namespace], int]
 
 
-def _admin(name: str) -> Handler:
-    """The handler ``mgpu.cli.admin_commands.cmd_<name>``, imported when its subcommand
-    runs: the job commands, whose start-up time counts, do not load that module."""
+def _admin(name: str, module: str = "admin_commands") -> Handler:
+    """The handler ``mgpu.cli.<module>.cmd_<name>``, imported when its subcommand runs: the
+    job commands, whose start-up time counts, do not load that module."""
 
     def run(ns: argparse.Namespace) -> int:
-        import mgpu.cli.admin_commands as admin_commands
+        handler: Handler
+        if module == "sched":
+            from mgpu.cli import sched
 
-        handler: Handler = getattr(admin_commands, f"cmd_{name}")
+            handler = getattr(sched, f"cmd_{name}")
+        else:
+            import mgpu.cli.admin_commands as admin_commands
+
+            handler = getattr(admin_commands, f"cmd_{name}")
         return handler(ns)
 
     run.__name__ = run.__qualname__ = f"cmd_{name}"
@@ -137,6 +143,11 @@ def _job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env", action="append", metavar="KEY=VAL", help="one variable to set")
     p.add_argument("-t", "--time", metavar="TIME",
                    help="time limit: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS")
+    # Scheduling (issue 11): the job's own priority points.
+    p.add_argument("--nice", type=int, metavar="N",
+                   help="lower the job's priority by N points (below 0: admins)")
+    p.add_argument("--priority", type=int, metavar="N",
+                   help="admins: add N points to the job's priority")
     # GPU constraints (README "GPUs as they are"; cli/jobargs.py: gpu_constraints)
     p.add_argument("--gpu-mem", metavar="SIZE",
                    help="each of its GPUs must have this much free memory (20G, 512M)")
@@ -177,6 +188,8 @@ def _queue_args(p: argparse.ArgumentParser) -> None:
         "-t", "--states", metavar="STATES", help="comma list, e.g. pending,running or PD,R"
     )
     p.add_argument("--json", action="store_true")
+    p.add_argument("--start", action="store_true",
+                   help="pending jobs with their expected start times")
 
 
 def _job_args(p: argparse.ArgumentParser) -> None:
@@ -199,6 +212,13 @@ def _jobs_args(p: argparse.ArgumentParser) -> None:
 def _wait_args(p: argparse.ArgumentParser) -> None:
     _jobs_args(p)
     p.add_argument("--timeout", type=seconds, metavar="S", help="give up after S seconds")
+
+
+def _share_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=("list", "set"), help="list | set USER N (admins)")
+    p.add_argument("user", nargs="?", metavar="USER")
+    p.add_argument("shares", nargs="?", metavar="N", help="shares (everyone has 1 by default)")
+    p.add_argument("--json", action="store_true")
 
 
 def _json_args(p: argparse.ArgumentParser) -> None:
@@ -225,6 +245,10 @@ COMMANDS: dict[str, tuple[Handler, str, Callable[[argparse.ArgumentParser], None
     "wait": (cmd_wait, "wait for jobs to end; exit with the first non-zero code", _wait_args),
     "cancel": (cmd_cancel, "cancel jobs", _jobs_args),
     "nodes": (cmd_nodes, "nodes and their GPUs", _nodes_args),
+    "explain": (_admin("explain", "sched"), "why a job waits: reason, priority, place in "
+                "line, expected start", _job_args),
+    "share": (_admin("share", "sched"), "fair-share shares and usage; set a user's (admins)",
+              _share_args),
     "config": (_admin("config"), "the effective configuration and where it came from", _json_args),
     "token": (_admin("token"), "create, list or revoke tokens (admins)", daemon_args.token_args),
     "events": (_admin("events"), "the audit log: who did what (admins)", daemon_args.events_args),

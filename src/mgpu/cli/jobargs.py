@@ -28,8 +28,12 @@ def job_fields(ns: argparse.Namespace) -> dict[str, Any]:
     cmd, argv = command(ns.command)
     env = job_env(ns.export or [], ns.env or [])
     cwd = os.path.abspath(ns.chdir) if ns.chdir else os.getcwd()
-    return {"gpus": gpus, "cmd": cmd, "argv": argv, "name": ns.job_name, "cwd": cwd,
-            "env": env, "time_limit": time_limit(ns.time), **gpu_constraints(ns)}
+    fields = {"gpus": gpus, "cmd": cmd, "argv": argv, "name": ns.job_name, "cwd": cwd,
+              "env": env, "time_limit": time_limit(ns.time)}
+    # Scheduling (issue 11): --priority (admins) and --nice, checked by the master.
+    fields.update(priority=ns.priority, nice=ns.nice or 0)
+    fields.update(gpu_constraints(ns))  # GPU constraints (README "GPUs as they are")
+    return fields
 
 
 def _count(text: str, what: str) -> int:

@@ -122,6 +122,7 @@ class SimpleClient:
         stdin: bool = False,
         pty: bool = False,
         argv: list[str] | None = None,
+        priority: int | None = None, nice: int = 0,
         gpu_type: str | None = None, gpu_mem_mib: int | None = None,
     ) -> int:
         """Queue ``cmd`` (a shell command line) to run with ``gpus`` GPUs; return its id.
@@ -154,6 +155,7 @@ class SimpleClient:
             "stdin": stdin,
             "pty": pty,
             "argv": argv,
+            "priority": priority, "nice": nice,  # points up (admins) and down (see README)
         }
         spec.update((k, v) for k, v in (("gpu_type", gpu_type), ("gpu_mem_mib", gpu_mem_mib))
                     if v is not None)  # (only when given: an older master knows neither)

@@ -66,7 +66,8 @@ def queue_table(jobs: Sequence[SimpleJob], now: datetime) -> str:
     return tables.queue_table(
         [(j.id, j.name, j.user, j.state.value, j.gpus, j.node,
           None if j.started_at is None else j.started_at.timestamp(),
-          None if j.ended_at is None else j.ended_at.timestamp(), j.reason) for j in jobs],
+          None if j.ended_at is None else j.ended_at.timestamp(),
+          tables.reason_cell(j.pending_reason, j.reason)) for j in jobs],
         now.timestamp())
 
 
@@ -101,6 +102,11 @@ def job_detail(job: SimpleJob, now: datetime) -> str:
         ("ended_at", _when(job.ended_at)),
         *gpu_views.job_gpu_rows(job),
         ("time", duration(elapsed(job, now))),
+        # Scheduling (issue 11): why it waits (while it does); its own priority points.
+        ("pending_reason", job.pending_reason or "-"),
+        ("expected_start", _when(job.expected_start)),
+        ("priority", str(job.priority)),
+        ("nice", str(job.nice)),
     ]
     width = max(len(k) for k, _ in fields) + 1
     return "".join(f"{k + ':':<{width}} {_clean(v)}\n" for k, v in fields)

@@ -75,4 +75,13 @@ def queue_rows(jobs: Iterable[dict[str, Any]]) -> list[QueueRow]:
         return None if text is None else datetime.fromisoformat(text).timestamp()
 
     return [(j["id"], j["name"], j["user"], j["state"], j["gpus"], j["node"],
-             seconds(j["started_at"]), seconds(j["ended_at"]), j["reason"]) for j in jobs]
+             seconds(j["started_at"]), seconds(j["ended_at"]),
+             reason_cell(j.get("pending_reason"), j["reason"])) for j in jobs]
+
+
+def reason_cell(code: str | None, words: str | None) -> str | None:
+    """A pending job's REASON: its code first, as squeue shows it (``(Resources) waiting
+    for 2 free GPUs``); any other job's reason words."""
+    if code is None:
+        return words
+    return f"({code}) {words}" if words else f"({code})"

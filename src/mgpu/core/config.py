@@ -63,6 +63,19 @@ class MasterConfig:
     # or "fifo-reserve", or a plugin's name (an entry point of the group "mgpu.schedulers":
     # core/scheduler.py's load_policy).
     scheduler: str = field(default="multifactor", metadata=_env("MGPU_SCHEDULER"))
+    # Priority (README "How scheduling works"): age + fair share + --priority/--nice, each
+    # with its weight; the age factor reaches 1 at priority_max_age; fair-share usage halves
+    # every fairshare_half_life. Backfill tries at most backfill_depth jobs past the first
+    # blocked one per pass.
+    priority_weight_age: float = field(default=1000.0,
+                                       metadata=_env("MGPU_PRIORITY_WEIGHT_AGE"))
+    priority_weight_fairshare: float = field(default=10_000.0,
+                                             metadata=_env("MGPU_PRIORITY_WEIGHT_FAIRSHARE"))
+    priority_weight_job: float = field(default=1.0, metadata=_env("MGPU_PRIORITY_WEIGHT_JOB"))
+    priority_max_age: str = field(default="7-00:00:00", metadata=_env("MGPU_PRIORITY_MAX_AGE"))
+    fairshare_half_life: str = field(default="7-00:00:00",
+                                     metadata=_env("MGPU_FAIRSHARE_HALF_LIFE"))
+    backfill_depth: int = field(default=1000, metadata=_env("MGPU_BACKFILL_DEPTH"))
     # Security (README "Security"): off only for benchmarks, and loudly.
     auth: bool = field(default=True, metadata=_env("MGPU_AUTH"))
     private_jobs: bool = field(default=False, metadata=_env("MGPU_PRIVATE_JOBS"))

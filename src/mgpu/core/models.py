@@ -162,6 +162,10 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     stdin: bool = False  # keep the job's stdin open for `mgpu attach` / srun to write to
     pty: bool = False  # run it on a pseudo-terminal (srun --pty)
     argv: list[str] | None = None  # run this without a shell (``command`` shows it joined)
+    # Scheduling (issue 11): points added to (--priority, admins only) or taken off (--nice;
+    # below 0, admins only) the job's priority.
+    priority: int | None = None
+    nice: int = 0
     # GPU constraints (README "GPUs as they are"): a GPU type (matched as core/gputypes.py
     # says) and the free memory each of its GPUs must have, in MiB.
     gpu_type: Annotated[str, msgspec.Meta(max_length=64)] | None = None
@@ -197,6 +201,8 @@ class SimpleJob(msgspec.Struct, kw_only=True):
     # core/scheduler.PendingReason), and when the backfill plan expects it to start.
     pending_reason: str | None = None
     expected_start: datetime | None = None
+    priority: int = 0  # --priority (admins): points added to its priority
+    nice: int = 0  # --nice: points taken off (below 0: admins)
     # GPU constraints as submitted (JobSpec), and its GPUs' figures while it last ran, as
     # its node measured them (None: not measured): peak memory used (summed over its
     # GPUs) and mean utilisation in percent.
@@ -236,6 +242,9 @@ def advance(
         raise InvalidTransition(job.id, job.state.value, to.value)
     job.state = to
     job.reason = reason
+    if to is not JobState.PENDING:  # why it waited no longer holds
+        job.pending_reason = None
+        job.expected_start = None
     if to is JobState.RUNNING:
         job.started_at = utc(now)
         job.ended_at = None

@@ -23,6 +23,7 @@ from mgpu.core.frames import complete_frames
 from mgpu.core.models import ENDED_STATES, JobState, SimpleJob, run_key
 from mgpu.core.version import __version__ as VERSION
 from mgpu.server import admin, retention
+from mgpu.server.api_sched import SCHED_ROUTES
 from mgpu.server.http import (
     MASTER,
     Route,
@@ -61,7 +62,7 @@ async def submit(request: web.Request) -> web.Response:
         spec.env = retention.strip_secrets(spec.env)
     now = time.time()
     owner = who.user if master.cfg.auth else None
-    ids, effects = master.state.on_submit(req.jobs, now, user=owner)
+    ids, effects = master.state.on_submit(req.jobs, now, user=owner, admin=who.admin)
     first = master.state.jobs[ids[0]]
     effects.audit(now, first.user, "submit", _submitted(master, ids))
     try:
@@ -384,6 +385,7 @@ ROUTES: tuple[Route, ...] = (
           query=(("limit", f"entries, 1 to {admin.MAX_EVENTS} (default 50)"),
                  ("node", "only this node's entries (its joins, warnings and errors)"))),
     Route("GET", NODE_WS, node_ws, "Node agents' WebSocket (join secret)"),
+    *SCHED_ROUTES,
 )
 
 

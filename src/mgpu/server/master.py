@@ -33,6 +33,8 @@ from mgpu.server.auth import REVOKED, JoinSecret, Tokens, load_secrets, tls_cont
 from mgpu.server.committer import Committer
 from mgpu.server.datadir import prepare_data_dir, write_json
 from mgpu.server.effects import Effects
+from mgpu.server.fairshare import META_KEY as SHARES_KEY
+from mgpu.server.fairshare import scheduling_options
 from mgpu.server.http import quiet_bad_requests
 from mgpu.server.nodeauth import NodeCredentials
 from mgpu.server.nodeconn import NodeConn
@@ -64,8 +66,7 @@ class Master:
             max_time_limit=parse_duration(cfg.max_time_limit, "max_time_limit"),
             max_requeue=cfg.max_requeue,
             max_batch_jobs=cfg.max_batch_jobs,
-            max_pending_per_user=cfg.max_pending_per_user,
-        )
+            max_pending_per_user=cfg.max_pending_per_user, **scheduling_options(cfg))
         self.state.foreign_gpu_policy, self.state.min_free_mib = (
             cfg.foreign_gpu_policy, cfg.min_free_mib)
         self.tokens = Tokens([], 0)
@@ -107,7 +108,7 @@ class Master:
             self.store.write(scrubbed)
             log.warning("took mgpu's secrets out of the saved environments of %d jobs",
                         len(scrubbed.envs))
-        self.state.load(rows, self.store.last_id())
+        self.state.load(rows, self.store.last_id(), time.time(), self.store.meta(SHARES_KEY))
         self.state.nodes.clear()
         self._started_at = time.time()
         self.tokens, self.join = load_secrets(self.store, data_dir)

@@ -25,6 +25,7 @@ from mgpu.core.scheduler import (
     Snapshot,
 )
 from mgpu.server.effects import Effects
+from mgpu.server.fairshare import FairShare
 from mgpu.server.gpu_fit import busy_outside_words, node_free_mib, node_type
 from mgpu.server.node_events import Node
 
@@ -37,13 +38,17 @@ class SchedulingPass(ABC):
     jobs: dict[int, SimpleJob]
     nodes: dict[str, Node]
     envs: dict[int, dict[str, str]]
+    pending_by_user: dict[str, int]
     policy: Policy
     default_time_limit: int | None
+    backfill_depth: int
+    fairshare: FairShare
     plan: ScheduleResult  # the last pass's answer (reasons and reservations)
 
     @abstractmethod
-    def pending_in_order(self) -> Iterable[JobSnapshot]:
-        """The pending jobs the gates let through, highest priority first."""
+    def pending_in_order(self, now: float | None = None) -> Iterable[JobSnapshot]:
+        """The pending jobs the gates let through, highest priority at ``now`` (default:
+        the last pass's time) first."""
 
     @abstractmethod
     def _dequeue(self, job_id: int) -> None:
@@ -54,12 +59,10 @@ class SchedulingPass(ABC):
         return self.default_time_limit or PLAN_LIMIT
 
     def running_snapshot(self) -> list[RunningSnapshot]:
-        """The running jobs on nodes that take jobs, with their expected ends."""
+        """The running jobs, with their expected ends."""
         out: list[RunningSnapshot] = []
         limit = self.plan_limit()
         for node in self.nodes.values():
-            if not (node.state.takes_jobs and node.connected):
-                continue
             held: dict[int, list[int]] = {}
             for g in node.gpus:
                 if g.job_id is not None:
@@ -82,11 +85,19 @@ class SchedulingPass(ABC):
             for n in self.nodes.values() if n.state.takes_jobs and n.connected
             for free in [n.free_gpu_ids()]
         ]
-        pending = self.pending_in_order()
-        self.plan = self.policy(Snapshot(now, pending, nodes, self.running_snapshot(),
-                                         self.plan_limit()))
+        running = self.running_snapshot()
+        by_user: dict[str, int] = {}
+        for r in running:
+            by_user[r.user] = by_user.get(r.user, 0) + len(r.gpu_ids)
+        self.fairshare.advance(now, by_user, set(self.pending_by_user))
+        if not self.pending_by_user:
+            self.plan = ScheduleResult()
+            return effects
+        self.plan = self.policy(Snapshot(now, self.pending_in_order(now), nodes, running,
+                                         self.plan_limit(), self.backfill_depth))
         for p in self.plan.placements:
             self._start(p.job_id, p.node_id, p.gpu_ids, now, effects)
+            self.fairshare.started(self.jobs[p.job_id].user, len(p.gpu_ids))
         return effects
 
     def _start(self, job_id: int, node_id: str, gpu_ids: tuple[int, ...], now: float,
@@ -106,8 +117,6 @@ class SchedulingPass(ABC):
         advance(job, JobState.RUNNING, now)
         job.node = node.node_id
         job.gpu_ids = list(gpu_ids)
-        job.pending_reason = None
-        job.expected_start = None
         effects.update(job)
         effects.sends.append((node.node_id, m.StartJob(
             job_id=job.id, run=job.requeues, command=job.command, cwd=job.cwd, env=env,

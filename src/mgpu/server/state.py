@@ -14,14 +14,17 @@ from collections.abc import Iterable
 from mgpu.core import messages as m
 from mgpu.core.errors import Forbidden, NotFound, Rejected, UsageError
 from mgpu.core.models import JobSpec, JobState, SimpleJob, advance, utc
+from mgpu.core.priority import PriorityWeights, job_term
 from mgpu.core.scheduler import JobSnapshot, Policy, ScheduleResult, fifo_reserve
 from mgpu.server.auth import Identity
 from mgpu.server.effects import Effects
+from mgpu.server.fairshare import FairShare
 from mgpu.server.gpu_fit import check_gpu_constraints, job_constraints
 from mgpu.server.node_events import Node, NodeEvents
+from mgpu.server.queue import PendingQueue
 from mgpu.server.scheduling import SchedulingPass
 from mgpu.server.store import LoadedJob
-from mgpu.server.validate import MAX_TIME_LIMIT, check_spec
+from mgpu.server.validate import MAX_TIME_LIMIT, check_priority, check_spec
 
 __all__ = ["ClusterState", "Effects", "Node"]
 
@@ -38,9 +41,15 @@ class ClusterState(NodeEvents, SchedulingPass):
         max_requeue: int = 3,
         max_batch_jobs: int = 10_000,
         max_pending_per_user: int = 100_000,
+        weights: PriorityWeights | None = None,
+        half_life: float = 7 * 86_400.0,
+        backfill_depth: int = 1_000,
     ) -> None:
         self.jobs: dict[int, SimpleJob] = {}
-        self.pending: dict[int, JobSnapshot] = {}  # queue order = insertion order = id order
+        self.pending: dict[int, JobSnapshot] = {}  # the queue (its order: ``queue``)
+        self.queue = PendingQueue(weights)  # the same jobs, in priority order
+        self.fairshare = FairShare(half_life)
+        self.backfill_depth = backfill_depth
         self.pending_by_user: dict[str, int] = {}  # kept by _enqueue and _dequeue
         self.envs: dict[int, dict[str, str]] = {}  # of jobs not yet ended (kept to requeue)
         self.nodes: dict[str, Node] = {}
@@ -56,19 +65,25 @@ class ClusterState(NodeEvents, SchedulingPass):
         self.max_pending_per_user = max_pending_per_user
 
     def _enqueue(self, job: SimpleJob, *, in_place: bool = False) -> None:
-        """Put ``job`` in the pending queue: at the end, or (``in_place``) at its id's place."""
-        self.pending[job.id] = JobSnapshot(
+        """Put ``job`` in the pending queue. Its place is its priority, whose age counts from
+        its first submit, so a requeued job goes back where it was (``in_place``: kept for
+        callers; every job is in place)."""
+        snap = JobSnapshot(
             job.id, job.gpus, job.user,
             submitted_at=job.submitted_at.timestamp() if job.submitted_at else 0.0,
             time_limit=job.time_limit, **job_constraints(job))
+        self.pending[job.id] = snap
+        self.queue.add(snap, job_term(job.priority, job.nice))
         self.pending_by_user[job.user] = self.pending_by_user.get(job.user, 0) + 1
-        if in_place:
-            self.pending = dict(sorted(self.pending.items()))
 
-    def pending_in_order(self) -> Iterable[JobSnapshot]:
-        return self.pending.values()
+    def pending_in_order(self, now: float | None = None) -> Iterable[JobSnapshot]:
+        """The pending jobs, highest priority at ``now`` (default: the last pass) first."""
+        at = self.fairshare.as_of if now is None else now
+        pending = self.pending
+        return (j for j in self.queue.ordered(at, self.fairshare.factor) if j.job_id in pending)
 
     def _dequeue(self, job_id: int) -> None:
+        self.queue.remove(job_id)
         p = self.pending.pop(job_id, None)
         if p is not None:
             left = self.pending_by_user[p.user] - 1
@@ -79,8 +94,13 @@ class ClusterState(NodeEvents, SchedulingPass):
 
     # ------------------------------------------------------------------ start-up
 
-    def load(self, rows: Iterable[LoadedJob], last_id: int) -> None:
-        """Rebuild memory from the database. Running jobs wait for their node to report."""
+    def load(self, rows: Iterable[LoadedJob], last_id: int, now: float = 0.0,
+             shares: str | None = None) -> None:
+        """Rebuild memory from the database (``shares``: the saved fair-share shares). Running
+        jobs wait for their node to report. Fair-share usage is the jobs' GPU-seconds, decayed
+        to ``now`` (a running job's until ``now``)."""
+        self.fairshare.load_shares(shares)
+        self.fairshare.advance(now)
         for row in rows:
             job = row.job
             self.jobs[job.id] = job
@@ -88,6 +108,10 @@ class ClusterState(NodeEvents, SchedulingPass):
                 self._enqueue(job)
             if not job.state.ended:
                 self.envs[job.id] = row.env
+            if job.started_at is not None and now:
+                end = job.ended_at.timestamp() if job.ended_at else now
+                self.fairshare.charge(job.user, job.gpus, job.started_at.timestamp(), end, now)
+        self.fairshare.advance(now)
         self.next_id = last_id + 1
 
     # ------------------------------------------------------------------ clients
@@ -96,12 +120,12 @@ class ClusterState(NodeEvents, SchedulingPass):
         return max((len(n.gpus) for n in self.nodes.values()), default=0)
 
     def on_submit(
-        self, specs: list[JobSpec], now: float, user: str | None = None
+        self, specs: list[JobSpec], now: float, user: str | None = None, admin: bool = True
     ) -> tuple[list[int], Effects]:
         """Accept a batch of jobs whole, or reject it whole with the reason.
 
         ``user`` owns the jobs (the token's user); None takes each spec's ``user`` (only
-        when authentication is off).
+        when authentication is off). Only an ``admin`` may raise a job's priority.
         """
         if not specs:
             raise UsageError("no jobs to submit: give at least one job")
@@ -126,6 +150,7 @@ class ClusterState(NodeEvents, SchedulingPass):
         for i, spec in enumerate(specs):
             where = f"job {i + 1} of the batch: " if len(specs) > 1 else ""
             check_spec(spec, where)
+            check_priority(spec, admin, where)
             check_gpu_constraints(spec, self.nodes.values(), where)
             self._time_limit(spec, where)
             if self.nodes and spec.gpus > largest:
@@ -156,6 +181,8 @@ class ClusterState(NodeEvents, SchedulingPass):
                 stdin=spec.stdin or spec.pty,
                 pty=spec.pty,
                 argv=spec.argv or None,
+                priority=spec.priority or 0,
+                nice=spec.nice,
                 gpu_type=spec.gpu_type, gpu_mem_mib=spec.gpu_mem_mib,
             )
             self.jobs[job_id] = job

@@ -153,10 +153,12 @@ class Batch:
     credential_resets: list[str] = field(default_factory=list)  # node ids
     envs: dict[int, dict[str, str]] = field(default_factory=dict)  # job id -> new env
     pruned: list[AccountingRow] = field(default_factory=list)  # jobs to drop, kept as these
+    meta: dict[str, str] = field(default_factory=dict)  # keys of the meta table to set
 
     def __bool__(self) -> bool:
         return bool(self.inserts or self.updates or self.tokens or self.revokes or self.audit
-                    or self.credentials or self.credential_resets or self.envs or self.pruned)
+                    or self.credentials or self.credential_resets or self.envs or self.pruned
+                    or self.meta)
 
     def merge(self, other: Batch) -> None:
         self.inserts.extend(other.inserts)
@@ -168,6 +170,7 @@ class Batch:
         self.credential_resets.extend(other.credential_resets)
         self.envs.update(other.envs)
         self.pruned.extend(other.pruned)
+        self.meta.update(other.meta)
 
 
 @dataclass
@@ -229,6 +232,11 @@ class Store:
         row = self._db.execute("SELECT value FROM meta WHERE key='last_id'").fetchone()
         (max_row,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()
         return max(int(row[0]) if row else 0, int(max_row))
+
+    def meta(self, key: str) -> str | None:
+        """A value of the meta table (``Batch.meta`` sets them), None when never set."""
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
 
     def load_tokens(self) -> list[TokenRow]:
         """Every token not revoked, in id order."""
@@ -333,6 +341,9 @@ class Store:
         if batch.envs:
             self._db.executemany("UPDATE jobs SET env=? WHERE id=?",
                                  [(_job_encoder.encode(env), i) for i, env in batch.envs.items()])
+        if batch.meta:
+            self._db.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?,?)",
+                                 list(batch.meta.items()))
         if batch.credential_resets:
             self._db.executemany("DELETE FROM node_credentials WHERE node_id=?",
                                  [(n,) for n in batch.credential_resets])

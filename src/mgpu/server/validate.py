@@ -9,7 +9,7 @@ submit, pending jobs per user) are the state's, in ``state.py``.
 from __future__ import annotations
 
 from mgpu.core import messages as m
-from mgpu.core.errors import UsageError
+from mgpu.core.errors import Forbidden, UsageError
 from mgpu.core.models import JobSpec
 
 MAX_COMMAND = 128 * 1024  # bytes of a job's command line (argv: all its words together)
@@ -85,3 +85,24 @@ def check_env(env: dict[str, str], where: str) -> None:
             f"{where}the environment is {size} characters, over the limit of {MAX_ENV}: submit "
             "with less of it (--export=NONE,VAR,... passes only the variables named)"
         )
+
+
+MAX_PRIORITY = 1_000_000  # --priority, and the size of --nice either way
+
+
+def check_priority(spec: JobSpec, admin: bool, where: str) -> None:
+    """Raise if ``spec``'s ``--priority``/``--nice`` is out of bounds, or not the caller's to
+    give: like SLURM, anyone may lower their job's priority (``--nice`` from 0 up), only an
+    admin may set ``--priority`` or a negative ``--nice``."""
+    if spec.priority is not None and not 0 <= spec.priority <= MAX_PRIORITY:
+        raise UsageError(f"{where}--priority must be from 0 to {MAX_PRIORITY}")
+    if not -MAX_PRIORITY <= spec.nice <= MAX_PRIORITY:
+        raise UsageError(f"{where}--nice must be from -{MAX_PRIORITY} to {MAX_PRIORITY}")
+    if admin:
+        return
+    if spec.priority is not None:
+        raise Forbidden(f"{where}only an admin may set --priority: use --nice N to lower your "
+                        "job's priority, or ask an admin")
+    if spec.nice < 0:
+        raise Forbidden(f"{where}only an admin may give a negative --nice: use --nice 0 or "
+                        "more, or ask an admin")
