@@ -289,7 +289,7 @@ def test_min_free_mib_keeps_full_gpus_back() -> None:
     node.apply_usage([_usage(0, 40960 - 8000), _usage(1, 40960 - 8192)])
     assert node.free_gpu_ids() == (1,)
     assert node_free_mib(node, (1,)) == (8192,)
-    assert node_free_mib(_node(), (0, 1)) is None  # a node that reports nothing
+    assert node_free_mib(_node(), (0, 1)) == (40960, 40960)  # no report: all of it
 
 
 def _job(gpus: int = 2, **kw: Any) -> SimpleJob:

@@ -31,13 +31,11 @@ def node_type(node: Node) -> str:
     return node.gpu_type
 
 
-def node_free_mib(node: Node, free_ids: Iterable[int]) -> tuple[int, ...] | None:
+def node_free_mib(node: Node, free_ids: Iterable[int]) -> tuple[int, ...]:
     """The free memory of each GPU of ``free_ids`` (``NodeSnapshot.gpu_free_mib``): as
-    the node last reported it, or the GPU's whole memory where it has not; None when the
-    node reports no usage at all."""
+    the node last reported it, or the GPU's whole memory where it has not (a node that
+    reports no usage still has GPUs too small for a job's ``--gpu-mem``)."""
     by_index = {g.index: g for g in node.gpus}
-    if all(g.memory_used_mib is None for g in node.gpus):
-        return None
     out = []
     for i in free_ids:
         free = by_index[i].memory_free_mib
