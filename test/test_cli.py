@@ -92,8 +92,8 @@ def test_bad_gpu_counts_are_one_line_errors(
         (["submit"], "error: a job needs a command: mgpu submit [options] 'COMMAND ...'\n"),
         (["submit", "--"], "error: a job needs a command: mgpu submit [options] 'COMMAND ...'\n"),
         (
-            ["submit", "--gres=gpu:a100:2", "true"],
-            "error: --gres takes gpu:N (GPU types are not supported), got 'gpu:a100:2'\n",
+            ["submit", "--gres=gpu:a100:2:x", "true"],
+            "error: --gres takes gpu:N or gpu:TYPE:N, got 'gpu:a100:2:x'\n",
         ),
         (
             ["submit", "--gres=gpu:0", "true"],
@@ -380,12 +380,13 @@ def test_nodes_table_says_who_holds_which_gpu() -> None:
              NodeInfo(node_id="n3", state="degraded", users=["alice"],
                       reason="the node keeper died; restarting it")]
     lines = output.nodes_table(nodes).splitlines()
-    assert lines[0].split() == ["NODE", "STATE", "GPUS", "USED", "FREE", "USERS", "JOBS",
-                                "REASON"]
-    assert lines[1].split() == ["node1", "up", "4", "3", "1", "all", "7:0,1", "9:3"]
-    assert lines[2].split() == ["n2", "down", "0", "0", "0", "all", "-"]
-    assert lines[3].split() == ["n3", "degraded", "0", "0", "0", "only", "alice", "-", "the",
-                                "node", "keeper", "died;", "restarting", "it"]
+    assert lines[0].split() == ["NODE", "STATE", "GPUS", "USED", "FREE", "TYPE", "USERS",
+                                "JOBS", "OUTSIDE", "REASON"]
+    assert lines[1].split() == ["node1", "up", "4", "3", "1", "4xfake", "all", "7:0,1", "9:3",
+                                "-"]
+    assert lines[2].split() == ["n2", "down", "0", "0", "0", "-", "all", "-", "-"]
+    assert lines[3].split() == ["n3", "degraded", "0", "0", "0", "-", "only", "alice", "-",
+                                "-", "the", "node", "keeper", "died;", "restarting", "it"]
 
 
 def test_json_follows_the_contract() -> None:
@@ -400,6 +401,7 @@ def test_json_follows_the_contract() -> None:
         "pending_reason", "expected_start", "priority", "nice",  # scheduling
         "dependency", "kill_on_invalid_dep", "array_job_id", "array_task_id",  # job controls
         "array_throttle", "held", "begin_at", "retries", "max_retries",
+        "gpu_type", "gpu_mem_mib", "gpu_mem_peak_mib", "gpu_util_mean",  # GPUs
     }  # fmt: skip
     assert data[0]["state"] == "completed"
     assert data[0]["ended_at"] == "2024-05-01T12:00:01Z"

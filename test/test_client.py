@@ -35,6 +35,7 @@ JOB_KEYS = {
     "pending_reason", "expected_start", "priority", "nice",  # scheduling
     "dependency", "kill_on_invalid_dep", "array_job_id", "array_task_id",  # job controls
     "array_throttle", "held", "begin_at", "retries", "max_retries",
+    "gpu_type", "gpu_mem_mib", "gpu_mem_peak_mib", "gpu_util_mean",  # GPUs
 }  # fmt: skip
 
 
@@ -264,11 +265,11 @@ def test_cli_nodes(cluster: Cluster, tmp_path: Path) -> None:
     job = cluster.submit(hold(tmp_path / "never"), "-G", "3")
     cluster.wait_job(job, ("running",))
     lines = cluster.mgpu("nodes").stdout.splitlines()
-    assert lines[0].split() == ["NODE", "STATE", "GPUS", "USED", "FREE", "USERS", "JOBS",
-                                "REASON"]
+    assert lines[0].split() == ["NODE", "STATE", "GPUS", "USED", "FREE", "TYPE", "USERS",
+                                "JOBS", "OUTSIDE", "REASON"]
     gpu_ids = cluster.job(job)["gpu_ids"]
     holds = f"{job}:{','.join(map(str, gpu_ids))}"
-    assert lines[1].split() == ["node1", "up", "4", "3", "1", "all", holds]
+    assert lines[1].split() == ["node1", "up", "4", "3", "1", "4xfake", "all", holds, "-"]
     [node] = json.loads(cluster.mgpu("nodes", "--json").stdout)
     assert (node["node_id"], node["state"]) == ("node1", "up")
     assert node["last_seen"].endswith("Z")

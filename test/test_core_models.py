@@ -211,6 +211,10 @@ JOB_FIELDS = [
     "begin_at",
     "retries",
     "max_retries",
+    "gpu_type",
+    "gpu_mem_mib",
+    "gpu_mem_peak_mib",
+    "gpu_util_mean",
 ]
 
 
@@ -276,6 +280,10 @@ def test_node_json_contract() -> None:
         "memory_total_mib": 143771,
         "uuid": "GPU-a",
         "job_id": 7,
+        "memory_used_mib": None,  # the node's last usage report (none yet)
+        "utilization": None,
+        "processes": [],
+        "busy_outside": False,
     }
     assert data["gpus"][1]["job_id"] is None
     assert node.free_gpus == [1]

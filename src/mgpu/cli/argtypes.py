@@ -43,6 +43,20 @@ def count(text: str) -> int:
     raise bad_value(f"must be a whole number, got {text!r}")
 
 
+def fake_gpus(text: str) -> int | str:
+    """``--fake-gpus``: a count, or ``N:TYPE[:MEM]`` groups (``mgpu.utils.gpu``)."""
+    if text.isascii() and text.isdigit():
+        return int(text)
+    from mgpu.core.errors import UsageError
+    from mgpu.utils.gpu import parse_fake_spec
+
+    try:
+        parse_fake_spec(text)
+    except UsageError as e:
+        raise bad_value(e.message) from None
+    return text
+
+
 def positive(text: str) -> int:
     if text.isascii() and text.isdigit() and 0 < int(text) <= 10_000:
         return int(text)

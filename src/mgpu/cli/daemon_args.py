@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from mgpu.cli.argtypes import count, days, job_id, port_number, positive, seconds
+from mgpu.cli.argtypes import count, days, fake_gpus, job_id, port_number, positive, seconds
 from mgpu.cli.plainargs import REMAINDER
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs start-up time
@@ -26,7 +26,8 @@ def server_args(p: argparse.ArgumentParser) -> None:
 def gpu_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--gpus", metavar="0,1", help="the GPU indices to offer (default: all)")
-    g.add_argument("--fake-gpus", type=count, metavar="N", help="declare N fake GPUs")
+    g.add_argument("--fake-gpus", type=fake_gpus, metavar="N[:TYPE[:MEM]]",
+                   help="declare N fake GPUs, optionally of a type and memory (4:A100:80G)")
 
 
 def master_args(p: argparse.ArgumentParser) -> None:

@@ -187,6 +187,12 @@ def _job_options(p: argparse.ArgumentParser) -> None:
                    help="lower the job's priority by N points (below 0: admins)")
     p.add_argument("--priority", type=int, metavar="N",
                    help="admins: add N points to the job's priority")
+    # GPU constraints (README "GPUs as they are"; cli/jobargs.py: gpu_constraints)
+    p.add_argument("--gpu-mem", metavar="SIZE",
+                   help="each of its GPUs must have this much free memory (20G, 512M)")
+    p.add_argument("--gpu-type", metavar="TYPE",
+                   help="GPUs of this type only (a100, h200, rtx4090; any case)")
+    p.add_argument("--constraint", metavar="gpu=TYPE", help="SLURM's form of --gpu-type")
 
 
 def _submit_args(p: argparse.ArgumentParser) -> None:

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 def job_fields(ns: argparse.Namespace) -> dict[str, Any]:
     """``submit_job``'s keywords from the job flags on ``ns``: ``gpus``, ``cmd``, ``argv``,
-    ``name``, ``cwd`` (absolute; default here), ``env`` and ``time_limit``."""
+    ``name``, ``cwd`` (absolute; default here), ``env``, ``time_limit`` and the GPU
+    constraints given (``gpu_type``, ``gpu_mem_mib``)."""
     gpus = gpu_count(ns)
     cmd, argv = command(ns.command)
     env = job_env(ns.export or [], ns.env or [])
@@ -31,6 +32,7 @@ def job_fields(ns: argparse.Namespace) -> dict[str, Any]:
               "env": env, "time_limit": time_limit(ns.time)}
     # Scheduling (issue 11): --priority (admins) and --nice, checked by the master.
     fields.update(priority=ns.priority, nice=ns.nice or 0)
+    fields.update(gpu_constraints(ns))  # GPU constraints (README "GPUs as they are")
     return fields
 
 
@@ -41,12 +43,14 @@ def _count(text: str, what: str) -> int:
 
 
 def gpu_count(ns: argparse.Namespace) -> int:
-    """The GPU count from ``-G/--gpus N`` and SLURM's ``--gres=gpu:N`` (default 1)."""
+    """The GPU count from ``-G/--gpus N`` and SLURM's ``--gres=gpu:N`` or
+    ``--gres=gpu:TYPE:N`` (default 1; the type is :func:`gpu_constraints`'s)."""
     count = None if ns.gpus is None else _count(ns.gpus, "-G/--gpus")
     if ns.gres is not None:
-        kind, _, num = ns.gres.partition(":")
-        if kind != "gpu" or ":" in num:
-            raise UsageError(f"--gres takes gpu:N (GPU types are not supported), got {ns.gres!r}")
+        parts = ns.gres.split(":")
+        kind, num = parts[0], parts[-1] if len(parts) > 1 else ""
+        if kind != "gpu" or len(parts) > 3 or (len(parts) == 3 and not parts[1].strip()):
+            raise UsageError(f"--gres takes gpu:N or gpu:TYPE:N, got {ns.gres!r}")
         from_gres = _count(num or "1", "--gres=gpu:N")
         if count is not None and count != from_gres:
             raise UsageError(f"-G/--gpus {count} and --gres={ns.gres} disagree; give one")
@@ -159,3 +163,41 @@ def control_fields(ns: argparse.Namespace) -> dict[str, Any]:
             raise UsageError(f"--retries must be from 0 to {MAX_RETRIES}, got {ns.retries!r}")
         out["retries"] = int(ns.retries)
     return out
+# ---------------------------------------------------------------- GPU constraints
+
+
+def gpu_constraints(ns: argparse.Namespace) -> dict[str, Any]:
+    """``--gpu-mem SIZE`` → ``gpu_mem_mib``; ``--gpu-type TYPE``, ``--gres=gpu:TYPE:N``
+    or ``--constraint gpu=TYPE`` → ``gpu_type`` (those given must agree). Only the ones
+    given."""
+    typed = {"--gpu-type": ns.gpu_type, "--gres": _gres_type(ns) or None,
+             "--constraint": ns.constraint}
+    if ns.gpu_mem is None and not any(typed.values()):
+        return {}
+    from mgpu.core.gputypes import gpu_type, parse_constraint, parse_mib
+
+    out: dict[str, Any] = {}
+    if ns.gpu_mem is not None:
+        out["gpu_mem_mib"] = parse_mib(ns.gpu_mem, "--gpu-mem")
+    if typed["--constraint"] is not None:
+        typed["--constraint"] = parse_constraint(typed["--constraint"])
+    kind: str | None = None
+    for flag, asked in typed.items():
+        if asked is None:
+            continue
+        if not gpu_type(asked):
+            raise UsageError(f"{flag} {asked!r} names no GPU type: write e.g. a100 or h200")
+        if kind is not None and gpu_type(kind) != gpu_type(asked):
+            raise UsageError(f"--gpu-type, --gres and --constraint name different GPU types "
+                             f"({kind}, {asked}): give one")
+        kind = kind or asked
+    if kind is not None:
+        out["gpu_type"] = kind
+    return out
+
+
+def _gres_type(ns: argparse.Namespace) -> str:
+    """The TYPE of ``--gres=gpu:TYPE:N`` ("" without one)."""
+    gres = getattr(ns, "gres", None) or ""
+    parts = gres.split(":")
+    return parts[1].strip() if len(parts) == 3 and parts[0] == "gpu" else ""

@@ -52,6 +52,7 @@ async def _up(master_cfg: MasterConfig, node_cfg: NodeConfig, log_cfg: LogConfig
                            join_token_file=None, tls=master_cfg.tls_cert is not None,
                            ca=node_cfg.ca or master_cfg.tls_cert)
         agent = Agent(node_cfg, gpus)
+        agent.gpu_source = source  # (how it reads their usage: NVML, or the fake state)
         await agent.start()
         address = f"{_dial_host(master_cfg.host)}:{master.port}"
         scheme = "https" if master_cfg.tls_cert is not None else "http"

@@ -123,6 +123,7 @@ class SimpleClient:
         pty: bool = False,
         argv: list[str] | None = None,
         priority: int | None = None, nice: int = 0,
+        gpu_type: str | None = None, gpu_mem_mib: int | None = None,
         **controls: Any,
     ) -> int:
         """Queue ``cmd`` (a shell command line) to run with ``gpus`` GPUs; return its id.
@@ -134,6 +135,7 @@ class SimpleClient:
         ``mgpu attach``, ``pty`` runs it on a pseudo-terminal. With ``argv`` the job runs
         that program and arguments without a shell (``cmd`` is then what listings show).
         ``controls``: more :class:`~mgpu.core.models.JobSpec` fields (``dependency``, ...).
+        ``gpu_type`` / ``gpu_mem_mib``: GPU constraints (README "GPUs as they are").
         Built as plain JSON (the fields of :class:`~mgpu.core.models.JobSpec`, which the
         master validates) so that a submit does not pay for importing msgspec.
         """
@@ -158,6 +160,8 @@ class SimpleClient:
             "priority": priority, "nice": nice,  # points up (admins) and down (see README)
             **controls,
         }
+        spec.update((k, v) for k, v in (("gpu_type", gpu_type), ("gpu_mem_mib", gpu_mem_mib))
+                    if v is not None)  # (only when given: an older master knows neither)
         body = plainjson.dumps({"jobs": [spec]}).encode()
         reply = plainjson.loads(self._call("POST", f"{API}/jobs", body))
         return int(reply["job_ids"][0])

@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from mgpu.client import tables
+from mgpu.client import gpu_views, tables
 from mgpu.client.tables import QUEUE_HEADERS as QUEUE_HEADERS
 from mgpu.client.tables import clean as _clean
 from mgpu.client.tables import table as table
@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 # The elapsed-time form every view of a job uses (``mgpu show``, ``mgpu queue``).
 duration = format_elapsed
 
-NODE_HEADERS = ("NODE", "STATE", "GPUS", "USED", "FREE", "USERS", "JOBS", "REASON")
+NODE_HEADERS = ("NODE", "STATE", "GPUS", "USED", "FREE", "TYPE", "USERS", "JOBS", "OUTSIDE",
+                "REASON")
 
 
 def _enc_hook(obj: Any) -> Any:
@@ -100,6 +101,7 @@ def job_detail(job: SimpleJob, now: datetime) -> str:
         ("submitted_at", _when(job.submitted_at)),
         ("started_at", _when(job.started_at)),
         ("ended_at", _when(job.ended_at)),
+        *gpu_views.job_gpu_rows(job),
         ("time", duration(elapsed(job, now))),
         # Scheduling (issue 11): why it waits (while it does); its own priority points.
         ("pending_reason", job.pending_reason or "-"),
@@ -146,9 +148,10 @@ def _holders(node: NodeInfo) -> str:
 
 
 def nodes_table(nodes: Sequence[NodeInfo], pools: Sequence[PoolInfo] = ()) -> str:
-    """The ``mgpu nodes`` table: GPUs total, used and free, whose jobs the node runs
-    (``all``, or ``only alice``), which job holds which GPU, and why a degraded or draining
-    node takes no new jobs; a POOL column when pools exist, and a line per pool below."""
+    """The ``mgpu nodes`` table: GPUs total, used and free (a job could get them now),
+    their types, whose jobs the node runs (``all``, or ``only alice``), which job holds
+    which GPU, the processes outside mgpu on its GPUs, and why a degraded or draining node
+    takes no new jobs; a POOL column when pools exist, and a line per pool below."""
     rows = []
     pooled = any(n.pool for n in nodes) or bool(pools)
     for n in nodes:
@@ -161,9 +164,11 @@ def nodes_table(nodes: Sequence[NodeInfo], pools: Sequence[PoolInfo] = ()) -> st
             state,
             str(len(n.gpus)),
             str(used),
-            str(len(n.gpus) - used),
+            str(gpu_views.node_free(n)),
+            gpu_views.node_types(n),
             "all" if n.users is None else _clean("only " + ",".join(n.users)),
             _holders(n) or "-",
+            gpu_views.node_outside(n),
             _clean((n.drain_reason if n.draining else n.reason) or ""),
         )
         rows.append((*row[:2], _clean(n.pool or "-"), *row[2:]) if pooled else row)

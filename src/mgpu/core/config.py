@@ -29,6 +29,20 @@ def _env(name: str, *, secret: bool = False) -> dict[str, Any]:
     return {"env": name, "secret": True} if secret else {"env": name}
 
 
+FOREIGN_GPU_POLICIES = ("avoid", "ignore")
+
+
+def check_gpu_policy(policy: str | None, min_free_mib: int | None) -> None:
+    """A :class:`ConfigError` unless ``foreign_gpu_policy`` is avoid or ignore (or None) and
+    ``min_free_mib`` is 0 or more (or None)."""
+    if policy is not None and policy not in FOREIGN_GPU_POLICIES:
+        raise ConfigError(f"foreign_gpu_policy (MGPU_FOREIGN_GPU_POLICY) is {policy!r}: "
+                          "use avoid (GPUs busy outside mgpu are not allocated) or ignore")
+    if min_free_mib is not None and min_free_mib < 0:
+        raise ConfigError(f"min_free_mib (MGPU_MIN_FREE_MIB) is {min_free_mib}: give 0 (no "
+                          "minimum) or more MiB")
+
+
 @dataclass(frozen=True)
 class MasterConfig:
     """The master: where it listens, where it keeps its data, how it watches nodes."""
@@ -91,6 +105,15 @@ class MasterConfig:
                                       metadata=_env("MGPU_METRICS_TOKEN", secret=True))
     metrics_token_file: Path | None = field(default=None,
                                             metadata=_env("MGPU_METRICS_TOKEN_FILE"))
+    # GPUs busy outside mgpu (README "GPUs as they are"): "avoid" allocates no GPU that a
+    # process mgpu did not start computes on; "ignore" allocates it anyway. Either way a
+    # GPU with less free memory than min_free_mib (0: no minimum) is not allocated. A node
+    # may set its own.
+    foreign_gpu_policy: str = field(default="avoid", metadata=_env("MGPU_FOREIGN_GPU_POLICY"))
+    min_free_mib: int = field(default=0, metadata=_env("MGPU_MIN_FREE_MIB"))
+
+    def __post_init__(self) -> None:
+        check_gpu_policy(self.foreign_gpu_policy, self.min_free_mib)
 
 
 @dataclass(frozen=True)
@@ -103,7 +126,8 @@ class NodeConfig:
     port: int = field(default=DEFAULT_NODE_PORT, metadata=_env("MGPU_NODE_PORT"))
     host: str = field(default="127.0.0.1", metadata=_env("MGPU_NODE_HOST"))
     gpus: str | None = field(default=None, metadata=_env("MGPU_GPUS"))
-    fake_gpus: int | None = field(default=None, metadata=_env("MGPU_FAKE_GPUS"))
+    # A count (4) or N:TYPE[:MEM] groups (4:A100:80G): mgpu.utils.gpu.parse_fake_spec.
+    fake_gpus: int | str | None = field(default=None, metadata=_env("MGPU_FAKE_GPUS"))
     data_dir: Path | None = field(default=None, metadata=_env("MGPU_NODE_DATA_DIR"))
     kill_grace: float = field(default=30.0, metadata=_env("MGPU_KILL_GRACE"))
     fence_timeout: float | None = field(default=None, metadata=_env("MGPU_FENCE_TIMEOUT"))
@@ -136,6 +160,17 @@ class NodeConfig:
                                       metadata=_env("MGPU_METRICS_TOKEN", secret=True))
     metrics_token_file: Path | None = field(default=None,
                                             metadata=_env("MGPU_METRICS_TOKEN_FILE"))
+    # GPU usage (README "GPUs as they are"): sampled this often (0: never; not reported);
+    # fake GPUs read theirs from the JSON file fake_gpu_state (mgpu.utils.gpustate). The
+    # node's own foreign_gpu_policy / min_free_mib (None: the master's).
+    gpu_sample_interval: float = field(default=2.0, metadata=_env("MGPU_GPU_SAMPLE_INTERVAL"))
+    fake_gpu_state: Path | None = field(default=None, metadata=_env("MGPU_FAKE_GPU_STATE"))
+    foreign_gpu_policy: str | None = field(default=None,
+                                           metadata=_env("MGPU_FOREIGN_GPU_POLICY"))
+    min_free_mib: int | None = field(default=None, metadata=_env("MGPU_MIN_FREE_MIB"))
+
+    def __post_init__(self) -> None:
+        check_gpu_policy(self.foreign_gpu_policy, self.min_free_mib)
 
     @property
     def effective_data_dir(self) -> Path:

@@ -71,6 +71,9 @@ def coerce(kind: Any, raw: Any) -> Any:
         from pathlib import Path
 
         return Path(str(raw))
+    if text.startswith("int | str"):  # a count, or words (--fake-gpus 4 or 4:A100:80G)
+        word = str(raw).strip()
+        return int(word) if word.isascii() and word.isdigit() else word
     if text.startswith("int"):
         return int(raw)
     if text.startswith("float"):

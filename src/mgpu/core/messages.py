@@ -51,7 +51,7 @@ from mgpu.core.frames import STREAM_STDERR as STREAM_STDERR
 from mgpu.core.frames import STREAM_STDOUT as STREAM_STDOUT
 from mgpu.core.frames import frame as frame
 from mgpu.core.frames import split_frames as split_frames
-from mgpu.core.models import EndCause, GpuInfo, run_key
+from mgpu.core.models import EndCause, GpuInfo, GpuUsage, run_key
 from mgpu.core.models import MessageType as MessageType
 
 T_co = TypeVar("T_co", covariant=True)
@@ -101,6 +101,9 @@ class Register(msgspec.Struct, tag=MessageType.REGISTER.value):
     degraded: Reason | None = None
     # The node pool it was started for (its operator's `--pool`), or None.
     pool: Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[A-Za-z0-9._-]+$")] | None = None
+    # The node's own settings for GPUs busy outside mgpu (None: the master's).
+    foreign_gpu_policy: Annotated[str, msgspec.Meta(max_length=16)] | None = None
+    min_free_mib: Annotated[int, msgspec.Meta(ge=0, le=2**40)] | None = None
 
 
 class NodeHealth(msgspec.Struct, tag=MessageType.NODE_HEALTH.value):
@@ -136,7 +139,21 @@ class JobInputAck(msgspec.Struct, tag=MessageType.JOB_INPUT_ACK.value):
 
 
 class Heartbeat(msgspec.Struct, tag=MessageType.HEARTBEAT.value):
-    """Sent by agents every heartbeat interval; the master answers each with one."""
+    """Sent by agents every heartbeat interval; the master answers each with one (bare).
+
+    ``gpus``: the node's GPUs' usage, when it changed since the node's last report (None:
+    no change, or a node that does not report; ``node/gpuwatch.py``)."""
+
+    gpus: Annotated[list[GpuUsage], msgspec.Meta(max_length=4096)] | None = None
+
+
+class JobGpuStats(msgspec.Struct, kw_only=True):
+    """A job's GPU figures while it ran, as its node sampled them: the peak memory used on
+    its GPUs (summed over them) and the mean utilisation (percent, over GPUs and samples)."""
+
+    memory_peak_mib: Annotated[int, msgspec.Meta(ge=0, le=2**40)] | None = None
+    utilization_mean: Annotated[float, msgspec.Meta(ge=0, le=100)] | None = None
+    samples: Annotated[int, msgspec.Meta(ge=0, le=2**40)] = 0
 
 
 class JobStarted(msgspec.Struct, tag=MessageType.JOB_STARTED.value):
@@ -163,6 +180,7 @@ class JobEnded(msgspec.Struct, tag=MessageType.JOB_ENDED.value):
     reason: Reason | None
     output_size: Offset
     end_cause: EndCause | None = None  # why it ended (None from a node that does not say)
+    gpu_stats: JobGpuStats | None = None  # its GPUs' figures (None: not measured)
 
     @property
     def key(self) -> str:

@@ -34,10 +34,10 @@ from mgpu.core.errors import MgpuError
 from mgpu.core.models import GpuInfo
 from mgpu.node import credential, fencing, join
 from mgpu.node import users as policy
-from mgpu.node.health import serve_health
+from mgpu.node.gpuwatch import GpuWatch, open_watch
 from mgpu.node.keeper_link import KeeperLink, NodeRun
 from mgpu.node.logship import LogShipper
-from mgpu.node.metrics import NodeMetrics, start_metrics
+from mgpu.node.metrics import NodeMetrics, serve_listeners
 from mgpu.node.outbox import Outbox
 
 MAX_BACKOFF = 2.0
@@ -68,6 +68,7 @@ class Agent:
         self._runner: web.AppRunner | None = None
         self.metrics: NodeMetrics | None = None  # its /metrics, when metrics_port is set
         self.supervisor: KeeperLink | None = None
+        self.gpuwatch: GpuWatch | None = None  # its GPUs' usage (node/gpuwatch.py)
         self._secret: str | None = None
         self._ssl_context: Any = None
 
@@ -102,16 +103,13 @@ class Agent:
                 f"cannot write to the node's data dir {data_dir}: {e.strerror or e}; "
                 "pass --data-dir with a writable directory"
             ) from e
-        self.metrics = await start_metrics(self.cfg, self.gpus, self.gpu_source,
-                                           self.supervisor.running_count)
-        try:
-            self._runner, self.port = await serve_health(
-                self.cfg.host, self.cfg.port, data_dir, self.node_id, self.health,
-                self.metrics.port if self.metrics else None)
-        except BaseException:  # (its port in use): no listener is left behind
-            if self.metrics is not None:
-                await self.metrics.close()
-            raise
+        self.gpuwatch = open_watch(self.cfg, self.gpu_source, self.gpus,
+                                   lambda: sup.keeper_pid if (sup := self.supervisor) else 0,
+                                   self.log)
+        self.gpuwatch.start()
+        self.metrics, self._runner, self.port = await serve_listeners(
+            self.cfg, self.gpus, self.gpu_source, self.supervisor.running_count, data_dir,
+            self.node_id, self.health)
         self.log.info(
             "node %s: %d GPUs (%s), health on %s:%d, joining master %s:%d; runs jobs of "
             "%s users", self.node_id, len(self.gpus), self.gpu_source, self.cfg.host,
@@ -143,6 +141,8 @@ class Agent:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self.gpuwatch is not None:
+            await self.gpuwatch.close()
         if self.supervisor is not None:
             await self.supervisor.close(kill_jobs)
         if self._runner is not None:
@@ -229,10 +229,11 @@ class Agent:
                 for j in sup.jobs.values()]
         data_dir = self.cfg.effective_data_dir
         register = m.Register(
-            node_id=self.node_id, gpus=self.gpus, hostname=socket.gethostname(), running=held,
+            node_id=self.node_id, hostname=socket.gethostname(), running=held,
+            gpus=self.gpuwatch.with_usage(self.gpus) if self.gpuwatch else self.gpus,
             credential=credential.load(data_dir, self.node_id),
             users=self.users, degraded=self.degraded, pool=self.cfg.pool,
-        )
+            foreign_gpu_policy=self.cfg.foreign_gpu_policy, min_free_mib=self.cfg.min_free_mib)
         await ws.send_bytes(m.node_encoder.encode(register))
         first = await ws.receive(timeout=30)
         if first.type is not aiohttp.WSMsgType.BINARY:
@@ -304,9 +305,12 @@ class Agent:
             self.supervisor.pump_all()
 
     async def _heartbeat(self, out: Outbox, interval: float) -> None:
+        watch = self.gpuwatch
+        if watch is not None:
+            watch.resend()  # (a new link: the master hears the whole usage again)
         while True:
             await asyncio.sleep(interval)
-            out.put(m.Heartbeat())
+            out.put(m.Heartbeat(gpus=watch.report() if watch is not None else None))
             records = self.logs.take()
             if records:
                 out.put(m.NodeLog(records=records))
@@ -320,6 +324,8 @@ class Agent:
             refused = policy.refusal(self.node_id, msg.user, self.users)
             if refused is None:
                 sup.start(msg)
+                if self.gpuwatch is not None:
+                    self.gpuwatch.started(msg.job_id, msg.gpu_ids)
             else:
                 self.log.warning("refused job %d of %s: %s", msg.job_id, msg.user, refused)
                 sup.refuse(msg, refused)
@@ -361,6 +367,8 @@ class Agent:
     def _on_ended(self, job: NodeRun) -> None:
         assert job.ended is not None
         self.log.debug("job %s ended: %s", job.key, job.ended.state)
+        if self.gpuwatch is not None:
+            job.ended = self.gpuwatch.annotate(job.ended)
         self._send(job.ended)
 
 

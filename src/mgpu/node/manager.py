@@ -69,7 +69,7 @@ class NodeManager:
         self.master_port = master_port
         self.agents: list[Agent] = []
 
-    def add_node(self, node_id: str, fake_gpus: int | None = None, gpus: str | None = None,
+    def add_node(self, node_id: str, fake_gpus: int | str | None = None, gpus: str | None = None,
                  port: int = 0, data_dir: str | Path | None = None,
                  **options: object) -> Agent:
         cfg = from_options(NodeConfig, {

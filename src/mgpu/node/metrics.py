@@ -30,6 +30,8 @@ from mgpu.utils.metrics_auth import check_scrape, metrics_token
 from mgpu.utils.network import listen
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from mgpu.core.config import NodeConfig
     from mgpu.core.models import GpuInfo
 
@@ -119,3 +121,23 @@ async def start_metrics(cfg: NodeConfig, gpus: list[GpuInfo], source: str,
     metrics = NodeMetrics(cfg, gpus, source, jobs_running)
     await metrics.start()
     return metrics
+
+
+async def serve_listeners(
+    cfg: NodeConfig, gpus: list[GpuInfo], source: str, running: Callable[[], int],
+    data_dir: Path, node_id: str, report: Callable[[], dict[str, object]],
+) -> tuple[NodeMetrics | None, web.AppRunner, int]:
+    """The agent's listeners: its ``/metrics`` (when ``metrics_port`` is set), then its
+    health port (:func:`mgpu.node.health.serve_health`, which writes ``node.json`` with
+    both). When the health port cannot be had, no metrics listener is left behind."""
+    from mgpu.node.health import serve_health
+
+    metrics = await start_metrics(cfg, gpus, source, running)
+    try:
+        runner, port = await serve_health(cfg.host, cfg.port, data_dir, node_id, report,
+                                          metrics.port if metrics else None)
+    except BaseException:  # (its port in use)
+        if metrics is not None:
+            await metrics.close()
+        raise
+    return metrics, runner, port

@@ -77,8 +77,8 @@ class Master:
             max_requeue=cfg.max_requeue,
             max_batch_jobs=cfg.max_batch_jobs,
             max_pending_per_user=cfg.max_pending_per_user, **scheduling_options(cfg))
-        self.state.retry_backoff, self.state.retry_backoff_max = (cfg.retry_backoff,
-                                                                  cfg.retry_backoff_max)
+        for key in ("retry_backoff", "retry_backoff_max", "foreign_gpu_policy", "min_free_mib"):
+            setattr(self.state, key, getattr(cfg, key))  # settings the state reads as it goes
         self.tokens = Tokens([], 0)
         self.join = JoinSecret("")
         self.conns: dict[str, NodeConn] = {}

@@ -153,6 +153,6 @@ class StateCollector:
 
 
 def busy_outside(gpu: GpuInfo) -> bool:
-    """Whether ``gpu`` is in use by processes mgpu did not start. The nodes do not report
-    that yet (issue 12), so no GPU is: wire the node's report in here when they do."""
-    return False
+    """Whether ``gpu`` is in use by processes mgpu did not start, by its node's last report
+    (``GpuInfo.busy_outside``)."""
+    return gpu.busy_outside

@@ -13,10 +13,12 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from mgpu.core import messages as m
+from mgpu.core.gputypes import common_type
 from mgpu.core.models import (
     NODE_TRANSITIONS,
     REGISTERED_STATES,
     GpuInfo,
+    GpuUsage,
     JobState,
     NodeInfo,
     NodeState,
@@ -52,9 +54,33 @@ class Node:
 
     def busy(self) -> bool:
         return any(g.job_id is not None for g in self.gpus)
+    avoid_outside: bool = True  # foreign_gpu_policy: avoid GPUs busy outside mgpu
+    min_free_mib: int = 0  # a GPU with less free memory (by the last report) is not offered
+    gpu_type: str = ""  # its GPUs' type (core/gputypes.py: common_type), set at registration
 
     def free_gpu_ids(self) -> tuple[int, ...]:
-        return tuple(g.index for g in self.gpus if g.job_id is None)
+        """The GPUs no job holds that may be allocated (:meth:`offers`)."""
+        return tuple(g.index for g in self.gpus if g.job_id is None and self.offers(g))
+
+    def offers(self, g: GpuInfo) -> bool:
+        """Whether ``g``, were no job holding it, could be allocated: not busy outside mgpu
+        (under foreign_gpu_policy avoid), and with min_free_mib free (when reported)."""
+        if g.busy_outside and self.avoid_outside:
+            return False
+        free = g.memory_free_mib
+        return free is None or free >= self.min_free_mib
+
+    def apply_usage(self, usage: list[GpuUsage]) -> bool:
+        """Take a usage report (``Heartbeat.gpus``); whether the GPUs offered changed."""
+        before = self.free_gpu_ids()
+        by_index = {g.index: g for g in self.gpus}
+        for u in usage:
+            g = by_index.get(u.index)
+            if g is not None:
+                g.memory_used_mib, g.utilization = u.memory_used_mib, u.utilization
+                g.processes = u.processes
+                g.busy_outside = any(p.outside for p in u.processes)
+        return self.free_gpu_ids() != before
 
     def release(self, job_id: int) -> None:
         for g in self.gpus:
@@ -74,6 +100,7 @@ class Node:
             pool=self.pool,
             draining=self.drain_reason is not None,
             drain_reason=self.drain_reason,
+            free_gpu_ids=list(self.free_gpu_ids()),
         )
 
     def move(self, to: NodeState) -> None:
@@ -108,6 +135,8 @@ class NodeEvents(ABC):
         node = self.nodes.get(node_id)
         if node is not None:
             node.drain_reason = reason
+    foreign_gpu_policy = "avoid"  # the master's; a node may send its own (Register)
+    min_free_mib = 0
 
     @abstractmethod
     def node_lost(self, job: SimpleJob, why: str, now: float) -> Effects:
@@ -136,6 +165,13 @@ class NodeEvents(ABC):
                     drain_reason=self.drained.get(msg.node_id))
         if msg.degraded is not None:
             node.state, node.reason = NodeState.DEGRADED, msg.degraded
+        node.gpu_type = common_type([g.name for g in node.gpus])
+        node.apply_usage([GpuUsage(index=g.index, memory_used_mib=g.memory_used_mib,
+                                   utilization=g.utilization, processes=g.processes)
+                          for g in msg.gpus])  # (as it joins: no GPU busy outside is given)
+        node.avoid_outside = (msg.foreign_gpu_policy or self.foreign_gpu_policy) != "ignore"
+        node.min_free_mib = (self.min_free_mib if msg.min_free_mib is None
+                             else msg.min_free_mib)
         self.nodes[msg.node_id] = node
         reported = {r.key for r in msg.running}
         kill: list[str] = []
@@ -163,6 +199,12 @@ class NodeEvents(ABC):
         node = self.nodes.get(node_id)
         if node is not None:
             node.last_seen = now
+
+    def on_gpu_usage(self, node_id: str, usage: list[GpuUsage]) -> bool:
+        """A node reports its GPUs' usage; whether the GPUs it offers changed (a
+        scheduling pass is then due)."""
+        node = self.nodes.get(node_id)
+        return node is not None and node.apply_usage(usage)
 
     def on_job_ended(
         self,
@@ -194,6 +236,9 @@ class NodeEvents(ABC):
             to = JobState.FAILED
         advance(job, to, now, reason=msg.reason, exit_code=msg.exit_code,
                 end_cause=msg.end_cause)
+        if msg.gpu_stats is not None:  # its GPUs' figures, as its node measured them
+            job.gpu_mem_peak_mib = msg.gpu_stats.memory_peak_mib
+            job.gpu_util_mean = msg.gpu_stats.utilization_mean
         self.envs.pop(job.id, None)
         effects.update(job)
         effects.ended.append(job.id)

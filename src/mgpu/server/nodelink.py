@@ -248,7 +248,9 @@ class NodeLink:
         if isinstance(msg, m.Heartbeat):
             conn = self.master.conns.get(node_id)
             if conn is not None:
-                conn.send(msg)  # so the agent can tell a silent master from a quiet one
+                conn.send(m.Heartbeat())  # so the agent can tell a silent master from a quiet one
+            if msg.gpus is not None and self.master.state.on_gpu_usage(node_id, msg.gpus):
+                self.master.apply(Effects())  # (a GPU freed outside mgpu may take jobs)
         elif isinstance(msg, m.JobOutput):
             assert self.master.output is not None
             job = self.master.state.jobs.get(msg.job_id)

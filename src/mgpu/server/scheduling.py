@@ -27,6 +27,7 @@ from mgpu.core.scheduler import (
 )
 from mgpu.server.effects import Effects
 from mgpu.server.fairshare import FairShare
+from mgpu.server.gpu_fit import busy_outside_words, node_free_mib, node_type
 from mgpu.server.node_events import Node
 
 # One node as a pass sees it: its snapshot (None: it takes no jobs), its running jobs, and
@@ -82,7 +83,10 @@ class SchedulingPass(ABC):
         views: list[_NodeView] = []
         for node in self.nodes.values():
             held_by = tuple([g.job_id for g in node.gpus])
-            key = (node.state, node.connected, node.drain_reason, limit, held_by,
+            # What a node offers also moves with its GPUs' usage reports (busy outside
+            # mgpu, free memory): their readings belong in the key too.
+            usage = tuple([(g.busy_outside, g.memory_free_mib) for g in node.gpus])
+            key = (node.state, node.connected, node.drain_reason, limit, held_by, usage,
                    None if node.users is None else tuple(node.users))
             hit = cache.get(node.node_id)
             if hit is None or hit[0] != key:
@@ -122,8 +126,10 @@ class SchedulingPass(ABC):
             by_user[job.user] = by_user.get(job.user, 0) + len(ids)
         snap = None
         if node.takes_jobs:  # up, connected, not draining
-            snap = NodeSnapshot(node.node_id, len(node.gpus), node.free_gpu_ids(),
+            free = node.free_gpu_ids()
+            snap = NodeSnapshot(node.node_id, len(node.gpus), free,
                                 None if node.users is None else frozenset(node.users),
+                                gpu_type=node_type(node), gpu_free_mib=node_free_mib(node, free),
                                 releases=tuple(sorted((r.expected_end, len(r.gpu_ids))
                                                       for r in running)))
         return snap, tuple(running), by_user
@@ -215,6 +221,10 @@ class SchedulingPass(ABC):
                 if said is not None:
                     code = said.code
                 job.reason = _words(job, code, said)
+                outside = (busy_outside_words(job, self.nodes.values())
+                           if code is PendingReason.RESOURCES else None)
+                if outside is not None:  # (README "GPUs as they are")
+                    code, job.reason = PendingReason.GPUS_BUSY_OUTSIDE, outside
             job.pending_reason = code.value
 
     def queue_position(self, job_id: int) -> int:

@@ -21,6 +21,7 @@ from mgpu.server.arrays import SubmitControls
 from mgpu.server.auth import Identity
 from mgpu.server.effects import Effects
 from mgpu.server.fairshare import FairShare
+from mgpu.server.gpu_fit import check_gpu_constraints, job_constraints
 from mgpu.server.node_events import Node
 from mgpu.server.queue import PendingQueue
 from mgpu.server.scheduling import SchedulingPass
@@ -76,7 +77,7 @@ class ClusterState(SubmitControls, SchedulingPass):
         snap = JobSnapshot(
             job.id, job.gpus, job.user,
             submitted_at=job.submitted_at.timestamp() if job.submitted_at else 0.0,
-            time_limit=job.time_limit)
+            time_limit=job.time_limit, **job_constraints(job))
         self.pending[job.id] = snap
         self.queue.add(snap, job_term(job.priority, job.nice))
         self.pending_by_user[job.user] = self.pending_by_user.get(job.user, 0) + 1
@@ -160,6 +161,7 @@ class ClusterState(SubmitControls, SchedulingPass):
             where = f"job {i + 1} of the batch: " if len(specs) > 1 else ""
             check_spec(spec, where)
             check_priority(spec, admin, where)
+            check_gpu_constraints(spec, self.nodes.values(), where)
             self._time_limit(spec, where)
             if self.nodes and spec.gpus > largest:
                 biggest = max(self.nodes.values(), key=lambda n: len(n.gpus))
@@ -191,6 +193,7 @@ class ClusterState(SubmitControls, SchedulingPass):
                 argv=spec.argv or None,
                 priority=spec.priority or 0,
                 nice=spec.nice,
+                gpu_type=spec.gpu_type, gpu_mem_mib=spec.gpu_mem_mib,
             )
             self.jobs[job_id] = job
             if not spec.array:  # (an array's tasks are let in by gate_submitted)

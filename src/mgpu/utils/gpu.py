@@ -2,8 +2,11 @@
 
 :func:`detect_gpus` tries, in order:
 
-1. ``fake`` > 0 → that many fake GPUs ("Fake GPU", 80 GiB, uuid ``GPU-fake-<i>``), for
-   machines without GPUs and for every test;
+1. ``fake`` given → fake GPUs, for machines without GPUs and for every test: a count
+   (``4``: "Fake GPU", 80 GiB, uuid ``GPU-fake-<i>``) or a spec ``N:TYPE[:MEM]``, groups
+   joined by commas (``4:A100:80G``, ``2:H200,2:V100:16G``: "NVIDIA A100", 80 GiB);
+   :func:`parse_fake_spec`. What they hold and how busy they are is
+   :mod:`mgpu.utils.gpustate`'s (``MGPU_FAKE_GPU_STATE``);
 2. NVML through ``pynvml`` (the nvidia-ml-py package);
 3. ``nvidia-smi --query-gpu=index,name,memory.total,uuid --format=csv,noheader,nounits``;
 4. nothing: an empty list with source ``"none"``.
@@ -20,6 +23,7 @@ import shutil
 import subprocess
 
 from mgpu.core.errors import UsageError
+from mgpu.core.gputypes import parse_mib
 from mgpu.core.models import GpuInfo
 from mgpu.utils.logging import get_logger
 
@@ -45,20 +49,47 @@ def fake_gpus(count: int) -> list[GpuInfo]:
     ]
 
 
+def parse_fake_spec(spec: int | str) -> list[GpuInfo]:
+    """The fake GPUs of ``--fake-gpus``: a count (``4``) or ``N:TYPE[:MEM]`` groups joined
+    by commas (``4:A100:80G``, ``2:H200,2:V100:16G``), numbered from 0 in order. TYPE
+    becomes the NVML-like name "NVIDIA TYPE"; MEM defaults to 80G. :class:`UsageError`
+    naming the group that cannot be read."""
+    if isinstance(spec, int):
+        if spec < 0:
+            raise UsageError(f"--fake-gpus must be 0 or more, not {spec}")
+        return fake_gpus(spec)
+    gpus: list[GpuInfo] = []
+    for group in spec.split(","):
+        count_text, colon, rest = group.strip().partition(":")
+        kind, _, mem_text = rest.partition(":")
+        if not count_text.isdigit() or (colon and not kind.strip()) or ":" in mem_text:
+            raise UsageError(f"--fake-gpus {spec!r}: {group!r} is not N or N:TYPE[:MEM] "
+                             "(e.g. 4 or 4:A100:80G)")
+        memory = parse_mib(mem_text, f"--fake-gpus {spec!r}") if mem_text else None
+        name = FAKE_GPU_NAME if not kind else (
+            kind.strip() if kind.strip().lower().startswith("nvidia") else
+            f"NVIDIA {kind.strip()}")
+        for _ in range(int(count_text)):
+            i = len(gpus)
+            gpus.append(GpuInfo(index=i, name=name, uuid=f"GPU-fake-{i}",
+                                memory_total_mib=memory or FAKE_GPU_MEMORY_MIB))
+    return gpus
+
+
 def detect_gpus(
-    restrict: list[int] | None = None, fake: int | None = None
+    restrict: list[int] | None = None, fake: int | str | None = None
 ) -> tuple[list[GpuInfo], str]:
     """The GPUs to offer and where they came from ("fake", "nvml", "nvidia-smi", "none").
 
     ``restrict`` keeps only the listed indices (in index order); a listed index that does
-    not exist raises :class:`UsageError` naming it. ``fake`` of None or 0 means detect.
+    not exist raises :class:`UsageError` naming it. ``fake`` of None, 0 or "0" means
+    detect; else it is :func:`parse_fake_spec`'s.
     """
-    if fake is not None and fake < 0:
-        raise UsageError(f"--fake-gpus must be 0 or more, not {fake}")
     gpus: list[GpuInfo] = []
     source = "none"
-    if fake:
-        gpus, source = fake_gpus(fake), "fake"
+    declared = parse_fake_spec(fake) if fake is not None else []
+    if declared:
+        gpus, source = declared, "fake"
     else:
         for name, probe in (("nvml", _from_nvml), ("nvidia-smi", _from_nvidia_smi)):
             found = probe()
