@@ -48,7 +48,8 @@ def main() -> None:
     made = 0
     while made < total:
         batch = min(10_000, total - made)
-        specs = [JobSpec(command="true", gpus=rng.choice(sizes), user=f"u{rng.randrange(args.users)}",
+        specs = [JobSpec(command="true", gpus=rng.choice(sizes),
+                         user=f"u{rng.randrange(args.users)}",
                          time_limit=rng.choice([600, 3600, 4 * 3600, 86400]),
                          nice=rng.choice([0, 0, 0, 10]))
                  for _ in range(batch)]
