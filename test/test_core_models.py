@@ -242,7 +242,8 @@ def test_pending_job_json_has_nulls_not_missing_keys() -> None:
     assert data["state"] == "pending"
     assert data["node"] is None
     assert data["gpu_ids"] == []
-    for key in ("exit_code", "reason", "started_at", "ended_at", "end_cause"):
+    for key in ("exit_code", "reason", "started_at", "ended_at", "end_cause",
+                "pending_reason", "expected_start"):
         assert data[key] is None
 
 

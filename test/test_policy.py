@@ -368,3 +368,12 @@ def test_nodes_that_bring_their_releases_plan_as_running_jobs_do(snap: Snapshot)
                for n in snap.nodes]
     plain = multifactor(snap)
     assert multifactor(replace(snap, nodes=indexed)) == plain
+
+
+def test_a_job_that_leaves_pending_loses_its_reason_code_and_expected_start() -> None:
+    from mgpu.core.models import JobState, SimpleJob, advance, utc
+
+    job = SimpleJob(id=1, name="j", user="u", state=JobState.PENDING, gpus=1, command="true",
+                    cwd="/", pending_reason="Resources", expected_start=utc(NOW + 60))
+    advance(job, JobState.RUNNING, NOW)
+    assert job.pending_reason is None and job.expected_start is None

@@ -130,11 +130,11 @@ def _interact(client: SimpleClient, job_id: int, quiet: bool, forward: bool, pty
 
 
 def cmd_queue(ns: argparse.Namespace) -> int:
+    states = parse_states(ns.states) if ns.states else None
     if ns.start:
         from mgpu.cli.sched import queue_start
 
-        return queue_start(ns)
-    states = parse_states(ns.states) if ns.states else None
+        return queue_start(ns, states)
     if ns.json:
         jobs = client_for(ns).list_jobs(states=states, user=ns.user, all=ns.all)
         from mgpu.client import output

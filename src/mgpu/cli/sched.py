@@ -45,13 +45,14 @@ def cmd_share(ns: argparse.Namespace) -> int:
     return 0
 
 
-def queue_start(ns: argparse.Namespace) -> int:
-    """``mgpu queue --start``: pending jobs and their expected start times."""
+def queue_start(ns: argparse.Namespace, states: list[str] | None) -> int:
+    """``mgpu queue --start``: pending jobs and their expected start times (``states``
+    other than pending list nothing more: only pending jobs have a start to come)."""
     from time import time
 
     from mgpu.client import scheduling
 
-    states = ns.states.split(",") if ns.states else ["pending"]
-    jobs = client_for(ns).list_jobs_plain(states=states, user=ns.user, all=ns.all)
+    jobs = client_for(ns).list_jobs_plain(states=states or ["pending"], user=ns.user,
+                                          all=ns.all)
     write(scheduling.start_table(jobs, time()))
     return 0
