@@ -119,6 +119,8 @@ def test_precedence_is_per_field_and_types_are_coerced() -> None:
         "audit_days": "default",
         "job_retention_days": "default",
         "db_max_pages": "default",
+        "retry_backoff": "default",  # job controls
+        "retry_backoff_max": "default",
     }
 
 
