@@ -210,7 +210,7 @@ def test_a_node_runs_only_the_users_it_serves(make_cluster: Any) -> None:
     cluster.add_node("node1", 1, env={"MGPU_NODE_USERS": me})
     assert _node(cluster)["users"] == [me]
     row = cluster.mgpu("nodes").stdout.splitlines()[1].split()
-    assert row[5:7] == ["only", me], row
+    assert row[6:8] == ["only", me], row  # (after NODE STATE GPUS USED FREE TYPE)
     reply = cluster.api("/api/v1/jobs", {"jobs": [{
         "command": "true", "gpus": 1, "cwd": "/", "env": {"PATH": os.environ["PATH"]},
     }]}, token=cluster.user_token("mallory"))
