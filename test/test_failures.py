@@ -13,7 +13,7 @@ from typing import Any
 import psutil
 import pytest
 
-from conftest import Cluster, wait_until
+from conftest import MARKER, Cluster, wait_until
 from mgpu.client.client import SimpleClient
 from mgpu.core.errors import ConnectionFailed, MgpuError
 
@@ -134,8 +134,9 @@ def test_fence_on_disconnect_kills_jobs_when_the_master_is_gone(make_cluster: An
     cluster.wait_job(job_id, ("running",))
 
     def job_procs() -> list[psutil.Process]:
-        return [p for p in psutil.process_iter(["environ"])
-                if (p.info["environ"] or {}).get("MGPU_JOB_ID") == str(job_id)]
+        return [p for p in psutil.process_iter(["environ"])  # (this cluster's job only)
+                if (env := p.info["environ"] or {}).get("MGPU_JOB_ID") == str(job_id)
+                and env.get(MARKER) == str(cluster.tmp)]
 
     procs = wait_until(job_procs, 10, message="the job's processes")
     cluster.kill_master(signal.SIGKILL)

@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 import pytest
 
-from conftest import Cluster, wait_until
+from conftest import MARKER, Cluster, wait_until
 
 HOST_IP = "169.254.213.1"
 NODE_IP = "169.254.213.2"
@@ -79,9 +79,12 @@ def silent_for(cluster: Cluster, node_id: str) -> float:
     return (datetime.now(UTC) - seen).total_seconds()
 
 
-def job_pids(job_id: int) -> list[int]:
+def job_pids(cluster: Cluster, job_id: int) -> list[int]:
+    """The processes of ``cluster``'s job ``job_id`` (not another cluster's job of that id:
+    tests may run side by side)."""
     return [p.pid for p in psutil.process_iter(["environ"])
-            if (p.info["environ"] or {}).get("MGPU_JOB_ID") == str(job_id)]
+            if (env := p.info["environ"] or {}).get("MGPU_JOB_ID") == str(job_id)
+            and env.get(MARKER) == str(cluster.tmp)]
 
 
 def alive(pids: list[int]) -> bool:
@@ -113,7 +116,7 @@ def test_long_partition_with_fence_on_disconnect_kills_before_requeue(
     runs = tmp_path / "runs"
     job_id = cluster.submit(f'echo "$$" >> {runs}; exec sleep 300')
     cluster.wait_job(job_id, ("running",))
-    first = wait_until(lambda: job_pids(job_id), 10)
+    first = wait_until(lambda: job_pids(cluster, job_id), 10)
     netns.link(up=False)
     # The agent kills its job after the fence time (0.6 x the 3 s timeout)...
     wait_until(lambda: not alive(first), 10, message="the fenced job to die")
@@ -134,7 +137,7 @@ def test_long_partition_without_fencing_keeps_the_job_until_the_link_heals(
     cluster = start(make_cluster, netns)
     job_id = cluster.submit("exec sleep 300")
     cluster.wait_job(job_id, ("running",))
-    first = wait_until(lambda: job_pids(job_id), 10)
+    first = wait_until(lambda: job_pids(cluster, job_id), 10)
     netns.link(up=False)
     wait_until(lambda: cluster.job(job_id)["state"] == "pending", 15)
     assert alive(first), "without fence_on_disconnect the job runs on during a partition"
