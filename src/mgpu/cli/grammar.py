@@ -27,6 +27,7 @@ from mgpu.cli.commands import (
     cmd_wait,
 )
 from mgpu.cli.plainargs import REMAINDER, SUPPRESS, Grammar, Namespace, parse
+from mgpu.cli.usage import cmd_usage, usage_args
 from mgpu.core.version import __version__
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs start-up time
@@ -219,6 +220,8 @@ COMMANDS: dict[str, tuple[Handler, str, Callable[[argparse.ArgumentParser], None
     "wait": (cmd_wait, "wait for jobs to end; exit with the first non-zero code", _wait_args),
     "cancel": (cmd_cancel, "cancel jobs", _jobs_args),
     "nodes": (cmd_nodes, "nodes and their GPUs", _nodes_args),
+    "usage": (cmd_usage, "GPU-hours, jobs and average wait, like sreport (cli/usage.py)",
+              usage_args),
     "config": (_admin("config"), "the effective configuration and where it came from", _json_args),
     "token": (_admin("token"), "create, list or revoke tokens (admins)", daemon_args.token_args),
     "events": (_admin("events"), "the audit log: who did what (admins)", daemon_args.events_args),
