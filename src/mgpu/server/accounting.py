@@ -108,11 +108,13 @@ def usage_sql(q: UsageQuery) -> tuple[str, dict[str, object]]:
         return sql, args
     # One row per UTC day (days without runs too: zeros, for plots). A run overlaps a day
     # if it ended after the day began and began before it ended; bounding `ended` by the
-    # day's end plus the longest run ever keeps each day's join an index range.
+    # day's end plus the longest run ever (kept in meta by Store.write) keeps each day's
+    # join an index range.
     args["day0"] = q.since - q.since % DAY
     sql = ("WITH RECURSIVE days(d) AS (SELECT :day0 UNION ALL "
            "SELECT d + 86400.0 FROM days WHERE d + 86400.0 < :until), "
-           "longest(s) AS (SELECT COALESCE(MAX(ended - COALESCE(started, ended)), 0) FROM runs) "
+           "longest(s) AS (SELECT COALESCE(MAX(CAST(value AS REAL)), 0.0) FROM meta "
+           "WHERE key = 'longest_run') "
            "SELECT strftime('%Y-%m-%d', d, 'unixepoch'), "
            "TOTAL(r.gpus * MAX(0.0, MIN(r.ended, d + 86400.0, :until) "
            "- MAX(r.started, d, :since))), "

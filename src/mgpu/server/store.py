@@ -318,6 +318,12 @@ class Store:
                 [(r.job_id, r.run, r.user, r.name, r.gpus, r.gpu_ids, r.node,
                   r.job_id, r.run - 1, r.queued, r.started, r.ended, r.state, r.exit_code,
                   r.end_cause, r.gpu_seconds, r.peak_mem_mib) for r in batch.runs])
+            longest = max(r.ended - (r.ended if r.started is None else r.started)
+                          for r in batch.runs)
+            self._db.execute(
+                "INSERT INTO meta(key, value) VALUES ('longest_run', ?) ON CONFLICT(key) "
+                "DO UPDATE SET value=MAX(CAST(value AS REAL), CAST(excluded.value AS REAL))",
+                (longest,))
         if batch.pruned:
             self._db.executemany("DELETE FROM jobs WHERE id=?", [(i,) for i in batch.pruned])
 
