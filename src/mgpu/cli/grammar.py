@@ -26,6 +26,7 @@ from mgpu.cli.commands import (
     cmd_submit,
     cmd_wait,
 )
+from mgpu.cli.jobargs import notify_args
 from mgpu.cli.plainargs import REMAINDER, SUPPRESS, Grammar, Namespace, parse
 from mgpu.cli.usage import cmd_usage, usage_args
 from mgpu.core.version import __version__
@@ -148,6 +149,7 @@ def _submit_args(p: argparse.ArgumentParser) -> None:
                    help="requeue at most N times (default: the master's, 3)")
     p.add_argument("--stdin", action="store_true",
                    help="keep the job's stdin open, for `mgpu attach` to write to")
+    notify_args(p)
     p.add_argument("--parsable", action="store_true", help="print only the job id")
     p.add_argument("--json", action="store_true")
     p.add_argument("command", nargs=REMAINDER, help="the command line")

@@ -15,11 +15,12 @@ Sending is the master's (``server/notify.py``); nothing here does I/O.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from mgpu.core.errors import UsageError
-from mgpu.core.models import JobState, SimpleJob
+from mgpu.core.models import JobSpec, JobState, SimpleJob
 
 MAIL_TYPES = ("BEGIN", "END", "FAIL", "ALL")
 MAX_URL = 2048
@@ -78,17 +79,28 @@ def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
     return False
 
 
-def check_job(mail_type: list[str] | None, mail_user: str | None, notify_url: str | None,
-              allowed_hosts: tuple[str, ...] = (), where: str = "") -> None:
-    """Raise :class:`UsageError` if a job's notification fields cannot be used."""
-    if mail_type is not None:
-        parse_mail_types(",".join(mail_type))
-        if mail_user is None:
+@dataclass(frozen=True)
+class NotifyPolicy:
+    """What this master can send: mail (it has an SMTP server), and webhooks to which
+    hosts (empty: any)."""
+
+    mail: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+
+
+def check_job(spec: JobSpec, policy: NotifyPolicy, where: str = "") -> None:
+    """Raise :class:`UsageError` if a job's notification fields cannot be used here."""
+    if spec.mail_type is not None:
+        parse_mail_types(",".join(spec.mail_type))
+        if spec.mail_user is None:
             raise UsageError(f"{where}--mail-type needs --mail-user ADDRESS")
-    if mail_user is not None:
-        check_address(mail_user, where)
-    if notify_url is not None:
-        check_url(notify_url, allowed_hosts, where)
+    if spec.mail_user is not None:
+        check_address(spec.mail_user, where)
+        if not policy.mail:
+            raise UsageError(f"{where}this master sends no mail (no smtp_host / "
+                             "MGPU_SMTP_HOST): ask its admin, or use --notify URL")
+    if spec.notify_url is not None:
+        check_url(spec.notify_url, policy.allowed_hosts, where)
 
 
 def event_of(job: SimpleJob) -> str | None:

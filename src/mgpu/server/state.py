@@ -21,6 +21,8 @@ from mgpu.core.models import (
     advance,
     utc,
 )
+from mgpu.core.notify import NotifyPolicy
+from mgpu.core.notify import check_job as check_notify
 from mgpu.core.scheduler import JobSnapshot, NodeSnapshot, Policy, schedule
 from mgpu.server.accounting import end_run
 from mgpu.server.auth import Identity
@@ -59,6 +61,7 @@ class ClusterState(NodeEvents):
         self.max_requeue = max_requeue
         self.max_batch_jobs = max_batch_jobs
         self.max_pending_per_user = max_pending_per_user
+        self.notify_policy = NotifyPolicy()  # the master sets its own (core/notify.py)
 
     def _enqueue(self, job: SimpleJob, *, in_place: bool = False) -> None:
         """Put ``job`` in the pending queue: at the end, or (``in_place``) at its id's place."""
@@ -125,6 +128,7 @@ class ClusterState(NodeEvents):
         for i, spec in enumerate(specs):
             where = f"job {i + 1} of the batch: " if len(specs) > 1 else ""
             check_spec(spec, where)
+            check_notify(spec, self.notify_policy, where)
             self._time_limit(spec, where)
             if self.nodes and spec.gpus > largest:
                 biggest = max(self.nodes.values(), key=lambda n: len(n.gpus))
