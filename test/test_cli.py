@@ -402,6 +402,7 @@ def test_json_follows_the_contract() -> None:
         "dependency", "kill_on_invalid_dep", "array_job_id", "array_task_id",  # job controls
         "array_throttle", "held", "begin_at", "retries", "max_retries",
         "gpu_type", "gpu_mem_mib", "gpu_mem_peak_mib", "gpu_util_mean",  # GPUs
+        "mail_type", "mail_user", "notify_url",  # notifications (issue 13)
     }  # fmt: skip
     assert data[0]["state"] == "completed"
     assert data[0]["ended_at"] == "2024-05-01T12:00:01Z"

@@ -36,6 +36,7 @@ JOB_KEYS = {
     "dependency", "kill_on_invalid_dep", "array_job_id", "array_task_id",  # job controls
     "array_throttle", "held", "begin_at", "retries", "max_retries",
     "gpu_type", "gpu_mem_mib", "gpu_mem_peak_mib", "gpu_util_mean",  # GPUs
+    "mail_type", "mail_user", "notify_url",  # notifications (issue 13)
 }  # fmt: skip
 
 

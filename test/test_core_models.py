@@ -215,6 +215,9 @@ JOB_FIELDS = [
     "gpu_mem_mib",
     "gpu_mem_peak_mib",
     "gpu_util_mean",
+    "mail_type",  # notifications (issue 13)
+    "mail_user",
+    "notify_url",
 ]
 
 

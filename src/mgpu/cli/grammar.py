@@ -26,9 +26,10 @@ from mgpu.cli.commands import (
     cmd_submit,
     cmd_wait,
 )
-from mgpu.cli.jobargs import control_args
+from mgpu.cli.jobargs import control_args, notify_args
 from mgpu.cli.plainargs import REMAINDER, SUPPRESS, Grammar, Namespace, parse
 from mgpu.cli.simulate import cmd_simulate, simulate_args
+from mgpu.cli.usage import cmd_usage, usage_args
 from mgpu.core.version import __version__
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs start-up time
@@ -203,6 +204,7 @@ def _submit_args(p: argparse.ArgumentParser) -> None:
                    help="requeue at most N times (default: the master's, 3)")
     p.add_argument("--stdin", action="store_true",
                    help="keep the job's stdin open, for `mgpu attach` to write to")
+    notify_args(p)
     p.add_argument("--parsable", action="store_true", help="print only the job id")
     p.add_argument("--json", action="store_true")
     control_args(p)
@@ -299,6 +301,8 @@ COMMANDS: dict[str, tuple[Handler, str, Callable[[argparse.ArgumentParser], None
                 "line, expected start", _job_args),
     "share": (_admin("share", "sched"), "fair-share shares and usage; set a user's (admins)",
               _share_args),
+    "usage": (cmd_usage, "GPU-hours, jobs and average wait, like sreport (cli/usage.py)",
+              usage_args),
     "config": (_admin("config"), "the effective configuration and where it came from", _json_args),
     "token": (_admin("token"), "create, list or revoke tokens (admins)", daemon_args.token_args),
     "events": (_admin("events"), "the audit log: who did what (admins)", daemon_args.events_args),

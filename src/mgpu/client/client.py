@@ -124,6 +124,7 @@ class SimpleClient:
         argv: list[str] | None = None,
         priority: int | None = None, nice: int = 0,
         gpu_type: str | None = None, gpu_mem_mib: int | None = None,
+        notify: dict[str, Any] | None = None,
         **controls: Any,
     ) -> int:
         """Queue ``cmd`` (a shell command line) to run with ``gpus`` GPUs; return its id.
@@ -136,6 +137,7 @@ class SimpleClient:
         that program and arguments without a shell (``cmd`` is then what listings show).
         ``controls``: more :class:`~mgpu.core.models.JobSpec` fields (``dependency``, ...).
         ``gpu_type`` / ``gpu_mem_mib``: GPU constraints (README "GPUs as they are").
+        ``notify``: notification fields (``mail_type``, ``mail_user``, ``notify_url``).
         Built as plain JSON (the fields of :class:`~mgpu.core.models.JobSpec`, which the
         master validates) so that a submit does not pay for importing msgspec.
         """
@@ -150,15 +152,11 @@ class SimpleClient:
             "cwd": cwd or os.getcwd(),
             "env": without_secrets(os.environ) if env is None else env,
             "user": login_name(),
-            "time_limit": time_limit,
-            "requeue": requeue,
-            "max_requeue": max_requeue,
-            "interactive": interactive,
-            "stdin": stdin,
-            "pty": pty,
-            "argv": argv,
+            "time_limit": time_limit, "requeue": requeue, "max_requeue": max_requeue,
+            "interactive": interactive, "stdin": stdin, "pty": pty, "argv": argv,
             "priority": priority, "nice": nice,  # points up (admins) and down (see README)
             **controls,
+            **(notify or {}),
         }
         spec.update((k, v) for k, v in (("gpu_type", gpu_type), ("gpu_mem_mib", gpu_mem_mib))
                     if v is not None)  # (only when given: an older master knows neither)

@@ -102,6 +102,9 @@ def job_detail(job: SimpleJob, now: datetime) -> str:
         ("started_at", _when(job.started_at)),
         ("ended_at", _when(job.ended_at)),
         *gpu_views.job_gpu_rows(job),
+        ("mail_type", ",".join(job.mail_type) if job.mail_type else "-"),
+        ("mail_user", job.mail_user or "-"),
+        ("notify_url", job.notify_url or "-"),
         ("time", duration(elapsed(job, now))),
         # Scheduling (issue 11): why it waits (while it does); its own priority points.
         ("pending_reason", job.pending_reason or "-"),

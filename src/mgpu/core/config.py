@@ -112,6 +112,26 @@ class MasterConfig:
     foreign_gpu_policy: str = field(default="avoid", metadata=_env("MGPU_FOREIGN_GPU_POLICY"))
     min_free_mib: int = field(default=0, metadata=_env("MGPU_MIN_FREE_MIB"))
 
+    # Notifications (README "Notifications"): mail through this SMTP server (none: jobs may
+    # not ask for mail), and JSON webhooks, sent in the background with retries.
+    smtp_host: str | None = field(default=None, metadata=_env("MGPU_SMTP_HOST"))
+    smtp_port: int = field(default=25, metadata=_env("MGPU_SMTP_PORT"))
+    smtp_from: str = field(default="mgpu@localhost", metadata=_env("MGPU_SMTP_FROM"))
+    smtp_user: str | None = field(default=None, metadata=_env("MGPU_SMTP_USER"))
+    smtp_password: str | None = field(default=None,
+                                      metadata=_env("MGPU_SMTP_PASSWORD", secret=True))
+    smtp_starttls: bool = field(default=False, metadata=_env("MGPU_SMTP_STARTTLS"))
+    # Hosts webhooks may go to, comma-separated (``*.example.org`` for its subdomains);
+    # none: any http(s) host. Other URL schemes are always refused.
+    notify_hosts: str | None = field(default=None, metadata=_env("MGPU_NOTIFY_HOSTS"))
+    notify_retries: int = field(default=5, metadata=_env("MGPU_NOTIFY_RETRIES"))
+    notify_backoff: float = field(default=2.0, metadata=_env("MGPU_NOTIFY_BACKOFF"))
+    notify_timeout: float = field(default=10.0, metadata=_env("MGPU_NOTIFY_TIMEOUT"))
+    notify_queue: int = field(default=10_000, metadata=_env("MGPU_NOTIFY_QUEUE"))
+    # The master's address as people reach it, for links in notifications (default: the
+    # address it listens on).
+    public_url: str | None = field(default=None, metadata=_env("MGPU_PUBLIC_URL"))
+
     def __post_init__(self) -> None:
         check_gpu_policy(self.foreign_gpu_policy, self.min_free_mib)
 

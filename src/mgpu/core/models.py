@@ -38,6 +38,14 @@ import msgspec
 
 from mgpu.core.errors import InvalidTransition
 
+# The records of nodes and their GPUs live in core/node_models.py; named here too, as ever.
+from mgpu.core.node_models import MAX_GPU_PROCESSES as MAX_GPU_PROCESSES
+from mgpu.core.node_models import GpuInfo as GpuInfo
+from mgpu.core.node_models import GpuProcess as GpuProcess
+from mgpu.core.node_models import GpuUsage as GpuUsage
+from mgpu.core.node_models import JobProcess as JobProcess
+from mgpu.core.node_models import NodeInfo as NodeInfo
+
 
 class JobState(enum.StrEnum):
     """Where a job is in its life. Stored and sent as the lowercase value."""
@@ -177,6 +185,11 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # says) and the free memory each of its GPUs must have, in MiB.
     gpu_type: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     gpu_mem_mib: Annotated[int, msgspec.Meta(ge=1, le=2**40)] | None = None
+    # Notifications (core/notify.py): mail on these events (BEGIN, END, FAIL, ALL) to
+    # mail_user; a JSON webhook to notify_url on every begin and end.
+    mail_type: list[str] | None = None
+    mail_user: str | None = None
+    notify_url: str | None = None
 
 
 class SimpleJob(msgspec.Struct, kw_only=True):
@@ -233,6 +246,10 @@ class SimpleJob(msgspec.Struct, kw_only=True):
     gpu_mem_mib: int | None = None
     gpu_mem_peak_mib: int | None = None
     gpu_util_mean: float | None = None
+    # Notifications, as submitted (JobSpec): mail events and address, webhook URL.
+    mail_type: list[str] | None = None
+    mail_user: str | None = None
+    notify_url: str | None = None
 
     @property
     def job_id(self) -> int:
@@ -308,90 +325,3 @@ def end_cause_of(state: JobState, given: EndCause | None,
         return EndCause.EXITED if exit_code is not None else None
     return _CAUSE_OF_STATE.get(state)
 
-
-MAX_GPU_PROCESSES = 32  # processes listed per GPU in a report (the rest are counted)
-Mib = Annotated[int, msgspec.Meta(ge=0, le=2**40)]
-
-
-class GpuProcess(msgspec.Struct, kw_only=True):
-    """A compute process on a GPU, as the node's NVML sees it. ``job_id``: the mgpu job it
-    belongs to (in the job's process tree); ``outside``: no job of this node's started it."""
-
-    pid: Annotated[int, msgspec.Meta(ge=0, le=2**31)]
-    memory_used_mib: Mib | None = None  # None: NVML cannot say (some drivers, containers)
-    user: Annotated[str, msgspec.Meta(max_length=256)] | None = None
-    job_id: int | None = None
-    outside: bool = False
-
-
-class GpuUsage(msgspec.Struct, kw_only=True):
-    """What one GPU holds now: memory used, utilisation (percent), compute processes (at
-    most :data:`MAX_GPU_PROCESSES`; ``more_processes`` counts the others)."""
-
-    index: Annotated[int, msgspec.Meta(ge=0, le=65535)]
-    memory_used_mib: Mib | None = None
-    utilization: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
-    processes: Annotated[list[GpuProcess], msgspec.Meta(max_length=MAX_GPU_PROCESSES)] = (
-        msgspec.field(default_factory=list))
-    more_processes: Annotated[int, msgspec.Meta(ge=0, le=2**31)] = 0
-
-
-class GpuInfo(msgspec.Struct, kw_only=True):
-    """One GPU of a node; ``job_id`` is the job holding it, if any. The usage fields are
-    the node's last report (None/empty before one); ``busy_outside``: a process no mgpu
-    job started computes on it (the master allocates it only under
-    ``foreign_gpu_policy = ignore``)."""
-
-    index: Annotated[int, msgspec.Meta(ge=0, le=65535)]
-    name: Annotated[str, msgspec.Meta(max_length=256)]
-    memory_total_mib: Mib
-    uuid: Annotated[str, msgspec.Meta(max_length=256)] | None = None
-    job_id: int | None = None
-    memory_used_mib: Mib | None = None
-    utilization: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
-    processes: Annotated[list[GpuProcess], msgspec.Meta(max_length=MAX_GPU_PROCESSES)] = (
-        msgspec.field(default_factory=list))
-    busy_outside: bool = False
-
-    @property
-    def memory_free_mib(self) -> int | None:
-        """Free memory by the last report (None before one)."""
-        if self.memory_used_mib is None:
-            return None
-        return max(0, self.memory_total_mib - self.memory_used_mib)
-
-
-class NodeInfo(msgspec.Struct, kw_only=True):
-    """A node agent as the master sees it. ``free_gpu_ids``: the GPUs the master would
-    allocate now (none held by a job, none it avoids as busy outside mgpu or short of
-    memory); None from a master that does not say."""
-
-    node_id: str
-    state: str  # a NodeState value: "up", "degraded" (no new jobs: see reason), ...
-    gpus: list[GpuInfo] = msgspec.field(default_factory=list)
-    last_seen: datetime | None = None
-    down_since: datetime | None = None
-    hostname: str | None = None
-    reason: str | None = None  # why it takes no jobs (degraded), when it says so
-    users: list[str] | None = None  # whose jobs it runs: None, everyone's
-    pool: str | None = None  # the node pool it belongs to (server/pools.py), if any
-    draining: bool = False  # takes no new jobs; its running jobs finish (`mgpu drain`)
-    drain_reason: str | None = None  # why, as the admin (or the pool) said
-    free_gpu_ids: list[int] | None = None
-
-    @property
-    def free_gpus(self) -> list[int]:
-        """The GPUs a job could get now (``free_gpu_ids``), else those no job holds."""
-        if self.free_gpu_ids is not None:
-            return list(self.free_gpu_ids)
-        return [g.index for g in self.gpus if g.job_id is None]
-
-
-class JobProcess(msgspec.Struct, kw_only=True):
-    """A job's process on a node, as its agent supervises it."""
-
-    job_id: int
-    pid: int
-    gpu_ids: list[int]
-    started_at: float
-    output_offset: int = 0

@@ -22,7 +22,7 @@ from mgpu.core.errors import ApiError, NotFound, StoreError, UsageError
 from mgpu.core.frames import complete_frames
 from mgpu.core.models import ENDED_STATES, JobState, SimpleJob, run_key
 from mgpu.core.version import __version__ as VERSION
-from mgpu.server import admin, api_controls, api_metrics, api_nodes, retention
+from mgpu.server import admin, api_controls, api_metrics, api_nodes, api_usage, retention
 from mgpu.server.api_sched import SCHED_ROUTES
 from mgpu.server.http import (
     MASTER,
@@ -384,6 +384,7 @@ ROUTES: tuple[Route, ...] = (
     *SCHED_ROUTES,
     *api_controls.ROUTES,
     *api_metrics.ROUTES,
+    *api_usage.ROUTES,  # (server/api_usage.py)
 )
 
 

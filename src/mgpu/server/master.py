@@ -48,6 +48,8 @@ from mgpu.server.metrics import MasterMetrics
 from mgpu.server.nodeauth import NodeCredentials
 from mgpu.server.nodeconn import NodeConn
 from mgpu.server.nodelink import NodeLink
+from mgpu.server.notify import Notifier
+from mgpu.server.notify import policy as notify_policy
 from mgpu.server.pools import DRAIN_KEY, Pools, read_pools
 from mgpu.server.state import ClusterState
 from mgpu.server.stats import SchedulingStats
@@ -97,6 +99,8 @@ class Master:
         self.closing = False
         self.scheduling = SchedulingStats()
         self.metrics = MasterMetrics(cfg, self.state, self.scheduling)
+        self.notifier = Notifier(cfg)  # mail and webhooks, in the background (notify.py)
+        self.state.notify_policy = notify_policy(cfg)
         self._unclaimed_checked = False
         self._runner: web.AppRunner | None = None
         self._tick: asyncio.Task[None] | None = None
@@ -171,6 +175,7 @@ class Master:
             "host": self.cfg.host, "port": self.port, "pid": os.getpid(), "version": VERSION,
             "tls": ssl_context is not None,
         })
+        self.notifier.start(f"{scheme}://{self.cfg.host}:{self.port}")
         self._tick = asyncio.create_task(self._ticker())
         self._pruner = asyncio.create_task(retention.prune_audit(self))
         self._job_pruner = asyncio.create_task(retention.prune_jobs(self))
@@ -208,6 +213,7 @@ class Master:
         if self.committer is not None:
             await self.committer.drain()
             self.committer.close()
+        await self.notifier.stop()
         if self.output is not None:
             self.output.close_all()
         if self.store is not None:
@@ -227,18 +233,10 @@ class Master:
                                 len(effects.batch.updates))
             self.nodelink.fence_lost_nodes()
             # Nodes absent since the master started get the same grace as silent ones.
-            self._check_unclaimed(now, effects)
+            if not self._unclaimed_checked and now - self._started_at > self.cfg.node_timeout:
+                self._unclaimed_checked = True  # nodes absent since the start: lost now
+                effects.merge(self.state.unclaimed(now))
             self.apply(effects, durable=True)
-
-    def _check_unclaimed(self, now: float, effects: Effects) -> None:
-        """Jobs loaded as running whose node never came back after a restart."""
-        if self._unclaimed_checked or now - self._started_at <= self.cfg.node_timeout:
-            return
-        self._unclaimed_checked = True
-        for job in list(self.state.jobs.values()):
-            if job.state is JobState.RUNNING and job.node not in self.state.nodes:
-                effects.merge(self.state.node_lost(
-                    job, f"node {job.node} did not return after the master restarted", now))
 
     # ------------------------------------------------------------------ events
 
@@ -292,6 +290,7 @@ class Master:
                 if self.output is not None and job is not None:
                     self.output.close(run_key(job_id, job.run))
             self.spawn(self._notify_ended())
+        self.notifier.saved(effects, self.state.jobs)
 
     async def _notify_ended(self) -> None:
         async with self.ended:

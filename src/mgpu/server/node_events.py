@@ -23,10 +23,10 @@ from mgpu.core.models import (
     NodeInfo,
     NodeState,
     SimpleJob,
-    advance,
     run_key,
     utc,
 )
+from mgpu.server.accounting import end_run
 from mgpu.server.effects import Effects
 from mgpu.server.validate import register_problem
 
@@ -143,6 +143,16 @@ class NodeEvents(ABC):
         """A running job's node is gone: requeue it if it may be, else end it as
         node_fail (the job side, ``state.py``, decides)."""
 
+    def unclaimed(self, now: float) -> Effects:
+        """Lose the jobs loaded as running whose node has not come back since the master
+        restarted (called once, a node timeout after the start)."""
+        effects = Effects()
+        for job in list(self.jobs.values()):
+            if job.state is JobState.RUNNING and job.node not in self.nodes:
+                effects.merge(self.node_lost(
+                    job, f"node {job.node} did not return after the master restarted", now))
+        return effects
+
     def running_on(self, node_id: str) -> list[SimpleJob]:
         return [
             j for j in self.jobs.values() if j.state is JobState.RUNNING and j.node == node_id
@@ -234,13 +244,12 @@ class NodeEvents(ABC):
                 to = JobState.CANCELLED
         if not to.ended:
             to = JobState.FAILED
-        advance(job, to, now, reason=msg.reason, exit_code=msg.exit_code,
+        end_run(effects, job, to, now, reason=msg.reason, exit_code=msg.exit_code,
                 end_cause=msg.end_cause)
         if msg.gpu_stats is not None:  # its GPUs' figures, as its node measured them
             job.gpu_mem_peak_mib = msg.gpu_stats.memory_peak_mib
             job.gpu_util_mean = msg.gpu_stats.utilization_mean
         self.envs.pop(job.id, None)
-        effects.update(job)
         effects.ended.append(job.id)
         return effects
 

@@ -15,8 +15,11 @@ from functools import lru_cache
 from mgpu.core import messages as m
 from mgpu.core.errors import Forbidden, NotFound, Rejected, UsageError
 from mgpu.core.models import JobSpec, JobState, SimpleJob, advance, utc
+from mgpu.core.notify import NotifyPolicy
+from mgpu.core.notify import check_job as check_notify
 from mgpu.core.priority import PriorityWeights, job_term
 from mgpu.core.scheduler import JobSnapshot, Policy, ScheduleResult, fifo_reserve
+from mgpu.server.accounting import end_run
 from mgpu.server.arrays import SubmitControls
 from mgpu.server.auth import Identity
 from mgpu.server.effects import Effects
@@ -69,6 +72,7 @@ class ClusterState(SubmitControls, SchedulingPass):
         self.max_batch_jobs = max_batch_jobs
         self.max_pending_per_user = max_pending_per_user
         self.init_controls()  # the gate of holds, dependencies, arrays, limits (controls.py)
+        self.notify_policy = NotifyPolicy()  # the master sets its own (core/notify.py)
 
     def _enqueue(self, job: SimpleJob, *, in_place: bool = False) -> None:
         """Put ``job`` in the pending queue. Its place is its priority, whose age counts from
@@ -162,6 +166,7 @@ class ClusterState(SubmitControls, SchedulingPass):
             check_spec(spec, where)
             check_priority(spec, admin, where)
             check_gpu_constraints(spec, self.nodes.values(), where)
+            check_notify(spec, self.notify_policy, where)
             self._time_limit(spec, where)
             if self.nodes and spec.gpus > largest:
                 biggest = max(self.nodes.values(), key=lambda n: len(n.gpus))
@@ -194,6 +199,7 @@ class ClusterState(SubmitControls, SchedulingPass):
                 priority=spec.priority or 0,
                 nice=spec.nice,
                 gpu_type=spec.gpu_type, gpu_mem_mib=spec.gpu_mem_mib,
+                mail_type=spec.mail_type, mail_user=spec.mail_user, notify_url=spec.notify_url,
             )
             self.jobs[job_id] = job
             if not spec.array:  # (an array's tasks are let in by gate_submitted)
@@ -273,8 +279,7 @@ class ClusterState(SubmitControls, SchedulingPass):
             elif job.state is JobState.PENDING:
                 self._dequeue(job_id)
                 self.envs.pop(job_id, None)
-                advance(job, JobState.CANCELLED, now, reason=f"{reason} while pending")
-                effects.update(job)
+                end_run(effects, job, JobState.CANCELLED, now, reason=f"{reason} while pending")
                 effects.ended.append(job_id)
                 results.append(m.CancelResult(job_id, True, state=job.state.value))
             elif job.state is JobState.RUNNING:
@@ -307,18 +312,17 @@ class ClusterState(SubmitControls, SchedulingPass):
     def node_lost(self, job: SimpleJob, why: str, now: float) -> Effects:
         """A running job's node is gone: requeue it if it may be, else end it as node_fail."""
         effects = Effects()
-        effects.update(job)
         if job.id in self.cancel_requested:
             self.cancel_requested.discard(job.id)
-            advance(job, JobState.CANCELLED, now, reason=f"cancelled; {why}")
+            end_run(effects, job, JobState.CANCELLED, now, reason=f"cancelled; {why}")
         elif job.requeues < job.max_requeue:
-            job.requeues += 1
-            advance(job, JobState.PENDING, now,
-                    reason=f"requeued ({job.requeues} of {job.max_requeue}): {why}")
+            end_run(effects, job, JobState.PENDING, now,
+                    reason=f"requeued ({job.requeues + 1} of {job.max_requeue}): {why}")
+            job.requeues += 1  # (after end_run, which records the run that ended)
             self._enqueue(job, in_place=True)  # back in its original place
             return effects
         else:
-            advance(job, JobState.NODE_FAIL, now, reason=why)
+            end_run(effects, job, JobState.NODE_FAIL, now, reason=why)
         self.envs.pop(job.id, None)
         effects.ended.append(job.id)
         return effects
