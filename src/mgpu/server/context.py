@@ -46,6 +46,7 @@ class Context(Protocol):
     node_credentials: NodeCredentials
     conns: dict[str, NodeConn]  # node id -> its live connection
     watchers: dict[int, set[asyncio.Event]]  # job id -> events set when it has news
+    changes: set[asyncio.Event]  # set whenever a change was saved (dashboard streams)
     ended: asyncio.Condition  # notified whenever jobs end (long-poll waits)
     closing: bool
     scheduling: SchedulingStats  # the scheduling passes run so far

@@ -79,6 +79,7 @@ class Master:
         self.committer: Committer | None = None
         self.watch = OutputWatch(self)
         self.watchers = self.watch.watchers  # (the routes add and drop their own)
+        self.changes = self.watch.changes  # (the dashboard's streams add their own)
         self.ended = asyncio.Condition()
         self.port = 0
         self.closing = False
@@ -254,6 +255,7 @@ class Master:
             self.state.unplace(started, time.time(), "the master could not save its state")
 
     def _on_saved(self, effects: Effects) -> None:
+        self.watch.changed()
         acks: dict[str, list[str]] = {}
         for node_id, msg in effects.sends:
             if isinstance(msg, m.EndedAck):  # one ack per node per batch
