@@ -9,6 +9,7 @@ from memory without a token: they hold no data. Everything the dashboard shows c
 * ``nodes``: every node and its GPUs (``view=nodes``);
 * ``queue``: one page of the queue, ``offset``/``limit`` of the jobs in ``state``
   (``view=queue``), with the total, so that 10,000 jobs cost the browser one page;
+* both ``nodes`` and ``queue`` with ``view=top`` (``mgpu top``);
 * ``job`` and ``log``: one job and its output as text from byte ``log`` on (``view=job``;
   the output only for its owner or an admin).
 
@@ -52,7 +53,7 @@ REFRESH = 5.0  # seconds: look again even without a change (node figures, elapse
 KEEPALIVE = 15.0  # seconds: a comment line when nothing was sent, so proxies keep it open
 MAX_PAGE = 500  # jobs in one queue page
 LOG_CHUNK = 1 << 18  # bytes of output read per event
-VIEWS = ("nodes", "queue", "job", "usage")
+VIEWS = ("nodes", "queue", "job", "usage", "top")  # top: nodes and queue (`mgpu top`)
 DEFAULT_STATES = "pending,running"
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
          ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png",
@@ -220,11 +221,11 @@ def _events(master: Context, who: Identity, view: str, states: set[JobState], of
     """The events whose data changed since ``sent`` (which this updates), as SSE bytes."""
     now = time.time()
     data: dict[str, object] = {"cluster": _cluster(master, who, now)}
-    if view == "nodes":
+    if view in ("nodes", "top"):
         data["nodes"] = _nodes(master, who)
-    elif view == "queue":
+    if view in ("queue", "top"):
         data["queue"] = _queue(master, who, states, offset, limit)
-    elif view == "job":
+    if view == "job":
         try:
             job = master.state.get(job_id, who, master.cfg.private_jobs)
         except MgpuError as e:  # pruned while shown
@@ -259,7 +260,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/", index, "The web dashboard (no token: the page asks for one)"),
     Route("GET", f"{PAGES}{{name}}", asset, "The dashboard's scripts and styles"),
     Route("GET", STREAM, stream, "The dashboard's live Server-Sent Events",
-          query=(("view", "nodes, queue, job or usage"), ("state", "queue: comma list"),
+          query=(("view", "nodes, queue, job, usage or top"), ("state", "queue: comma list"),
                  ("offset", "queue: first job"), ("limit", f"queue: 1 to {MAX_PAGE}"),
                  ("job", "job: its id"), ("log", "job: output byte to start at"))),
 )
