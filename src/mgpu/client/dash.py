@@ -12,6 +12,7 @@ import socket
 
 from mgpu.client.replies import error_from_reply, unreadable
 from mgpu.core.api_paths import API
+from mgpu.core.errors import MgpuError
 from mgpu.utils import plainjson
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs start-up time
@@ -65,7 +66,7 @@ class DashStream:
                             yield name, plainjson.loads(b"\n".join(data))
                         except ValueError as e:
                             raise unreadable(e) from None
-        except OSError:
+        except (OSError, MgpuError):  # (the transport turns a socket's errors into these)
             if not self._closed:
                 raise
 

@@ -48,7 +48,8 @@ if TYPE_CHECKING:
 WEB = Path(__file__).with_name("web")
 STREAM = f"{API}/dash/stream"
 PAGES = "/ui/"
-COALESCE = 0.25  # seconds: at most one snapshot per stream this often
+COALESCE = 1.0  # seconds: at most one snapshot per stream this often
+LOG_COALESCE = 0.2  # seconds: a followed job's output comes sooner
 REFRESH = 5.0  # seconds: look again even without a change (node figures, elapsed times)
 KEEPALIVE = 15.0  # seconds: a comment line when nothing was sent, so proxies keep it open
 MAX_PAGE = 500  # jobs in one queue page
@@ -90,16 +91,26 @@ async def asset(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------------- snapshots
 
 
+def _sees(master: Context, who: Identity) -> str | None:
+    """Whose jobs ``who`` sees: None for all of them, else the user's own."""
+    return who.user if master.cfg.private_jobs and not who.admin else None
+
+
 def _cluster(master: Context, who: Identity, now: float) -> dict[str, Any]:
-    private = master.cfg.private_jobs
-    jobs = Counter(j.state.value for j in master.state.jobs.values()
-                   if not private or who.owns(j))
-    gpus = used = 0
-    for node in master.state.nodes.values():
-        gpus += len(node.gpus)
-        used += sum(1 for g in node.gpus if g.job_id is not None)
-    return {"user": who.user, "admin": who.admin, "jobs": dict(jobs),
-            "nodes": len(master.state.nodes), "gpus": gpus, "gpus_used": used, "now": now}
+    sees = _sees(master, who)
+
+    def counts() -> dict[str, Any]:
+        jobs = Counter(j.state.value for j in master.state.jobs.values()
+                       if sees is None or j.user == sees)
+        gpus = used = 0
+        for node in master.state.nodes.values():
+            gpus += len(node.gpus)
+            used += sum(1 for g in node.gpus if g.job_id is not None)
+        return {"jobs": dict(jobs), "nodes": len(master.state.nodes), "gpus": gpus,
+                "gpus_used": used}
+
+    return {"user": who.user, "admin": who.admin, **master.changes.memo(("cluster", sees), counts),
+            "now": now}
 
 
 def _nodes(master: Context, who: Identity) -> dict[str, Any]:
@@ -115,25 +126,31 @@ def _nodes(master: Context, who: Identity) -> dict[str, Any]:
     return {"nodes": [n.info() for n in master.state.nodes.values()], "holders": holders}
 
 
-def _queue(master: Context, who: Identity, states: set[JobState], offset: int,
+def _queue(master: Context, who: Identity, states: frozenset[JobState], offset: int,
            limit: int) -> dict[str, Any]:
-    """One page of the jobs in ``states``, in queue order, and how many there are."""
-    private = master.cfg.private_jobs
-    if JobState.PENDING in states:
-        master.state.refresh_pending_reasons()
-    page = []
-    total = 0
-    for j in master.state.jobs.values():
-        if j.state in states and (not private or who.owns(j)):
-            if offset <= total < offset + limit:
-                page.append(j)
-            total += 1
-    return {"total": total, "offset": offset, "limit": limit, "jobs": page}
+    """One page of the jobs in ``states``, in queue order, and how many there are: once a
+    change for every stream that shows the same page."""
+    sees = _sees(master, who)
+
+    def page() -> dict[str, Any]:
+        if JobState.PENDING in states:
+            master.changes.memo("reasons", master.state.refresh_pending_reasons)
+        jobs = []
+        total = 0
+        for j in master.state.jobs.values():
+            if j.state in states and (sees is None or j.user == sees):
+                if offset <= total < offset + limit:
+                    jobs.append(j)
+                total += 1
+        return {"total": total, "offset": offset, "limit": limit, "jobs": jobs}
+
+    result: dict[str, Any] = master.changes.memo(("queue", sees, states, offset, limit), page)
+    return result
 
 
-def _states(text: str) -> set[JobState]:
+def _states(text: str) -> frozenset[JobState]:
     try:
-        return {JobState(s.strip().lower()) for s in text.split(",") if s.strip()}
+        return frozenset(JobState(s.strip().lower()) for s in text.split(",") if s.strip())
     except ValueError:
         raise UsageError(f"unknown state in {text[:100]!r}: use "
                          + ", ".join(s.value for s in JobState)) from None
@@ -181,7 +198,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
                                        "Cache-Control": "no-cache",
                                        "X-Accel-Buffering": "no"})
     ev = asyncio.Event()
-    master.changes.add(ev)
+    master.changes.events.add(ev)
     if job_id:
         master.watchers.setdefault(job_id, set()).add(ev)
     sent: dict[str, bytes] = {}
@@ -198,16 +215,16 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 await resp.write(b": keepalive\n\n")
                 last_write = time.monotonic()
             if log is not None and out and b"event: log\n" in out:
-                await asyncio.sleep(COALESCE)  # more output may be waiting: read it next
+                await asyncio.sleep(LOG_COALESCE)  # more output may be waiting: read it next
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ev.wait(), REFRESH)
-            await asyncio.sleep(COALESCE)
+            await asyncio.sleep(LOG_COALESCE if job_id else COALESCE)
         await resp.write_eof()
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
-        master.changes.discard(ev)
+        master.changes.events.discard(ev)
         watchers = master.watchers.get(job_id)
         if watchers is not None:
             watchers.discard(ev)
@@ -216,7 +233,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-def _events(master: Context, who: Identity, view: str, states: set[JobState], offset: int,
+def _events(master: Context, who: Identity, view: str, states: frozenset[JobState], offset: int,
             limit: int, job_id: int, log: _Log | None, sent: dict[str, bytes]) -> bytes:
     """The events whose data changed since ``sent`` (which this updates), as SSE bytes."""
     now = time.time()
@@ -232,7 +249,7 @@ def _events(master: Context, who: Identity, view: str, states: set[JobState], of
             data["error"] = {"error": e.message, "code": e.code}
         else:
             if job.state is JobState.PENDING:
-                master.state.refresh_pending_reasons()
+                master.changes.memo("reasons", master.state.refresh_pending_reasons)
             data["job"] = {"job": job, "may_act": who.owns(job),
                            "ahead": master.state.queue_position(job_id)
                            if job.state is JobState.PENDING else None}

@@ -15,6 +15,8 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from mgpu.server.changes import Changes
+
 if TYPE_CHECKING:
     from mgpu.server.context import Context
 
@@ -30,7 +32,7 @@ class OutputWatch:
         self.watchers: dict[int, set[asyncio.Event]] = {}
         self.attached: dict[int, int] = {}  # interactive job -> clients following it
         self._detach_timers: dict[int, asyncio.TimerHandle] = {}
-        self.changes: set[asyncio.Event] = set()  # the dashboard's streams (api_dash.py)
+        self.changes = Changes()  # the dashboard's streams (api_dash.py)
 
     def notify_output(self, job_id: int) -> None:
         for ev in self.watchers.get(job_id, ()):
@@ -39,8 +41,7 @@ class OutputWatch:
     def changed(self) -> None:
         """The master saved a change: wake every dashboard stream (each looks at what it
         shows, at most every ``api_dash.COALESCE`` seconds)."""
-        for ev in self.changes:
-            ev.set()
+        self.changes.changed()
 
     def attach(self, job_id: int) -> None:
         """A client follows an interactive job (srun, attach)."""
