@@ -196,6 +196,9 @@ JOB_FIELDS = [
     "started_at",
     "ended_at",
     "end_cause",
+    "mail_type",  # notifications (issue 13)
+    "mail_user",
+    "notify_url",
 ]
 
 

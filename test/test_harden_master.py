@@ -247,8 +247,8 @@ def test_ended_jobs_are_pruned_after_the_retention_keeping_their_accounting(
     assert f'"id": {done},' not in listed.replace('"id":', '"id": ').replace("  ", " ")
     assert not _db_rows(cluster, f"SELECT id FROM jobs WHERE id={done}")
     assert not list((cluster.master_dir / "output").glob(f"{done}.*"))
-    [row] = _db_rows(cluster, "SELECT id, user, gpus, node, started, ended, state, exit_code "
-                     f"FROM accounting WHERE id={done}")
+    [row] = _db_rows(cluster, "SELECT job_id, user, gpus, node, started, ended, state, "
+                     f"exit_code FROM runs WHERE job_id={done}")
     assert row[:4] == (done, ended["user"], 1, "node1") and row[6:] == ("failed", 3)
     assert row[4] is not None and row[5] is not None and row[4] <= row[5]
     assert cluster.job(running)["state"] == "running"  # not ended: kept

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from mgpu.cli.jobargs import job_fields
+from mgpu.cli.jobargs import job_fields, notify_fields
 from mgpu.cli.shared import client_for, exit_status, now, write
 from mgpu.core.errors import ConnectionFailed, UsageError
 
@@ -56,6 +56,7 @@ def cmd_submit(ns: argparse.Namespace) -> int:
         raise UsageError("--max-requeue must be 0 or more")
     job_id = client_for(ns).submit_job(
         **fields, requeue=not ns.no_requeue, max_requeue=ns.max_requeue, stdin=ns.stdin,
+        notify=notify_fields(ns),
     )
     if ns.json:
         write(f'{{"job_id": {job_id}}}\n')

@@ -26,7 +26,9 @@ from mgpu.cli.commands import (
     cmd_submit,
     cmd_wait,
 )
+from mgpu.cli.jobargs import notify_args
 from mgpu.cli.plainargs import REMAINDER, SUPPRESS, Grammar, Namespace, parse
+from mgpu.cli.usage import cmd_usage, usage_args
 from mgpu.core.version import __version__
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs start-up time
@@ -147,6 +149,7 @@ def _submit_args(p: argparse.ArgumentParser) -> None:
                    help="requeue at most N times (default: the master's, 3)")
     p.add_argument("--stdin", action="store_true",
                    help="keep the job's stdin open, for `mgpu attach` to write to")
+    notify_args(p)
     p.add_argument("--parsable", action="store_true", help="print only the job id")
     p.add_argument("--json", action="store_true")
     p.add_argument("command", nargs=REMAINDER, help="the command line")
@@ -223,6 +226,8 @@ COMMANDS: dict[str, tuple[Handler, str, Callable[[argparse.ArgumentParser], None
     "wait": (cmd_wait, "wait for jobs to end; exit with the first non-zero code", _wait_args),
     "cancel": (cmd_cancel, "cancel jobs", _jobs_args),
     "nodes": (cmd_nodes, "nodes and their GPUs", _nodes_args),
+    "usage": (cmd_usage, "GPU-hours, jobs and average wait, like sreport (cli/usage.py)",
+              usage_args),
     "top": (_admin("top"), "nodes, GPUs and the queue, redrawn live (q quits)", _no_args),
     "config": (_admin("config"), "the effective configuration and where it came from", _json_args),
     "token": (_admin("token"), "create, list or revoke tokens (admins)", daemon_args.token_args),

@@ -100,3 +100,37 @@ def time_limit(text: str | None) -> int | None:
 
     limit = parse_duration(text, "-t/--time")
     return 0 if limit is None else limit  # 0: UNLIMITED, asked for explicitly
+
+
+# ---------------------------------------------------------------- notifications (issue 13)
+
+
+def notify_args(p: argparse.ArgumentParser) -> None:
+    """``mgpu submit``'s notification flags (README "Notifications")."""
+    p.add_argument("--mail-type", metavar="TYPES",
+                   help="mail on BEGIN, END, FAIL (ended but not completed) or ALL, a comma "
+                   "list (default with --mail-user: END)")
+    p.add_argument("--mail-user", metavar="ADDRESS", help="where the mail goes")
+    p.add_argument("--notify", metavar="URL",
+                   help="POST the job as JSON to this http(s) URL when it begins and ends")
+
+
+def notify_fields(ns: argparse.Namespace) -> dict[str, Any]:
+    """``submit_job``'s ``notify`` keyword from the flags: the JobSpec fields
+    ``mail_type``, ``mail_user`` and ``notify_url`` that were given (checked here too, so
+    a mistake is reported before anything is sent)."""
+    if ns.mail_type is None and ns.mail_user is None and ns.notify is None:
+        return {}
+    from mgpu.core.notify import check_address, check_url, parse_mail_types
+
+    fields: dict[str, Any] = {}
+    if ns.mail_type is not None or ns.mail_user is not None:
+        if ns.mail_user is None:
+            raise UsageError("--mail-type needs --mail-user ADDRESS (where the mail goes)")
+        check_address(ns.mail_user)
+        fields["mail_user"] = ns.mail_user
+        fields["mail_type"] = parse_mail_types(ns.mail_type or "END")
+    if ns.notify is not None:
+        check_url(ns.notify)
+        fields["notify_url"] = ns.notify
+    return fields

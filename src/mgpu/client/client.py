@@ -122,6 +122,7 @@ class SimpleClient:
         stdin: bool = False,
         pty: bool = False,
         argv: list[str] | None = None,
+        notify: dict[str, Any] | None = None,
     ) -> int:
         """Queue ``cmd`` (a shell command line) to run with ``gpus`` GPUs; return its id.
 
@@ -131,6 +132,7 @@ class SimpleClient:
         requeued, cancelled when its clients go), ``stdin`` keeps the job's input open for
         ``mgpu attach``, ``pty`` runs it on a pseudo-terminal. With ``argv`` the job runs
         that program and arguments without a shell (``cmd`` is then what listings show).
+        ``notify``: notification fields (``mail_type``, ``mail_user``, ``notify_url``).
         Built as plain JSON (the fields of :class:`~mgpu.core.models.JobSpec`, which the
         master validates) so that a submit does not pay for importing msgspec.
         """
@@ -152,6 +154,7 @@ class SimpleClient:
             "stdin": stdin,
             "pty": pty,
             "argv": argv,
+            **(notify or {}),
         }
         body = plainjson.dumps({"jobs": [spec]}).encode()
         reply = plainjson.loads(self._call("POST", f"{API}/jobs", body))

@@ -98,6 +98,9 @@ def job_detail(job: SimpleJob, now: datetime) -> str:
         ("submitted_at", _when(job.submitted_at)),
         ("started_at", _when(job.started_at)),
         ("ended_at", _when(job.ended_at)),
+        ("mail_type", ",".join(job.mail_type) if job.mail_type else "-"),
+        ("mail_user", job.mail_user or "-"),
+        ("notify_url", job.notify_url or "-"),
         ("time", duration(elapsed(job, now))),
     ]
     width = max(len(k) for k, _ in fields) + 1

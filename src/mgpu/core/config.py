@@ -64,6 +64,25 @@ class MasterConfig:
     # A cap on the database's size, in SQLite pages of 4 KiB (0: none): for testing a full
     # disk, or bounding the database.
     db_max_pages: int = field(default=0, metadata=_env("MGPU_DB_MAX_PAGES"))
+    # Notifications (README "Notifications"): mail through this SMTP server (none: jobs may
+    # not ask for mail), and JSON webhooks, sent in the background with retries.
+    smtp_host: str | None = field(default=None, metadata=_env("MGPU_SMTP_HOST"))
+    smtp_port: int = field(default=25, metadata=_env("MGPU_SMTP_PORT"))
+    smtp_from: str = field(default="mgpu@localhost", metadata=_env("MGPU_SMTP_FROM"))
+    smtp_user: str | None = field(default=None, metadata=_env("MGPU_SMTP_USER"))
+    smtp_password: str | None = field(default=None,
+                                      metadata=_env("MGPU_SMTP_PASSWORD", secret=True))
+    smtp_starttls: bool = field(default=False, metadata=_env("MGPU_SMTP_STARTTLS"))
+    # Hosts webhooks may go to, comma-separated (``*.example.org`` for its subdomains);
+    # none: any http(s) host. Other URL schemes are always refused.
+    notify_hosts: str | None = field(default=None, metadata=_env("MGPU_NOTIFY_HOSTS"))
+    notify_retries: int = field(default=5, metadata=_env("MGPU_NOTIFY_RETRIES"))
+    notify_backoff: float = field(default=2.0, metadata=_env("MGPU_NOTIFY_BACKOFF"))
+    notify_timeout: float = field(default=10.0, metadata=_env("MGPU_NOTIFY_TIMEOUT"))
+    notify_queue: int = field(default=10_000, metadata=_env("MGPU_NOTIFY_QUEUE"))
+    # The master's address as people reach it, for links in notifications (default: the
+    # address it listens on).
+    public_url: str | None = field(default=None, metadata=_env("MGPU_PUBLIC_URL"))
 
 
 @dataclass(frozen=True)

@@ -162,6 +162,11 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     stdin: bool = False  # keep the job's stdin open for `mgpu attach` / srun to write to
     pty: bool = False  # run it on a pseudo-terminal (srun --pty)
     argv: list[str] | None = None  # run this without a shell (``command`` shows it joined)
+    # Notifications (core/notify.py): mail on these events (BEGIN, END, FAIL, ALL) to
+    # mail_user; a JSON webhook to notify_url on every begin and end.
+    mail_type: list[str] | None = None
+    mail_user: str | None = None
+    notify_url: str | None = None
 
 
 class SimpleJob(msgspec.Struct, kw_only=True):
@@ -189,6 +194,10 @@ class SimpleJob(msgspec.Struct, kw_only=True):
     started_at: datetime | None = None
     ended_at: datetime | None = None
     end_cause: EndCause | None = None  # why it ended, beside ``reason``'s words
+    # Notifications, as submitted (JobSpec): mail events and address, webhook URL.
+    mail_type: list[str] | None = None
+    mail_user: str | None = None
+    notify_url: str | None = None
 
     @property
     def job_id(self) -> int:

@@ -22,7 +22,7 @@ from mgpu.core.errors import ApiError, NotFound, StoreError, UsageError
 from mgpu.core.frames import complete_frames
 from mgpu.core.models import ENDED_STATES, JobState, SimpleJob, run_key
 from mgpu.core.version import __version__ as VERSION
-from mgpu.server import admin, api_dash, retention
+from mgpu.server import admin, api_dash, api_usage, retention
 from mgpu.server.http import (
     MASTER,
     Route,
@@ -384,6 +384,7 @@ ROUTES: tuple[Route, ...] = (
           query=(("limit", f"entries, 1 to {admin.MAX_EVENTS} (default 50)"),
                  ("node", "only this node's entries (its joins, warnings and errors)"))),
     Route("GET", NODE_WS, node_ws, "Node agents' WebSocket (join secret)"),
+    *api_usage.ROUTES,  # (server/api_usage.py)
 )
 
 

@@ -37,6 +37,8 @@ from mgpu.server.http import quiet_bad_requests
 from mgpu.server.nodeauth import NodeCredentials
 from mgpu.server.nodeconn import NodeConn
 from mgpu.server.nodelink import NodeLink
+from mgpu.server.notify import Notifier
+from mgpu.server.notify import policy as notify_policy
 from mgpu.server.state import ClusterState
 from mgpu.server.stats import SchedulingStats
 from mgpu.server.store import AuditRow, Store, TokenRow
@@ -84,6 +86,8 @@ class Master:
         self.port = 0
         self.closing = False
         self.scheduling = SchedulingStats()
+        self.notifier = Notifier(cfg)  # mail and webhooks, in the background (notify.py)
+        self.state.notify_policy = notify_policy(cfg)
         self._unclaimed_checked = False
         self._runner: web.AppRunner | None = None
         self._tick: asyncio.Task[None] | None = None
@@ -164,6 +168,7 @@ class Master:
             "host": self.cfg.host, "port": self.port, "pid": os.getpid(), "version": VERSION,
             "tls": ssl_context is not None,
         })
+        self.notifier.start(f"{scheme}://{self.cfg.host}:{self.port}")
         self._tick = asyncio.create_task(self._ticker())
         self._pruner = asyncio.create_task(retention.prune_audit(self))
         self._job_pruner = asyncio.create_task(retention.prune_jobs(self))
@@ -197,6 +202,7 @@ class Master:
         if self.committer is not None:
             await self.committer.drain()
             self.committer.close()
+        await self.notifier.stop()
         if self.output is not None:
             self.output.close_all()
         if self.store is not None:
@@ -281,6 +287,7 @@ class Master:
                 if self.output is not None and job is not None:
                     self.output.close(run_key(job_id, job.requeues))
             self.spawn(self._notify_ended())
+        self.notifier.saved(effects, self.state.jobs)
 
     async def _notify_ended(self) -> None:
         async with self.ended:

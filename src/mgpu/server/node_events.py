@@ -21,10 +21,10 @@ from mgpu.core.models import (
     NodeInfo,
     NodeState,
     SimpleJob,
-    advance,
     run_key,
     utc,
 )
+from mgpu.server.accounting import end_run
 from mgpu.server.effects import Effects
 from mgpu.server.validate import register_problem
 
@@ -166,10 +166,9 @@ class NodeEvents(ABC):
                 to = JobState.CANCELLED
         if not to.ended:
             to = JobState.FAILED
-        advance(job, to, now, reason=msg.reason, exit_code=msg.exit_code,
+        end_run(effects, job, to, now, reason=msg.reason, exit_code=msg.exit_code,
                 end_cause=msg.end_cause)
         self.envs.pop(job.id, None)
-        effects.update(job)
         effects.ended.append(job.id)
         return effects
 

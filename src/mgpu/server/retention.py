@@ -7,11 +7,11 @@
   submitted environment, whatever the client sent, so they are neither saved with the job
   nor passed to it; a database written before this is scrubbed at start-up.
 * **Retention.** A job that ended more than ``job_retention_days`` ago is pruned: from
-  memory, from the ``jobs`` table (its command, environment) and its output files, in the
-  same transaction that saves its :class:`~mgpu.server.store.AccountingRow` (user, GPUs,
-  node, start, end, state, exit code: what GPU-hour accounting needs). The master prunes at
-  start-up and then every :func:`prune_interval`. Asking for a pruned job answers 404 and
-  says that it was pruned.
+  memory, from the ``jobs`` table (its command, environment) and its output files; the
+  accounting rows of its runs (``runs``: user, GPUs, node, start, end, state, exit code,
+  GPU-seconds; saved when each run ended, ``server/accounting.py``) stay. The master prunes
+  at start-up and then every :func:`prune_interval`. Asking for a pruned job answers 404
+  and says that it was pruned.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from mgpu.core.errors import NotFound, StoreError
 from mgpu.core.models import SimpleJob, run_key
 from mgpu.server.auth import Identity
 from mgpu.server.effects import Effects
-from mgpu.server.store import AccountingRow, Batch, LoadedJob
+from mgpu.server.store import Batch, LoadedJob, RunRow
 from mgpu.utils.secretenv import is_secret
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ def prune_interval(days: float) -> float:
 
 def prune(state: ClusterState, before: float) -> tuple[list[SimpleJob], Effects]:
     """Drop from memory the jobs that ended before ``before`` (a POSIX time); them, and the
-    effects that drop them from the database, keeping their accounting rows."""
+    effects that drop them from the database (their runs' accounting rows stay)."""
     effects = Effects()
     gone: list[SimpleJob] = []
     for job in list(state.jobs.values()):
@@ -74,10 +74,7 @@ def prune(state: ClusterState, before: float) -> tuple[list[SimpleJob], Effects]
         state.envs.pop(job.id, None)
         state.cancel_requested.discard(job.id)
         gone.append(job)
-        effects.batch.pruned.append(AccountingRow(
-            job.id, job.user, job.gpus, job.node,
-            job.started_at.timestamp() if job.started_at else None,
-            job.ended_at.timestamp(), job.state.value, job.exit_code))
+        effects.batch.pruned.append(job.id)
     return gone, effects
 
 
@@ -87,13 +84,13 @@ async def missing(master: Context, job_id: int, who: Identity, error: NotFound) 
     store, committer = master.store, master.committer
     if store is None or committer is None or job_id >= master.state.next_id:
         return error
-    row: AccountingRow | None = await committer.read(partial(store.accounting, job_id))
+    row: RunRow | None = await committer.read(partial(store.last_run, job_id))
     if row is None or (master.cfg.private_jobs and not who.admin and row.user != who.user):
         return error
     return NotFound(
         f"job {job_id} ended ({row.state}) more than {master.cfg.job_retention_days:g} days "
         "ago and was pruned (job_retention_days / MGPU_JOB_RETENTION_DAYS): only its "
-        "accounting record is kept")
+        "accounting record is kept (`mgpu usage`)")
 
 
 async def prune_audit(master: Context) -> None:

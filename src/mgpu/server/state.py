@@ -21,7 +21,10 @@ from mgpu.core.models import (
     advance,
     utc,
 )
+from mgpu.core.notify import NotifyPolicy
+from mgpu.core.notify import check_job as check_notify
 from mgpu.core.scheduler import JobSnapshot, NodeSnapshot, Policy, schedule
+from mgpu.server.accounting import end_run
 from mgpu.server.auth import Identity
 from mgpu.server.effects import Effects
 from mgpu.server.node_events import Node, NodeEvents
@@ -58,6 +61,7 @@ class ClusterState(NodeEvents):
         self.max_requeue = max_requeue
         self.max_batch_jobs = max_batch_jobs
         self.max_pending_per_user = max_pending_per_user
+        self.notify_policy = NotifyPolicy()  # the master sets its own (core/notify.py)
 
     def _enqueue(self, job: SimpleJob, *, in_place: bool = False) -> None:
         """Put ``job`` in the pending queue: at the end, or (``in_place``) at its id's place."""
@@ -124,6 +128,7 @@ class ClusterState(NodeEvents):
         for i, spec in enumerate(specs):
             where = f"job {i + 1} of the batch: " if len(specs) > 1 else ""
             check_spec(spec, where)
+            check_notify(spec, self.notify_policy, where)
             self._time_limit(spec, where)
             if self.nodes and spec.gpus > largest:
                 biggest = max(self.nodes.values(), key=lambda n: len(n.gpus))
@@ -153,6 +158,7 @@ class ClusterState(NodeEvents):
                 stdin=spec.stdin or spec.pty,
                 pty=spec.pty,
                 argv=spec.argv or None,
+                mail_type=spec.mail_type, mail_user=spec.mail_user, notify_url=spec.notify_url,
             )
             self.jobs[job_id] = job
             self._enqueue(job)
@@ -229,8 +235,7 @@ class ClusterState(NodeEvents):
             elif job.state is JobState.PENDING:
                 self._dequeue(job_id)
                 self.envs.pop(job_id, None)
-                advance(job, JobState.CANCELLED, now, reason=f"{reason} while pending")
-                effects.update(job)
+                end_run(effects, job, JobState.CANCELLED, now, reason=f"{reason} while pending")
                 effects.ended.append(job_id)
                 results.append(m.CancelResult(job_id, True, state=job.state.value))
             elif job.state is JobState.RUNNING:
@@ -347,18 +352,17 @@ class ClusterState(NodeEvents):
     def node_lost(self, job: SimpleJob, why: str, now: float) -> Effects:
         """A running job's node is gone: requeue it if it may be, else end it as node_fail."""
         effects = Effects()
-        effects.update(job)
         if job.id in self.cancel_requested:
             self.cancel_requested.discard(job.id)
-            advance(job, JobState.CANCELLED, now, reason=f"cancelled; {why}")
+            end_run(effects, job, JobState.CANCELLED, now, reason=f"cancelled; {why}")
         elif job.requeues < job.max_requeue:
-            job.requeues += 1
-            advance(job, JobState.PENDING, now,
-                    reason=f"requeued ({job.requeues} of {job.max_requeue}): {why}")
+            end_run(effects, job, JobState.PENDING, now,
+                    reason=f"requeued ({job.requeues + 1} of {job.max_requeue}): {why}")
+            job.requeues += 1  # (after end_run, which records the run that ended)
             self._enqueue(job, in_place=True)  # back in its original place
             return effects
         else:
-            advance(job, JobState.NODE_FAIL, now, reason=why)
+            end_run(effects, job, JobState.NODE_FAIL, now, reason=why)
         self.envs.pop(job.id, None)
         effects.ended.append(job.id)
         return effects

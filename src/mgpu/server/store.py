@@ -5,16 +5,16 @@ One SQLite database in WAL mode with ``synchronous=FULL``: a change is on disk w
 power cut. Callers batch many changes into one :meth:`Store.write` (group commit).
 
 Schema version lives in ``PRAGMA user_version``; an older database is brought up to date
-step by step (``_MIGRATIONS``) when it is opened. A job row keeps the job as msgspec JSON in
+step by step (``server/schema.py``) when it is opened. A job row keeps the job as msgspec JSON in
 ``data`` (the JSON contract, so rows are readable with the sqlite3 shell) beside the columns
 that queries need; the submitter's environment sits in its own column, written once.
 
 Version 2 added ``tokens`` (client tokens, kept only as SHA-256 digests of the token) and
 ``audit`` (one row per state-changing request: who did what, when). Both are written in the
 same transactions as the job changes they go with. Version 4 added ``node_credentials``
-(each node id's credential, as a digest: ``server/nodeauth.py``) and ``accounting`` (what
-is kept of a job pruned after ``job_retention_days``: who used how many GPUs, where, when,
-and how it ended).
+(each node id's credential, as a digest: ``server/nodeauth.py``); version 5 ``runs``, the
+accounting of every run of every job, saved with the run's end and kept when the job is
+pruned after ``job_retention_days`` (the SQL of each version is ``server/schema.py``).
 
 ``max_pages`` caps the database's size (``PRAGMA max_page_count``): past it SQLite answers
 "database or disk is full", exactly as on a full disk, which is how the tests fill a disk
@@ -26,68 +26,13 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from mgpu.core.errors import StoreError
 from mgpu.core.models import SimpleJob
-
-SCHEMA_VERSION = 4
-
-# Version 1, what a new database starts from; _MIGRATIONS then brings it to SCHEMA_VERSION.
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id        INTEGER PRIMARY KEY,
-    state     TEXT NOT NULL,
-    user      TEXT NOT NULL,
-    data      BLOB NOT NULL,
-    env       BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
-CREATE TABLE IF NOT EXISTS meta (
-    key   TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-"""
-
-# Step N brings a database from version N-1 to N (each runs in one transaction).
-_MIGRATIONS: dict[int, str] = {
-    2: """
-CREATE TABLE IF NOT EXISTS tokens (
-    id       INTEGER PRIMARY KEY,
-    user     TEXT NOT NULL,
-    admin    INTEGER NOT NULL,
-    digest   TEXT NOT NULL UNIQUE,
-    created  REAL NOT NULL,
-    revoked  REAL
-);
-CREATE TABLE IF NOT EXISTS audit (
-    id       INTEGER PRIMARY KEY,
-    ts       REAL NOT NULL,
-    user     TEXT NOT NULL,
-    action   TEXT NOT NULL,
-    detail   TEXT NOT NULL
-);
-""",
-    3: "CREATE INDEX IF NOT EXISTS audit_ts ON audit(ts);",  # pruning by age (audit_days)
-    4: """
-CREATE TABLE IF NOT EXISTS node_credentials (
-    node_id  TEXT PRIMARY KEY,
-    digest   TEXT NOT NULL,
-    created  REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS accounting (
-    id         INTEGER PRIMARY KEY,
-    user       TEXT NOT NULL,
-    gpus       INTEGER NOT NULL,
-    node       TEXT,
-    started    REAL,
-    ended      REAL,
-    state      TEXT NOT NULL,
-    exit_code  INTEGER
-);
-""",
-}
+from mgpu.server.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 
 _job_encoder = msgspec.json.Encoder()
 _job_decoder = msgspec.json.Decoder(SimpleJob)
@@ -127,17 +72,30 @@ class NodeCredentialRow:
 
 
 @dataclass
-class AccountingRow:
-    """What is kept of a job once it is pruned: enough to count GPU hours by user."""
+class RunRow:
+    """One run of a job, as accounting keeps it (table ``runs``, ``server/schema.py``): saved
+    with the run's end, kept when the job is pruned. A job that ended without running
+    (cancelled while pending) has one, with ``started`` None."""
 
-    id: int
+    job_id: int
+    run: int
     user: str
+    name: str | None
     gpus: int
+    gpu_ids: str  # comma list
     node: str | None
+    queued: float | None  # the submit; for a requeued run, the previous run's end wins
     started: float | None
-    ended: float | None
+    ended: float
     state: str
     exit_code: int | None
+    end_cause: str | None
+    gpu_seconds: float
+    peak_mem_mib: int | None = None
+
+
+_RUN_COLUMNS = ("job_id, run, user, name, gpus, gpu_ids, node, queued, started, ended, state, "
+                "exit_code, end_cause, gpu_seconds, peak_mem_mib")
 
 
 @dataclass
@@ -152,11 +110,13 @@ class Batch:
     credentials: list[NodeCredentialRow] = field(default_factory=list)  # made or replaced
     credential_resets: list[str] = field(default_factory=list)  # node ids
     envs: dict[int, dict[str, str]] = field(default_factory=dict)  # job id -> new env
-    pruned: list[AccountingRow] = field(default_factory=list)  # jobs to drop, kept as these
+    pruned: list[int] = field(default_factory=list)  # ids of jobs to drop (their runs stay)
+    runs: list[RunRow] = field(default_factory=list)  # runs that ended
 
     def __bool__(self) -> bool:
         return bool(self.inserts or self.updates or self.tokens or self.revokes or self.audit
-                    or self.credentials or self.credential_resets or self.envs or self.pruned)
+                    or self.credentials or self.credential_resets or self.envs or self.pruned
+                    or self.runs)
 
     def merge(self, other: Batch) -> None:
         self.inserts.extend(other.inserts)
@@ -168,6 +128,7 @@ class Batch:
         self.credential_resets.extend(other.credential_resets)
         self.envs.update(other.envs)
         self.pruned.extend(other.pruned)
+        self.runs.extend(other.runs)
 
 
 @dataclass
@@ -204,12 +165,12 @@ class Store:
                 f"{self.path} was written by a newer mgpu (schema {version}); upgrade mgpu"
             )
         if version == 0:
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(SCHEMA)
             version = 1
         for step in range(version + 1, SCHEMA_VERSION + 1):
             # executescript commits first; BEGIN makes the step and its version one change.
             self._db.executescript(
-                f"BEGIN IMMEDIATE; {_MIGRATIONS[step]}; PRAGMA user_version={step}; COMMIT;"
+                f"BEGIN IMMEDIATE; {MIGRATIONS[step]}; PRAGMA user_version={step}; COMMIT;"
             )
 
     def close(self) -> None:
@@ -246,12 +207,19 @@ class Store:
         rows = self._db.execute("SELECT node_id, digest, created FROM node_credentials")
         return [NodeCredentialRow(n, d, c) for n, d, c in rows.fetchall()]
 
-    def accounting(self, job_id: int) -> AccountingRow | None:
-        """The accounting row of a pruned job, or None."""
-        row = self._db.execute(
-            "SELECT id, user, gpus, node, started, ended, state, exit_code FROM accounting "
-            "WHERE id=?", (job_id,)).fetchone()
-        return None if row is None else AccountingRow(*row)
+    def last_run(self, job_id: int) -> RunRow | None:
+        """The accounting row of a job's last run (or of its end, if it never ran), or None."""
+        row = self._db.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE job_id=? "
+                               "ORDER BY run DESC LIMIT 1", (job_id,)).fetchone()
+        return None if row is None else RunRow(*row)
+
+    def query(self, sql: str, args: dict[str, object]) -> list[tuple[Any, ...]]:
+        """Rows of a read-only ``sql`` with named ``args`` (``server/accounting.py``'s
+        aggregates), or :class:`StoreError`."""
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot read {self.path}: {e}") from e
 
     def events(self, limit: int, user: str | None = None) -> list[AuditRow]:
         """The last ``limit`` audit rows (of ``user`` only, when given), oldest first."""
@@ -329,7 +297,7 @@ class Store:
             raise StoreError(f"cannot save to {self.path}: {e} (check the data dir)") from e
 
     def _write_more(self, batch: Batch) -> None:
-        """The parts of ``batch`` added in schema version 4 (inside its transaction)."""
+        """The parts of ``batch`` added in schema versions 4 and 5 (inside its transaction)."""
         if batch.envs:
             self._db.executemany("UPDATE jobs SET env=? WHERE id=?",
                                  [(_job_encoder.encode(env), i) for i, env in batch.envs.items()])
@@ -340,13 +308,24 @@ class Store:
             self._db.executemany(
                 "INSERT OR REPLACE INTO node_credentials(node_id, digest, created) "
                 "VALUES (?,?,?)", [(c.node_id, c.digest, c.created) for c in batch.credentials])
-        if batch.pruned:
+        if batch.runs:
+            # A requeued run waited from the previous run's end (saved before it), not from
+            # the submit.
             self._db.executemany(
-                "INSERT OR REPLACE INTO accounting(id, user, gpus, node, started, ended, state, "
-                "exit_code) VALUES (?,?,?,?,?,?,?,?)",
-                [(a.id, a.user, a.gpus, a.node, a.started, a.ended, a.state, a.exit_code)
-                 for a in batch.pruned])
-            self._db.executemany("DELETE FROM jobs WHERE id=?", [(a.id,) for a in batch.pruned])
+                f"INSERT OR REPLACE INTO runs({_RUN_COLUMNS}) VALUES (?,?,?,?,?,?,?,"
+                "COALESCE((SELECT ended FROM runs WHERE job_id=? AND run=?), ?),"
+                "?,?,?,?,?,?,?)",
+                [(r.job_id, r.run, r.user, r.name, r.gpus, r.gpu_ids, r.node,
+                  r.job_id, r.run - 1, r.queued, r.started, r.ended, r.state, r.exit_code,
+                  r.end_cause, r.gpu_seconds, r.peak_mem_mib) for r in batch.runs])
+            longest = max(r.ended - (r.ended if r.started is None else r.started)
+                          for r in batch.runs)
+            self._db.execute(
+                "INSERT INTO meta(key, value) VALUES ('longest_run', ?) ON CONFLICT(key) "
+                "DO UPDATE SET value=MAX(CAST(value AS REAL), CAST(excluded.value AS REAL))",
+                (longest,))
+        if batch.pruned:
+            self._db.executemany("DELETE FROM jobs WHERE id=?", [(i,) for i in batch.pruned])
 
 
 def is_full(e: BaseException) -> bool:
