@@ -144,6 +144,23 @@ def test_a_user_sees_what_the_api_lets_them(cluster: Cluster, page: Any) -> None
     cluster.mgpu("cancel", str(admins))
 
 
+def test_usage_plots_gpu_time_and_follow_jobs_that_end(cluster: Cluster, page: Any) -> None:
+    first = cluster.submit("sleep 1", "-G", "2")
+    cluster.wait_job(first)
+    user = cluster.job(first)["user"]
+    log_in(page, cluster, cluster.token, "#/usage")
+    page.wait_for_selector("#usage-total")
+    assert "1 job" in page.inner_text("#usage-total")
+    assert page.locator(f"svg.chart rect[data-key='{user}']").count() == 1
+    assert "GPU-s" in page.inner_text("#usage")  # 2 GPUs x ~1 s
+    shot(page, "usage")
+    second = cluster.submit("sleep 1", "-G", "4")  # ends while the page is open
+    cluster.wait_job(second)
+    page.wait_for_function(
+        "document.getElementById('usage-total')?.textContent.includes('2 jobs')")
+    assert len(page.locator("svg.chart").all()) == 2  # by user, by day
+
+
 def test_a_refused_token_says_what_to_do(cluster: Cluster, page: Any) -> None:
     page.goto(f"{cluster.url}/")
     page.fill("#token", "not-a-token")

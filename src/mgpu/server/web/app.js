@@ -68,7 +68,6 @@ function onEvent(name, data) {
     document.getElementById("summary").textContent =
       `${j.running ?? 0} running · ${j.pending ?? 0} pending · `
       + `GPUs ${data.gpus_used}/${data.gpus} used · ${data.nodes} node${data.nodes === 1 ? "" : "s"}`;
-    return;
   }
   if (page) page.event(name, data);
 }

@@ -216,23 +216,34 @@ export function jobPage(ctx, id) {
 
 // -------------------------------------------------------------------- Usage
 
-function bars(rows, label, value, unit) {
-  const max = Math.max(...rows.map(value), 1e-9);
-  const w = 640, rowH = 22, left = 160;
-  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+// GPU time in the unit that reads best: hours, else minutes, else seconds.
+export function fmtGpuTime(seconds) {
+  if (seconds >= 360) return `${(seconds / 3600).toFixed(1)} GPU-h`;
+  if (seconds >= 60) return `${(seconds / 60).toFixed(1)} GPU-min`;
+  return `${seconds.toFixed(1)} GPU-s`;
+}
+
+function bars(rows) {
+  const NS = "http://www.w3.org/2000/svg";
+  const max = Math.max(...rows.map((r) => r.gpu_seconds), 1e-9);
+  const w = 640, rowH = 22, left = 160, room = w - left - 110;
+  const svg = document.createElementNS(NS, "svg");
   svg.setAttribute("viewBox", `0 0 ${w} ${rows.length * rowH + 4}`);
   svg.setAttribute("class", "chart");
+  const mk = (tag, attrs, text) => {
+    const el = document.createElementNS(NS, tag);
+    for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+    if (text !== undefined) el.textContent = text;
+    svg.append(el);
+    return el;
+  };
   rows.forEach((r, i) => {
-    const mk = (tag, attrs, text) => {
-      const el = document.createElementNS("http://www.w3.org/2000/svg", tag);
-      for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
-      if (text !== undefined) el.textContent = text;
-      svg.append(el);
-    };
-    const y = i * rowH + 2;
-    mk("text", { x: left - 6, y: y + 15, "text-anchor": "end" }, label(r));
-    mk("rect", { x: left, y, width: Math.max(1, ((w - left - 90) * value(r)) / max), height: rowH - 6 });
-    mk("text", { x: left + ((w - left - 90) * value(r)) / max + 6, y: y + 15 }, `${value(r).toFixed(1)} ${unit}`);
+    const y = i * rowH + 2, len = r.gpu_seconds > 0 ? Math.max(1, (room * r.gpu_seconds) / max) : 0;
+    mk("text", { x: left - 6, y: y + 15, "text-anchor": "end", class: "label" }, r.key);
+    mk("rect", { x: left, y, width: len, height: rowH - 6, "data-key": r.key })
+      .append(Object.assign(document.createElementNS(NS, "title"),
+        { textContent: `${r.key}: ${fmtGpuTime(r.gpu_seconds)}, ${r.jobs} jobs` }));
+    mk("text", { x: left + len + 6, y: y + 15, class: "value" }, fmtGpuTime(r.gpu_seconds));
   });
   return svg;
 }
@@ -240,26 +251,48 @@ function bars(rows, label, value, unit) {
 export function usagePage(ctx) {
   const body = h("div", { id: "usage" }, h("p", { text: "Loading…" }));
   ctx.main.replaceChildren(h("section", { class: "page" }, h("h1", { text: "Usage" }), body));
-  const hours = (r) => r.gpu_hours ?? (r.gpu_seconds ?? 0) / 3600;
-  const keyOf = (r) => String(r.key ?? r.user ?? r.node ?? r.day ?? "?");
+  let ended = null;
+  let loading = false;
+  let again = false; // a job ended while loading: load once more after
+
   async function load() {
-    const charts = [];
-    for (const by of ["user", "day"]) {
-      let data;
-      try {
-        data = await api(ctx.token, `/api/v1/usage?by=${by}`);
-      } catch (e) {
-        body.replaceChildren(h("p", { class: "note", text: e.status === 404
-          ? "This master keeps no accounting yet (GET /api/v1/usage): usage plots appear once it does."
-          : `usage: ${e.message}` }));
-        return;
-      }
-      const rows = Array.isArray(data) ? data : data.rows ?? data.usage ?? [];
-      charts.push(h("h2", { text: `GPU-hours by ${by}` }),
-        rows.length ? bars(rows, keyOf, hours, "GPU-h") : h("p", { text: "nothing recorded yet" }));
+    if (loading) { again = true; return; }
+    loading = true;
+    try {
+      const [byUser, byDay] = await Promise.all(["user", "day"].map(
+        (by) => api(ctx.token, `/api/v1/usage?by=${by}`)));
+      const t = byUser.total;
+      const wait = t.avg_wait_s === null ? "" : ` · average wait ${fmtDuration(t.avg_wait_s)}`;
+      body.replaceChildren(
+        h("p", { id: "usage-total", class: "total", text: `${byUser.user ?? "everyone"}, `
+          + `${new Date(byUser.since).toLocaleDateString()} to now: ${fmtGpuTime(t.gpu_seconds)}`
+          + ` · ${t.jobs} job${t.jobs === 1 ? "" : "s"} · ${t.runs} run${t.runs === 1 ? "" : "s"}${wait}` }),
+        h("h2", { text: "GPU time by user" }),
+        byUser.rows.length ? bars(byUser.rows) : h("p", { text: "nothing recorded yet this month" }),
+        h("h2", { text: "GPU time by day" }),
+        byDay.rows.length ? bars(byDay.rows) : h("p", { text: "nothing recorded yet this month" }),
+        h("p", { class: "note", text: "`mgpu usage --since 2026-11-01 --by node` gives "
+          + "other windows and groupings." }));
+    } catch (e) {
+      body.replaceChildren(h("p", { class: "note", text: e.status === 404
+        ? "This master keeps no accounting (GET /api/v1/usage): usage plots appear once it does."
+        : `usage: ${e.message}` }));
+    } finally {
+      loading = false;
+      if (again) { again = false; load(); }
     }
-    body.replaceChildren(...charts);
   }
   load();
-  return { view: "usage", url: () => `${STREAM}?view=usage`, event() {} };
+  return {
+    view: "usage",
+    url: () => `${STREAM}?view=usage`,
+    event(name, data) {
+      // A job that ends adds to the usage: load it again then, not on a timer.
+      if (name !== "cluster") return;
+      const now = ["completed", "failed", "cancelled", "timeout", "node_fail"]
+        .reduce((n, s) => n + (data.jobs[s] ?? 0), 0);
+      if (ended !== null && now !== ended) load();
+      ended = now;
+    },
+  };
 }
