@@ -126,6 +126,32 @@ def test_nodes_show_who_holds_each_gpu(cluster: Cluster, page: Any) -> None:
                timeout=15)
 
 
+GPU_REPORT = {"nodes": [{"node_id": "gpu-box", "state": "up", "hostname": "gpu-box", "gpus": [
+    {"index": 0, "name": "NVIDIA H100", "memory_total_mib": 81920, "job_id": 7,
+     "memory_used_mib": 40960, "utilization": 45},
+    {"index": 1, "name": "NVIDIA H100", "memory_total_mib": 81920, "job_id": None,
+     "memory_used_mib": 1024, "utilization": 0, "busy_outside": True}]}],
+    "holders": {"7": {"user": "alice", "name": "<b>train</b>"}}}
+
+
+def test_nodes_draw_what_a_node_reports_of_its_gpus(cluster: Cluster, page: Any) -> None:
+    # Fake GPUs report no utilisation: the page's own module draws a report as a node
+    # with NVML sends it (utilisation, memory in use, a GPU busy outside mgpu).
+    log_in(page, cluster, cluster.token, "#/nodes")
+    text = page.evaluate("""async (report) => {
+        const m = await import('/ui/pages.js');
+        const main = document.createElement('main');
+        const p = m.nodesPage({main, clock: {skew: 0}, params: new URLSearchParams(),
+                               token: '', go() {}});
+        p.event('nodes', report);
+        return [main.innerText, main.querySelectorAll('b').length];
+    }""", GPU_REPORT)
+    assert "45%" in text[0] and "40960 / 81920 MiB" in text[0], text
+    assert "busy outside mgpu" in text[0] and "1024 / 81920 MiB" in text[0]
+    assert "job 7 · alice · <b>train</b>" in text[0]  # users' text is text, never HTML
+    assert text[1] == 0
+
+
 def test_a_user_sees_what_the_api_lets_them(cluster: Cluster, page: Any) -> None:
     admins = cluster.submit("sleep 600", "-J", "admins-job")
     cluster.wait_job(admins, ("running",))

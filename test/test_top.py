@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Cluster, wait_until
-from mgpu.client.top_view import screen
+from mgpu.client.top_view import node_lines, screen
 
 WIDTH, HEIGHT = 140, 30
 
@@ -161,3 +161,11 @@ def test_the_screen_fits_its_size() -> None:
     lines, shown = screen(data, 80, 24, 0.0, "m:1", "live")
     assert len(lines) == 24 and all(len(line) <= 80 for line in lines)
     assert lines[-1].startswith(f"jobs 1-{shown} of 100") and shown == 24 - 7
+
+
+def test_the_nodes_show_what_a_node_reports() -> None:
+    node = {"node_id": "gpu-box", "state": "up", "gpus": [
+        {"index": 0, "job_id": 7, "utilization": 45},
+        {"index": 1, "job_id": None, "utilization": 0, "busy_outside": True}]}
+    lines = node_lines([node], 10)
+    assert "1/2" in lines[1] and "0:7(45%) 1:-(0%)!" in lines[1], lines

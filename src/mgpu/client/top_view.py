@@ -29,7 +29,7 @@ def _gpus(node: dict[str, Any]) -> str:
     cells = []
     for g in node["gpus"]:
         cell = f"{g['index']}:{g['job_id'] if g.get('job_id') is not None else '-'}"
-        util = g.get("utilization_pct", g.get("utilization"))
+        util = g.get("utilization")
         if util is not None:
             cell += f"({util}%)"
         if g.get("busy_outside"):

@@ -96,7 +96,7 @@ export function queuePage(ctx) {
 
 function gpuFigures(g) {
   // Figures a node reports once it measures them (NVML); absent with fake GPUs.
-  const util = g.utilization_pct ?? g.utilization ?? g.util;
+  const util = g.utilization;
   const used = g.memory_used_mib;
   const out = [];
   if (util !== undefined && util !== null) out.push(h("span", { class: "bar", title: `${util}% busy` },
