@@ -9,6 +9,7 @@ Playwright's own browser is never downloaded: the tests launch ``/usr/bin/chromi
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import statistics
 import time
@@ -185,6 +186,27 @@ def test_usage_plots_gpu_time_and_follow_jobs_that_end(cluster: Cluster, page: A
     page.wait_for_function(
         "document.getElementById('usage-total')?.textContent.includes('2 jobs')")
     assert len(page.locator("svg.chart").all()) == 2  # by user, by day
+
+
+def test_the_page_comes_back_by_itself_after_a_master_restart(cluster: Cluster,
+                                                             page: Any) -> None:
+    before = cluster.submit("sleep 600", "-J", "before")
+    cluster.wait_job(before, ("running",))
+    log_in(page, cluster, cluster.token)
+    page.locator(f"#queue-rows tr[data-job='{before}']").wait_for()
+    page.evaluate("window.__notReloaded = true")
+    t0 = time.monotonic()
+    cluster.kill_master(signal.SIGTERM)  # the master ends the stream, and stops at once
+    stopped = time.monotonic() - t0
+    print(f"master stopped in {stopped:.2f} s with a dashboard open")
+    cluster.start_master()
+    cluster.wait_nodes_up()
+    after = cluster.submit("sleep 600", "-J", "after")
+    page.locator(f"#queue-rows tr[data-job='{after}']").wait_for()
+    page.wait_for_selector(".live.live")
+    assert page.evaluate("window.__notReloaded") is True
+    assert stopped < 3, stopped
+    cluster.mgpu("cancel", str(before), str(after))
 
 
 def test_a_refused_token_says_what_to_do(cluster: Cluster, page: Any) -> None:

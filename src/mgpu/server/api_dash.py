@@ -219,6 +219,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ev.wait(), REFRESH)
+            if master.closing:
+                break
             await asyncio.sleep(LOG_COALESCE if job_id else COALESCE)
         await resp.write_eof()
     except (ConnectionResetError, asyncio.CancelledError):

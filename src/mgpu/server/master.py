@@ -188,6 +188,7 @@ class Master:
         for watchers in self.watchers.values():  # end every output stream being followed
             for ev in watchers:
                 ev.set()
+        self.watch.changed()  # and every dashboard stream
         await self._notify_ended()  # and every long-poll wait
         if self._tick is not None:
             self._tick.cancel()
