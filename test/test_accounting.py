@@ -22,6 +22,7 @@ from mgpu.core import messages as m
 from mgpu.core.errors import UsageError
 from mgpu.core.models import GpuInfo, JobSpec, JobState, SimpleJob, utc
 from mgpu.server.accounting import UsageQuery, UsageRow, usage_rows, usage_sql
+from mgpu.server.api_usage import parse_when
 from mgpu.server.effects import Effects
 from mgpu.server.schema import MIGRATIONS, SCHEMA
 from mgpu.server.state import ClusterState
@@ -229,6 +230,21 @@ def test_usage_queries_are_checked() -> None:
         UsageQuery(T0, T0).check()
     with pytest.raises(UsageError, match="at most 3700 days"):
         UsageQuery(0, T0, "day").check()
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("2026-11-01", T0), ("2026-11-01T00:00:00Z", T0), ("2026-11-01T02:00:00+02:00", T0),
+    ("2026-11-01T08:30", T0 + 8.5 * 3600), (str(T0), T0), ("0", 0.0),
+])
+def test_usage_windows_take_dates_times_and_seconds(text: str, want: float) -> None:
+    assert parse_when(text, "since") == want
+
+
+@pytest.mark.parametrize("text", ["last tuesday", "inf", "nan", "-1", "1e300", "0001-01-01",
+                                  "2026-13-01", ""])
+def test_usage_windows_out_of_range_are_refused(text: str) -> None:
+    with pytest.raises(UsageError, match="since takes a date or time like 2026-11-01"):
+        parse_when(text, "since")
 
 
 # ------------------------------------------------------------------ end to end

@@ -25,6 +25,7 @@ from mgpu.server.http import Route, identity, master_of, query_text, reply
 
 MAX_WHEN = 64  # characters of since / until
 MAX_USER = 256
+LAST_SECOND = 253402300799.0  # 9999-12-31T23:59:59Z: a time a reply can show
 
 
 class UsageGroup(msgspec.Struct, kw_only=True):
@@ -50,16 +51,19 @@ class UsageReply(msgspec.Struct, kw_only=True):
 def parse_when(text: str, name: str) -> float:
     """``since``/``until`` as a POSIX time: ISO 8601 (``2026-11-01``,
     ``2026-11-01T08:00``, ``...Z`` or ``+02:00``; UTC when it names no zone) or seconds."""
+    bad = UsageError(f"{name} takes a date or time like 2026-11-01 or 2026-11-01T08:00:00Z "
+                     f"(or POSIX seconds), got {text[:MAX_WHEN]!r}")
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageError(f"{name} takes a date or time like 2026-11-01 or "
-                         f"2026-11-01T08:00:00Z, got {text[:MAX_WHEN]!r}") from None
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            raise bad from None
+        seconds = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+    if not 0 <= seconds <= LAST_SECOND:  # (also NaN and infinities)
+        raise bad
+    return seconds
 
 
 def month_start(now: float) -> float:
