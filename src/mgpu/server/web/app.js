@@ -1,7 +1,7 @@
 // The mgpu dashboard: log in with a token (kept in sessionStorage), then the page in the
 // URL's hash (#/nodes, #/queue, #/job/ID, #/usage) fed by ONE live stream.
 import { api, h, Stream, Unauthorized } from "./stream.js";
-import { nodesPage, queuePage, jobPage, usagePage, fmtDuration } from "./pages.js";
+import { nodesPage, queuePage, jobPage, usagePage } from "./pages.js";
 
 const KEY = "mgpu.token";
 const main = document.getElementById("main");
@@ -104,4 +104,3 @@ window.addEventListener("hashchange", () => { if (token()) route(); });
 // Elapsed times move on without asking the master: once a second, from the clock skew.
 setInterval(() => { if (page?.tick) page.tick(); }, 1000);
 if (token()) start(); else showLogin();
-export { fmtDuration };
