@@ -180,3 +180,11 @@ def cmd_up(ns: argparse.Namespace) -> int:
     from mgpu.cli.up import run_up
 
     return int(run_up(master, node, _log_config(ns)))
+
+
+def cmd_top(ns: argparse.Namespace) -> int:
+    # Found here with the other commands loaded on use (grammar._admin): curses and
+    # threads are for `mgpu top` alone. (Not an admin's command: anyone may run it.)
+    from mgpu.cli.top import cmd_top as top
+
+    return top(ns)

@@ -273,6 +273,10 @@ def _json_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
 
 
+def _no_args(p: argparse.ArgumentParser) -> None:
+    """A subcommand of no arguments of its own (the global options only)."""
+
+
 def _nodes_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--log", metavar="NODE",
@@ -303,6 +307,7 @@ COMMANDS: dict[str, tuple[Handler, str, Callable[[argparse.ArgumentParser], None
               _share_args),
     "usage": (cmd_usage, "GPU-hours, jobs and average wait, like sreport (cli/usage.py)",
               usage_args),
+    "top": (_admin("top"), "nodes, GPUs and the queue, redrawn live (q quits)", _no_args),
     "config": (_admin("config"), "the effective configuration and where it came from", _json_args),
     "token": (_admin("token"), "create, list or revoke tokens (admins)", daemon_args.token_args),
     "events": (_admin("events"), "the audit log: who did what (admins)", daemon_args.events_args),

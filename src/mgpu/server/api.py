@@ -22,7 +22,7 @@ from mgpu.core.errors import ApiError, NotFound, StoreError, UsageError
 from mgpu.core.frames import complete_frames
 from mgpu.core.models import ENDED_STATES, JobState, SimpleJob, run_key
 from mgpu.core.version import __version__ as VERSION
-from mgpu.server import admin, api_controls, api_metrics, api_nodes, api_usage, retention
+from mgpu.server import admin, api_controls, api_dash, api_metrics, api_nodes, api_usage, retention
 from mgpu.server.api_sched import SCHED_ROUTES
 from mgpu.server.http import (
     MASTER,
@@ -392,5 +392,5 @@ def build_app(master: Context) -> web.Application:
     app = web.Application(middlewares=[guard],
                           client_max_size=master.cfg.max_request_bytes)
     app[MASTER] = master
-    app.add_routes([web.route(r.method, r.path, r.handler) for r in ROUTES])
+    app.add_routes([web.route(r.method, r.path, r.handler) for r in ROUTES + api_dash.ROUTES])
     return app

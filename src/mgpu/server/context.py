@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from mgpu.core.config import MasterConfig
     from mgpu.server.auth import JoinSecret, Tokens
+    from mgpu.server.changes import Changes
     from mgpu.server.committer import Committer
     from mgpu.server.effects import Effects
     from mgpu.server.metrics import MasterMetrics
@@ -48,6 +49,7 @@ class Context(Protocol):
     node_credentials: NodeCredentials
     conns: dict[str, NodeConn]  # node id -> its live connection
     watchers: dict[int, set[asyncio.Event]]  # job id -> events set when it has news
+    changes: Changes  # the dashboard streams' wake-ups when a change was saved
     ended: asyncio.Condition  # notified whenever jobs end (long-poll waits)
     closing: bool
     scheduling: SchedulingStats  # the scheduling passes run so far

@@ -204,6 +204,8 @@ def authenticate(request: web.Request) -> Identity | None:
     path = request.path
     if path in OPEN or path in (NODE_WS, METRICS):  # these two check for themselves
         return None
+    if path == "/" or path.startswith("/ui/"):
+        return None  # (the dashboard's pages hold no data: they ask for a token)
     raise Unauthorized(NO_TOKEN if token is None else BAD_TOKEN)
 
 

@@ -94,6 +94,7 @@ class Master:
         self.committer: Committer | None = None
         self.watch = OutputWatch(self)
         self.watchers = self.watch.watchers  # (the routes add and drop their own)
+        self.changes = self.watch.changes  # (the dashboard's streams add their own)
         self.ended = asyncio.Condition()
         self.port = 0
         self.closing = False
@@ -103,10 +104,7 @@ class Master:
         self.state.notify_policy = notify_policy(cfg)
         self._unclaimed_checked = False
         self._runner: web.AppRunner | None = None
-        self._tick: asyncio.Task[None] | None = None
-        self._pruner: asyncio.Task[None] | None = None
-        self._job_pruner: asyncio.Task[None] | None = None
-        self._pool_task: asyncio.Task[None] | None = None
+        self._loops: list[asyncio.Task[None]] = []  # timers, pruners, pools: till stop()
         self.pools: Pools | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -176,11 +174,9 @@ class Master:
             "tls": ssl_context is not None,
         })
         self.notifier.start(f"{scheme}://{self.cfg.host}:{self.port}")
-        self._tick = asyncio.create_task(self._ticker())
-        self._pruner = asyncio.create_task(retention.prune_audit(self))
-        self._job_pruner = asyncio.create_task(retention.prune_jobs(self))
-        if self.pools is not None:
-            self._pool_task = asyncio.create_task(self.pools.run(self))
+        self._loops = [asyncio.create_task(c) for c in (
+            self._ticker(), retention.prune_audit(self), retention.prune_jobs(self),
+            *([self.pools.run(self)] if self.pools is not None else []))]
 
     async def reset_node_credential(self, node_id: str, user: str) -> None:
         """Forget ``node_id``'s credential (saved with its audit entry, then in effect)."""
@@ -197,12 +193,10 @@ class Master:
         for watchers in self.watchers.values():  # end every output stream being followed
             for ev in watchers:
                 ev.set()
+        self.watch.changed()  # and every dashboard stream
         await self._notify_ended()  # and every long-poll wait
-        if self._tick is not None:
-            self._tick.cancel()
-        for task in (self._pruner, self._job_pruner, self._pool_task):
-            if task is not None:
-                task.cancel()
+        for task in self._loops:
+            task.cancel()
         if self.pools is not None:
             await self.pools.stop()
         for conn in list(self.conns.values()):
@@ -265,6 +259,7 @@ class Master:
             self.state.unplace(started, time.time(), "the master could not save its state")
 
     def _on_saved(self, effects: Effects) -> None:
+        self.watch.changed()
         acks: dict[str, list[str]] = {}
         for node_id, msg in effects.sends:
             if isinstance(msg, m.EndedAck):  # one ack per node per batch

@@ -264,7 +264,10 @@ def status(pool: PoolState, nodes: list[Node]) -> PoolInfo:
     return PoolInfo(name=spec.name, min_nodes=spec.min_nodes, max_nodes=spec.max_nodes,
                     gpus_per_node=spec.gpus_per_node,
                     nodes=sorted(n.node_id for n in mine if n.node_id not in pool.releasing),
-                    requested=len(pool.requested), releasing=sorted(pool.releasing))
+                    # (a node that joined since the last tick answers a request already)
+                    requested=max(0, len(pool.requested)
+                                  - sum(1 for n in mine if n.node_id not in pool.known)),
+                    releasing=sorted(pool.releasing))
 
 
 class PoolHost(Protocol):
@@ -291,7 +294,10 @@ class Pools:
     async def run(self, host: PoolHost, interval: float = 0.5) -> None:
         while True:
             await asyncio.sleep(interval)
-            self.tick(host, time.time())
+            try:
+                self.tick(host, time.time())
+            except Exception:  # a bug here must not stop the pools for good: said, retried
+                log.exception("node pools: a tick failed")
 
     def tick(self, host: PoolHost, now: float) -> None:
         state = host.state

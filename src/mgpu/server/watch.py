@@ -2,8 +2,10 @@
 
 A route that streams a job's output (or waits for it to run) adds an event to
 ``watchers[job_id]``; :meth:`OutputWatch.notify_output` sets them when the job has new
-output, is placed or ends. An interactive job (srun, attach) whose last client has gone
-for the grace period (``srun_grace``) is cancelled.
+output, is placed or ends. A dashboard stream adds one to ``changes`` too, which
+:meth:`OutputWatch.changed` sets whenever the master has saved a change. An interactive
+job (srun, attach) whose last client has gone for the grace period (``srun_grace``) is
+cancelled.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING
+
+from mgpu.server.changes import Changes
 
 if TYPE_CHECKING:
     from mgpu.server.context import Context
@@ -28,10 +32,16 @@ class OutputWatch:
         self.watchers: dict[int, set[asyncio.Event]] = {}
         self.attached: dict[int, int] = {}  # interactive job -> clients following it
         self._detach_timers: dict[int, asyncio.TimerHandle] = {}
+        self.changes = Changes()  # the dashboard's streams (api_dash.py)
 
     def notify_output(self, job_id: int) -> None:
         for ev in self.watchers.get(job_id, ()):
             ev.set()
+
+    def changed(self) -> None:
+        """The master saved a change: wake every dashboard stream (each looks at what it
+        shows, at most every ``api_dash.COALESCE`` seconds)."""
+        self.changes.changed()
 
     def attach(self, job_id: int) -> None:
         """A client follows an interactive job (srun, attach)."""
