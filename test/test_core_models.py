@@ -196,6 +196,7 @@ JOB_FIELDS = [
     "started_at",
     "ended_at",
     "end_cause",
+    "backend_id",
 ]
 
 
@@ -223,7 +224,7 @@ def test_pending_job_json_has_nulls_not_missing_keys() -> None:
     assert data["state"] == "pending"
     assert data["node"] is None
     assert data["gpu_ids"] == []
-    for key in ("exit_code", "reason", "started_at", "ended_at", "end_cause"):
+    for key in ("exit_code", "reason", "started_at", "ended_at", "end_cause", "backend_id"):
         assert data[key] is None
 
 

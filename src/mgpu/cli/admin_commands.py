@@ -159,6 +159,7 @@ def cmd_node(ns: argparse.Namespace) -> int:
         data_dir=ns.data_dir,
         join_token_file=ns.join_token_file,
         max_output_mib=ns.max_output_mib,
+        backend=ns.backend, partition=ns.partition, slurm_poll=ns.slurm_poll,
     )
     from mgpu.node.manager import run_node
 

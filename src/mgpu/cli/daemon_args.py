@@ -48,6 +48,17 @@ def node_args(p: argparse.ArgumentParser) -> None:
                    "next agent to re-adopt within the fence time)")
     users_args(p)
     gpu_args(p)
+    backend_args(p)
+
+
+def backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("local", "slurm"),
+                   help="what runs the jobs: this machine (local, the default) or SLURM "
+                   "(the node is a bridge that sbatch'es each job)")
+    p.add_argument("--partition", metavar="P",
+                   help="slurm: the partition to submit to (default: SLURM's default)")
+    p.add_argument("--slurm-poll", type=seconds, metavar="S",
+                   help="slurm: ask squeue about the jobs every S seconds (default 2)")
 
 
 def token_args(p: argparse.ArgumentParser) -> None:

@@ -100,6 +100,12 @@ class NodeConfig:
     # A stopping agent (SIGTERM, SIGINT) leaves its jobs with the keeper, which a new agent
     # re-adopts within the fence time; with this, it ends them first.
     kill_jobs_on_exit: bool = field(default=False, metadata=_env("MGPU_KILL_JOBS_ON_EXIT"))
+    # What runs the jobs: "local" (this machine's keeper) or "slurm" (a bridge: each job is
+    # sbatch'ed into SLURM, into ``partition`` when set; squeue asked every ``slurm_poll``
+    # seconds; see mgpu.node.slurm).
+    backend: str = field(default="local", metadata=_env("MGPU_NODE_BACKEND"))
+    partition: str | None = field(default=None, metadata=_env("MGPU_SLURM_PARTITION"))
+    slurm_poll: float = field(default=2.0, metadata=_env("MGPU_SLURM_POLL"))
 
     @property
     def effective_data_dir(self) -> Path:

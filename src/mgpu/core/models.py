@@ -189,6 +189,8 @@ class SimpleJob(msgspec.Struct, kw_only=True):
     started_at: datetime | None = None
     ended_at: datetime | None = None
     end_cause: EndCause | None = None  # why it ended, beside ``reason``'s words
+    # Its id in the engine that runs it, when that is not an mgpu node (the SLURM job id).
+    backend_id: str | None = None
 
     @property
     def job_id(self) -> int:
@@ -231,6 +233,7 @@ def advance(
         job.started_at = None
         job.ended_at = None
         job.exit_code = None
+        job.backend_id = None
     else:
         job.ended_at = utc(now)
         job.exit_code = exit_code

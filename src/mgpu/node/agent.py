@@ -22,7 +22,7 @@ import contextlib
 import logging
 import os
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import msgspec
@@ -38,6 +38,9 @@ from mgpu.node.health import serve_health
 from mgpu.node.keeper_link import KeeperLink, NodeRun
 from mgpu.node.logship import LogShipper
 from mgpu.node.outbox import Outbox
+
+if TYPE_CHECKING:
+    from mgpu.node.slurm import SlurmLink
 
 MAX_BACKOFF = 2.0
 
@@ -65,12 +68,18 @@ class Agent:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
-        self.supervisor: KeeperLink | None = None
+        self.supervisor: KeeperLink | SlurmLink | None = None
         self._secret: str | None = None
         self._ssl_context: Any = None
 
     async def start(self) -> None:
         logging.getLogger("mgpu").addHandler(self.logs)
+        if self.cfg.backend not in ("local", "slurm"):
+            raise MgpuError(f"unknown backend {self.cfg.backend!r}: use local or slurm")
+        if self.gpus is None and self.cfg.backend == "slurm":
+            from mgpu.node.slurm import offered_gpus
+
+            self.gpus, self.gpu_source = await offered_gpus(self.cfg)
         if self.gpus is None:
             from mgpu.utils.gpu import detect_gpus, parse_gpu_list
 
@@ -86,12 +95,17 @@ class Agent:
         self._secret = join.join_secret(self.cfg, self.log)
         self._ssl_context = join.client_ssl(self.cfg)
         data_dir = self.cfg.effective_data_dir
-        self.supervisor = KeeperLink(
-            self.node_id, data_dir, self._on_output, self._on_ended, self.cfg.kill_grace,
-            self.cfg.fence_timeout, self.cfg.allow_root_jobs, self.cfg.max_output_mib << 20,
-            on_health=self._on_health, on_input_ack=self._on_input_ack,
-            has_room=self._has_room,
-        )
+        if self.cfg.backend == "slurm":  # jobs go to SLURM, not to this machine's keeper
+            from mgpu.node.slurm import SlurmLink
+
+            self.supervisor = SlurmLink(self.cfg, self._on_output, self._on_ended,
+                                        self._send, self._has_room)
+        else:
+            self.supervisor = KeeperLink(
+                self.node_id, data_dir, self._on_output, self._on_ended, self.cfg.kill_grace,
+                self.cfg.fence_timeout, self.cfg.allow_root_jobs, self.cfg.max_output_mib << 20,
+                on_health=self._on_health, on_input_ack=self._on_input_ack,
+                has_room=self._has_room)
         try:
             data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             await self.supervisor.open()

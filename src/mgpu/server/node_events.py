@@ -173,6 +173,18 @@ class NodeEvents(ABC):
         effects.ended.append(job.id)
         return effects
 
+    def on_job_started(self, node_id: str, msg: m.JobStarted) -> Effects:
+        """A node says a run started; its ``backend_id`` (the SLURM job id of a run on the
+        SLURM bridge) is kept on the job, if that run is still the job's current one."""
+        effects = Effects()
+        job = self.jobs.get(msg.job_id)
+        if (msg.backend_id is not None and job is not None and job.node == node_id
+                and job.requeues == msg.run and job.state is JobState.RUNNING
+                and job.backend_id != msg.backend_id):
+            job.backend_id = msg.backend_id
+            effects.update(job)
+        return effects
+
     def on_node_health(self, node_id: str, msg: m.NodeHealth) -> None:
         """A connected node says it cannot take jobs now (``degraded``), or can again."""
         node = self.nodes.get(node_id)
