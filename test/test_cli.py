@@ -397,6 +397,7 @@ def test_json_follows_the_contract() -> None:
         "id", "name", "user", "state", "gpus", "node", "gpu_ids", "command", "cwd",
         "exit_code", "reason", "submitted_at", "started_at", "ended_at", "end_cause",
         "time_limit", "requeues", "max_requeue", "interactive", "stdin", "pty", "argv",
+        "backend_id",
     }  # fmt: skip
     assert data[0]["state"] == "completed"
     assert data[0]["ended_at"] == "2024-05-01T12:00:01Z"

@@ -31,6 +31,7 @@ JOB_KEYS = {
     "id", "name", "user", "state", "gpus", "node", "gpu_ids", "command", "cwd",
     "exit_code", "reason", "submitted_at", "started_at", "ended_at", "end_cause",
     "time_limit", "requeues", "max_requeue", "interactive", "stdin", "pty", "argv",
+    "backend_id",
 }  # fmt: skip
 
 

@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -309,3 +310,38 @@ def test_bridge_and_master_restarts_readopt_slurm_jobs(
     wait_until(lambda: not json.loads(
         Path(bridged.tmp / BRIDGE / "slurm" / "runs.json").read_text()), 10,
         message=lambda: f"the bridge to forget the run once the master saved it: {runs}")
+
+
+def test_bridge_without_gpus_in_its_partition_stops_with_the_fix(
+        slurm: SlurmCluster, make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster(nodes=0)
+    cluster.base_env["SLURM_CONF"] = str(slurm.conf)
+    done = subprocess.run(
+        [sys.executable, "-m", "mgpu", "node", "--node-id", "b", "--master-port",
+         str(cluster.port), "--port", "0", "--data-dir", str(cluster.tmp / "b"),
+         "--join-token-file", str(cluster.join_token_file), "--backend", "slurm",
+         "--partition", "nosuch"], env=cluster.base_env, capture_output=True, text=True,
+        timeout=60, check=False)
+    assert done.returncode != 0
+    assert "nosuch" in done.stderr and "--partition" in done.stderr, done.stderr
+
+
+def test_up_with_the_slurm_backend(slurm: SlurmCluster, tmp_path: Path) -> None:
+    """``mgpu up --backend slurm``: a master and a SLURM bridge in one process."""
+    cluster = Cluster(tmp_path / "up", {"SLURM_CONF": str(slurm.conf)})
+    try:
+        up = cluster.master = cluster._spawn("up", [
+            "up", "--port", "0", "--data-dir", str(cluster.master_dir), "--backend", "slurm",
+            "--partition", PARTITION, "--slurm-poll", "0.3"], None)
+        info = wait_until(lambda: json.loads((cluster.master_dir / "master.json").read_text()),
+                          30, ignore=(OSError, ValueError), message=lambda: up.log_tail())
+        cluster.port = int(info["port"])
+        cluster.wait_nodes_up()
+        job_id = cluster.submit("echo via-up; exit 2")
+        ended = cluster.wait_job(job_id)
+        assert (ended["state"], ended["exit_code"]) == ("failed", 2)
+        assert ended["backend_id"]
+        assert "via-up" in cluster.mgpu("logs", str(job_id)).stdout
+    finally:
+        problems = cluster.close()
+    assert not problems, problems

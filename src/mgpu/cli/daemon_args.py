@@ -97,6 +97,7 @@ def up_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--node-id", metavar="ID", help="default: the host name")
     users_args(p)
     gpu_args(p)
+    backend_args(p)
 
 
 # name -> (handler, one-line help, adds the subcommand's own arguments)

@@ -12,6 +12,7 @@ import sys
 from dataclasses import replace
 
 from mgpu.core.config import LogConfig, MasterConfig, NodeConfig
+from mgpu.core.models import GpuInfo
 from mgpu.node.agent import Agent
 from mgpu.server.master import Master
 from mgpu.utils.gpu import detect_gpus, parse_gpu_list
@@ -24,11 +25,8 @@ def _say(text: str) -> None:
     print(f"mgpu: {text}", file=sys.stderr, flush=True)
 
 
-async def _up(master_cfg: MasterConfig, node_cfg: NodeConfig, log_cfg: LogConfig) -> None:
-    if os.geteuid() == 0 and "MGPU_ALLOW_ROOT_JOBS" not in os.environ:
-        node_cfg = replace(node_cfg, allow_root_jobs=True)
-        _say("running as root: root's jobs run as root here (MGPU_ALLOW_ROOT_JOBS=0 to "
-             "refuse them); other users' jobs run under their own accounts")
+def _local_gpus(node_cfg: NodeConfig) -> tuple[list[GpuInfo], bool]:
+    """This machine's GPUs (or fake ones, saying so) and whether they are fake."""
     restrict = parse_gpu_list(node_cfg.gpus) if node_cfg.gpus else None
     gpus, source = detect_gpus(restrict, node_cfg.fake_gpus)
     fake = not gpus or source == "fake"
@@ -38,6 +36,21 @@ async def _up(master_cfg: MasterConfig, node_cfg: NodeConfig, log_cfg: LogConfig
              "(--fake-gpus N to choose how many)")
     else:
         _say(f"{len(gpus)} GPUs ({source}): " + ", ".join(f"{g.index}: {g.name}" for g in gpus))
+    return gpus, fake
+
+
+async def _up(master_cfg: MasterConfig, node_cfg: NodeConfig, log_cfg: LogConfig) -> None:
+    if os.geteuid() == 0 and "MGPU_ALLOW_ROOT_JOBS" not in os.environ:
+        node_cfg = replace(node_cfg, allow_root_jobs=True)
+        _say("running as root: root's jobs run as root here (MGPU_ALLOW_ROOT_JOBS=0 to "
+             "refuse them); other users' jobs run under their own accounts")
+    gpus: list[GpuInfo] | None = None  # (the SLURM bridge counts its partition's)
+    fake = False
+    if node_cfg.backend == "slurm":
+        _say("jobs run in SLURM" + (f" (partition {node_cfg.partition})"
+                                    if node_cfg.partition else ""))
+    else:
+        gpus, fake = _local_gpus(node_cfg)
     stop = asyncio.Event()
     stop_on_signals(asyncio.get_running_loop(), stop.set)
     master = Master(master_cfg)

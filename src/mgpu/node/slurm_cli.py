@@ -197,7 +197,7 @@ async def run(argv: list[str], env: Mapping[str, str] | None = None, stdin: byte
         proc.kill()
         await proc.wait()
         raise SlurmError(f"{argv[0]} took more than {TIMEOUT:g}s: is slurmctld up "
-                         "(scontrol ping)?") from None
+                         "(scontrol ping) and SLURM_CONF right?") from None
     if proc.returncode != 0:
         words = err.decode(errors="replace").strip() or out.decode(errors="replace").strip()
         raise SlurmError(f"{' '.join(argv[:2])} failed (exit {proc.returncode}): "
