@@ -2,7 +2,8 @@
 
 Everything lives in one temporary directory: ``slurm.conf`` (cgroup-free plugins:
 ``proctrack/linuxproc``, ``task/none``, no accounting), ``gres.conf`` (8 GPUs as ``File=``
-entries pointing at dummy device files, so SLURM sets ``CUDA_VISIBLE_DEVICES``), a fresh
+entries pointing at dummy device files, so SLURM sets ``CUDA_VISIBLE_DEVICES``; plain files
+where this machine may not make device files: SLURM then counts them but names none), a fresh
 munge key, and the daemons' state, spool, pid and log files. The three daemons run in the
 foreground in one process group, which :meth:`SlurmCluster.stop` signals (SIGTERM, then
 SIGKILL). Clients find the cluster through ``SLURM_CONF`` (:attr:`SlurmCluster.env`).
@@ -60,6 +61,8 @@ class SlurmCluster:
         self.munge_socket = self.root / "munge" / "munge.sock"
         self.procs: list[subprocess.Popen[bytes]] = []
         self.pgid = 0
+        # The GPUs are device files (SLURM then sets CUDA_VISIBLE_DEVICES), else plain ones.
+        self.gpu_files = True
 
     @property
     def env(self) -> dict[str, str]:
@@ -78,8 +81,13 @@ class SlurmCluster:
         key.chmod(0o400)
         for i in range(GPUS):  # character devices (like /dev/null), as slurmd wants
             dev = self.root / "dev" / f"nvidia{i}"
-            if not dev.exists():
+            if dev.exists():
+                continue
+            try:
                 os.mknod(dev, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+            except PermissionError:  # (no CAP_MKNOD): plain files, which slurmd counts
+                dev.touch()  # but names to no job (it logs that they are no devices)
+                self.gpu_files = False
         r = self.root
         self.conf.write_text(f"""\
 ClusterName=mgpu
