@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -132,18 +134,24 @@ def test_copied_output_is_read_back_from_the_spool(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def slurm_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
-    """One real single-host SLURM for the session (root only)."""
+def slurm_session() -> Iterator[SlurmCluster]:
+    """One real single-host SLURM for the session (root only), in a directory every user
+    may enter (its configuration is read by jobs' owners' sbatch too)."""
     if os.geteuid() != 0:
         pytest.skip("a real SLURM needs root (slurmd starts jobs as their users); CI runs "
                     "these as root")
     missing = missing_programs()
     if missing:
         pytest.fail(f"SLURM programs missing: {', '.join(missing)}: run .ci/system-packages")
-    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
-    cluster.start()
-    yield cluster
-    cluster.stop()
+    root = Path(tempfile.mkdtemp(prefix="mgpu-slurm-"))
+    root.chmod(0o755)
+    cluster = SlurmCluster(root)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
@@ -172,18 +180,23 @@ def slurm_job(slurm: SlurmCluster, slurm_id: str) -> dict[str, object]:
 BRIDGE = "slurm1"
 
 
-@pytest.fixture
-def bridged(slurm: SlurmCluster, make_cluster: Callable[..., Cluster]) -> Cluster:
-    """A master and one SLURM bridge (``mgpu node --backend slurm``), no other node."""
-    cluster = make_cluster(nodes=0)
+def start_bridge(cluster: Cluster, slurm: SlurmCluster, data_dir: Path) -> None:
+    """Start the SLURM bridge ``mgpu node --backend slurm`` of ``cluster``."""
     argv = ["node", "--node-id", BRIDGE, "--master-host", "127.0.0.1", "--master-port",
-            str(cluster.port), "--port", "0", "--data-dir", str(cluster.tmp / BRIDGE),
+            str(cluster.port), "--port", "0", "--data-dir", str(data_dir),
             "--join-token-file", str(cluster.join_token_file), "--backend", "slurm",
             "--partition", PARTITION, "--slurm-poll", "0.3"]
     cluster.base_env["SLURM_CONF"] = str(slurm.conf)
     cluster._node_args[BRIDGE] = argv  # (restart_node starts it again the same way)
     cluster.nodes[BRIDGE] = cluster._spawn(BRIDGE, argv, None)
     cluster.wait_nodes_up([BRIDGE])
+
+
+@pytest.fixture
+def bridged(slurm: SlurmCluster, make_cluster: Callable[..., Cluster]) -> Cluster:
+    """A master and one SLURM bridge (``mgpu node --backend slurm``), no other node."""
+    cluster = make_cluster(nodes=0)
+    start_bridge(cluster, slurm, cluster.tmp / BRIDGE)
     return cluster
 
 
@@ -347,3 +360,37 @@ def test_up_with_the_slurm_backend(slurm: SlurmCluster, tmp_path: Path) -> None:
     finally:
         problems = cluster.close()
     assert not problems, problems
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every user may enter (a temporary directory's parents are root's alone),
+    removed after the clusters that use it are stopped (ask for it before ``make_cluster``)."""
+    path = Path(tempfile.mkdtemp(prefix="mgpu-bridge-"))
+    path.chmod(0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_root_bridge_submits_as_the_jobs_owner(
+        slurm: SlurmCluster, open_dir: Path, make_cluster: Callable[..., Cluster],
+        account: str) -> None:
+    cluster = make_cluster(nodes=0)
+    # The owner's slurmd step writes the output files: the bridge's data dir must be on a
+    # path they can enter.
+    start_bridge(cluster, slurm, open_dir / BRIDGE)
+    env = {"PATH": os.environ["PATH"], "HOME": "/root", "USER": "root"}
+    job_id = cluster.api("/api/v1/jobs", {"jobs": [{
+        "command": 'echo "$(id -un) $HOME $USER $SLURM_JOB_USER"', "gpus": 1, "cwd": "/",
+        "env": env}]}, token=cluster.user_token(account))["job_ids"][0]
+    nobody = cluster.api("/api/v1/jobs", {"jobs": [{
+        "command": "true", "gpus": 1, "cwd": "/", "env": env}]},
+        token=cluster.user_token("no-such-user-here"))["job_ids"][0]
+    ended = cluster.wait_job(job_id)
+    out = cluster.mgpu("logs", str(job_id)).stdout
+    assert ended["state"] == "completed", (ended, out)
+    home = os.path.expanduser(f"~{account}")
+    assert out.split() == [account, home, account, account]
+    refused = cluster.wait_job(nobody)
+    assert refused["state"] == "failed"
+    assert "has no account" in refused["reason"]

@@ -104,10 +104,11 @@ class SlurmLink(LinkRuns):
 
     async def open(self) -> None:
         """Make the directories, re-adopt the runs of ``runs.json``, start following."""
-        for d in (self.spool_dir, self.jobs_dir, self.dir):
+        for d in (self.spool_dir, self.jobs_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.out_dir.mkdir(exist_ok=True, mode=0o711)
-        self.out_dir.chmod(0o711)  # job users reach their own files, list none
+        for d in (self.data_dir, self.dir, self.out_dir):  # the path to the output files:
+            d.mkdir(exist_ok=True, mode=0o711)  # job users reach their own, list none
+            d.chmod(0o711)
         await self._adopt_saved()
         self._loop_task = asyncio.create_task(self._follow())
 
@@ -171,23 +172,30 @@ class SlurmLink(LinkRuns):
         self._fail(job, reason)
 
     async def _submit(self, job: SlurmRun, msg: m.StartJob) -> None:
+        try:
+            acct = _account(msg.user)
+        except LookupError as e:
+            self._fail(job, str(e))
+            self._save()
+            return
+        env = self._job_env(msg)
         paths = self._outputs(job.key)
-        user = msg.user if os.geteuid() == 0 and msg.user and msg.user != "root" else None
         for path in paths:
             path.touch(mode=0o600)
-            if user is not None:  # slurmd opens them as the job's user
-                acct = pwd.getpwnam(user)
+            if acct is not None:  # slurmd opens them as the job's user
                 os.chown(path, acct.pw_uid, acct.pw_gid)
+        if acct is not None:
+            env.update(HOME=acct.pw_dir, USER=acct.pw_name, LOGNAME=acct.pw_name,
+                       SHELL=acct.pw_shell or "/bin/sh")
         argv = sc.sbatch_argv(name=msg.name, comment=job.comment, gpus=len(msg.gpu_ids),
                               time_limit=msg.time_limit, cwd=msg.cwd, stdout=str(paths[0]),
                               stderr=str(paths[1]), partition=self.cfg.partition)
         script = "#!/bin/sh\n" + (_shell_join(msg.argv) if msg.argv else msg.command) + "\n"
         try:
-            out = await sc.run(argv, self._job_env(msg), script.encode(), user)
+            out = await sc.run(argv, env, script.encode(), acct)
             job.slurm_id = sc.parse_sbatch(out)
-        except (sc.SlurmError, KeyError) as e:
-            why = e.message if isinstance(e, sc.SlurmError) else f"no such user {user}"
-            self._fail(job, f"SLURM did not take the job: {why}")
+        except sc.SlurmError as e:
+            self._fail(job, f"SLURM did not take the job: {e.message}")
             self._save()
             return
         log.info("job %s is SLURM job %d", job.key, job.slurm_id)
@@ -363,6 +371,18 @@ class SlurmLink(LinkRuns):
         log.info("job %s (SLURM job %s) ended: %s", job.key, job.slurm_id, end.state)
         self._save()
         self._forward(job)
+
+
+def _account(user: str) -> pwd.struct_passwd | None:
+    """Whom to submit as: the job's owner when the bridge is root (None: the bridge's own
+    account, or root's). LookupError, saying what to do, for an owner with no account."""
+    if os.geteuid() != 0 or not user or user == "root":
+        return None
+    try:
+        return pwd.getpwnam(user)
+    except KeyError:
+        raise LookupError(f"user {user!r} has no account on the SLURM bridge's machine: "
+                          "create it (same name as on the master and in SLURM)") from None
 
 
 def _shell_join(argv: list[str]) -> str:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import pwd
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -179,9 +181,13 @@ def parse_gres(lines: str) -> int:
 
 
 async def run(argv: list[str], env: Mapping[str, str] | None = None, stdin: bytes = b"",
-              user: str | None = None) -> str:
-    """Run a SLURM command, return its output; :class:`SlurmError` if it fails."""
-    kwargs: dict[str, Any] = {"user": user} if user else {}
+              account: pwd.struct_passwd | None = None) -> str:
+    """Run a SLURM command (as ``account`` when given: SLURM then runs the job as that
+    user), return its output; :class:`SlurmError` if it fails."""
+    kwargs: dict[str, Any] = {}
+    if account is not None:
+        kwargs = {"user": account.pw_uid, "group": account.pw_gid,
+                  "extra_groups": os.getgrouplist(account.pw_name, account.pw_gid)}
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
