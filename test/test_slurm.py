@@ -24,15 +24,18 @@ import tempfile
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conftest import Cluster, wait_until
+from mgpu.core import messages as m
 from mgpu.core.frames import STREAM_STDERR, STREAM_STDOUT, frame
-from mgpu.core.models import EndCause
+from mgpu.core.models import EndCause, GpuInfo, JobSpec, JobState
 from mgpu.node import slurm_cli as sc
 from mgpu.node.slurm_runs import copied
-from slurm_cluster import GPUS, PARTITION, SlurmCluster, missing_programs
+from mgpu.server.state import ClusterState
+from slurm_cluster import GPUS, NODE, PARTITION, SlurmCluster, missing_programs
 
 # ---------------------------------------------------------------- unit: SLURM's answers
 
@@ -128,6 +131,45 @@ def test_copied_output_is_read_back_from_the_spool(tmp_path: Path) -> None:
     spool.write_bytes(whole + frame(STREAM_STDOUT, b"cut short")[:-3])
     assert copied(spool) == (4, 2)
     assert spool.read_bytes() == whole  # the frame cut short is cut off
+
+
+# ---------------------------------------------------------------- the master's side
+
+
+def placed_job(state: ClusterState, **spec: Any) -> tuple[int, m.StartJob]:
+    """A job submitted and placed on node ``b``; its StartJob."""
+    gpus = [GpuInfo(index=i, name="slurm:gpu", memory_total_mib=0) for i in range(2)]
+    state.on_register(m.Register(node_id="b", gpus=gpus), 0.0)
+    (job_id,), _ = state.on_submit([JobSpec(command="true", **spec)], 1.0, "alice")
+    (start,) = [msg for _, msg in state.schedule(2.0).sends if isinstance(msg, m.StartJob)]
+    return job_id, start
+
+
+def test_the_slurm_job_id_is_kept_on_the_job_for_its_current_run() -> None:
+    state = ClusterState()
+    job_id, _ = placed_job(state)
+    assert state.on_job_started("b", m.JobStarted(job_id, -1, run=1, backend_id="9")).batch \
+        .updates == {}  # another run's: not this one's
+    assert state.on_job_started("elsewhere", m.JobStarted(job_id, -1, backend_id="9")) \
+        .batch.updates == {}
+    saved = state.on_job_started("b", m.JobStarted(job_id, -1, backend_id="42"))
+    assert saved.batch.updates[job_id].backend_id == "42"
+    ended = m.JobEnded(job_id, 0, "node_fail", None, "SLURM: its node failed", 0,
+                       EndCause.NODE_LOST)
+    state.on_job_ended("b", ended, 3.0)
+    job = state.jobs[job_id]
+    assert (job.state, job.requeues, job.backend_id) == (JobState.PENDING, 1, None)
+    assert job.reason == "requeued (1 of 3): SLURM: its node failed"
+
+
+def test_a_node_lost_end_of_a_job_that_may_not_requeue_ends_it_as_node_fail() -> None:
+    state = ClusterState()
+    job_id, _ = placed_job(state, requeue=False)
+    state.on_job_ended("b", m.JobEnded(job_id, 0, "node_fail", None, "SLURM: preempted", 0,
+                                       EndCause.NODE_LOST), 3.0)
+    job = state.jobs[job_id]
+    assert (job.state, job.end_cause, job.reason) == (JobState.NODE_FAIL,
+                                                      EndCause.NODE_LOST, "SLURM: preempted")
 
 
 # ---------------------------------------------------------------- a real SLURM
@@ -304,6 +346,33 @@ def test_terminal_and_stdin_jobs_are_refused_with_the_fix(bridged: Cluster) -> N
     done = bridged.mgpu("srun", "--pty", "cat", check=False)
     assert done.returncode != 0
     assert "SLURM backend" in done.stderr and "/dev/null" in done.stderr
+
+
+def scontrol(slurm: SlurmCluster, *args: str, check: bool = True) -> None:
+    subprocess.run(["scontrol", *args], env=slurm.env, check=check, timeout=30)
+
+
+def test_slurm_node_failure_requeues_the_job_in_mgpu(
+        bridged: Cluster, slurm: SlurmCluster) -> None:
+    job_id = bridged.submit("echo run-$SLURM_JOB_ID; sleep 300")
+    first = wait_backend_id(bridged, job_id)
+    wait_until(lambda: f"run-{first}" in bridged.mgpu("logs", str(job_id)).stdout, 30)
+    scontrol(slurm, "update", f"nodename={NODE}", "state=down", "reason=mgpu-test")
+    try:
+        wait_until(lambda: bridged.job(job_id)["requeues"] == 1, 30,
+                   message=lambda: f"a requeue: {bridged.job(job_id)}")
+        state = slurm_job(slurm, first)["job_state"]
+        assert state in ("NODE_FAIL", ["NODE_FAIL"]), state
+    finally:  # (slurmd's next registration may have brought it back already)
+        scontrol(slurm, "update", f"nodename={NODE}", "state=resume", check=False)
+    again = wait_until(lambda: bridged.job(job_id).get("backend_id") not in (None, first),
+                       30, message=lambda: f"a new SLURM job: {bridged.job(job_id)}")
+    assert again
+    second = bridged.job(job_id)["backend_id"]
+    wait_until(lambda: f"run-{second}" in bridged.mgpu("logs", str(job_id)).stdout, 30)
+    bridged.mgpu("cancel", str(job_id))
+    ended = bridged.wait_job(job_id)
+    assert (ended["state"], ended["requeues"]) == ("cancelled", 1)
 
 
 def test_bridge_and_master_restarts_readopt_slurm_jobs(

@@ -117,10 +117,12 @@ def sbatch_argv(*, name: str, comment: str, gpus: int, time_limit: float | None,
                 stdout: str, stderr: str, partition: str | None) -> list[str]:
     """The ``sbatch`` command line of one run (its script comes on stdin). SLURM counts
     time limits in whole minutes: mgpu's limit is rounded up for SLURM, and the bridge
-    holds the job to the exact one."""
+    holds the job to the exact one. SLURM never requeues it (``--no-requeue``): a run that
+    SLURM's node failure or a preemption ends is requeued by mgpu, as a new run, when the
+    job allows (its ``requeue`` and ``max_requeue``)."""
     argv = ["sbatch", "--parsable", f"--job-name={name}", f"--comment={comment}",
             f"--chdir={cwd}", f"--output={stdout}", f"--error={stderr}",
-            "--open-mode=append", "--export=ALL"]
+            "--open-mode=append", "--export=ALL", "--no-requeue"]
     if gpus > 0:
         argv.append(f"--gres=gpu:{gpus}")
     if time_limit:

@@ -16,6 +16,7 @@ from mgpu.core import messages as m
 from mgpu.core.models import (
     NODE_TRANSITIONS,
     REGISTERED_STATES,
+    EndCause,
     GpuInfo,
     JobState,
     NodeInfo,
@@ -166,6 +167,10 @@ class NodeEvents(ABC):
                 to = JobState.CANCELLED
         if not to.ended:
             to = JobState.FAILED
+        if to is JobState.NODE_FAIL and msg.end_cause is EndCause.NODE_LOST:
+            # The node saw the job's machine fail under it (a SLURM bridge: NODE_FAIL, a
+            # preemption): requeued as for a lost node, when it may be.
+            return effects.merge(self.node_lost(job, msg.reason or "its node was lost", now))
         advance(job, to, now, reason=msg.reason, exit_code=msg.exit_code,
                 end_cause=msg.end_cause)
         self.envs.pop(job.id, None)
