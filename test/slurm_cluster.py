@@ -163,6 +163,18 @@ PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             self.stop()
             raise
 
+    def stop_controller(self) -> None:
+        """Stop slurmctld alone (SLURM's commands then fail: "Unable to contact")."""
+        ctld = next(p for p in self.procs if p.args[0] == "slurmctld" and p.poll() is None)
+        ctld.terminate()
+        ctld.wait(30)
+        self.procs.remove(ctld)
+
+    def start_controller(self, timeout: float = START_TIMEOUT) -> None:
+        """Start slurmctld again (it reloads its saved state); return once it answers."""
+        self._spawn("slurmctld", ["slurmctld", "-D", "-i", "-f", str(self.conf)])
+        self._wait(self._answers, timeout, "slurmctld to answer")
+
     def _wait(self, cond: object, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         assert callable(cond)

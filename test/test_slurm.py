@@ -255,9 +255,13 @@ def wait_backend_id(cluster: Cluster, job_id: int) -> str:
     return got
 
 
+def nodes(cluster: Cluster) -> list[dict[str, Any]]:
+    listed: list[dict[str, Any]] = cluster.api("/api/v1/nodes")["nodes"]
+    return listed
+
+
 def test_bridge_offers_the_partitions_gpus(bridged: Cluster) -> None:
-    nodes = bridged.api("/api/v1/nodes")
-    (node,) = nodes if isinstance(nodes, list) else nodes["nodes"]
+    (node,) = nodes(bridged)
     assert node["node_id"] == BRIDGE
     assert len(node["gpus"]) == GPUS
     assert {g["name"] for g in node["gpus"]} == {f"slurm:{PARTITION}"}
@@ -373,6 +377,28 @@ def test_slurm_node_failure_requeues_the_job_in_mgpu(
     bridged.mgpu("cancel", str(job_id))
     ended = bridged.wait_job(job_id)
     assert (ended["state"], ended["requeues"]) == ("cancelled", 1)
+
+
+def test_while_slurm_does_not_answer_the_bridge_is_degraded_and_jobs_wait(
+        bridged: Cluster, slurm: SlurmCluster) -> None:
+    slurm.stop_controller()
+    try:
+        first = bridged.submit("echo first")  # placed: the bridge finds SLURM gone
+        bridge = wait_until(lambda: next(
+            (n for n in nodes(bridged) if n["state"] == "degraded"), None), 90,
+            message=lambda: f"the bridge degraded: {nodes(bridged)}")
+        assert "SLURM does not answer" in bridge["reason"]
+        second = bridged.submit("echo second")
+        assert bridged.job(second)["state"] == "pending"  # nothing new for a degraded node
+        assert bridged.job(first)["state"] == "running"  # (kept, its sbatch retried)
+    finally:
+        slurm.start_controller()
+    for job_id, word in ((first, "first"), (second, "second")):
+        ended = bridged.wait_job(job_id, timeout=60)
+        assert ended["state"] == "completed", ended
+        assert bridged.mgpu("logs", str(job_id)).stdout.split() == [word]
+    assert nodes(bridged)[0]["state"] == "up"
+    assert len(squeue(slurm, "-h", "-t", "all").splitlines()) >= 2  # (no lost submission)
 
 
 def test_bridge_and_master_restarts_readopt_slurm_jobs(

@@ -99,7 +99,7 @@ class Agent:
             from mgpu.node.slurm import SlurmLink
 
             self.supervisor = SlurmLink(self.cfg, self._on_output, self._on_ended,
-                                        self._send, self._has_room)
+                                        self._send, self._has_room, self._on_health)
         else:
             self.supervisor = KeeperLink(
                 self.node_id, data_dir, self._on_output, self._on_ended, self.cfg.kill_grace,

@@ -55,6 +55,7 @@ from mgpu.utils.spool import read_at
 log = logging.getLogger("mgpu.node.slurm")
 
 TAIL_INTERVAL = 0.2  # seconds between looks at the output files
+RETRY = (0.5, 5.0)  # seconds between sbatch attempts while SLURM does not answer: first, most
 MISSING_POLLS = 3  # polls a job may be absent from squeue before it counts as lost
 NO_STDIN = ("the SLURM backend gives a job no stdin and no terminal: run it without --pty "
             "and --stdin (for `mgpu srun`, with stdin from /dev/null: `< /dev/null`), or on "
@@ -78,8 +79,11 @@ class SlurmLink(LinkRuns):
     :class:`~mgpu.node.keeper_link.KeeperLink` does); ``send`` carries the SLURM job ids."""
 
     def __init__(self, cfg: NodeConfig, on_output: OnOutput, on_ended: OnEnded,
-                 send: Callable[[m.NodeMessage], None], has_room: Callable[[], bool]) -> None:
+                 send: Callable[[m.NodeMessage], None], has_room: Callable[[], bool],
+                 on_health: Callable[[str | None], None]) -> None:
         self.cfg = cfg
+        self.on_health = on_health  # SLURM does not answer (a reason), or does again (None)
+        self.down: str | None = None
         self.node_id = cfg.node_id
         self.data_dir = cfg.effective_data_dir
         self.spool_dir = self.data_dir / "spool"
@@ -98,7 +102,6 @@ class SlurmLink(LinkRuns):
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
-        self._warned = False
 
     # ------------------------------------------------------------------ life cycle
 
@@ -191,13 +194,28 @@ class SlurmLink(LinkRuns):
                               time_limit=msg.time_limit, cwd=msg.cwd, stdout=str(paths[0]),
                               stderr=str(paths[1]), partition=self.cfg.partition)
         script = "#!/bin/sh\n" + (_shell_join(msg.argv) if msg.argv else msg.command) + "\n"
-        try:
-            out = await sc.run(argv, env, script.encode(), acct)
-            job.slurm_id = sc.parse_sbatch(out)
-        except sc.SlurmError as e:
-            self._fail(job, f"SLURM did not take the job: {e.message}")
-            self._save()
-            return
+        delay = RETRY[0]
+        while job.slurm_id is None:
+            try:
+                job.slurm_id = sc.parse_sbatch(
+                    await sc.run(argv, env, script.encode(), acct))
+                self._slurm_up()
+            except sc.SlurmError as e:
+                if not e.unreachable:
+                    self._fail(job, f"SLURM did not take the job: {e.message}")
+                    self._save()
+                    return
+                self._slurm_down(e)  # the node takes no new jobs; this one waits
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY[1])
+                # (an sbatch that timed out may have been taken all the same)
+                with contextlib.suppress(sc.SlurmError):
+                    job.slurm_id = {sj.comment: sj.id for sj in (
+                        await sc.query([], self.env)).values()}.get(job.comment)
+            if job.slurm_id is None and job.wanted is not None:  # cancelled meanwhile
+                state, reason = job.wanted
+                self._end(job, sc.End(state, None, reason, sc.wanted_cause(state)))
+                return
         log.info("job %s is SLURM job %d", job.key, job.slurm_id)
         self._save()
         if job.wanted is not None:  # cancelled while it was being submitted
@@ -308,13 +326,25 @@ class SlurmLink(LinkRuns):
                 next_poll = loop.time() + self.cfg.slurm_poll
                 try:
                     await self._poll()
-                    self._warned = False
                 except sc.SlurmError as e:
-                    if not self._warned:  # (once, until SLURM answers again)
-                        log.warning("cannot ask SLURM about its jobs: %s", e.message)
-                    self._warned = True
+                    self._slurm_down(e)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), TAIL_INTERVAL)
+
+    def _slurm_down(self, e: sc.SlurmError) -> None:
+        """SLURM failed us: while its controller does not answer, the node is degraded
+        (the master places nothing new here); other failures are logged once."""
+        if self.down is None or self.down != e.message:
+            if e.unreachable:
+                self.on_health(f"SLURM does not answer: {e.message}")
+            else:
+                log.warning("cannot ask SLURM about its jobs: %s", e.message)
+            self.down = e.message
+
+    def _slurm_up(self) -> None:
+        if self.down is not None:
+            self.down = None
+            self.on_health(None)
 
     def _tail(self, job: SlurmRun) -> None:
         """Copy what SLURM's output files gained into the run's spool, framed."""
@@ -342,6 +372,7 @@ class SlurmLink(LinkRuns):
         if not live:
             return
         seen = await sc.query(sorted(live), self.env)
+        self._slurm_up()
         now = time.time()
         for sid, job in live.items():
             sj = seen.get(sid)

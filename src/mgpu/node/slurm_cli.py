@@ -30,6 +30,9 @@ from mgpu.core.errors import MgpuError
 from mgpu.core.models import EndCause
 
 TIMEOUT = 30.0  # seconds a SLURM command may take
+# What SLURM's commands say when its controller does not answer (then try again later).
+UNREACHABLE = ("Unable to contact slurm controller", "Socket timed out",
+               "Slurm backup controller in standby mode", "Connection refused")
 
 # SLURM states of a job that is not over (it may still run, or run again).
 ACTIVE = frozenset({
@@ -57,7 +60,12 @@ ENDED: dict[str, tuple[str, EndCause | None, str | None]] = {  # (state, cause, 
 
 
 class SlurmError(MgpuError):
-    """A SLURM command failed; the message holds its words and what to check."""
+    """A SLURM command failed; the message holds its words and what to check.
+    ``unreachable``: SLURM's controller did not answer (worth trying again later)."""
+
+    def __init__(self, message: str, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 @dataclass(frozen=True)
@@ -99,7 +107,7 @@ def end_of(job: SlurmJob, wanted: tuple[str, str] | None) -> End | None:
     code = exit_code_of(job.exit_status)
     if job.state == "CANCELLED" and wanted is not None:
         want, words = wanted
-        return End(want, code, words, _WANTED_CAUSE.get(want, EndCause.CANCELLED))
+        return End(want, code, words, wanted_cause(want))
     state, cause, why = ENDED.get(
         job.state, ("failed", None, f"SLURM ended it as {job.state}"))
     if state == "failed" and cause is None:
@@ -110,7 +118,10 @@ def end_of(job: SlurmJob, wanted: tuple[str, str] | None) -> End | None:
     return End(state, code, why, cause)
 
 
-_WANTED_CAUSE = {"timeout": EndCause.TIME_LIMIT, "node_fail": EndCause.NODE_LOST}
+def wanted_cause(state: str) -> EndCause:
+    """Why a run that mgpu itself stopped, to end in ``state``, ended."""
+    return {"timeout": EndCause.TIME_LIMIT, "node_fail": EndCause.NODE_LOST}.get(
+        state, EndCause.CANCELLED)
 
 
 def sbatch_argv(*, name: str, comment: str, gpus: int, time_limit: float | None, cwd: str,
@@ -205,11 +216,11 @@ async def run(argv: list[str], env: Mapping[str, str] | None = None, stdin: byte
         proc.kill()
         await proc.wait()
         raise SlurmError(f"{argv[0]} took more than {TIMEOUT:g}s: is slurmctld up "
-                         "(scontrol ping) and SLURM_CONF right?") from None
+                         "(scontrol ping) and SLURM_CONF right?", unreachable=True) from None
     if proc.returncode != 0:
         words = err.decode(errors="replace").strip() or out.decode(errors="replace").strip()
         raise SlurmError(f"{' '.join(argv[:2])} failed (exit {proc.returncode}): "
-                         f"{words[:1000]}")
+                         f"{words[:1000]}", unreachable=any(w in words for w in UNREACHABLE))
     return out.decode(errors="replace")
 
 
