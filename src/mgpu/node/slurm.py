@@ -43,7 +43,7 @@ from typing import Any
 from mgpu.core import messages as m
 from mgpu.core.config import NodeConfig
 from mgpu.core.errors import ConfigError
-from mgpu.core.models import EndCause, GpuInfo
+from mgpu.core.models import GpuInfo
 from mgpu.core.timefmt import format_duration
 from mgpu.node import slurm_cli as sc
 from mgpu.node.link_runs import READ_CHUNK, LinkRuns, OnEnded, OnOutput
@@ -379,9 +379,9 @@ class SlurmLink(LinkRuns):
             if sj is None:
                 job.missing += 1
                 if job.missing >= MISSING_POLLS:
+                    # Not requeued (no cause given): it may well have run to its end.
                     self._end(job, sc.End("node_fail", None, f"SLURM no longer knows job "
-                              f"{sid} (it ended long ago, or slurmctld lost it)",
-                              EndCause.NODE_LOST))
+                              f"{sid} (it ended long ago, or slurmctld lost it)", None))
                 continue
             job.missing = 0
             end = sc.end_of(sj, job.wanted)
