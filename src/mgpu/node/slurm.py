@@ -56,6 +56,7 @@ log = logging.getLogger("mgpu.node.slurm")
 
 TAIL_INTERVAL = 0.2  # seconds between looks at the output files
 RETRY = (0.5, 5.0)  # seconds between sbatch attempts while SLURM does not answer: first, most
+CLOSE_WAIT = 5.0  # seconds a stopping bridge waits for its sbatch and scancel calls
 MISSING_POLLS = 3  # polls a job may be absent from squeue before it counts as lost
 NO_STDIN = ("the SLURM backend gives a job no stdin and no terminal: run it without --pty "
             "and --stdin (for `mgpu srun`, with stdin from /dev/null: `< /dev/null`), or on "
@@ -122,9 +123,12 @@ class SlurmLink(LinkRuns):
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, sc.SlurmError):
-                await task
+        if self._tasks:  # a submission retried while SLURM does not answer is cut short:
+            # the next bridge looks for it in SLURM by its comment
+            _, late = await asyncio.wait(list(self._tasks), timeout=CLOSE_WAIT)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         if kill_jobs:
             ids = [j.slurm_id for j in self.jobs.values() if j.ended is None and j.slurm_id]
             with contextlib.suppress(sc.SlurmError):
@@ -165,14 +169,15 @@ class SlurmLink(LinkRuns):
             self._fail(job, "jobs do not run as root: submit as another user, or allow root "
                        "jobs on this node (MGPU_ALLOW_ROOT_JOBS=1, allow_root_jobs in [node])")
         else:
-            self._save()  # before sbatch: a restart then looks for it in SLURM
             self._spawn(self._submit(job, msg))
+        self._save()  # (before sbatch: a restart then looks for it in SLURM)
         return job
 
     def refuse(self, msg: m.StartJob, reason: str) -> None:
         job = SlurmRun(msg.job_id, msg.run)
         self.jobs[job.key] = job
         self._fail(job, reason)
+        self._save()
 
     async def _submit(self, job: SlurmRun, msg: m.StartJob) -> None:
         try:
