@@ -77,7 +77,7 @@ class Agent:
         if self.cfg.backend not in ("local", "slurm"):
             raise MgpuError(f"unknown backend {self.cfg.backend!r}: use local or slurm")
         if self.gpus is None and self.cfg.backend == "slurm":
-            from mgpu.node.slurm import offered_gpus
+            from mgpu.node.slurm_cli import offered_gpus
 
             self.gpus, self.gpu_source = await offered_gpus(self.cfg)
         if self.gpus is None:

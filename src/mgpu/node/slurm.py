@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import logging
 import os
-import pwd
+import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,8 +42,6 @@ from typing import Any
 
 from mgpu.core import messages as m
 from mgpu.core.config import NodeConfig
-from mgpu.core.errors import ConfigError
-from mgpu.core.models import GpuInfo
 from mgpu.core.timefmt import format_duration
 from mgpu.node import slurm_cli as sc
 from mgpu.node.link_runs import READ_CHUNK, LinkRuns, OnEnded, OnOutput
@@ -61,18 +59,6 @@ MISSING_POLLS = 3  # polls a job may be absent from squeue before it counts as l
 NO_STDIN = ("the SLURM backend gives a job no stdin and no terminal: run it without --pty "
             "and --stdin (for `mgpu srun`, with stdin from /dev/null: `< /dev/null`), or on "
             "one of mgpu's own nodes")
-
-
-async def offered_gpus(cfg: NodeConfig) -> tuple[list[GpuInfo], str]:
-    """The GPUs the bridge offers: ``--fake-gpus N`` when given, else the partition's."""
-    where = f"SLURM partition {cfg.partition}" if cfg.partition else "SLURM"
-    count = cfg.fake_gpus if cfg.fake_gpus is not None else await sc.partition_gpus(
-        cfg.partition)
-    if count <= 0:
-        raise ConfigError(f"{where} has no GPUs (no gres gpu in sinfo): pass --partition "
-                          "with a partition that has some, or --fake-gpus N to offer N")
-    name = f"slurm:{cfg.partition or 'default'}"
-    return [GpuInfo(index=i, name=name, memory_total_mib=0) for i in range(count)], where
 
 
 class SlurmLink(LinkRuns):
@@ -181,7 +167,7 @@ class SlurmLink(LinkRuns):
 
     async def _submit(self, job: SlurmRun, msg: m.StartJob) -> None:
         try:
-            acct = _account(msg.user)
+            acct = sc.account_of(msg.user)
         except LookupError as e:
             self._fail(job, str(e))
             self._save()
@@ -198,7 +184,8 @@ class SlurmLink(LinkRuns):
         argv = sc.sbatch_argv(name=msg.name, comment=job.comment, gpus=len(msg.gpu_ids),
                               time_limit=msg.time_limit, cwd=msg.cwd, stdout=str(paths[0]),
                               stderr=str(paths[1]), partition=self.cfg.partition)
-        script = "#!/bin/sh\n" + (_shell_join(msg.argv) if msg.argv else msg.command) + "\n"
+        body = "exec " + shlex.join(msg.argv) if msg.argv else msg.command
+        script = f"#!/bin/sh\n{body}\n"
         delay = RETRY[0]
         while job.slurm_id is None:
             try:
@@ -407,21 +394,3 @@ class SlurmLink(LinkRuns):
         log.info("job %s (SLURM job %s) ended: %s", job.key, job.slurm_id, end.state)
         self._save()
         self._forward(job)
-
-
-def _account(user: str) -> pwd.struct_passwd | None:
-    """Whom to submit as: the job's owner when the bridge is root (None: the bridge's own
-    account, or root's). LookupError, saying what to do, for an owner with no account."""
-    if os.geteuid() != 0 or not user or user == "root":
-        return None
-    try:
-        return pwd.getpwnam(user)
-    except KeyError:
-        raise LookupError(f"user {user!r} has no account on the SLURM bridge's machine: "
-                          "create it (same name as on the master and in SLURM)") from None
-
-
-def _shell_join(argv: list[str]) -> str:
-    import shlex
-
-    return "exec " + shlex.join(argv)

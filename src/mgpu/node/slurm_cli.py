@@ -8,7 +8,8 @@ answers mean for mgpu.
   without ``sacct`` (and without the accounting daemon ``sacct`` needs).
 * :func:`end_of` maps a SLURM state to mgpu's end, a pure function (the table is
   :data:`ENDED` and :data:`ACTIVE`).
-* :func:`partition_gpus` counts the GPUs (gres ``gpu``) of a partition's nodes.
+* :func:`partition_gpus` counts the GPUs (gres ``gpu``) of a partition's nodes, which
+  :func:`offered_gpus` offers; :func:`account_of` says whom a job is submitted as.
 
 Each command runs with a bounded time (:data:`TIMEOUT`); a failure raises
 :class:`SlurmError` with SLURM's own words.
@@ -26,8 +27,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from mgpu.core.errors import MgpuError
-from mgpu.core.models import EndCause
+from mgpu.core.config import NodeConfig
+from mgpu.core.errors import ConfigError, MgpuError
+from mgpu.core.models import EndCause, GpuInfo
 
 TIMEOUT = 30.0  # seconds a SLURM command may take
 # What SLURM's commands say when its controller does not answer (then try again later).
@@ -252,3 +254,27 @@ async def partition_gpus(partition: str | None, env: Mapping[str, str] | None = 
     """The GPUs of the partition's nodes (of every partition's when None)."""
     argv = ["sinfo", "-h", "-N", "-o", "%N|%G"] + (["-p", partition] if partition else [])
     return parse_gres(await run(argv, env))
+
+
+async def offered_gpus(cfg: NodeConfig) -> tuple[list[GpuInfo], str]:
+    """The GPUs the bridge offers: ``--fake-gpus N`` when given, else the partition's."""
+    where = f"SLURM partition {cfg.partition}" if cfg.partition else "SLURM"
+    count = cfg.fake_gpus if cfg.fake_gpus is not None else await partition_gpus(
+        cfg.partition)
+    if count <= 0:
+        raise ConfigError(f"{where} has no GPUs (no gres gpu in sinfo): pass --partition "
+                          "with a partition that has some, or --fake-gpus N to offer N")
+    name = f"slurm:{cfg.partition or 'default'}"
+    return [GpuInfo(index=i, name=name, memory_total_mib=0) for i in range(count)], where
+
+
+def account_of(user: str) -> pwd.struct_passwd | None:
+    """Whom to submit as: the job's owner when the bridge is root (None: the bridge's own
+    account, or root's). LookupError, saying what to do, for an owner with no account."""
+    if os.geteuid() != 0 or not user or user == "root":
+        return None
+    try:
+        return pwd.getpwnam(user)
+    except KeyError:
+        raise LookupError(f"user {user!r} has no account on the SLURM bridge's machine: "
+                          "create it (same name as on the master and in SLURM)") from None
