@@ -37,6 +37,7 @@ JOB_KEYS = {
     "array_throttle", "held", "begin_at", "retries", "max_retries",
     "gpu_type", "gpu_mem_mib", "gpu_mem_peak_mib", "gpu_util_mean",  # GPUs
     "mail_type", "mail_user", "notify_url",  # notifications (issue 13)
+    "backend_id",
 }  # fmt: skip
 
 

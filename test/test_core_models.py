@@ -218,6 +218,7 @@ JOB_FIELDS = [
     "mail_type",  # notifications (issue 13)
     "mail_user",
     "notify_url",
+    "backend_id",
 ]
 
 
@@ -246,7 +247,7 @@ def test_pending_job_json_has_nulls_not_missing_keys() -> None:
     assert data["node"] is None
     assert data["gpu_ids"] == []
     for key in ("exit_code", "reason", "started_at", "ended_at", "end_cause",
-                "pending_reason", "expected_start"):
+                "pending_reason", "expected_start", "backend_id"):
         assert data[key] is None
 
 

@@ -167,6 +167,7 @@ def cmd_node(ns: argparse.Namespace) -> int:
         data_dir=ns.data_dir,
         join_token_file=ns.join_token_file,
         max_output_mib=ns.max_output_mib,
+        backend=ns.backend, partition=ns.partition, slurm_poll=ns.slurm_poll,
     )
     from mgpu.node.manager import run_node
 
@@ -176,7 +177,8 @@ def cmd_node(ns: argparse.Namespace) -> int:
 def cmd_up(ns: argparse.Namespace) -> int:
     master = _master_config(ns)
     node_dir = os.path.join(ns.data_dir, "node") if ns.data_dir else None
-    node = _node_config(ns, master_port=master.port, data_dir=node_dir)
+    node = _node_config(ns, master_port=master.port, data_dir=node_dir, backend=ns.backend,
+                        partition=ns.partition, slurm_poll=ns.slurm_poll)
     from mgpu.cli.up import run_up
 
     return int(run_up(master, node, _log_config(ns)))

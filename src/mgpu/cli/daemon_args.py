@@ -66,6 +66,17 @@ def metrics_token_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-token-file", metavar="PATH",
                    help="scrapes of /metrics must send this token (default: only from this "
                    "machine)")
+    backend_args(p)
+
+
+def backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("local", "slurm"),
+                   help="what runs the jobs: this machine (local, the default) or SLURM "
+                   "(the node is a bridge that sbatch'es each job)")
+    p.add_argument("--partition", metavar="P",
+                   help="slurm: the partition to submit to (default: SLURM's default)")
+    p.add_argument("--slurm-poll", type=seconds, metavar="S",
+                   help="slurm: ask squeue about the jobs every S seconds (default 2)")
 
 
 def token_args(p: argparse.ArgumentParser) -> None:
@@ -104,6 +115,7 @@ def up_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--node-id", metavar="ID", help="default: the host name")
     users_args(p)
     gpu_args(p)
+    backend_args(p)
 
 
 # name -> (handler, one-line help, adds the subcommand's own arguments)

@@ -12,6 +12,7 @@ import sys
 from dataclasses import replace
 
 from mgpu.core.config import LogConfig, MasterConfig, NodeConfig
+from mgpu.core.models import GpuInfo
 from mgpu.node.agent import Agent
 from mgpu.server.master import Master
 from mgpu.utils.gpu import detect_gpus, parse_gpu_list
@@ -24,11 +25,9 @@ def _say(text: str) -> None:
     print(f"mgpu: {text}", file=sys.stderr, flush=True)
 
 
-async def _up(master_cfg: MasterConfig, node_cfg: NodeConfig, log_cfg: LogConfig) -> None:
-    if os.geteuid() == 0 and "MGPU_ALLOW_ROOT_JOBS" not in os.environ:
-        node_cfg = replace(node_cfg, allow_root_jobs=True)
-        _say("running as root: root's jobs run as root here (MGPU_ALLOW_ROOT_JOBS=0 to "
-             "refuse them); other users' jobs run under their own accounts")
+def _local_gpus(node_cfg: NodeConfig) -> tuple[list[GpuInfo], bool, str]:
+    """This machine's GPUs (or fake ones, saying so), whether they are fake, and where
+    they came from (how their usage is read: NVML, or the fake state)."""
     restrict = parse_gpu_list(node_cfg.gpus) if node_cfg.gpus else None
     gpus, source = detect_gpus(restrict, node_cfg.fake_gpus)
     fake = not gpus or source == "fake"
@@ -38,6 +37,21 @@ async def _up(master_cfg: MasterConfig, node_cfg: NodeConfig, log_cfg: LogConfig
              "(--fake-gpus N to choose how many)")
     else:
         _say(f"{len(gpus)} GPUs ({source}): " + ", ".join(f"{g.index}: {g.name}" for g in gpus))
+    return gpus, fake, source
+
+
+async def _up(master_cfg: MasterConfig, node_cfg: NodeConfig, log_cfg: LogConfig) -> None:
+    if os.geteuid() == 0 and "MGPU_ALLOW_ROOT_JOBS" not in os.environ:
+        node_cfg = replace(node_cfg, allow_root_jobs=True)
+        _say("running as root: root's jobs run as root here (MGPU_ALLOW_ROOT_JOBS=0 to "
+             "refuse them); other users' jobs run under their own accounts")
+    gpus: list[GpuInfo] | None = None  # (the SLURM bridge counts its partition's)
+    fake, source = False, ""
+    if node_cfg.backend == "slurm":
+        _say("jobs run in SLURM" + (f" (partition {node_cfg.partition})"
+                                    if node_cfg.partition else ""))
+    else:
+        gpus, fake, source = _local_gpus(node_cfg)
     stop = asyncio.Event()
     stop_on_signals(asyncio.get_running_loop(), stop.set)
     master = Master(master_cfg)
@@ -52,7 +66,8 @@ async def _up(master_cfg: MasterConfig, node_cfg: NodeConfig, log_cfg: LogConfig
                            join_token_file=None, tls=master_cfg.tls_cert is not None,
                            ca=node_cfg.ca or master_cfg.tls_cert)
         agent = Agent(node_cfg, gpus)
-        agent.gpu_source = source  # (how it reads their usage: NVML, or the fake state)
+        if source:  # (how it reads their usage: NVML, or the fake state)
+            agent.gpu_source = source
         await agent.start()
         address = f"{_dial_host(master_cfg.host)}:{master.port}"
         scheme = "https" if master_cfg.tls_cert is not None else "http"

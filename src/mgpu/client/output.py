@@ -6,7 +6,8 @@ built as one string so that ten thousand rows cost one write.
 
 The ``--json`` contract is the structs' own JSON (msgspec): a job has ``id, name, user,
 state, gpus, command, cwd, node, gpu_ids, exit_code, reason, end_cause, submitted_at, started_at,
-ended_at``, a node ``node_id, state, gpus [{index, name, memory_total_mib, job_id}],
+ended_at, backend_id`` (a job on the SLURM bridge: its SLURM job id), a node ``node_id,
+state, gpus [{index, name, memory_total_mib, job_id}],
 last_seen, reason, users`` (``users``: whose jobs it runs, ``null`` for everyone's); times
 are RFC 3339 in UTC (``2024-05-01T12:00:00Z``), absent values ``null``.
 """
@@ -84,6 +85,7 @@ def job_detail(job: SimpleJob, now: datetime) -> str:
         ("state", job.state.value),
         ("gpus", str(job.gpus)),
         ("node", job.node or "-"),
+        ("backend_id", job.backend_id or "-"),
         ("gpu_ids", ",".join(map(str, job.gpu_ids)) or "-"),
         ("command", job.command),
         ("cwd", job.cwd),

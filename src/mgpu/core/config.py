@@ -189,6 +189,13 @@ class NodeConfig:
                                            metadata=_env("MGPU_FOREIGN_GPU_POLICY"))
     min_free_mib: int | None = field(default=None, metadata=_env("MGPU_MIN_FREE_MIB"))
 
+    # What runs the jobs: "local" (this machine's keeper) or "slurm" (a bridge: each job is
+    # sbatch'ed into SLURM, into ``partition`` when set; squeue asked every ``slurm_poll``
+    # seconds; see mgpu.node.slurm).
+    backend: str = field(default="local", metadata=_env("MGPU_NODE_BACKEND"))
+    partition: str | None = field(default=None, metadata=_env("MGPU_SLURM_PARTITION"))
+    slurm_poll: float = field(default=2.0, metadata=_env("MGPU_SLURM_POLL"))
+
     def __post_init__(self) -> None:
         check_gpu_policy(self.foreign_gpu_policy, self.min_free_mib)
 

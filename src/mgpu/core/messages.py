@@ -157,8 +157,13 @@ class JobGpuStats(msgspec.Struct, kw_only=True):
 
 
 class JobStarted(msgspec.Struct, tag=MessageType.JOB_STARTED.value):
+    """A run started; ``backend_id`` is its id in the engine that runs it (the SLURM job
+    id of a run the SLURM bridge submitted), which the master keeps on the job."""
+
     job_id: JobId
     pid: Annotated[int, msgspec.Meta(ge=-1, le=2**31)]
+    run: RunNo = 0
+    backend_id: Annotated[str, msgspec.Meta(max_length=256)] | None = None
 
 
 class JobOutput(msgspec.Struct, tag=MessageType.JOB_OUTPUT.value):

@@ -250,6 +250,8 @@ class SimpleJob(msgspec.Struct, kw_only=True):
     mail_type: list[str] | None = None
     mail_user: str | None = None
     notify_url: str | None = None
+    # Its id in the engine that runs it, when that is not an mgpu node (the SLURM job id).
+    backend_id: str | None = None
 
     @property
     def job_id(self) -> int:
@@ -295,6 +297,7 @@ def advance(
         job.started_at = None
         job.ended_at = None
         job.exit_code = None
+        job.backend_id = None
     else:
         job.ended_at = utc(now)
         job.exit_code = exit_code

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import os
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import msgspec
@@ -34,11 +34,15 @@ from mgpu.core.errors import MgpuError
 from mgpu.core.models import GpuInfo
 from mgpu.node import credential, fencing, join
 from mgpu.node import users as policy
+from mgpu.node.backends import offered_gpus
 from mgpu.node.gpuwatch import GpuWatch, open_watch
 from mgpu.node.keeper_link import KeeperLink, NodeRun
 from mgpu.node.logship import LogShipper
 from mgpu.node.metrics import NodeMetrics, serve_listeners
 from mgpu.node.outbox import Outbox
+
+if TYPE_CHECKING:
+    from mgpu.node.slurm import SlurmLink
 
 MAX_BACKOFF = 2.0
 
@@ -67,34 +71,30 @@ class Agent:
         self._task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self.metrics: NodeMetrics | None = None  # its /metrics, when metrics_port is set
-        self.supervisor: KeeperLink | None = None
+        self.supervisor: KeeperLink | SlurmLink | None = None
         self.gpuwatch: GpuWatch | None = None  # its GPUs' usage (node/gpuwatch.py)
         self._secret: str | None = None
         self._ssl_context: Any = None
 
     async def start(self) -> None:
         logging.getLogger("mgpu").addHandler(self.logs)
-        if self.gpus is None:
-            from mgpu.utils.gpu import detect_gpus, parse_gpu_list
-
-            restrict = parse_gpu_list(self.cfg.gpus) if self.cfg.gpus else None
-            self.gpus, self.gpu_source = detect_gpus(restrict, self.cfg.fake_gpus)
-            if not self.gpus:
-                raise MgpuError(
-                    "no GPUs found on this machine (NVML and nvidia-smi found none): "
-                    "pass --fake-gpus N (or set MGPU_FAKE_GPUS) to declare some for testing"
-                )
+        self.gpus, self.gpu_source = await offered_gpus(self.cfg, self.gpus, self.gpu_source)
         self.users = policy.served_users(self.cfg.users, self.cfg.allow_other_users,
                                          os.geteuid(), policy.own_user())
         self._secret = join.join_secret(self.cfg, self.log)
         self._ssl_context = join.client_ssl(self.cfg)
         data_dir = self.cfg.effective_data_dir
-        self.supervisor = KeeperLink(
-            self.node_id, data_dir, self._on_output, self._on_ended, self.cfg.kill_grace,
-            self.cfg.fence_timeout, self.cfg.allow_root_jobs, self.cfg.max_output_mib << 20,
-            on_health=self._on_health, on_input_ack=self._on_input_ack,
-            has_room=self._has_room,
-        )
+        if self.cfg.backend == "slurm":  # jobs go to SLURM, not to this machine's keeper
+            from mgpu.node.slurm import SlurmLink
+
+            self.supervisor = SlurmLink(self.cfg, self._on_output, self._on_ended,
+                                        self._send, self._has_room, self._on_health)
+        else:
+            self.supervisor = KeeperLink(
+                self.node_id, data_dir, self._on_output, self._on_ended, self.cfg.kill_grace,
+                self.cfg.fence_timeout, self.cfg.allow_root_jobs, self.cfg.max_output_mib << 20,
+                on_health=self._on_health, on_input_ack=self._on_input_ack,
+                has_room=self._has_room)
         try:
             data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             await self.supervisor.open()

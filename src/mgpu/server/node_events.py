@@ -17,6 +17,7 @@ from mgpu.core.gputypes import common_type
 from mgpu.core.models import (
     NODE_TRANSITIONS,
     REGISTERED_STATES,
+    EndCause,
     GpuInfo,
     GpuUsage,
     JobState,
@@ -244,13 +245,29 @@ class NodeEvents(ABC):
                 to = JobState.CANCELLED
         if not to.ended:
             to = JobState.FAILED
-        end_run(effects, job, to, now, reason=msg.reason, exit_code=msg.exit_code,
-                end_cause=msg.end_cause)
+        if to is JobState.NODE_FAIL and msg.end_cause is EndCause.NODE_LOST:
+            # The node saw the job's machine fail under it (a SLURM bridge: NODE_FAIL, a
+            # preemption): requeued as for a lost node, when it may be.
+            return effects.merge(self.node_lost(job, msg.reason or "its node was lost", now))
         if msg.gpu_stats is not None:  # its GPUs' figures, as its node measured them
             job.gpu_mem_peak_mib = msg.gpu_stats.memory_peak_mib
             job.gpu_util_mean = msg.gpu_stats.utilization_mean
+        end_run(effects, job, to, now, reason=msg.reason, exit_code=msg.exit_code,
+                end_cause=msg.end_cause)
         self.envs.pop(job.id, None)
         effects.ended.append(job.id)
+        return effects
+
+    def on_job_started(self, node_id: str, msg: m.JobStarted) -> Effects:
+        """A node says a run started; its ``backend_id`` (the SLURM job id of a run on the
+        SLURM bridge) is kept on the job, if that run is still the job's current one."""
+        effects = Effects()
+        job = self.jobs.get(msg.job_id)
+        if (msg.backend_id is not None and job is not None and job.node == node_id
+                and job.requeues == msg.run and job.state is JobState.RUNNING
+                and job.backend_id != msg.backend_id):
+            job.backend_id = msg.backend_id
+            effects.update(job)
         return effects
 
     def on_node_health(self, node_id: str, msg: m.NodeHealth) -> None:

@@ -275,6 +275,7 @@ class NodeLink:
             effects.merge(self.master.state.on_job_ended(node_id, msg, now))
         elif isinstance(msg, m.JobStarted):
             log.debug("job %d started on %s as pid %d", msg.job_id, node_id, msg.pid)
+            effects.merge(self.master.state.on_job_started(node_id, msg))
         elif isinstance(msg, m.NodeHealth):
             log.log(logging.WARNING if msg.degraded else logging.INFO, "node %s: %s", node_id,
                     f"degraded, no new jobs: {msg.degraded}" if msg.degraded else "healthy")

@@ -1,0 +1,33 @@
+"""What runs a node's jobs, and so which GPUs it offers: this machine's (the keeper's) or a
+SLURM partition's (the bridge of :mod:`mgpu.node.slurm`)."""
+
+from __future__ import annotations
+
+from mgpu.core.config import NodeConfig
+from mgpu.core.errors import MgpuError
+from mgpu.core.models import GpuInfo
+
+BACKENDS = ("local", "slurm")
+
+
+async def offered_gpus(cfg: NodeConfig, gpus: list[GpuInfo] | None,
+                       source: str) -> tuple[list[GpuInfo], str]:
+    """The GPUs the agent offers and where they came from: ``gpus`` when given (with
+    ``source``); else the SLURM partition's, for a bridge; else this machine's (NVML,
+    ``nvidia-smi``) or the fake ones it was told of. None found is an error naming the fix."""
+    if cfg.backend not in BACKENDS:
+        raise MgpuError(f"unknown backend {cfg.backend!r}: use local or slurm")
+    if gpus is not None:
+        return gpus, source
+    if cfg.backend == "slurm":
+        from mgpu.node import slurm_cli
+
+        return await slurm_cli.offered_gpus(cfg)
+    from mgpu.utils.gpu import detect_gpus, parse_gpu_list
+
+    restrict = parse_gpu_list(cfg.gpus) if cfg.gpus else None
+    found, source = detect_gpus(restrict, cfg.fake_gpus)
+    if not found:
+        raise MgpuError("no GPUs found on this machine (NVML and nvidia-smi found none): "
+                        "pass --fake-gpus N (or set MGPU_FAKE_GPUS) to declare some for testing")
+    return found, source

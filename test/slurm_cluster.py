@@ -1,0 +1,243 @@
+"""A real single-host SLURM for the SLURM backend's tests: munged, slurmctld and slurmd.
+
+Everything lives in one temporary directory: ``slurm.conf`` (cgroup-free plugins:
+``proctrack/linuxproc``, ``task/none``, no accounting), ``gres.conf`` (8 GPUs as ``File=``
+entries pointing at dummy device files, so SLURM sets ``CUDA_VISIBLE_DEVICES``; plain files
+where this machine may not make device files: SLURM then counts them but names none), a fresh
+munge key, and the daemons' state, spool, pid and log files. The three daemons run in the
+foreground in one process group, which :meth:`SlurmCluster.stop` signals (SIGTERM, then
+SIGKILL). Clients find the cluster through ``SLURM_CONF`` (:attr:`SlurmCluster.env`).
+
+The daemons need root (slurmd starts each job as its user). Use from the command line::
+
+    python test/slurm_cluster.py DIR     # start it, print the environment, run until ^C
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+NODE = "mgpu-slurm1"
+PARTITION = "gpu"
+GPUS = 8
+CPUS = 16  # declared (config_overrides): jobs are not held back by this machine's cores
+START_TIMEOUT = 60.0  # until sinfo says the node is idle
+PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sinfo")
+
+
+def missing_programs() -> list[str]:
+    """The SLURM and munge programs not on PATH (``.ci/system-packages`` installs them)."""
+    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    return [p for p in PROGRAMS if shutil.which(p, path=path) is None]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class SlurmError(RuntimeError):
+    """The cluster did not come up; the message holds the daemons' log tails."""
+
+
+class SlurmCluster:
+    """A single-host SLURM in ``root``: :meth:`start` it, use :attr:`env`, :meth:`stop` it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.absolute()
+        self.conf = self.root / "slurm.conf"
+        self.munge_socket = self.root / "munge" / "munge.sock"
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.pgid = 0
+        # The GPUs are device files (SLURM then sets CUDA_VISIBLE_DEVICES), else plain ones.
+        self.gpu_files = True
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment of a SLURM client of this cluster."""
+        env = dict(os.environ)
+        env["SLURM_CONF"] = str(self.conf)
+        return env
+
+    def write_config(self) -> None:
+        """Write slurm.conf, gres.conf, the munge key and the dummy GPU device files."""
+        for sub in ("state", "spool", "log", "munge", "dev"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+        (self.root / "munge").chmod(0o755)  # its socket serves every user's commands
+        key = self.root / "munge" / "munge.key"
+        key.write_bytes(secrets.token_bytes(1024))
+        key.chmod(0o400)
+        for i in range(GPUS):  # character devices (like /dev/null), as slurmd wants
+            dev = self.root / "dev" / f"nvidia{i}"
+            if dev.exists():
+                continue
+            try:
+                os.mknod(dev, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+            except PermissionError:  # (no CAP_MKNOD): plain files, which slurmd counts
+                dev.touch()  # but names to no job (it logs that they are no devices)
+                self.gpu_files = False
+        r = self.root
+        self.conf.write_text(f"""\
+ClusterName=mgpu
+SlurmctldHost={socket.gethostname().split('.')[0]}(127.0.0.1)
+MailProg=/bin/true
+SlurmctldPort={_free_port()}
+SlurmdPort={_free_port()}
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket={self.munge_socket}
+SlurmUser=root
+SlurmdUser=root
+StateSaveLocation={r}/state
+SlurmdSpoolDir={r}/spool
+SlurmctldPidFile={r}/slurmctld.pid
+SlurmdPidFile={r}/slurmd.pid
+SlurmctldLogFile={r}/log/slurmctld.log
+SlurmdLogFile={r}/log/slurmd.log
+SlurmdParameters=config_overrides
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+MpiDefault=none
+SwitchType=switch/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/backfill
+GresTypes=gpu
+ReturnToService=2
+MinJobAge=600
+KillWait=2
+InactiveLimit=0
+NodeName={NODE} NodeAddr=127.0.0.1 NodeHostname={NODE} CPUs={CPUS} RealMemory=4096 \
+Gres=gpu:{GPUS} State=UNKNOWN
+PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+""")
+        (self.root / "gres.conf").write_text(
+            f"NodeName={NODE} Name=gpu File={r}/dev/nvidia[0-{GPUS - 1}]\n")
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = open(self.root / "log" / f"{name}.out", "ab")  # noqa: SIM115 - the child's
+        with log:
+            # One process group for the three daemons: stop() signals it.
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env,
+                cwd=self.root, close_fds=True,
+                process_group=self.pgid,  # (0: a new group, led by the first daemon)
+            )
+        if not self.pgid:
+            self.pgid = proc.pid
+        self.procs.append(proc)
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Start munged, slurmctld and slurmd; return once the node is idle, or raise
+        :class:`SlurmError` (after stopping what started) with the logs."""
+        if os.geteuid() != 0:
+            raise SlurmError("a SLURM cluster needs root (slurmd runs jobs as their users)")
+        self.write_config()
+        m = self.root / "munge"
+        try:
+            self._spawn("munged", [
+                "munged", "--foreground", "--force", f"--socket={self.munge_socket}",
+                f"--key-file={m / 'munge.key'}", f"--pid-file={m / 'munged.pid'}",
+                f"--log-file={m / 'munged.log'}", f"--seed-file={m / 'munged.seed'}"])
+            self._wait(lambda: self.munge_socket.exists(), timeout, "munged's socket")
+            self._spawn("slurmctld", ["slurmctld", "-D", "-i", "-f", str(self.conf)])
+            self._wait(self._answers, timeout, "slurmctld to answer")
+            self._spawn("slurmd", ["slurmd", "-D", "-N", NODE, "-f", str(self.conf)])
+            self._wait(self.idle, timeout, "the node to be idle")
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop_controller(self) -> None:
+        """Stop slurmctld alone (SLURM's commands then fail: "Unable to contact")."""
+        ctld = next(p for p in self.procs if p.args[0] == "slurmctld" and p.poll() is None)
+        ctld.terminate()
+        ctld.wait(30)
+        self.procs.remove(ctld)
+
+    def start_controller(self, timeout: float = START_TIMEOUT) -> None:
+        """Start slurmctld again (it reloads its saved state); return once it answers."""
+        self._spawn("slurmctld", ["slurmctld", "-D", "-i", "-f", str(self.conf)])
+        self._wait(self._answers, timeout, "slurmctld to answer")
+
+    def _wait(self, cond: object, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        assert callable(cond)
+        while not cond():
+            dead = [p for p in self.procs if p.poll() is not None]
+            if dead or time.monotonic() > deadline:
+                why = (f"{dead[0].args[0]} exited with {dead[0].returncode}" if dead
+                       else f"no {what} after {timeout:g}s")
+                raise SlurmError(f"SLURM did not start: {why}\n{self.logs()}")
+            time.sleep(0.1)
+
+    def _run(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=20,
+                              check=False)
+
+    def _answers(self) -> bool:
+        return self._run("scontrol", "ping").stdout.count("UP") > 0
+
+    def idle(self) -> bool:
+        """Whether sinfo says the node is idle (it takes jobs)."""
+        out = self._run("sinfo", "-h", "-N", "-o", "%t").stdout.split()
+        return out == ["idle"]
+
+    def logs(self, lines: int = 30) -> str:
+        """The tails of the daemons' logs."""
+        parts = []
+        for path in [*sorted((self.root / "log").iterdir()), self.root / "munge/munged.log"]:
+            with contextlib.suppress(OSError):
+                tail = path.read_text(errors="replace").splitlines()[-lines:]
+                parts.append(f"--- {path.name}\n" + "\n".join(tail))
+        return "\n".join(parts)
+
+    def cancel_all(self) -> None:
+        """Cancel every job the cluster holds (between tests)."""
+        self._run("scancel", "--full", "-p", PARTITION)
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop the daemons' process group: SIGTERM, then SIGKILL after ``grace``."""
+        if not self.pgid:
+            return
+        self.cancel_all()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pgid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for p in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(max(0.1, deadline - time.monotonic()))
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pgid, signal.SIGKILL)
+        for p in self.procs:
+            p.wait()
+        self.pgid = 0
+
+
+def main() -> None:
+    cluster = SlurmCluster(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("slurm"))
+    cluster.start()
+    print(f"export SLURM_CONF={cluster.conf}", flush=True)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    main()
