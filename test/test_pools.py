@@ -7,8 +7,10 @@ cloud or ``systemctl`` commands would; the decision rule is also checked on its 
 
 from __future__ import annotations
 
+import contextlib
 import json
-import subprocess
+import os
+import signal
 import sys
 import textwrap
 from pathlib import Path
@@ -173,7 +175,9 @@ with open(here / "calls.log", "a") as log:
                 [sys.executable, "-m", "mgpu", "node", "--node-id", node_id, "--pool", pool,
                  "--master-host", "127.0.0.1", "--master-port", str(master["port"]),
                  "--port", "0", "--fake-gpus", os.environ["TEST_GPUS_" + pool],
-                 "--data-dir", str(here / node_id), "--kill-jobs-on-exit",
+                 # (under the cluster's dir: its teardown sweeps what is left there)
+                 "--data-dir", str(Path(os.environ["TEST_MASTER_DIR"]).parent / node_id),
+                 "--kill-jobs-on-exit",
                  "--join-token-file", os.environ["TEST_JOIN_TOKEN"]],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
             (here / f"{node_id}.pid").write_text(str(proc.pid))
@@ -244,8 +248,11 @@ def test_a_pool_grows_for_waiting_jobs_and_shrinks_when_idle(
         events = cluster.mgpu("events", "-n", "200").stdout
         assert "pool.scale_up" in events and "pool.scale_down" in events
     finally:
-        for pid in ops.glob("*.pid"):
-            subprocess.run(["kill", "-TERM", f"-{pid.read_text()}"], check=False,
-                           capture_output=True)
+        # The master first (its pools would start a new node for min_nodes), then the nodes
+        # the pools started, then whatever keepers they left.
         problems = cluster.close()
+        for pid in ops.glob("*.pid"):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(pid.read_text()), signal.SIGKILL)
+        Cluster._sweep_keepers(str(cluster.tmp))
         assert not problems, problems
