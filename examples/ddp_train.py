@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -66,9 +67,12 @@ def main() -> None:
     dist.all_reduce(hi, op=dist.ReduceOp.MAX)
     same = bool(torch.equal(lo, hi))
     gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "-")
-    print(f"rank {rank}/{world} on {os.uname().nodename} (GPUs {gpus}): "
-          f"all-reduce {probe.item():g}, loss {loss.item():.4f}, replicas equal: {same}",
-          flush=True)
+    # One write per line: ranks share the job's stdout, and print() writes the line and its
+    # newline apart, which two ranks can interleave.
+    sys.stdout.write(f"rank {rank}/{world} on {os.uname().nodename} (GPUs {gpus}): "
+                     f"all-reduce {probe.item():g}, loss {loss.item():.4f}, "
+                     f"replicas equal: {same}\n")
+    sys.stdout.flush()
     if args.result_dir is not None:
         args.result_dir.mkdir(parents=True, exist_ok=True)
         keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK",
@@ -78,6 +82,9 @@ def main() -> None:
             "rank": rank, "world_size": world, "allreduce": probe.item(),
             "loss": loss.item(), "replicas_equal": same, "weight": w.tolist(),
             "env": {k: os.environ.get(k) for k in keys}}))
+    # Every rank reaches the end before any tears its process group down: a rank that leaves
+    # while another still talks to it can abort in gloo's threads at exit.
+    dist.barrier()
     dist.destroy_process_group()
     if not same:
         raise SystemExit("replicas diverged")

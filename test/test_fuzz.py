@@ -58,7 +58,9 @@ MUTATING = {("POST", "/api/v1/jobs"): "submit", ("POST", "/api/v1/jobs/cancel"):
             # job controls: holds change no job here (the fuzzed cluster has none pending)
             ("POST", "/api/v1/jobs/hold"): "hold", ("POST", "/api/v1/jobs/release"): "release",
             ("POST", "/api/v1/limits"): "limits.set",
-            ("POST", "/api/v1/shares"): "share.set"}
+            ("POST", "/api/v1/shares"): "share.set",
+            ("POST", "/api/v1/nodes/{node_id}/drain"): "node.drain",
+            ("POST", "/api/v1/nodes/{node_id}/resume"): "node.resume"}
 
 
 # ---------------------------------------------------------------- strategies
@@ -311,10 +313,14 @@ def explain(before: dict[str, dict[Any, Any]], after: dict[str, dict[Any, Any]],
     assert refused == 0 or endpoint[1] == "/api/v1/node/ws"
     assert new == actions, (new, actions)
     if not submitted and not actions["limits.set"]:  # (limits.set saves limits in meta)
-        # (an accepted share.set saves the shares: meta key "shares")
-        assert {k: v for k, v in before["meta"].items() if k != "shares" or not
-                actions["share.set"]} == {k: v for k, v in after["meta"].items()
-                                          if k != "shares" or not actions["share.set"]}
+        # (an accepted share.set saves the shares: meta key "shares"; a drain or resume,
+        # the node's "drain:NODE" key)
+        def kept(meta: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in meta.items()
+                    if not (k == "shares" and actions["share.set"])
+                    and not (k.startswith("drain:")
+                             and actions["node.drain"] + actions["node.resume"])}
+        assert kept(before["meta"]) == kept(after["meta"])
 
 
 # ---------------------------------------------------------------- the test
