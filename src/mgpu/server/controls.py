@@ -235,6 +235,21 @@ class JobControls(NodeEvents):
 
     # ------------------------------------------------------------------ holds
 
+    def acted_on(self, job_id: int, who: Identity | None, private: bool,
+                 verb: str) -> SimpleJob | m.CancelResult:
+        """Job ``job_id`` for ``who`` to ``verb`` ("cancel", "hold"...) in a request about
+        many jobs, or that job's refusal: unknown or hidden from ``who`` (not_found), or
+        another user's (forbidden). ``who`` None: the master itself, which may do anything."""
+        job = self.jobs.get(job_id)
+        if job is None or (who is not None and not who.sees(job, private)):
+            return m.CancelResult(job_id, False, error=f"no job {job_id}", code="not_found")
+        if who is not None and not who.owns(job):
+            return m.CancelResult(
+                job_id, False, state=job.state.value, code="forbidden",
+                error=f"job {job_id} belongs to {job.user}: only its owner or an admin may "
+                f"{verb} it")
+        return job
+
     def on_hold(self, job_ids: list[int], hold: bool, now: float, who: Identity | None,
                 private: bool) -> tuple[list[m.CancelResult], Effects]:
         """Hold pending jobs (``hold``), or release held ones, for their owner or an admin."""
@@ -242,15 +257,9 @@ class JobControls(NodeEvents):
         results: list[m.CancelResult] = []
         verb = "hold" if hold else "release"
         for job_id in job_ids:
-            job = self.jobs.get(job_id)
-            if job is None or (who is not None and not who.sees(job, private)):
-                results.append(m.CancelResult(job_id, False, error=f"no job {job_id}",
-                                              code="not_found"))
-            elif who is not None and not who.owns(job):
-                results.append(m.CancelResult(
-                    job_id, False, state=job.state.value, code="forbidden",
-                    error=f"job {job_id} belongs to {job.user}: only its owner or an admin "
-                    f"may {verb} it"))
+            job = self.acted_on(job_id, who, private, verb)
+            if isinstance(job, m.CancelResult):
+                results.append(job)
             elif job.state is not JobState.PENDING:
                 results.append(m.CancelResult(
                     job_id, False, state=job.state.value, code="ended",

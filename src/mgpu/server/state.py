@@ -267,15 +267,9 @@ class ClusterState(SubmitControls, SchedulingPass):
         effects = Effects()
         results: list[m.CancelResult] = []
         for job_id in job_ids:
-            job = self.jobs.get(job_id)
-            if job is None or (who is not None and not who.sees(job, private)):
-                results.append(m.CancelResult(job_id, False, error=f"no job {job_id}",
-                                              code="not_found"))
-            elif who is not None and not who.owns(job):
-                results.append(m.CancelResult(
-                    job_id, False, state=job.state.value,
-                    error=f"job {job_id} belongs to {job.user}: only its owner or an admin "
-                    "may cancel it", code="forbidden"))
+            job = self.acted_on(job_id, who, private, "cancel")
+            if isinstance(job, m.CancelResult):
+                results.append(job)
             elif job.state is JobState.PENDING:
                 self._dequeue(job_id)
                 self.envs.pop(job_id, None)
