@@ -82,12 +82,13 @@ def main() -> None:
             "rank": rank, "world_size": world, "allreduce": probe.item(),
             "loss": loss.item(), "replicas_equal": same, "weight": w.tolist(),
             "env": {k: os.environ.get(k) for k in keys}}))
-    # Every rank reaches the end before any tears its process group down: a rank that leaves
-    # while another still talks to it can abort in gloo's threads at exit.
+    # Every rank reaches the end before any leaves. Then leave at once: tearing the gloo
+    # process group down (or letting the interpreter's exit destroy it) can abort in its
+    # threads ("terminate called without an active exception"), after all the work is done.
     dist.barrier()
-    dist.destroy_process_group()
-    if not same:
-        raise SystemExit("replicas diverged")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0 if same else 1)  # 1: the replicas diverged
 
 
 if __name__ == "__main__":
