@@ -219,6 +219,7 @@ JOB_FIELDS = [
     "mail_user",
     "notify_url",
     "backend_id",
+    "nodes", "ntasks_per_node", "slurm_env", "parts", "rendezvous",  # multi-node jobs
 ]
 
 

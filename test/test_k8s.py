@@ -190,3 +190,12 @@ def test_render_a_queued_job_from_the_master(cluster: Cluster) -> None:
     assert container(obj)["resources"]["limits"]["nvidia.com/gpu"] == 2
     assert obj["spec"]["activeDeadlineSeconds"] == 600
     cluster.mgpu("cancel", job_id)
+
+
+def test_render_takes_the_node_count_of_the_submit_args_too() -> None:
+    done = mgpu("k8s", "render", "--image", "pytorch:2", "--from-submit-args", "-N", "3",
+                "--gpus-per-node", "2", "torchrun", "train.py")
+    assert done.returncode == 0, done.stderr
+    job = by_kind(stream(done.stdout))["Job"]
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 3
+    assert container(job)["resources"]["limits"]["nvidia.com/gpu"] == 2

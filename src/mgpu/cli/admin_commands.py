@@ -135,6 +135,7 @@ def _node_config(ns: argparse.Namespace, **extra: Any) -> Any:
         "allow_other_users": ns.allow_other_users,
         "kill_jobs_on_exit": getattr(ns, "kill_jobs_on_exit", None),
         "pool": getattr(ns, "pool", None),
+        "address": getattr(ns, "address", None),
         "metrics_port": getattr(ns, "metrics_port", None),
         "metrics_token_file": getattr(ns, "metrics_token_file", None),
         **extra,

@@ -74,7 +74,7 @@ def cmd_srun(ns: argparse.Namespace) -> int:
     client = client_for(ns)
     forward = ns.pty or _has_input()
     job_id = client.submit_job(**fields, interactive=True, stdin=forward, pty=ns.pty)
-    return _interact(client, job_id, ns.quiet, forward, ns.pty)
+    return _interact(client, job_id, ns.quiet, forward, ns.pty, ns.label)
 
 
 def cmd_attach(ns: argparse.Namespace) -> int:
@@ -96,7 +96,8 @@ def _has_input() -> bool:
     return not (stat.S_ISCHR(mine.st_mode) and mine.st_rdev == null.st_rdev)
 
 
-def _interact(client: SimpleClient, job_id: int, quiet: bool, forward: bool, pty: bool) -> int:
+def _interact(client: SimpleClient, job_id: int, quiet: bool, forward: bool, pty: bool,
+              label: bool = False) -> int:
     """Follow ``job_id`` as srun does; the status to exit with."""
     import _signal as signal  # type: ignore[import-not-found]  # `signal` imports enum
 
@@ -106,6 +107,7 @@ def _interact(client: SimpleClient, job_id: int, quiet: bool, forward: bool, pty
     tty = pty and os.isatty(0)
     session = Interactive(client, job_id, quiet=quiet, stdin_fd=0 if forward else None,
                           grace=grace)
+    session.label = label  # (a multi-task job's lines behind their task numbers)
     restore = None
     if tty:
         import termios
@@ -164,7 +166,8 @@ def cmd_show(ns: argparse.Namespace) -> int:
 
 
 def cmd_logs(ns: argparse.Namespace) -> int:
-    stream = client_for(ns).stream_output(ns.job_id, follow=ns.follow)
+    stream = client_for(ns).stream_output(ns.job_id, follow=ns.follow, task=ns.task,
+                                          label=ns.label)
     sinks = {1: sys.stdout.buffer, 2: sys.stderr.buffer}
     last = None
     for kind, data in stream:

@@ -55,6 +55,9 @@ def node_args(p: argparse.ArgumentParser) -> None:
                    help="end the jobs when the agent stops (default: they run on, for the "
                    "next agent to re-adopt within the fence time)")
     p.add_argument("--pool", metavar="NAME", help="the node pool this node was started for")
+    p.add_argument("--address", metavar="ADDR",
+                   help="the address other nodes reach this one at (a multi-node job's "
+                   "MASTER_ADDR; default: the address its link to the master leaves from)")
     users_args(p)
     gpu_args(p)
     p.add_argument("--metrics-port", type=port_number, metavar="PORT",

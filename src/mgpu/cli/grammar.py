@@ -26,7 +26,7 @@ from mgpu.cli.commands import (
     cmd_submit,
     cmd_wait,
 )
-from mgpu.cli.jobargs import control_args, notify_args
+from mgpu.cli.jobargs import control_args, gang_args, notify_args
 from mgpu.cli.plainargs import REMAINDER, SUPPRESS, Grammar, Namespace, parse
 from mgpu.cli.simulate import cmd_simulate, simulate_args
 from mgpu.cli.usage import cmd_usage, usage_args
@@ -194,6 +194,7 @@ def _job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu-type", metavar="TYPE",
                    help="GPUs of this type only (a100, h200, rtx4090; any case)")
     p.add_argument("--constraint", metavar="gpu=TYPE", help="SLURM's form of --gpu-type")
+    gang_args(p)  # multi-node jobs (README "Multi-node jobs")
 
 
 def _submit_args(p: argparse.ArgumentParser) -> None:
@@ -215,6 +216,8 @@ def _srun_args(p: argparse.ArgumentParser) -> None:
     _job_options(p)
     p.add_argument("--pty", action="store_true", help="run it on a terminal (bash, vim, ...)")
     p.add_argument("-q", "--quiet", action="store_true", help="no 'queued'/'running' lines")
+    p.add_argument("-l", "--label", action="store_true",
+                   help="put each line of a multi-task job behind its task number (0: ...)")
     p.add_argument("command", nargs=REMAINDER, help="the command line")
 
 
@@ -244,6 +247,9 @@ def _logs_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-f", "--follow", action="store_true", help="until the job ends; exit with its code"
     )
+    p.add_argument("-l", "--label", action="store_true",
+                   help="a multi-task job: put each line behind its task number (0: ...)")
+    p.add_argument("--task", type=int, metavar="N", help="a multi-task job: task N's output only")
 
 
 def _jobs_args(p: argparse.ArgumentParser) -> None:

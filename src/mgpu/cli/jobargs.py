@@ -33,13 +33,47 @@ def job_fields(ns: argparse.Namespace) -> dict[str, Any]:
     # Scheduling (issue 11): --priority (admins) and --nice, checked by the master.
     fields.update(priority=ns.priority, nice=ns.nice or 0)
     fields.update(gpu_constraints(ns))  # GPU constraints (README "GPUs as they are")
+    fields.update(gang_fields(ns, gpus))  # multi-node jobs (README "Multi-node jobs")
     return fields
 
 
-def _count(text: str, what: str) -> int:
+def gang_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-N", "--nodes", metavar="N",
+                   help="run it on N nodes at once, -G split evenly over them (default 1)")
+    p.add_argument("--gpus-per-node", metavar="N", help="GPUs on each node (instead of -G)")
+    p.add_argument("--ntasks-per-node", metavar="K", help="tasks on each node (default 1)")
+    p.add_argument("--slurm-env", action="store_true",
+                   help="give each task SLURM's variables too (SLURM_PROCID, SLURM_NTASKS, ...)")
+
+
+def gang_fields(ns: argparse.Namespace, gpus: int) -> dict[str, Any]:
+    """``-N/--nodes``, ``--gpus-per-node``, ``--ntasks-per-node``, ``--slurm-env`` as
+    ``submit_job`` keywords; ``gpus`` (in all) made from ``--gpus-per-node`` when given."""
+    if ns.nodes is None and ns.gpus_per_node is None and ns.ntasks_per_node is None and not (
+            ns.slurm_env):
+        return {}
+    nodes = 1 if ns.nodes is None else _count(ns.nodes, "-N/--nodes", "nodes")
+    out: dict[str, Any] = {"nodes": nodes, "slurm_env": bool(ns.slurm_env)}
+    if ns.ntasks_per_node is not None:
+        out["ntasks_per_node"] = _count(ns.ntasks_per_node, "--ntasks-per-node", "tasks")
+    if ns.gpus_per_node is not None:
+        each = _count(ns.gpus_per_node, "--gpus-per-node")
+        if (ns.gpus is not None or ns.gres is not None) and gpus != each * nodes:
+            raise UsageError(f"-G {gpus} and --gpus-per-node {each} on {nodes} nodes disagree: "
+                             "give one of them")
+        out["gpus"] = each * nodes
+    elif ns.gpus is None and ns.gres is None:
+        out["gpus"] = nodes  # (one GPU a node, as one GPU a job without -N)
+    elif gpus % nodes:
+        raise UsageError(f"{gpus} GPUs do not split evenly over {nodes} nodes: ask for a "
+                         f"multiple of {nodes} (-G), or give --gpus-per-node")
+    return out
+
+
+def _count(text: str, what: str, of: str = "GPUs") -> int:
     if text.isascii() and text.strip().isdigit() and int(text) > 0:
         return int(text)
-    raise UsageError(f"{what} must be a positive whole number of GPUs, got {text!r}")
+    raise UsageError(f"{what} must be a positive whole number of {of}, got {text!r}")
 
 
 def gpu_count(ns: argparse.Namespace) -> int:

@@ -49,16 +49,17 @@ def cmd_k8s(ns: argparse.Namespace) -> int:
 def _kube(ns: argparse.Namespace, *, gpus: int, name: str, command: str,
           argv: list[str] | None, job_id: int | None = None, user: str = "",
           cwd: str | None = None, env: dict[str, str] | None = None,
-          time_limit: int | None = None) -> KubeJob:
-    """The job on ``ns.nodes`` nodes: ``gpus`` is the whole job's (as ``-G 8 -N 2``), split
-    evenly between its nodes."""
+          time_limit: int | None = None, nodes: int | None = None) -> KubeJob:
+    """The job on ``nodes`` nodes (the job's own, else ``--nodes``): ``gpus`` is the whole
+    job's (as ``-G 8 -N 2``), split evenly between its nodes."""
     from mgpu.core.k8s import KubeJob
 
-    if gpus % ns.nodes:
-        raise UsageError(f"{gpus} GPUs do not split evenly over {ns.nodes} nodes: give a "
+    nodes = nodes if nodes and nodes > 1 else ns.nodes
+    if gpus % nodes:
+        raise UsageError(f"{gpus} GPUs do not split evenly over {nodes} nodes: give a "
                          "multiple of --nodes")
-    return KubeJob(name=name, command=command, argv=argv, gpus=gpus // ns.nodes,
-                   nodes=ns.nodes, job_id=job_id, user=user, cwd=cwd, env=env or {},
+    return KubeJob(name=name, command=command, argv=argv, gpus=gpus // nodes,
+                   nodes=nodes, job_id=job_id, user=user, cwd=cwd, env=env or {},
                    time_limit=time_limit or None, image=ns.image, namespace=ns.namespace,
                    queue=ns.queue, priority_class=ns.priority_class)
 
@@ -79,7 +80,7 @@ def _from_submit(ns: argparse.Namespace) -> KubeJob:
     name = f["name"] or (f["argv"] or f["cmd"].split() or ["job"])[0].rsplit("/", 1)[-1]
     return _kube(ns, name=name, command=f["cmd"], argv=f["argv"], gpus=f["gpus"],
                  cwd=f["cwd"] if sub.chdir else None, env=env, time_limit=f["time_limit"],
-                 user=os.environ.get("USER", ""))
+                 user=os.environ.get("USER", ""), nodes=f.get("nodes"))
 
 
 def _from_master(ns: argparse.Namespace) -> KubeJob:
@@ -87,4 +88,5 @@ def _from_master(ns: argparse.Namespace) -> KubeJob:
 
     job = client_for(ns).get_job(ns.job_id)
     return _kube(ns, name=job.name, command=job.command, argv=job.argv, gpus=job.gpus,
-                 job_id=job.id, user=job.user, cwd=job.cwd, time_limit=job.time_limit)
+                 job_id=job.id, user=job.user, cwd=job.cwd, time_limit=job.time_limit,
+                 nodes=job.nodes)

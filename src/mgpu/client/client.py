@@ -249,16 +249,20 @@ class SimpleClient:
         *,
         status: bool = False,
         attach: bool = False,
+        task: int | None = None,
+        label: bool = False,
     ) -> OutputStream:
         """A job's output frames from byte ``offset`` of its framed output.
 
         With ``follow`` the stream stays open while the job runs and ends with the job;
         without it, it ends with the output there is now. ``status`` adds placement frames
         (stream 3); ``attach`` counts this stream as a client of an interactive job (which
-        is cancelled once it has none for the master's grace period).
+        is cancelled once it has none for the master's grace period). A multi-node job's
+        output is its tasks' lines merged (``label``: as ``0: line``), or ``task``'s alone.
         """
         path = (f"{API}/jobs/{int(job_id)}/output?offset={int(offset)}&follow={int(follow)}"
-                f"&status={int(status)}&attach={int(attach)}")
+                f"&status={int(status)}&attach={int(attach)}"
+                + ("" if task is None else f"&task={int(task)}"))
         from mgpu.client.output_stream import OutputStream
 
         # A connection of its own, so the client can make other calls while it streams.
@@ -268,7 +272,7 @@ class SimpleClient:
             data = resp.read()
             conn.close()
             raise error_from_reply(resp.status, data)
-        return OutputStream(conn, resp, offset)
+        return OutputStream(conn, resp, offset, label)
 
     def signal(self, job_id: int, signum: int) -> None:
         """Send signal ``signum`` to a running job's process group."""

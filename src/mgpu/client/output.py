@@ -65,7 +65,7 @@ def elapsed(job: SimpleJob, now: datetime) -> float:
 def queue_table(jobs: Sequence[SimpleJob], now: datetime) -> str:
     """The ``mgpu queue`` table (``tables.queue_table``) of jobs as models."""
     return tables.queue_table(
-        [(j.id, j.name, j.user, j.state.value, j.gpus, j.node,
+        [(j.id, j.name, j.user, j.state.value, j.gpus, ",".join(j.nodes_of()) or None,
           None if j.started_at is None else j.started_at.timestamp(),
           None if j.ended_at is None else j.ended_at.timestamp(),
           tables.reason_cell(j.pending_reason, j.reason)) for j in jobs],
@@ -115,8 +115,21 @@ def job_detail(job: SimpleJob, now: datetime) -> str:
         ("nice", str(job.nice)),
     ]
     fields.extend(_control_fields(job))
+    fields.extend(_gang_fields(job))
     width = max(len(k) for k, _ in fields) + 1
     return "".join(f"{k + ':':<{width}} {_clean(v)}\n" for k, v in fields)
+
+
+def _gang_fields(job: SimpleJob) -> list[tuple[str, str]]:
+    """``mgpu show``'s lines of a multi-node job: its size, and each node's part in rank
+    order (``node1:0,1=completed(0)``; a part still running shows its GPUs alone)."""
+    parts = " ".join(
+        f"{p.node}:{','.join(map(str, p.gpu_ids)) or '-'}"
+        + (f"={p.state}" + ("" if p.exit_code is None else f"({p.exit_code})") if p.ended
+           else "") for p in job.parts or ())
+    return [("nodes", str(job.nodes)), ("ntasks_per_node", str(job.ntasks_per_node)),
+            ("slurm_env", "yes" if job.slurm_env else "no"), ("parts", parts or "-"),
+            ("rendezvous", job.rendezvous or "-")]
 
 
 def _control_fields(job: SimpleJob) -> list[tuple[str, str]]:

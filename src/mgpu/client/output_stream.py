@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 class OutputStream:
     """A job's output as ``(stream, data)`` frames, in the order it was written.
 
-    ``stream`` is 1 for stdout and 2 for stderr; ``data`` is raw bytes. With ``status``,
+    ``stream`` is 1 for stdout and 2 for stderr; ``data`` is raw bytes (a gang's merged
+    lines: bare, or ``0: line`` with ``label``). With ``status``,
     frames of stream 3 carry JSON ``OutputStatus`` (the job's placement, when it changes).
     Iterate once. When iteration stops, :attr:`end` holds how the job ended if the master
     sent the END frame (it does once the job has ended), else ``None``; :attr:`offset` is
@@ -29,10 +30,12 @@ class OutputStream:
     :meth:`close`.
     """
 
-    def __init__(self, conn: Connection, response: Response, offset: int) -> None:
+    def __init__(self, conn: Connection, response: Response, offset: int,
+                 label: bool = False) -> None:
         self._conn = conn
         self._response = response
         self.offset = offset
+        self.label = label  # a gang's lines as "0: line" (else bare: core/gang.py)
         self.end_fields: dict[str, Any] | None = None  # the END frame, as plain JSON
 
     @property
@@ -49,6 +52,7 @@ class OutputStream:
     def __iter__(self) -> Iterator[tuple[int, bytes]]:
         # No msgspec here: srun's start-up goes through this loop.
         from mgpu.core.frames import FRAME_HEADER, STREAM_END, split_frames
+        from mgpu.core.gang import untask
 
         buf = b""
         try:
@@ -60,8 +64,10 @@ class OutputStream:
                     if stream == STREAM_END:
                         self.end_fields = plainjson.loads(data)
                         continue
-                    if stream in (1, 2):
+                    if stream in (1, 2, 4, 5):
                         self.offset += FRAME_HEADER.size + len(data)
+                    if stream in (4, 5):  # a gang's line, with its task's number
+                        stream, data = untask(stream, data, self.label)
                     yield stream, data
         finally:
             self._conn.close()

@@ -38,7 +38,8 @@ if TYPE_CHECKING:
         def connection(self, timeout: float | None) -> Connection: ...
         def copy(self, timeout: float | None = None) -> Self: ...
         def stream_output(self, job_id: int, offset: int = 0, follow: bool = True, *,
-                          status: bool = False, attach: bool = False) -> OutputStream: ...
+                          status: bool = False, attach: bool = False,
+                          label: bool = False) -> OutputStream: ...
         def cancel(self, *job_ids: int) -> object: ...
         def signal(self, job_id: int, signum: int) -> None: ...
         def resize(self, job_id: int, rows: int, cols: int) -> None: ...
@@ -83,6 +84,7 @@ class Interactive:
         self.stdin_data = stdin_data
         self.grace = grace
         self.offset = 0
+        self.label = False  # a multi-task job's lines as "0: line"
         self.end: dict[str, Any] | None = None  # the END frame's fields
         self._said: set[str] = set()
         self._last_interrupt = 0.0
@@ -105,7 +107,8 @@ class Interactive:
         while self.end is None:
             try:
                 stream = self.client.stream_output(self.job_id, self.offset, follow=True,
-                                                   status=True, attach=True)
+                                                   status=True, attach=True,
+                                                   label=self.label)
                 lost_at = None
                 try:
                     for kind, data in stream:

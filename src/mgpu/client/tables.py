@@ -75,7 +75,8 @@ def queue_rows(jobs: Iterable[dict[str, Any]]) -> list[QueueRow]:
     def seconds(text: str | None) -> float | None:
         return None if text is None else datetime.fromisoformat(text).timestamp()
 
-    return [(j["id"], j["name"], j["user"], j["state"], j["gpus"], j["node"],
+    return [(j["id"], j["name"], j["user"], j["state"], j["gpus"],
+             ",".join(p["node"] for p in j["parts"]) if j.get("parts") else j["node"],
              seconds(j["started_at"]), seconds(j["ended_at"]),
              reason_cell(j.get("pending_reason"), j["reason"])) for j in jobs]
 

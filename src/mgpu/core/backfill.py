@@ -76,7 +76,8 @@ class _Pass:
         self.kinds: dict[tuple[str, str | None, str | None], list[NodeSnapshot]] = {}
         self.fitting: dict[tuple[str, str | None, str | None, int], list[NodeSnapshot]] = {}
         self.res: Reservation | None = None
-        self.spare = 0  # GPUs of the reserved node free at its start beyond what it needs
+        # The reserved node(s): GPUs free at the reserved start beyond what the job needs.
+        self.spare: dict[str, int] = {}
         self.out = ScheduleResult()
 
     def releases(self, node_id: str) -> list[tuple[float, int]] | tuple[tuple[float, int], ...]:
@@ -118,7 +119,8 @@ class _Pass:
     def _one(self, job: JobSnapshot) -> None:
         end = self.now + (job.time_limit or self.snap.default_time_limit)
         res = self.res
-        best: tuple[int, int, str, list[int]] | None = None
+        spare = self.spare
+        chosen: list[tuple[int, int, str, list[int]]] = []  # (a gang takes several)
         held_back = False
         for node_id in self.open:
             node = self.nodes[node_id]
@@ -127,28 +129,40 @@ class _Pass:
             ids = self._usable(job, node_id)
             if len(ids) < job.gpus:
                 continue
-            if (res is not None and node_id == res.node_id and end > res.start
-                    and job.gpus > self.spare):
+            if (res is not None and node_id in spare and end > res.start
+                    and job.gpus > spare[node_id]):
                 held_back = True
                 continue
             key = (len(ids), self.rank[node_id], node_id, ids)
-            if best is None or key[:2] < best[:2]:
-                best = key
-        if best is not None:
-            self._place(job, best[2], best[3][: job.gpus], end)
+            if job.nodes > 1:
+                chosen.append(key)
+            elif not chosen or key[:2] < chosen[0][:2]:
+                chosen = [key]
+        if len(chosen) >= job.nodes:  # best fit: the nodes with the fewest usable GPUs
+            chosen.sort(key=lambda c: c[:2])
+            taken = [(c[2], c[3][: job.gpus]) for c in chosen[: job.nodes]]
+            for node_id, ids in taken:
+                self._take(job.gpus, node_id, ids, end)
+            (first, ids), *rest = taken
+            self.out.placements.append(Placement(
+                job.job_id, first, tuple(ids), tuple((n, tuple(i)) for n, i in rest)))
             return
         fitting = self._fitting(job)
-        if not fitting:
+        if len(fitting) < job.nodes or not fitting:
             self.out.reasons[job.job_id] = Reason(
                 PendingReason.NO_NODE_FITS,
                 f"no node that takes jobs can run {job.gpus} GPU"
-                f"{'s' if job.gpus > 1 else ''}{_constraints(job)}")
+                f"{'s' if job.gpus > 1 else ''}{_constraints(job)}" if job.nodes == 1 else
+                f"{len(fitting)} node{'s' if len(fitting) != 1 else ''} that take jobs can "
+                f"run {job.gpus} GPU{'s' if job.gpus != 1 else ''}{_constraints(job)}; this "
+                f"job needs {job.nodes}")
         elif res is None:
             self._reserve(job, fitting)
         elif held_back:
             self.out.reasons[job.job_id] = Reason(
                 PendingReason.RESERVED,
-                f"the free GPUs of {res.node_id} are held for job {res.job_id}, and this "
+                f"the free GPUs of {', '.join(self.spare)} are held for job {res.job_id}, "
+                "and this "
                 "job's time limit ends after that job's expected start", res.job_id)
         else:
             self.out.reasons[job.job_id] = Reason(
@@ -156,72 +170,78 @@ class _Pass:
                 f"waiting for {job.gpus} free GPU{'s' if job.gpus > 1 else ''}; job "
                 f"{res.job_id}, of higher priority, waits first")
 
-    def _place(self, job: JobSnapshot, node_id: str, ids: list[int], end: float) -> None:
+    def _take(self, gpus: int, node_id: str, ids: list[int], end: float) -> None:
+        """Count ``ids`` of ``node_id`` as taken by a job placed this pass until ``end``."""
         free = self.free[node_id]
         for g in ids:
             free.remove(g)
         if not free:
             self.open.remove(node_id)
-        self.free_count -= job.gpus
+        self.free_count -= gpus
         if self._releases is None:
-            self._placed.append((node_id, end, job.gpus))
+            self._placed.append((node_id, end, gpus))
         else:
             events = self._releases.get(node_id)
             if events is None:
                 events = self._releases[node_id] = list(self.releases(node_id))
-            bisect.insort(events, (end, job.gpus))
+            bisect.insort(events, (end, gpus))
         res = self.res
-        if res is not None and node_id == res.node_id and end > res.start:
-            self.spare -= job.gpus
-        self.out.placements.append(Placement(job.job_id, node_id, tuple(ids)))
+        if res is not None and node_id in self.spare and end > res.start:
+            self.spare[node_id] -= gpus
 
     def _reserve(self, job: JobSnapshot, fitting: list[NodeSnapshot]) -> None:
         """Reserve for the top blocked job the node where it can start soonest."""
         # (One loop over every node that fits, the hot spot of a pass on a full cluster:
         # kept to plain operations.) Nodes come in order, so the first of equals wins.
-        need, now = job.gpus, self.now
+        now = self.now
         self.releases(fitting[0].node_id)  # (builds the index)
-        overrides, indexed, free = self._releases or {}, self._indexed, self.free
-        best: tuple[float, int, str, int] | None = None
-        best_start = math.inf
+        starts: list[tuple[float, int, str]] = []  # (start, node order, node)
         for node in fitting:
-            node_id = node.node_id
-            avail = len(self._usable(job, node_id)) if node_id in free else 0
-            if avail >= need:
-                start = now
-            else:
-                events: Sequence[tuple[float, int]] | None = overrides.get(node_id)
-                if events is None:
-                    events = (node.releases or ()) if indexed else ()
-                found = math.inf
-                for end, count in events:
-                    avail += count
-                    if avail >= need:
-                        found = end
-                        break
-                start = found if found > now else now
-            if start < best_start:
-                best_start = start
-                best = (start, 0, node_id, avail)
-                if start <= now:
+            start = self._start_on(job, node)
+            if start < math.inf:
+                starts.append((start, self.rank[node.node_id], node.node_id))
+                if start <= now and job.nodes == 1:
                     break
-        if best is None:
+        if len(starts) < job.nodes:
             self.out.reasons[job.job_id] = Reason(
                 PendingReason.RESOURCES,
-                f"waiting for {job.gpus} free GPU{'s' if job.gpus > 1 else ''}; no start "
+                f"waiting for {job.gpus} free GPU{'s' if job.gpus > 1 else ''}"
+                f"{'' if job.nodes == 1 else f' on each of {job.nodes} nodes'}; no start "
                 "time can be given (GPUs are in use outside mgpu's jobs)")
             return
-        start, _, node_id, avail = best
-        # Everything that ends by the start counts as free then, not only what was needed.
-        avail = len(self._usable(job, node_id)) + sum(
-            c for e, c in self.releases(node_id) if max(e, self.now) <= start)
-        self.res = Reservation(job.job_id, node_id, start, job.gpus)
-        self.spare = avail - job.gpus
+        held = sorted(starts)[: job.nodes]  # the nodes free soonest (ties: listed first)
+        start = held[-1][0]
+        self.spare = {}
+        for _, _, node_id in held:
+            # Everything that ends by the start counts as free then, not only what was needed.
+            self.spare[node_id] = len(self._usable(job, node_id)) + sum(
+                c for e, c in self.releases(node_id) if max(e, now) <= start) - job.gpus
+        names = [h[2] for h in held]
+        self.res = Reservation(job.job_id, names[0], start, job.gpus, tuple(names[1:]))
         self.out.reservations.append(self.res)
+        where = (f"of {names[0]} are" if job.nodes == 1 else
+                 f"on each of {', '.join(names)} are")
         self.out.reasons[job.job_id] = Reason(
             PendingReason.RESOURCES,
-            f"next to start: {job.gpus} GPU{'s' if job.gpus > 1 else ''} of {node_id} are "
-            "held for it from when its running jobs' time limits end")
+            f"next to start: {job.gpus} GPU{'s' if job.gpus > 1 else ''} {where} "
+            "held for it from when their running jobs' time limits end")
+
+    def _start_on(self, job: JobSnapshot, node: NodeSnapshot) -> float:
+        """When ``job.gpus`` GPUs of ``node`` are expected to be free (now at the earliest;
+        infinity: never, by the running jobs' ends). The hot spot of a pass on a full
+        cluster: kept to plain operations."""
+        node_id, need, now = node.node_id, job.gpus, self.now
+        avail = len(self._usable(job, node_id)) if node_id in self.free else 0
+        if avail >= need:
+            return now
+        events: Sequence[tuple[float, int]] | None = (self._releases or {}).get(node_id)
+        if events is None:
+            events = (node.releases or ()) if self._indexed else ()
+        for end, count in events:
+            avail += count
+            if avail >= need:
+                return end if end > now else now
+        return math.inf
 
     def _fitting(self, job: JobSnapshot) -> list[NodeSnapshot]:
         """The nodes that could ever run ``job`` (cached per kind of job)."""

@@ -173,6 +173,9 @@ class NodeConfig:
     kill_jobs_on_exit: bool = field(default=False, metadata=_env("MGPU_KILL_JOBS_ON_EXIT"))
     # The node pool it was started for (server/pools.py): a pool's scale_up command sets it.
     pool: str | None = field(default=None, metadata=_env("MGPU_NODE_POOL"))
+    # The address other nodes reach this one at: a multi-node job's MASTER_ADDR when its rank
+    # 0 runs here (None: the address its link to the master leaves from).
+    address: str | None = field(default=None, metadata=_env("MGPU_NODE_ADDRESS"))
     # The agent's own Prometheus /metrics, on ``host`` (None: off; 0: any free port, said in
     # node.json), scraped as the master's is: with the metrics token, else loopback only.
     metrics_port: int | None = field(default=None, metadata=_env("MGPU_METRICS_PORT"))

@@ -164,6 +164,8 @@ class JobStarted(msgspec.Struct, tag=MessageType.JOB_STARTED.value):
     pid: Annotated[int, msgspec.Meta(ge=-1, le=2**31)]
     run: RunNo = 0
     backend_id: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    # A gang job's rank 0 (core/gang.py): the MASTER_ADDR:MASTER_PORT its agent picked.
+    rendezvous: Annotated[str, msgspec.Meta(max_length=300)] | None = None
 
 
 class JobOutput(msgspec.Struct, tag=MessageType.JOB_OUTPUT.value):
@@ -239,6 +241,8 @@ class StartJob(msgspec.Struct, tag=MessageType.START_JOB.value):
     stdin: bool = False
     pty: bool = False
     argv: list[str] | None = None
+    rendezvous: bool = False  # a gang's rank 0: pick MASTER_ADDR/PORT and report them
+    tasks: int = 1  # tasks of the job on this node (core/gang.py: the task launcher)
 
 
 class CancelJob(msgspec.Struct, tag=MessageType.CANCEL_JOB.value):

@@ -190,6 +190,25 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     mail_type: list[str] | None = None
     mail_user: str | None = None
     notify_url: str | None = None
+    # A multi-node (gang) job (README "Multi-node jobs"): ``gpus`` in all, spread evenly over
+    # ``nodes`` nodes, allocated all or nothing; ``ntasks_per_node`` tasks on each;
+    # ``slurm_env`` adds SLURM's variables (SLURM_PROCID, ...) to each task's environment.
+    nodes: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 1
+    ntasks_per_node: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
+    slurm_env: bool = False
+
+
+class TaskPart(msgspec.Struct, kw_only=True):
+    """One node's part of a running gang job: node rank = its place in ``SimpleJob.parts``."""
+
+    node: str
+    gpu_ids: list[int]
+    started: bool = False  # its StartJob was sent (rank 0 first: its agent picks the port)
+    ended: bool = False
+    state: str | None = None  # how it ended (a JobState value)
+    exit_code: int | None = None
+    reason: str | None = None  # set on the job's first failed part only: why it failed
+    cause: str | None = None  # and its EndCause value
 
 
 class SimpleJob(msgspec.Struct, kw_only=True):
@@ -252,6 +271,23 @@ class SimpleJob(msgspec.Struct, kw_only=True):
     notify_url: str | None = None
     # Its id in the engine that runs it, when that is not an mgpu node (the SLURM job id).
     backend_id: str | None = None
+    # A multi-node (gang) job (JobSpec): ``gpus`` counts them all; ``node``/``gpu_ids`` are
+    # rank 0's; ``parts`` every node's, in node-rank order, while it runs (None: one node).
+    nodes: int = 1
+    ntasks_per_node: int = 1
+    slurm_env: bool = False
+    parts: list[TaskPart] | None = None
+    rendezvous: str | None = None  # MASTER_ADDR:MASTER_PORT, as rank 0's agent chose them
+
+    @property
+    def gpus_per_node(self) -> int:
+        return self.gpus // self.nodes if self.nodes > 1 else self.gpus
+
+    def nodes_of(self) -> list[str]:
+        """The nodes it runs on (rank order), or ran on last."""
+        if self.parts:
+            return [p.node for p in self.parts]
+        return [self.node] if self.node is not None else []
 
     @property
     def job_id(self) -> int:
@@ -298,6 +334,8 @@ def advance(
         job.ended_at = None
         job.exit_code = None
         job.backend_id = None
+        job.parts = None
+        job.rendezvous = None
     else:
         job.ended_at = utc(now)
         job.exit_code = exit_code

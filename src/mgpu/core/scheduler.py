@@ -107,31 +107,39 @@ def fifo_reserve(snap: Snapshot) -> ScheduleResult:
             out.reasons[job.job_id] = Reason(PendingReason.NO_NODE_FITS,
                                              f"no node can run {job.gpus} GPUs of this kind")
             continue
-        best: tuple[int, str, list[int]] | None = None
-        for n in fitting:
+        if len(fitting) < job.nodes:
+            out.reasons[job.job_id] = Reason(PendingReason.NO_NODE_FITS,
+                                             f"{len(fitting)} nodes can run {job.gpus} GPUs "
+                                             f"of this kind; this job needs {job.nodes}")
+            continue
+        best: list[tuple[int, int, str, list[int]]] = []  # fewest usable first (a gang: N)
+        for i, n in enumerate(fitting):
             if n.node_id in reserved:
                 continue
             ids = _usable(job, free[n.node_id], mem.get(n.node_id))
-            if len(ids) >= job.gpus and (best is None or len(ids) < best[0]):
-                best = (len(ids), n.node_id, ids)
-        if best is None:
+            if len(ids) >= job.gpus:
+                best.append((len(ids), i, n.node_id, ids))
+        if len(best) < job.nodes:
             if not reserved:
-                target = max(fitting, key=lambda n: len(free[n.node_id]))
-                reserved[target.node_id] = job.job_id
+                targets = sorted(fitting, key=lambda n: -len(free[n.node_id]))[: job.nodes]
+                for target in targets:
+                    reserved[target.node_id] = job.job_id
                 out.reasons[job.job_id] = Reason(PendingReason.RESOURCES,
-                                                 f"waits for {job.gpus} GPUs on "
-                                                 f"{target.node_id}")
+                                                 f"waits for {job.gpus} GPUs on " +
+                                                 ", ".join(t.node_id for t in targets))
             else:
                 holder = next(iter(reserved.values()))
                 out.reasons[job.job_id] = Reason(PendingReason.RESERVED,
                                                  f"GPUs are held for job {holder}", holder)
             continue
-        _, node_id, ids = best
-        take = ids[: job.gpus]
-        for g in take:
-            free[node_id].remove(g)
-        free_count -= job.gpus
-        out.placements.append(Placement(job.job_id, node_id, tuple(take)))
+        taken: list[tuple[str, tuple[int, ...]]] = []
+        for _, _, node_id, ids in sorted(best)[: job.nodes]:
+            take = ids[: job.gpus]
+            for g in take:
+                free[node_id].remove(g)
+            free_count -= job.gpus
+            taken.append((node_id, tuple(take)))
+        out.placements.append(Placement(job.job_id, *taken[0], more=tuple(taken[1:])))
     return out
 
 

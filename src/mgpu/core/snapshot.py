@@ -52,6 +52,8 @@ class JobSnapshot:
     gpu_type: str | None = None
     gpu_mem_mib: int | None = None
     partition: str | None = None
+    # A gang (multi-node) job: ``gpus`` on each of ``nodes`` distinct nodes, all or nothing.
+    nodes: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +101,13 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class Placement:
+    """Where a job starts: ``gpu_ids`` of ``node_id``; for a gang, also ``more``: the other
+    nodes and their GPUs, in node-rank order (``node_id`` is rank 0)."""
+
     job_id: int
     node_id: str
     gpu_ids: tuple[int, ...]
+    more: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,12 +122,14 @@ class Reason:
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    """The backfill plan holds ``gpus`` GPUs of ``node_id`` for ``job_id`` from ``start``."""
+    """The backfill plan holds ``gpus`` GPUs of ``node_id`` for ``job_id`` from ``start``
+    (and as many of each of ``more_nodes``, for a gang)."""
 
     job_id: int
     node_id: str
     start: float
     gpus: int
+    more_nodes: tuple[str, ...] = ()  # a gang's other nodes, ``gpus`` held on each too
 
 
 @dataclass(slots=True)

@@ -9,10 +9,9 @@ reconnects with back-off and resends from the offsets the master says it has.
 A master that refuses the join secret, or whose TLS certificate does not verify, is not
 retried: the agent stops with an error that says what to fix (see :mod:`~mgpu.node.join`).
 
-Beside it: :mod:`~mgpu.node.join` (the address, secret and TLS it joins with),
-:mod:`~mgpu.node.fencing` (when the node kills its jobs for want of the master),
-:mod:`~mgpu.node.health` (``GET /health``) and :mod:`~mgpu.node.manager` (the processes
-that run agents: ``mgpu node``, :class:`SimpleNode`, :class:`NodeManager`).
+Beside it: ``join`` (the address, secret and TLS it joins with), ``fencing`` (when the node
+kills its jobs for want of the master), ``health``, ``gangnode`` (a multi-node job's share)
+and ``manager`` (``mgpu node``, :class:`SimpleNode`, :class:`NodeManager`).
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from mgpu.core import messages as m
 from mgpu.core.config import NodeConfig
 from mgpu.core.errors import MgpuError
 from mgpu.core.models import GpuInfo
-from mgpu.node import credential, fencing, join
+from mgpu.node import credential, fencing, gangnode, join
 from mgpu.node import users as policy
 from mgpu.node.backends import offered_gpus
 from mgpu.node.gpuwatch import GpuWatch, open_watch
@@ -58,7 +57,7 @@ class Agent:
         self.logs = LogShipper(self.log.name, everything=True)
         self.gpus = gpus
         self.gpu_source = "given" if gpus is not None else ""
-        self.port = 0
+        self.port, self.link_address = 0, "127.0.0.1"  # (its end of the link to the master)
         self.connected = False
         self.registered = asyncio.Event()
         self.heard = 0.0  # loop time of the last message from the master
@@ -183,6 +182,7 @@ class Agent:
                         join.master_url(self.cfg), max_msg_size=64 * 1024 * 1024, heartbeat=None,
                         headers=headers, ssl=ssl_arg,
                     ) as ws:
+                        self.link_address = (ws.get_extra_info("sockname") or ("",))[0]
                         backoff = 0.05
                         warned = False
                         await self._session(ws)
@@ -323,7 +323,8 @@ class Agent:
         if isinstance(msg, m.StartJob):
             refused = policy.refusal(self.node_id, msg.user, self.users)
             if refused is None:
-                sup.start(msg)
+                sup.start(gangnode.prepare(msg, self.cfg.address or self.link_address,
+                                           self._send))
                 if self.gpuwatch is not None:
                     self.gpuwatch.started(msg.job_id, msg.gpu_ids)
             else:

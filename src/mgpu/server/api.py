@@ -20,10 +20,11 @@ from mgpu.core import messages as m
 from mgpu.core.api_paths import API, NODE_WS
 from mgpu.core.errors import ApiError, NotFound, StoreError, UsageError
 from mgpu.core.frames import complete_frames
-from mgpu.core.models import ENDED_STATES, JobState, SimpleJob, run_key
+from mgpu.core.models import ENDED_STATES, JobState, SimpleJob
 from mgpu.core.version import __version__ as VERSION
 from mgpu.server import admin, api_controls, api_dash, api_metrics, api_nodes, api_usage, retention
 from mgpu.server.api_sched import SCHED_ROUTES
+from mgpu.server.gang_output import output_files
 from mgpu.server.http import (
     MASTER,
     Route,
@@ -178,17 +179,17 @@ async def _job(request: web.Request, what: str | None = None) -> SimpleJob:
 
 
 async def output(request: web.Request) -> web.StreamResponse:
-    """Stream a job's framed output from ``offset``; with ``follow``, until it ends.
-
-    ``status=1`` adds a STATUS frame whenever the job's placement changes (srun shows
-    "queued" and "running on"); ``attach=1`` makes this stream one of an interactive
-    job's clients, without which the job is cancelled after the grace period.
-    """
+    """Stream a job's framed output from ``offset``; with ``follow``, until it ends
+    (``task=N``: a multi-task job's task N alone). ``status=1`` adds a STATUS frame whenever
+    the job's placement changes (srun shows "queued" and "running on"); ``attach=1`` makes
+    this stream one of an interactive job's clients, without which the job is cancelled
+    after the grace period."""
     master = master_of(request)
     job = await _job(request, "read the output of")
     job_id = job.id
     offset = query_int(request, "offset", 0, 0, MAX_OFFSET)
     follow, status, attach = (query_flag(request, n) for n in ("follow", "status", "attach"))
+    files = output_files(job, query_int(request, "task", -1, 0, 65_535))  # (-1: all)
     spool = master.output
     assert spool is not None
     resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
@@ -206,10 +207,12 @@ async def output(request: web.Request) -> web.StreamResponse:
             if status and (job.state.value, job.node) != shown:
                 shown = (job.state.value, job.node)
                 await resp.write(m.frame(m.STREAM_STATUS, encode(m.OutputStatus(
-                    state=job.state.value, node=job.node, gpu_ids=job.gpu_ids, gpus=job.gpus,
+                    state=job.state.value, node=",".join(job.nodes_of()) or None,
+                    gpu_ids=job.gpu_ids, gpus=job.gpus,
                     ahead=master.state.queue_position(job_id)))))
-            data = spool.read_across(
-                [run_key(job_id, r) for r in range(job.run + 1)], offset)
+            if len(files) <= job.run:  # (requeued meanwhile)
+                files = output_files(job, query_int(request, "task", -1, 0, 65_535))
+            data = spool.read_across(files, offset)
             # Whole frames only: the copy may end inside a frame while the node's next
             # chunk is on its way, and a STATUS or END frame must not land inside one.
             whole = complete_frames(data)
@@ -286,13 +289,14 @@ async def send_signal(request: web.Request) -> web.Response:
     req = await body(request, m.SignalRequest)
     if not 1 <= req.signum <= 64:
         raise UsageError(f"{req.signum} is not a signal number")
-    if job.state is not JobState.RUNNING or job.node not in master.conns:
+    conns = [c for n in job.nodes_of() if (c := master.conns.get(n))]  # (a gang: every node)
+    if job.state is not JobState.RUNNING or not conns:
         raise ApiError(f"job {job.id} is not running ({job.state.value})", 409)
     await master.audit(identity(request).user, "signal", f"job {job.id}: signal {req.signum}")
-    conn = master.conns.get(job.node or "")
-    if conn is None or job.state is not JobState.RUNNING:
+    if job.state is not JobState.RUNNING:
         raise ApiError(f"job {job.id} is no longer running", 409)
-    conn.send(m.JobSignal(job.id, req.signum))
+    for conn in conns:
+        conn.send(m.JobSignal(job.id, req.signum))
     return reply({"job_id": job.id, "signum": req.signum})
 
 

@@ -38,6 +38,7 @@ from aiohttp import web
 from mgpu.core.api_paths import API
 from mgpu.core.errors import MgpuError, NotFound, UsageError
 from mgpu.core.frames import STREAM_STDERR, STREAM_STDOUT, split_frames
+from mgpu.core.gang import untask
 from mgpu.core.models import JobState, run_key
 from mgpu.server.http import Route, encode, identity, master_of, query_int, query_text
 
@@ -173,7 +174,8 @@ class _Log:
         if not used:
             return None
         self.offset += used
-        return "".join(self.decoder.decode(d) for s, d in frames
+        plain = (untask(s, d, label=True) for s, d in frames)  # (a gang's lines: "0: ...")
+        return "".join(self.decoder.decode(d) for s, d in plain
                        if s in (STREAM_STDOUT, STREAM_STDERR))
 
 

@@ -285,25 +285,37 @@ class JobControls(NodeEvents):
         """A run's end; one that exited non-zero with retries left waits for its next run."""
         job = self.jobs.get(msg.job_id)
         if (job is None or job.state is not JobState.RUNNING or job.node != node_id
-                or job.run != msg.run or job.retries >= job.max_retries
-                or msg.state != JobState.FAILED.value or not msg.exit_code
-                or msg.end_cause not in _RETRIED_CAUSES or job.id in self.cancel_requested):
+                or job.parts is not None  # (a gang's end is its parts': gang.py retries)
+                or job.run != msg.run or not self.retried(job, msg.state, msg.exit_code,
+                                                          msg.end_cause)):
             return super().on_job_ended(node_id, msg, now, node=node)
         effects = Effects()
         effects.sends.append((node_id, m.EndedAck([msg.key])))
         node = node or self.nodes.get(node_id)
         if node is not None:
             node.release(job.id)
+        self.retry(job, msg.exit_code, now, effects)
+        return effects
+
+    def retried(self, job: SimpleJob, state: str, exit_code: int | None,
+                cause: EndCause | None) -> bool:
+        """Whether a run of ``job`` that ended so runs again (``--retries``)."""
+        return (job.retries < job.max_retries and state == JobState.FAILED.value
+                and bool(exit_code) and cause in _RETRIED_CAUSES
+                and job.id not in self.cancel_requested)
+
+    def retry(self, job: SimpleJob, exit_code: int | None, now: float,
+              effects: Effects) -> None:
+        """Send ``job`` (its GPUs released) back to wait for its next run, after a back-off."""
         job.retries += 1
         delay = c.backoff(self.retry_backoff, job.retries, self.retry_backoff_max)
         advance(job, JobState.PENDING, now, reason=(
-            f"retry {job.retries} of {job.max_retries} after exit code {msg.exit_code}: "
+            f"retry {job.retries} of {job.max_retries} after exit code {exit_code}: "
             f"back-off of {delay:g} s"))
         job.begin_at = utc(now + delay)
         effects.update(job)
         self._uncharge(job.id)
         self._settle(job, now, effects, queued=False)
-        return effects
 
     # ------------------------------------------------------------------ start-up
 

@@ -24,6 +24,7 @@ from aiohttp import web
 from mgpu.core import messages as m
 from mgpu.core.config import LogConfig, MasterConfig
 from mgpu.core.errors import MgpuError
+from mgpu.core.gang import spool_keys
 from mgpu.core.models import JobState, run_key
 from mgpu.core.scheduler import Policy, load_policy
 from mgpu.core.timefmt import parse_duration
@@ -283,7 +284,9 @@ class Master:
                 self.notify_output(job_id)
                 job = self.state.jobs.get(job_id)
                 if self.output is not None and job is not None:
-                    self.output.close(run_key(job_id, job.run))
+                    for key in spool_keys(run_key(job_id, job.run), job.nodes,
+                                          job.ntasks_per_node):
+                        self.output.close(key)
             self.spawn(self._notify_ended())
         self.notifier.saved(effects, self.state.jobs)
 

@@ -140,6 +140,15 @@ class NodeEvents(ABC):
     min_free_mib = 0
 
     @abstractmethod
+    def part_ended(self, job: SimpleJob, node_id: str, msg: m.JobEnded, now: float,
+                   effects: Effects) -> None:
+        """A node reports its part of a running gang job ended (``gang.py``)."""
+
+    @abstractmethod
+    def on_rendezvous(self, node_id: str, msg: m.JobStarted, effects: Effects) -> None:
+        """A gang's rank 0 reports its rendezvous (``gang.py``)."""
+
+    @abstractmethod
     def node_lost(self, job: SimpleJob, why: str, now: float) -> Effects:
         """A running job's node is gone: requeue it if it may be, else end it as
         node_fail (the job side, ``state.py``, decides)."""
@@ -155,8 +164,11 @@ class NodeEvents(ABC):
         return effects
 
     def running_on(self, node_id: str) -> list[SimpleJob]:
+        """The running jobs with a part on ``node_id`` (a gang's that has not ended)."""
         return [
-            j for j in self.jobs.values() if j.state is JobState.RUNNING and j.node == node_id
+            j for j in self.jobs.values() if j.state is JobState.RUNNING and (
+                j.node == node_id if j.parts is None else
+                any(p.node == node_id and not p.ended for p in j.parts))
         ]
 
     def on_register(self, msg: m.Register, now: float) -> tuple[m.Registered, Effects]:
@@ -190,11 +202,14 @@ class NodeEvents(ABC):
         believed = {run_key(j.id, j.run): j for j in self.running_on(msg.node_id)}
         by_index = {g.index: g for g in node.gpus}
         for key, job in believed.items():
-            if key in reported:
-                for i in job.gpu_ids:
+            part = next((p for p in job.parts or () if p.node == msg.node_id and not p.ended),
+                        None)
+            if key in reported or (part is not None and not part.started):
+                for i in job.gpu_ids if part is None else part.gpu_ids:
                     if i in by_index:
                         by_index[i].job_id = job.id
-                offsets[key] = -1  # filled in by the outer layer (it owns the files)
+                if key in reported:
+                    offsets[key] = -1  # filled in by the outer layer (it owns the files)
             else:
                 effects.merge(self.node_lost(
                     job, f"node {msg.node_id} restarted without this job", now))
@@ -229,6 +244,9 @@ class NodeEvents(ABC):
         effects = Effects()
         effects.sends.append((node_id, m.EndedAck([msg.key])))
         job = self.jobs.get(msg.job_id)
+        if job is not None and job.parts is not None and job.state is JobState.RUNNING:
+            self.part_ended(job, node_id, msg, now, effects)
+            return effects
         node = node or self.nodes.get(node_id)
         if (job is None or job.state is not JobState.RUNNING or job.node != node_id
                 or job.run != msg.run):
@@ -262,6 +280,8 @@ class NodeEvents(ABC):
         """A node says a run started; its ``backend_id`` (the SLURM job id of a run on the
         SLURM bridge) is kept on the job, if that run is still the job's current one."""
         effects = Effects()
+        if msg.rendezvous is not None:
+            self.on_rendezvous(node_id, msg, effects)
         job = self.jobs.get(msg.job_id)
         if (msg.backend_id is not None and job is not None and job.node == node_id
                 and job.requeues == msg.run and job.state is JobState.RUNNING

@@ -20,9 +20,11 @@ from aiohttp import web
 
 from mgpu.core import messages as m
 from mgpu.core.errors import StoreError, Unauthorized
+from mgpu.core.gang import part_key
 from mgpu.core.models import JobState, NodeState, run_key
 from mgpu.server.auth import JOIN_HINT, bearer
 from mgpu.server.effects import Effects
+from mgpu.server.gang_output import GangOutput, node_key, part_rank
 from mgpu.server.nodeconn import NodeConn, Violation
 from mgpu.server.nodelog import NodeLogs
 from mgpu.server.validate import register_problem
@@ -46,6 +48,14 @@ class NodeLink:
         self._refused: dict[tuple[str, str], tuple[float, int]] = {}
         self._registering: set[str] = set()  # node ids whose registration is being saved
         self.logs = NodeLogs()  # what nodes logged, into the audit log (bounded)
+        self._gang_output: GangOutput | None = None
+
+    def gang_output(self) -> GangOutput:
+        """The merger of gang jobs' parts (made once the output directory is open)."""
+        if self._gang_output is None:
+            assert self.master.output is not None
+            self._gang_output = GangOutput(self.master.output)
+        return self._gang_output
 
     def admit_node(self, request: web.Request) -> None:
         """Let a node's WebSocket handshake through with the join secret, or refuse it with
@@ -131,7 +141,10 @@ class NodeLink:
         reply, effects = self.master.state.on_register(msg, now)
         reply.credential = credential
         assert self.master.output is not None
-        reply.output_offsets = {j: self.master.output.size(j) for j in reply.output_offsets}
+        jobs = self.master.state.jobs
+        reply.output_offsets = {  # (a gang's part: that node's file, gang_output.py)
+            j: self.master.output.size(node_key(jobs.get(int(j.partition(".")[0])), node_id, j))
+            for j in reply.output_offsets}
         # Several heartbeats per timeout, so that a live node is never taken for a lost one.
         reply.heartbeat_interval = min(self.master.cfg.heartbeat_interval,
                                        self.master.cfg.node_timeout / 4)
@@ -231,7 +244,8 @@ class NodeLink:
             for msg in m.decode_node_frame(data):
                 conn.check(msg)
                 self.on_node_message(conn.node_id, msg, effects)
-                ends = ends or isinstance(msg, m.JobEnded)
+                # (a start's report: a SLURM id, or a gang's rendezvous, saved then sent on)
+                ends = ends or isinstance(msg, (m.JobEnded, m.JobStarted))
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             return f"it sent a malformed message ({str(e)[:200]})"
         except Violation as e:
@@ -254,12 +268,17 @@ class NodeLink:
         elif isinstance(msg, m.JobOutput):
             assert self.master.output is not None
             job = self.master.state.jobs.get(msg.job_id)
-            if (job is None or job.node != node_id or job.run != msg.run
-                    or job.state is not JobState.RUNNING):
-                return  # an old run's late output (or a killed one's): not kept
             key = run_key(msg.job_id, msg.run)
+            rank = part_rank(job, node_id)  # (a gang's part: its own file, merged)
+            if (job is None or (rank is None and (job.parts is not None or job.node != node_id))
+                    or job.run != msg.run or job.state is not JobState.RUNNING):
+                return  # an old run's late output (or a killed one's): not kept
+            file = key if rank is None else part_key(key, rank)
             try:
-                kept = self.master.output.append_at(key, msg.offset, msg.data)
+                before = self.master.output.size(file)
+                kept = self.master.output.append_at(file, msg.offset, msg.data)
+                if kept and rank is not None:
+                    self.gang_output().feed(job, rank, before)
             except OSError as e:  # a full disk: drop this output, keep the link and the end
                 if key not in self.master.output_lost:
                     self.master.output_lost.add(key)
@@ -272,6 +291,11 @@ class NodeLink:
             elif key not in self.master.output_lost:
                 log.error("gap in output of job %d from node %s", msg.job_id, node_id)
         elif isinstance(msg, m.JobEnded):
+            job = self.master.state.jobs.get(msg.job_id)
+            rank = part_rank(job, node_id)
+            if job is not None and rank is not None and job.run == msg.run:
+                with contextlib.suppress(OSError):  # (a full disk: said with its output)
+                    self.gang_output().flush(job, rank)
             effects.merge(self.master.state.on_job_ended(node_id, msg, now))
         elif isinstance(msg, m.JobStarted):
             log.debug("job %d started on %s as pid %d", msg.job_id, node_id, msg.pid)

@@ -24,6 +24,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from mgpu.core.errors import NotFound, StoreError
+from mgpu.core.gang import spool_keys
 from mgpu.core.models import SimpleJob, run_key
 from mgpu.server.auth import Identity
 from mgpu.server.effects import Effects
@@ -128,9 +129,11 @@ async def prune_jobs(master: Context) -> None:
                 assert master.output is not None
                 for job in gone:
                     for run in range(job.run + 1):
-                        master.output.close(run_key(job.id, run))
-                        with contextlib.suppress(OSError):
-                            master.output.file(run_key(job.id, run)).unlink()
+                        for key in spool_keys(run_key(job.id, run), job.nodes,
+                                              job.ntasks_per_node):
+                            master.output.close(key)
+                            with contextlib.suppress(OSError):
+                                master.output.file(key).unlink()
                 log.info("pruned %d jobs ended over %g days ago (job_retention_days); "
                          "their accounting records are kept", len(gone), days)
         await asyncio.sleep(prune_interval(days))

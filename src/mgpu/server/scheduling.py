@@ -14,11 +14,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import overload
 
 from mgpu.core import messages as m
-from mgpu.core.models import JobState, NodeState, SimpleJob, advance, utc
+from mgpu.core.models import JobState, NodeState, SimpleJob, TaskPart, advance, utc
 from mgpu.core.scheduler import (
     JobSnapshot,
     NodeSnapshot,
     PendingReason,
+    Placement,
     Policy,
     Reason,
     RunningSnapshot,
@@ -64,6 +65,10 @@ class SchedulingPass(ABC):
     @abstractmethod
     def run_env(self, job: SimpleJob) -> dict[str, str]:
         """The environment ``job`` runs with (``arrays.py``: an array task's ids added)."""
+
+    @abstractmethod
+    def start_part(self, job: SimpleJob, rank: int, effects: Effects) -> None:
+        """Send a gang's node rank ``rank`` its order (``gang.py``)."""
 
     def plan_limit(self) -> int:
         """What a job without a time limit counts as when planning."""
@@ -147,29 +152,34 @@ class SchedulingPass(ABC):
         self.plan = self.policy(Snapshot(now, self.pending_in_order(now), nodes, running,
                                          self.plan_limit(), self.backfill_depth))
         for p in self.plan.placements:
-            self._start(p.job_id, p.node_id, p.gpu_ids, now, effects)
-            self.fairshare.started(self.jobs[p.job_id].user, len(p.gpu_ids))
+            self._start(p, now, effects)
+            self.fairshare.started(self.jobs[p.job_id].user, self.jobs[p.job_id].gpus)
         return effects
 
-    def _start(self, job_id: int, node_id: str, gpu_ids: tuple[int, ...], now: float,
-               effects: Effects) -> None:
-        job = self.jobs[job_id]
-        node = self.nodes[node_id]
-        held = {g.index: g for g in node.gpus}
-        if job.state is not JobState.PENDING or any(
-            i not in held or held[i].job_id is not None for i in gpu_ids
+    def _start(self, p: Placement, now: float, effects: Effects) -> None:
+        job = self.jobs[p.job_id]
+        parts = [(p.node_id, p.gpu_ids), *p.more]
+        helds = [{g.index: g for g in self.nodes[n].gpus} for n, _ in parts]
+        if job.state is not JobState.PENDING or len(parts) != job.nodes or len(
+                {n for n, _ in parts}) != len(parts) or any(
+            i not in held or held[i].job_id is not None
+            for held, (_, ids) in zip(helds, parts, strict=True) for i in ids
         ):
-            raise AssertionError(f"policy made an impossible placement: {job_id} on "
-                                 f"{node_id} {gpu_ids}")
-        for i in gpu_ids:
-            held[i].job_id = job.id
+            raise AssertionError(f"policy made an impossible placement: {p}")
+        for held, (_, ids) in zip(helds, parts, strict=True):
+            for i in ids:
+                held[i].job_id = job.id
         self._dequeue(job.id)
         env = self.run_env(job)
         advance(job, JobState.RUNNING, now)
-        job.node = node.node_id
-        job.gpu_ids = list(gpu_ids)
+        job.node = p.node_id
+        job.gpu_ids = list(p.gpu_ids)
         effects.update(job)
-        effects.sends.append((node.node_id, m.StartJob(
+        if job.nodes > 1 or job.ntasks_per_node > 1:  # a gang: rank 0 first (gang.py)
+            job.parts = [TaskPart(node=n, gpu_ids=list(ids)) for n, ids in parts]
+            self.start_part(job, 0, effects)
+            return
+        effects.sends.append((p.node_id, m.StartJob(
             job_id=job.id, run=job.run, command=job.command, cwd=job.cwd, env=env,
             gpu_ids=job.gpu_ids, user=job.user, name=job.name, time_limit=job.time_limit,
             stdin=job.stdin, pty=job.pty, argv=job.argv)))
@@ -199,8 +209,8 @@ class SchedulingPass(ABC):
             if not self.nodes:
                 job.reason = "waiting for a node to register"
                 code = PendingReason.NODE_DOWN
-            elif job.gpus > largest:
-                job.reason = f"no node has {job.gpus} GPUs (largest has {largest})"
+            elif job.gpus_per_node > largest:
+                job.reason = f"no node has {job.gpus_per_node} GPUs (largest has {largest})"
                 code = PendingReason.NO_NODE_FITS
             elif not serving:
                 job.reason = f"no node runs jobs of {job.user}: " + "; ".join(
@@ -265,7 +275,9 @@ class _Running(Sequence[RunningSnapshot]):
 def _words(job: SimpleJob, code: PendingReason, said: Reason | None) -> str:
     if said is not None and said.detail:
         return said.detail
-    gpus = f"{job.gpus} free GPU{'s' if job.gpus > 1 else ''}"
+    each = job.gpus_per_node
+    gpus = f"{each} free GPU{'s' if each != 1 else ''}" + (
+        f" on each of {job.nodes} nodes" if job.nodes > 1 else "")
     if code is PendingReason.PRIORITY:
         return f"waiting for {gpus}; jobs of higher priority are ahead"
     return f"waiting for {gpus}"

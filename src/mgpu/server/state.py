@@ -24,6 +24,7 @@ from mgpu.server.arrays import SubmitControls
 from mgpu.server.auth import Identity
 from mgpu.server.effects import Effects
 from mgpu.server.fairshare import FairShare
+from mgpu.server.gang import GangJobs, check_gang
 from mgpu.server.gpu_fit import check_gpu_constraints, job_constraints
 from mgpu.server.node_events import Node
 from mgpu.server.queue import PendingQueue
@@ -34,7 +35,7 @@ from mgpu.server.validate import MAX_TIME_LIMIT, check_priority, check_spec
 __all__ = ["ClusterState", "Effects", "Node"]
 
 
-class ClusterState(SubmitControls, SchedulingPass):
+class ClusterState(GangJobs, SubmitControls, SchedulingPass):
     """Jobs and nodes in memory; the single place that decides what happens to them."""
 
     def __init__(
@@ -79,9 +80,9 @@ class ClusterState(SubmitControls, SchedulingPass):
         its first submit, so a requeued job goes back where it was (``in_place``: kept for
         callers; every job is in place)."""
         snap = JobSnapshot(
-            job.id, job.gpus, job.user,
+            job.id, job.gpus_per_node, job.user,
             submitted_at=job.submitted_at.timestamp() if job.submitted_at else 0.0,
-            time_limit=job.time_limit, **job_constraints(job))
+            time_limit=job.time_limit, nodes=job.nodes, **job_constraints(job))
         self.pending[job.id] = snap
         self.queue.add(snap, job_term(job.priority, job.nice))
         self.pending_by_user[job.user] = self.pending_by_user.get(job.user, 0) + 1
@@ -168,12 +169,13 @@ class ClusterState(SubmitControls, SchedulingPass):
             check_gpu_constraints(spec, self.nodes.values(), where)
             check_notify(spec, self.notify_policy, where)
             self._time_limit(spec, where)
-            if self.nodes and spec.gpus > largest:
+            each = check_gang(spec, where, self.nodes.values())
+            if self.nodes and each > largest:
                 biggest = max(self.nodes.values(), key=lambda n: len(n.gpus))
                 raise Rejected(
-                    f"{where}asks for {spec.gpus} GPUs but the largest node "
-                    f"({biggest.node_id}) has {largest}: ask for at most {largest}"
-                )
+                    f"{where}asks for {each} GPUs{' a node' if spec.nodes > 1 else ''} but "
+                    f"the largest node ({biggest.node_id}) has {largest}: ask for at most "
+                    f"{largest}")
         effects = Effects()
         ids: list[int] = []
         submitted = utc(now)
@@ -200,6 +202,7 @@ class ClusterState(SubmitControls, SchedulingPass):
                 nice=spec.nice,
                 gpu_type=spec.gpu_type, gpu_mem_mib=spec.gpu_mem_mib,
                 mail_type=spec.mail_type, mail_user=spec.mail_user, notify_url=spec.notify_url,
+                nodes=spec.nodes, ntasks_per_node=spec.ntasks_per_node, slurm_env=spec.slurm_env,
             )
             self.jobs[job_id] = job
             if not spec.array:  # (an array's tasks are let in by gate_submitted)
@@ -278,7 +281,9 @@ class ClusterState(SubmitControls, SchedulingPass):
                 results.append(m.CancelResult(job_id, True, state=job.state.value))
             elif job.state is JobState.RUNNING:
                 self.cancel_requested.add(job_id)
-                if job.node is not None:
+                if job.parts is not None:  # a gang: every part (gang.py)
+                    self.stop_parts(job, reason, effects)
+                elif job.node is not None:
                     effects.sends.append((job.node, m.CancelJob(job_id, reason)))
                 results.append(m.CancelResult(job_id, True, state="cancelling"))
             else:
@@ -297,15 +302,16 @@ class ClusterState(SubmitControls, SchedulingPass):
             job = self.jobs[job_id]
             if job.state is not JobState.RUNNING or job.node is None:
                 continue
-            node = self.nodes.get(job.node)
-            if node is not None:
-                node.release(job_id)
+            self.release_parts(job)
             advance(job, JobState.PENDING, now, reason=reason)
             self._enqueue(job, in_place=True)
 
     def node_lost(self, job: SimpleJob, why: str, now: float) -> Effects:
         """A running job's node is gone: requeue it if it may be, else end it as node_fail."""
         effects = Effects()
+        if job.parts is not None:  # a gang: its other nodes stop their parts too
+            self.release_parts(job)
+            self.stop_parts(job, f"another node of the job was lost: {why}", effects)
         if job.id in self.cancel_requested:
             self.cancel_requested.discard(job.id)
             end_run(effects, job, JobState.CANCELLED, now, reason=f"cancelled; {why}")
