@@ -201,10 +201,13 @@ def test_a_master_restart_keeps_a_running_gang(cluster: Cluster, tmp_path: Path)
 
 
 @pytest.mark.cluster(nodes=2, gpus=1)
-def test_srun_streams_every_task_live_and_stdin_goes_to_task_0(cluster: Cluster) -> None:
+def test_srun_streams_every_task_live_and_stdin_goes_to_task_0(
+        cluster: Cluster, tmp_path: Path) -> None:
+    said = tmp_path / "task0-said"  # task 1 fails only once task 0 has spoken
     done = cluster.mgpu("srun", "-q", "-l", "-N", "2", "sh", "-c",
-                        'read line; echo "task $RANK got [$line]"; [ "$RANK" = 0 ] || exit 3',
-                        input="hello\n", check=3, timeout=60)
+                        f'read line; echo "task $RANK got [$line]"; [ "$RANK" = 0 ] && '
+                        f'touch {said} && exit 0; while [ ! -e {said} ]; do sleep 0.02; done; '
+                        "exit 3", input="hello\n", check=3, timeout=60)
     lines = sorted(done.stdout.splitlines())
     assert lines == ["0: task 0 got [hello]", "1: task 1 got []"], done.stdout
 

@@ -249,8 +249,7 @@ class SimpleClient:
         *,
         status: bool = False,
         attach: bool = False,
-        task: int | None = None,
-        label: bool = False,
+        task: int | None = None, label: bool = False,
     ) -> OutputStream:
         """A job's output frames from byte ``offset`` of its framed output.
 

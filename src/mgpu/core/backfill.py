@@ -193,14 +193,34 @@ class _Pass:
         """Reserve for the top blocked job the node where it can start soonest."""
         # (One loop over every node that fits, the hot spot of a pass on a full cluster:
         # kept to plain operations.) Nodes come in order, so the first of equals wins.
-        now = self.now
+        need, now = job.gpus, self.now
         self.releases(fitting[0].node_id)  # (builds the index)
-        starts: list[tuple[float, int, str]] = []  # (start, node order, node)
+        overrides, indexed, free = self._releases or {}, self._indexed, self.free
+        gang = job.nodes > 1
+        starts: list[tuple[float, int, str]] = []  # (start, node order, node): a gang's all
+        best_start = math.inf
         for node in fitting:
-            start = self._start_on(job, node)
-            if start < math.inf:
-                starts.append((start, self.rank[node.node_id], node.node_id))
-                if start <= now and job.nodes == 1:
+            node_id = node.node_id
+            avail = len(self._usable(job, node_id)) if node_id in free else 0
+            if avail >= need:
+                start = now
+            else:
+                events: Sequence[tuple[float, int]] | None = overrides.get(node_id)
+                if events is None:
+                    events = (node.releases or ()) if indexed else ()
+                start = math.inf
+                for end, count in events:
+                    avail += count
+                    if avail >= need:
+                        start = end if end > now else now
+                        break
+            if gang:
+                if start < math.inf:
+                    starts.append((start, self.rank[node_id], node_id))
+            elif start < best_start:
+                best_start = start
+                starts = [(start, 0, node_id)]
+                if start <= now:
                     break
         if len(starts) < job.nodes:
             self.out.reasons[job.job_id] = Reason(
@@ -225,23 +245,6 @@ class _Pass:
             PendingReason.RESOURCES,
             f"next to start: {job.gpus} GPU{'s' if job.gpus > 1 else ''} {where} "
             "held for it from when their running jobs' time limits end")
-
-    def _start_on(self, job: JobSnapshot, node: NodeSnapshot) -> float:
-        """When ``job.gpus`` GPUs of ``node`` are expected to be free (now at the earliest;
-        infinity: never, by the running jobs' ends). The hot spot of a pass on a full
-        cluster: kept to plain operations."""
-        node_id, need, now = node.node_id, job.gpus, self.now
-        avail = len(self._usable(job, node_id)) if node_id in self.free else 0
-        if avail >= need:
-            return now
-        events: Sequence[tuple[float, int]] | None = (self._releases or {}).get(node_id)
-        if events is None:
-            events = (node.releases or ()) if self._indexed else ()
-        for end, count in events:
-            avail += count
-            if avail >= need:
-                return end if end > now else now
-        return math.inf
 
     def _fitting(self, job: JobSnapshot) -> list[NodeSnapshot]:
         """The nodes that could ever run ``job`` (cached per kind of job)."""
