@@ -108,11 +108,6 @@ def job_detail(job: SimpleJob, now: datetime) -> str:
         ("mail_user", job.mail_user or "-"),
         ("notify_url", job.notify_url or "-"),
         ("time", duration(elapsed(job, now))),
-        # Scheduling (issue 11): why it waits (while it does); its own priority points.
-        ("pending_reason", job.pending_reason or "-"),
-        ("expected_start", _when(job.expected_start)),
-        ("priority", str(job.priority)),
-        ("nice", str(job.nice)),
     ]
     fields.extend(_control_fields(job))
     fields.extend(_gang_fields(job))

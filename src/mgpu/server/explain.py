@@ -40,7 +40,8 @@ def share_rows(state: ClusterState, now: float) -> ShareListReply:
 def explain(state: ClusterState, job: SimpleJob, now: float) -> ExplainReply:
     """The facts and words of ``mgpu explain`` for ``job``."""
     out = ExplainReply(job_id=job.id, state=job.state.value)
-    who = f"Job {job.id} ({job.user}, {job.gpus} GPU{'s' if job.gpus > 1 else ''})"
+    who = f"Job {job.id} ({job.user}, {job.gpus} GPU{'s' if job.gpus > 1 else ''}" + (
+        f" on {job.nodes} nodes)" if job.nodes > 1 else ")")
     if job.state is JobState.RUNNING:
         out.lines.append(f"{who} is running on {job.node} (GPUs "
                          f"{', '.join(map(str, job.gpu_ids))}): it is not waiting.")
@@ -94,7 +95,8 @@ def explain(state: ClusterState, job: SimpleJob, now: float) -> ExplainReply:
 def _start_words(state: ClusterState, job: SimpleJob, out: ExplainReply, now: float) -> str:
     if job.expected_start is not None:
         start = job.expected_start.timestamp()
-        node = next((r.node_id for r in state.plan.reservations if r.job_id == job.id), None)
+        node = next((", ".join((r.node_id, *r.more_nodes)) for r in state.plan.reservations
+                     if r.job_id == job.id), None)
         return (f"Expected start: {utc(start):%Y-%m-%d %H:%M:%S} UTC (in "
                 f"{format_elapsed(max(start - now, 0))}) on {node}, when the running jobs "
                 "there reach their time limits; GPUs there are held for it meanwhile.")
