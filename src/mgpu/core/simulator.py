@@ -25,6 +25,12 @@ How time runs, as on the master (whose scheduling is event-driven):
    job whose dependency can no longer be met is ``cancelled``, as SLURM's
    ``DependencyNeverSatisfied``.
 
+5. With node pools (:mod:`mgpu.core.simpools`), a node a pool asked for joins at its
+   boot time (before the submissions of that instant) and is offered from the next pass;
+   the pools are ticked after the pass of every instant with events, and at the instants
+   their rule waits for (a job waited ``scale_up_after``, a node idle
+   ``scale_down_after``), when no pass runs.
+
 The replay ends when no event is left; a job that never started (a policy that left it
 pending with nothing left to happen) stays ``pending``.
 """
@@ -37,7 +43,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from mgpu.core.errors import MgpuError, UsageError
+from mgpu.core.poolrule import Demand
 from mgpu.core.scheduler import JobSnapshot, NodeSnapshot, Policy, RunningSnapshot, Snapshot
+from mgpu.core.simpools import PoolNodeRecord, SimPool, SimPools
 from mgpu.core.simqueue import NoUsage, Queue, SubmitOrder, Usage
 from mgpu.core.trace import Dependency, TraceJob
 
@@ -46,7 +54,7 @@ PLAN_LIMIT = 86_400  # what a job without a time limit counts as when planning, 
 NEVER = "DependencyNeverSatisfied"
 # FairShare takes a clock of 0 for "never advanced": its clock is the trace's plus this.
 USAGE_CLOCK = 1.0
-_END, _SUBMIT = 0, 1  # event kinds, in the order they are handled at one instant
+_END, _JOIN, _SUBMIT, _TICK = 0, 1, 2, 3  # event kinds, in their order at one instant
 
 
 class PolicyError(MgpuError):
@@ -91,11 +99,14 @@ class SimJob:
 
 @dataclass
 class SimResult:
-    """The jobs of a replay in queue order, the cluster and the passes run."""
+    """The jobs of a replay in queue order, the cluster (its fixed nodes; its pools and
+    the nodes they asked for) and the passes run."""
 
     jobs: list[SimJob]
     nodes: list[tuple[str, int]]
     passes: int = 0
+    pools: list[SimPool] = field(default_factory=list)
+    pool_nodes: list[PoolNodeRecord] = field(default_factory=list)
 
     @property
     def total_gpus(self) -> int:
@@ -104,7 +115,10 @@ class SimResult:
 
 def parse_nodes(text: str) -> list[tuple[str, int]]:
     """``8x8`` → eight nodes of 8 GPUs; ``4x8,2x4`` → four of 8 and two of 4. Names are
-    ``n01``, ``n02``... in that order (the order the policy sees them)."""
+    ``n01``, ``n02``... in that order (the order the policy sees them). ``none``: no fixed
+    node (a cluster of node pools only)."""
+    if text.strip().lower() == "none":
+        return []
     shapes: list[tuple[int, int]] = []
     for part in text.split(","):
         count, x, gpus = part.strip().lower().partition("x")
@@ -122,17 +136,20 @@ def parse_nodes(text: str) -> list[tuple[str, int]]:
 
 def simulate(trace: Sequence[TraceJob], nodes: list[tuple[str, int]], policy: Policy, *,
              queue: Queue | None = None, usage: Usage | None = None,
-             default_time_limit: int = PLAN_LIMIT, backfill_depth: int = 1_000) -> SimResult:
+             default_time_limit: int = PLAN_LIMIT, backfill_depth: int = 1_000,
+             pools: Sequence[SimPool] = ()) -> SimResult:
     """Replay ``trace`` (in queue order, as :func:`mgpu.core.trace.parse_trace` returns
     it) on ``nodes`` with ``policy``; see the module docstring for the rules.
 
     ``queue`` and ``usage``: the master's priority queue and fair-share usage, fresh (see
     :mod:`mgpu.core.simqueue`); without them, submission order and no usage.
     ``default_time_limit``: what a job without a limit counts as in the policy's plan;
-    ``backfill_depth``: as the master's settings of those names."""
+    ``backfill_depth``: as the master's settings of those names. ``pools``: node pools
+    that grow and shrink with the queue (:mod:`mgpu.core.simpools`)."""
     return _Replay(trace, nodes, policy, SubmitOrder() if queue is None else queue,
                    NoUsage() if usage is None else usage,  # (an empty queue is falsy)
-                   default_time_limit=default_time_limit, backfill_depth=backfill_depth).run()
+                   default_time_limit=default_time_limit, backfill_depth=backfill_depth,
+                   pools=SimPools(pools)).run()
 
 
 @dataclass
@@ -155,10 +172,13 @@ class _Replay:
     running: dict[int, RunningSnapshot] = field(default_factory=dict)  # sim_id -> as seen
     passes: int = 0
     starts_matter: bool = False  # some job waits for another's start (`after`)
+    pools: SimPools = field(default_factory=lambda: SimPools(()))
+    wakes: set[float] = field(default_factory=set)  # the pools' ticks already queued
 
     def run(self) -> SimResult:
+        # Pool nodes join (and leave) ``holders``: its order is the nodes' order.
         self.holders = {n: [None] * g for n, g in self.nodes}
-        largest = max((g for _, g in self.nodes), default=0)
+        largest = max([g for _, g in self.nodes] + [self.pools.largest])
         self.starts_matter = any(d.kind == "after" for row in self.trace
                                  for alt in row.depends for d in alt)
         for row in self.trace:
@@ -168,10 +188,20 @@ class _Replay:
                 self.jobs.append(job)
                 self.by_trace_id.setdefault(row.id, []).append(job)
                 heapq.heappush(self.events, (row.submit, _SUBMIT, job.sim_id))
+                self._wake(self.pools.after_submit(row.submit))
         while self.events:
             now = self.events[0][0]
+            changed = False  # by an event other than a pool's tick
             while self.events and self.events[0][0] == now:
                 _, kind, sim_id = heapq.heappop(self.events)
+                changed = changed or kind != _TICK
+                if kind == _TICK:
+                    continue
+                if kind == _JOIN:
+                    record = self.pools.records[sim_id]
+                    self.holders[record.node_id] = [None] * record.gpus
+                    self.pools.joined(record, now)
+                    continue
                 job = self.jobs[sim_id - 1]
                 if kind == _END:
                     self._end(job)
@@ -186,9 +216,31 @@ class _Replay:
                         self._enqueue(job)
             # A start can meet an `after` dependency: pass again at once, as the master's
             # next event would, so that no time passes in between.
-            while self._pass(now) and self.starts_matter:
+            while changed and self._pass(now) and self.starts_matter:
                 pass
-        return SimResult(self.jobs, self.nodes, self.passes)
+            if self.pools.pools:
+                self._tick_pools(now)
+        return SimResult(self.jobs, self.nodes, self.passes, list(self.pools.pools.values()),
+                         self.pools.records)
+
+    def _tick_pools(self, now: float) -> None:
+        """The pools' decision at ``now``: asked-for nodes queued to join, released nodes
+        gone, their next ticks queued."""
+        tick = self.pools.tick(
+            now, lambda: (Demand(j.gpus, now - j.submit) for j in self.pending.values()),
+            lambda node_id: any(h is not None for h in self.holders[node_id]))
+        first = len(self.pools.records) - len(tick.requested)  # (the newest records)
+        for i, record in enumerate(tick.requested, first):
+            heapq.heappush(self.events, (now + self.pools.boot_time(record), _JOIN, i))
+        for node_id in tick.released:
+            del self.holders[node_id]
+        self._wake(tick.wake_at)
+
+    def _wake(self, times: list[float]) -> None:
+        for t in times:
+            if t not in self.wakes:
+                self.wakes.add(t)
+                heapq.heappush(self.events, (t, _TICK, 0))
 
     def _end(self, job: SimJob) -> None:
         assert job.end is not None and job.node is not None
@@ -221,8 +273,8 @@ class _Replay:
         snapshot = Snapshot(
             now,
             self._ready(asked, now),
-            [NodeSnapshot(n, len(self.holders[n]), free[n],
-                          releases=tuple(sorted(releases.get(n, ())))) for n, _ in self.nodes],
+            [NodeSnapshot(n, len(held), free[n], releases=tuple(sorted(releases.get(n, ()))))
+             for n, held in self.holders.items()],
             list(self.running.values()),
             self.default_time_limit,
             self.backfill_depth,
