@@ -48,7 +48,9 @@ from mgpu.core import poolrule
 from mgpu.core.api_messages import PoolInfo
 from mgpu.core.errors import ConfigError
 from mgpu.core.models import NodeState
-from mgpu.core.poolrule import Decision, Demand, PoolMemory, PoolNode
+from mgpu.core.poolrule import Decision as Decision  # (re-exported: the master's pools'
+from mgpu.core.poolrule import Demand as Demand  # names for what the rule takes and gives)
+from mgpu.core.poolrule import PoolMemory, PoolNode
 from mgpu.server.node_events import Node
 
 log = logging.getLogger("mgpu.pools")
