@@ -216,6 +216,20 @@ def test_a_job_larger_than_the_fixed_nodes_waits_for_a_pool_node_not_rejected() 
     assert "largest has 8" in (result.jobs[1].reason or "")
 
 
+def test_a_capped_arrays_waiting_tasks_ask_for_no_node() -> None:
+    # 4 tasks of 10 s, one at a time (%1), on one fixed GPU: the waiting tasks cannot start
+    # wherever a GPU is, so, as on the master (they are not in its queue), they ask for
+    # nothing; the 1-GPU job submitted with them waits for the GPU: one node for it.
+    csv = ("submit,user,gpus,duration,time_limit,array\n"
+           "0,a,1,10,,0-3%1\n"
+           "0,b,1,10,,\n")
+    result = replay(csv, "1x1", SimPool("p", 1, 0, 4, 0, 0))
+    assert [(r.node_id, r.requested) for r in result.pool_nodes] == [("p-001", 0)]
+    assert [(j.label, j.node, j.start) for j in result.jobs] == [
+        ("1_0", "n01", 0), ("1_1", "n01", 10), ("1_2", "n01", 20), ("1_3", "n01", 30),
+        ("2", "p-001", 0)]
+
+
 def test_two_pools_each_grow_for_what_fits_them() -> None:
     # small: nodes of 1 GPU; large: of 8.  t=0: a 1-GPU and an 8-GPU job; both pools
     # count the 1-GPU job (it fits either), only large the 8-GPU one.

@@ -91,10 +91,11 @@ def check_pools(pools: Sequence[SimPool]) -> None:
 
 @dataclass
 class Tick:
-    """What a tick of the pools changed: nodes asked for (each joins at its
-    ``requested`` plus its pool's ``boot_time``), nodes released, and when to tick again."""
+    """What a tick of the pools changed: nodes asked for (when each joins, and its index
+    in :attr:`SimPools.records`), nodes released, and when to tick again (times not
+    asked for before)."""
 
-    requested: list[PoolNodeRecord] = field(default_factory=list)
+    joins: list[tuple[float, int]] = field(default_factory=list)
     released: list[str] = field(default_factory=list)
     wake_at: list[float] = field(default_factory=list)
 
@@ -109,18 +110,22 @@ class SimPools:
         self.by_id: dict[str, PoolNodeRecord] = {}
         self.up: dict[str, list[str]] = {p.name: [] for p in pools}  # joined, not released
         self.asked: dict[str, int] = {p.name: 0 for p in pools}
+        self.wakes: set[float] = set()  # the ticks asked for so far
 
     @property
     def largest(self) -> int:
         """The GPUs of the largest node any pool could bring."""
         return max((p.gpus_per_node for p in self.pools.values()), default=0)
 
-    def boot_time(self, record: PoolNodeRecord) -> float:
-        return self.pools[record.pool].boot_time
-
     def after_submit(self, submit: float) -> list[float]:
-        """When a job submitted at ``submit`` will have waited long enough for each pool."""
-        return [_at_least(submit, p.scale_up_after) for p in self.pools.values()]
+        """When a job submitted at ``submit`` will have waited long enough for each pool
+        (the times not asked for before)."""
+        return self._new([_at_least(submit, p.scale_up_after) for p in self.pools.values()])
+
+    def _new(self, times: Iterable[float]) -> list[float]:
+        fresh = sorted(set(times) - self.wakes)
+        self.wakes.update(fresh)
+        return fresh
 
     def joined(self, record: PoolNodeRecord, now: float) -> None:
         record.joined = now
@@ -139,17 +144,17 @@ class SimPools:
                 self.asked[name] += 1
                 record = PoolNodeRecord(f"{name}-{self.asked[name]:03d}", name,
                                         pool.gpus_per_node, now)
+                out.joins.append((now + pool.boot_time, len(self.records)))
                 self.records.append(record)
                 self.by_id[record.node_id] = record
-                out.requested.append(record)
             for node_id in d.release:  # (a released node goes at once: nothing to drain)
                 self.by_id[node_id].released = now
                 self.up[name].remove(node_id)
                 forget(memory, node_id)
                 out.released.append(node_id)
-            out.wake_at += [_at_least(since, pool.scale_down_after)
-                            for since in memory.idle_since.values()
-                            if since + pool.scale_down_after > now]
+            out.wake_at += self._new(_at_least(since, pool.scale_down_after)
+                                     for since in memory.idle_since.values()
+                                     if since + pool.scale_down_after > now)
         return out
 
 

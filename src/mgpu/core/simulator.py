@@ -24,12 +24,8 @@ How time runs, as on the master (whose scheduling is event-driven):
 4. A job larger than every node is ``rejected`` at submission (the master refuses it); a
    job whose dependency can no longer be met is ``cancelled``, as SLURM's
    ``DependencyNeverSatisfied``.
-
-5. With node pools (:mod:`mgpu.core.simpools`), a node a pool asked for joins at its
-   boot time (before the submissions of that instant) and is offered from the next pass;
-   the pools are ticked after the pass of every instant with events, and at the instants
-   their rule waits for (a job waited ``scale_up_after``, a node idle
-   ``scale_down_after``), when no pass runs.
+5. Node pools (:mod:`mgpu.core.simpools`) tick after the pass of each instant and at the
+   instants their rule waits for (no pass then); a node joins before the submissions.
 
 The replay ends when no event is left; a job that never started (a policy that left it
 pending with nothing left to happen) stays ``pending``.
@@ -173,7 +169,6 @@ class _Replay:
     passes: int = 0
     starts_matter: bool = False  # some job waits for another's start (`after`)
     pools: SimPools = field(default_factory=lambda: SimPools(()))
-    wakes: set[float] = field(default_factory=set)  # the pools' ticks already queued
 
     def run(self) -> SimResult:
         # Pool nodes join (and leave) ``holders``: its order is the nodes' order.
@@ -224,23 +219,25 @@ class _Replay:
                          self.pools.records)
 
     def _tick_pools(self, now: float) -> None:
-        """The pools' decision at ``now``: asked-for nodes queued to join, released nodes
-        gone, their next ticks queued."""
-        tick = self.pools.tick(
-            now, lambda: (Demand(j.gpus, now - j.submit) for j in self.pending.values()),
-            lambda node_id: any(h is not None for h in self.holders[node_id]))
-        first = len(self.pools.records) - len(tick.requested)  # (the newest records)
-        for i, record in enumerate(tick.requested, first):
-            heapq.heappush(self.events, (now + self.pools.boot_time(record), _JOIN, i))
+        """The pools' decision: nodes asked for queued to join, released ones gone."""
+        tick = self.pools.tick(now, lambda: self._demand(now),
+                               lambda node_id: any(h is not None for h in self.holders[node_id]))
+        for at, i in tick.joins:
+            heapq.heappush(self.events, (at, _JOIN, i))
         for node_id in tick.released:
             del self.holders[node_id]
         self._wake(tick.wake_at)
 
+    def _demand(self, now: float) -> Iterator[Demand]:
+        """The jobs that may start, as the pools see them (as the master's: a capped
+        array's tasks past its ``%N`` are not in its queue)."""
+        room: dict[int, int] = {}
+        return (Demand(j.gpus, now - j.submit) for j in self.pending.values()
+                if not self._over_cap(j, room))
+
     def _wake(self, times: list[float]) -> None:
         for t in times:
-            if t not in self.wakes:
-                self.wakes.add(t)
-                heapq.heappush(self.events, (t, _TICK, 0))
+            heapq.heappush(self.events, (t, _TICK, 0))
 
     def _end(self, job: SimJob) -> None:
         assert job.end is not None and job.node is not None
@@ -325,17 +322,22 @@ class _Replay:
         ``asked`` as it is read: lazily, as the master's, so that a policy that stops early
         does not pay for the rest of the queue. A capped array's tasks past its ``%N`` are
         left out."""
-        room: dict[int, int] = {}  # trace id -> tasks that may still start (capped arrays)
+        room: dict[int, int] = {}
         for snap in self.queue.ordered(now, self.usage.factor):
             job = self.pending[snap.job_id]
-            row = job.trace
-            if row.array_limit is not None:
-                left = room.setdefault(row.id, row.array_limit - self.running_of.get(row.id, 0))
-                if left <= 0:
-                    continue
-                room[row.id] = left - 1
-            asked[job.sim_id] = job
-            yield snap
+            if not self._over_cap(job, room):
+                asked[job.sim_id] = job
+                yield snap
+
+    def _over_cap(self, job: SimJob, room: dict[int, int]) -> bool:
+        """Whether ``job`` is a task past its array's ``%N``, counting the tasks read so
+        far in ``room`` (trace id -> tasks that may still start)."""
+        row = job.trace
+        if row.array_limit is None:
+            return False
+        left = room.setdefault(row.id, row.array_limit - self.running_of.get(row.id, 0))
+        room[row.id] = left - 1
+        return left <= 0
 
     def _settle(self, now: float) -> None:
         """Jobs whose dependencies are met join the queue; those whose dependencies can no
