@@ -6,19 +6,31 @@ Definitions (times in seconds of the trace's clock):
 * **wait** of a job that ran: its start minus its submission; **p95** is the nearest-rank
   95th percentile (the smallest wait that at least 95 % of the waits do not exceed).
 * **makespan**: the last end minus the first submission, over every job of the trace.
-* **utilisation**: GPU-seconds that jobs held, over (the cluster's GPUs x the makespan).
+* **utilisation**: GPU-seconds that jobs held, over (the cluster's GPUs x the makespan);
+  with pools, the pool nodes' GPU-seconds (below) are added to the cluster's.
 * **GPU-hours per user**: GPUs x hours run, summed over the user's jobs; **share**: a user's
   GPU-hours over everyone's.
 
 Jobs that did not run (rejected, cancelled, never started) count in none of these but are
 counted by state. Array tasks count as jobs.
+
+Per node pool (:class:`PoolFigures`), GPU-hours are GPUs x hours:
+
+* **GPU-hours** of its nodes: from each node's request (a booting node is paid for, as a
+  cloud bills it) to its release, or to the end of the replay (the last job's end or
+  release, whichever is later) for a node never released.
+* **busy GPU-hours**: what the jobs that ran on its nodes held; **idle GPU-hours**: the
+  rest, the capacity paid for that ran no job (booting, waiting for work, waiting out
+  ``scale_down_after``).
+* **requests** and **releases**: nodes asked for and released; **peak**: the most nodes
+  asked for and not yet released at once.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mgpu.core.simulator import SimJob, SimResult
 
@@ -44,6 +56,27 @@ class Figures:
     utilisation: float
     gpu_hours: dict[str, float]  # per user, sorted by user
     shares: dict[str, float]  # per user: fraction of all GPU-hours, 0..1
+    pools: list[PoolFigures] = field(default_factory=list)  # per node pool, in flag order
+
+
+@dataclass(frozen=True, slots=True)
+class PoolFigures:
+    """One node pool's settings and figures (module docstring)."""
+
+    name: str
+    gpus_per_node: int
+    min_nodes: int
+    max_nodes: int
+    scale_up_after_s: float
+    scale_down_after_s: float
+    boot_time_s: float
+    requests: int
+    releases: int
+    peak_nodes: int
+    jobs: int  # jobs that ran on its nodes
+    gpu_hours: float
+    busy_gpu_hours: float
+    idle_gpu_hours: float
 
 
 def figures(result: SimResult) -> Figures:
@@ -57,6 +90,8 @@ def figures(result: SimResult) -> Figures:
     gpu_seconds = _per_user(ran, -math.inf, math.inf)
     busy = sum(gpu_seconds.values())
     waits = [_start(j) - j.submit for j in ran]
+    pools = pool_figures(result, last)
+    capacity = result.total_gpus * makespan + 3600 * sum(p.gpu_hours for p in pools)
     return Figures(
         total_gpus=result.total_gpus,
         jobs=len(result.jobs),
@@ -70,10 +105,40 @@ def figures(result: SimResult) -> Figures:
         avg_wait_s=_mean(waits),
         p95_wait_s=percentile(waits, 95),
         makespan_s=makespan,
-        utilisation=busy / (result.total_gpus * makespan) if makespan > 0 and ran else 0.0,
+        utilisation=busy / capacity if capacity > 0 and ran else 0.0,
         gpu_hours={u: s / 3600 for u, s in gpu_seconds.items()},
         shares=_shares(gpu_seconds),
+        pools=pools,
     )
+
+
+def pool_figures(result: SimResult, last_end: float) -> list[PoolFigures]:
+    """Each pool's figures (module docstring); ``last_end``: the last job's end."""
+    horizon = max([last_end] + [r.released for r in result.pool_nodes
+                                if r.released is not None])
+    out = []
+    for pool in result.pools:
+        mine = [r for r in result.pool_nodes if r.pool == pool.name]
+        ids = {r.node_id for r in mine}
+        on = [j for j in result.jobs if j.ran and j.node in ids]
+        powered = sum(r.gpus * ((horizon if r.released is None else r.released) - r.requested)
+                      for r in mine)
+        busy = sum(j.gpus * (_end(j) - _start(j)) for j in on)
+        # The most nodes held at once: +1 at a request, -1 at a release (releases first).
+        steps = sorted([(r.requested, 1) for r in mine]
+                       + [(r.released, -1) for r in mine if r.released is not None])
+        held = peak = 0
+        for _, step in steps:
+            held += step
+            peak = max(peak, held)
+        out.append(PoolFigures(
+            name=pool.name, gpus_per_node=pool.gpus_per_node, min_nodes=pool.min_nodes,
+            max_nodes=pool.max_nodes, scale_up_after_s=pool.scale_up_after,
+            scale_down_after_s=pool.scale_down_after, boot_time_s=pool.boot_time,
+            requests=len(mine), releases=sum(1 for r in mine if r.released is not None),
+            peak_nodes=peak, jobs=len(on), gpu_hours=powered / 3600,
+            busy_gpu_hours=busy / 3600, idle_gpu_hours=(powered - busy) / 3600))
+    return out
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

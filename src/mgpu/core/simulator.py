@@ -24,6 +24,8 @@ How time runs, as on the master (whose scheduling is event-driven):
 4. A job larger than every node is ``rejected`` at submission (the master refuses it); a
    job whose dependency can no longer be met is ``cancelled``, as SLURM's
    ``DependencyNeverSatisfied``.
+5. Node pools (:mod:`mgpu.core.simpools`) tick after the pass of each instant and at the
+   instants their rule waits for (no pass then); a node joins before the submissions.
 
 The replay ends when no event is left; a job that never started (a policy that left it
 pending with nothing left to happen) stays ``pending``.
@@ -37,7 +39,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from mgpu.core.errors import MgpuError, UsageError
+from mgpu.core.poolrule import Demand
 from mgpu.core.scheduler import JobSnapshot, NodeSnapshot, Policy, RunningSnapshot, Snapshot
+from mgpu.core.simpools import PoolNodeRecord, SimPool, SimPools
 from mgpu.core.simqueue import NoUsage, Queue, SubmitOrder, Usage
 from mgpu.core.trace import Dependency, TraceJob
 
@@ -46,7 +50,7 @@ PLAN_LIMIT = 86_400  # what a job without a time limit counts as when planning, 
 NEVER = "DependencyNeverSatisfied"
 # FairShare takes a clock of 0 for "never advanced": its clock is the trace's plus this.
 USAGE_CLOCK = 1.0
-_END, _SUBMIT = 0, 1  # event kinds, in the order they are handled at one instant
+_END, _JOIN, _SUBMIT, _TICK = 0, 1, 2, 3  # event kinds, in their order at one instant
 
 
 class PolicyError(MgpuError):
@@ -91,11 +95,14 @@ class SimJob:
 
 @dataclass
 class SimResult:
-    """The jobs of a replay in queue order, the cluster and the passes run."""
+    """The jobs of a replay in queue order, the cluster (its fixed nodes; its pools and
+    the nodes they asked for) and the passes run."""
 
     jobs: list[SimJob]
     nodes: list[tuple[str, int]]
     passes: int = 0
+    pools: list[SimPool] = field(default_factory=list)
+    pool_nodes: list[PoolNodeRecord] = field(default_factory=list)
 
     @property
     def total_gpus(self) -> int:
@@ -104,7 +111,10 @@ class SimResult:
 
 def parse_nodes(text: str) -> list[tuple[str, int]]:
     """``8x8`` → eight nodes of 8 GPUs; ``4x8,2x4`` → four of 8 and two of 4. Names are
-    ``n01``, ``n02``... in that order (the order the policy sees them)."""
+    ``n01``, ``n02``... in that order (the order the policy sees them). ``none``: no fixed
+    node (a cluster of node pools only)."""
+    if text.strip().lower() == "none":
+        return []
     shapes: list[tuple[int, int]] = []
     for part in text.split(","):
         count, x, gpus = part.strip().lower().partition("x")
@@ -122,17 +132,20 @@ def parse_nodes(text: str) -> list[tuple[str, int]]:
 
 def simulate(trace: Sequence[TraceJob], nodes: list[tuple[str, int]], policy: Policy, *,
              queue: Queue | None = None, usage: Usage | None = None,
-             default_time_limit: int = PLAN_LIMIT, backfill_depth: int = 1_000) -> SimResult:
+             default_time_limit: int = PLAN_LIMIT, backfill_depth: int = 1_000,
+             pools: Sequence[SimPool] = ()) -> SimResult:
     """Replay ``trace`` (in queue order, as :func:`mgpu.core.trace.parse_trace` returns
     it) on ``nodes`` with ``policy``; see the module docstring for the rules.
 
     ``queue`` and ``usage``: the master's priority queue and fair-share usage, fresh (see
     :mod:`mgpu.core.simqueue`); without them, submission order and no usage.
     ``default_time_limit``: what a job without a limit counts as in the policy's plan;
-    ``backfill_depth``: as the master's settings of those names."""
+    ``backfill_depth``: as the master's settings of those names. ``pools``: node pools
+    that grow and shrink with the queue (:mod:`mgpu.core.simpools`)."""
     return _Replay(trace, nodes, policy, SubmitOrder() if queue is None else queue,
                    NoUsage() if usage is None else usage,  # (an empty queue is falsy)
-                   default_time_limit=default_time_limit, backfill_depth=backfill_depth).run()
+                   default_time_limit=default_time_limit, backfill_depth=backfill_depth,
+                   pools=SimPools(pools)).run()
 
 
 @dataclass
@@ -155,10 +168,12 @@ class _Replay:
     running: dict[int, RunningSnapshot] = field(default_factory=dict)  # sim_id -> as seen
     passes: int = 0
     starts_matter: bool = False  # some job waits for another's start (`after`)
+    pools: SimPools = field(default_factory=lambda: SimPools(()))
 
     def run(self) -> SimResult:
+        # Pool nodes join (and leave) ``holders``: its order is the nodes' order.
         self.holders = {n: [None] * g for n, g in self.nodes}
-        largest = max((g for _, g in self.nodes), default=0)
+        largest = max([g for _, g in self.nodes] + [self.pools.largest])
         self.starts_matter = any(d.kind == "after" for row in self.trace
                                  for alt in row.depends for d in alt)
         for row in self.trace:
@@ -168,10 +183,20 @@ class _Replay:
                 self.jobs.append(job)
                 self.by_trace_id.setdefault(row.id, []).append(job)
                 heapq.heappush(self.events, (row.submit, _SUBMIT, job.sim_id))
+                self._wake(self.pools.after_submit(row.submit))
         while self.events:
             now = self.events[0][0]
+            changed = False  # by an event other than a pool's tick
             while self.events and self.events[0][0] == now:
                 _, kind, sim_id = heapq.heappop(self.events)
+                changed = changed or kind != _TICK
+                if kind == _TICK:
+                    continue
+                if kind == _JOIN:
+                    record = self.pools.records[sim_id]
+                    self.holders[record.node_id] = [None] * record.gpus
+                    self.pools.joined(record, now)
+                    continue
                 job = self.jobs[sim_id - 1]
                 if kind == _END:
                     self._end(job)
@@ -186,9 +211,33 @@ class _Replay:
                         self._enqueue(job)
             # A start can meet an `after` dependency: pass again at once, as the master's
             # next event would, so that no time passes in between.
-            while self._pass(now) and self.starts_matter:
+            while changed and self._pass(now) and self.starts_matter:
                 pass
-        return SimResult(self.jobs, self.nodes, self.passes)
+            if self.pools.pools:
+                self._tick_pools(now)
+        return SimResult(self.jobs, self.nodes, self.passes, list(self.pools.pools.values()),
+                         self.pools.records)
+
+    def _tick_pools(self, now: float) -> None:
+        """The pools' decision: nodes asked for queued to join, released ones gone."""
+        tick = self.pools.tick(now, lambda: self._demand(now),
+                               lambda node_id: any(h is not None for h in self.holders[node_id]))
+        for at, i in tick.joins:
+            heapq.heappush(self.events, (at, _JOIN, i))
+        for node_id in tick.released:
+            del self.holders[node_id]
+        self._wake(tick.wake_at)
+
+    def _demand(self, now: float) -> Iterator[Demand]:
+        """The jobs that may start, as the pools see them (as the master's: a capped
+        array's tasks past its ``%N`` are not in its queue)."""
+        room: dict[int, int] = {}
+        return (Demand(j.gpus, now - j.submit) for j in self.pending.values()
+                if not self._over_cap(j, room))
+
+    def _wake(self, times: list[float]) -> None:
+        for t in times:
+            heapq.heappush(self.events, (t, _TICK, 0))
 
     def _end(self, job: SimJob) -> None:
         assert job.end is not None and job.node is not None
@@ -221,8 +270,8 @@ class _Replay:
         snapshot = Snapshot(
             now,
             self._ready(asked, now),
-            [NodeSnapshot(n, len(self.holders[n]), free[n],
-                          releases=tuple(sorted(releases.get(n, ())))) for n, _ in self.nodes],
+            [NodeSnapshot(n, len(held), free[n], releases=tuple(sorted(releases.get(n, ()))))
+             for n, held in self.holders.items()],
             list(self.running.values()),
             self.default_time_limit,
             self.backfill_depth,
@@ -273,17 +322,22 @@ class _Replay:
         ``asked`` as it is read: lazily, as the master's, so that a policy that stops early
         does not pay for the rest of the queue. A capped array's tasks past its ``%N`` are
         left out."""
-        room: dict[int, int] = {}  # trace id -> tasks that may still start (capped arrays)
+        room: dict[int, int] = {}
         for snap in self.queue.ordered(now, self.usage.factor):
             job = self.pending[snap.job_id]
-            row = job.trace
-            if row.array_limit is not None:
-                left = room.setdefault(row.id, row.array_limit - self.running_of.get(row.id, 0))
-                if left <= 0:
-                    continue
-                room[row.id] = left - 1
-            asked[job.sim_id] = job
-            yield snap
+            if not self._over_cap(job, room):
+                asked[job.sim_id] = job
+                yield snap
+
+    def _over_cap(self, job: SimJob, room: dict[int, int]) -> bool:
+        """Whether ``job`` is a task past its array's ``%N``, counting the tasks read so
+        far in ``room`` (trace id -> tasks that may still start)."""
+        row = job.trace
+        if row.array_limit is None:
+            return False
+        left = room.setdefault(row.id, row.array_limit - self.running_of.get(row.id, 0))
+        room[row.id] = left - 1
+        return left <= 0
 
     def _settle(self, now: float) -> None:
         """Jobs whose dependencies are met join the queue; those whose dependencies can no

@@ -14,6 +14,7 @@ file (``pools = PATH``, ``MGPU_POOLS``, ``mgpu server --pools PATH``)::
     scale_down_after = 600            # seconds a node sits idle before it is released
     request_timeout = 600             # a requested node that has not joined by then is given up
 
+The decision rule is :mod:`mgpu.core.poolrule` (pure: ``mgpu simulate --pool`` runs it too).
 The master asks for nodes (``scale_up`` with ``MGPU_POOL_COUNT``) when pending jobs that a
 node of the pool could run (``gpus <= gpus_per_node``) have waited longer than
 ``scale_up_after``: as many as those jobs fill, counting the nodes already asked for, up to
@@ -34,19 +35,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
 
+from mgpu.core import poolrule
 from mgpu.core.api_messages import PoolInfo
 from mgpu.core.errors import ConfigError
 from mgpu.core.models import NodeState
+from mgpu.core.poolrule import Decision as Decision  # (re-exported: the master's pools'
+from mgpu.core.poolrule import Demand as Demand  # names for what the rule takes and gives)
+from mgpu.core.poolrule import PoolMemory, PoolNode
 from mgpu.server.node_events import Node
 
 log = logging.getLogger("mgpu.pools")
@@ -67,9 +71,9 @@ class PoolSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     scale_up: str | None = None
     scale_down: str | None = None
     plugin: str | None = None
-    scale_up_after: float = 60.0
-    scale_down_after: float = 600.0
-    request_timeout: float = 600.0
+    scale_up_after: float = poolrule.SCALE_UP_AFTER
+    scale_down_after: float = poolrule.SCALE_DOWN_AFTER
+    request_timeout: float = poolrule.REQUEST_TIMEOUT
 
 
 def read_pools(path: str | os.PathLike[str]) -> list[PoolSpec]:
@@ -173,88 +177,27 @@ def operator_for(spec: PoolSpec) -> Operator:
 
 
 @dataclass
-class Demand:
-    """A pending job, as a pool sees it."""
-
-    gpus: int
-    waited: float
-
-
-@dataclass
-class PoolState:
-    """What the master remembers of one pool between ticks."""
+class PoolState(PoolMemory):
+    """What the master remembers of one pool between ticks: the rule's memory
+    (:class:`~mgpu.core.poolrule.PoolMemory`), its settings and its operator."""
 
     spec: PoolSpec
     operator: Operator
-    requested: list[float] = field(default_factory=list)  # when each asked-for node was
-    known: set[str] = field(default_factory=set)  # pool nodes seen registered
-    idle_since: dict[str, float] = field(default_factory=dict)
-    releasing: set[str] = field(default_factory=set)
-    busy: bool = False  # an operator command is running
 
     def members(self, nodes: Iterable[Node]) -> list[Node]:
         return [n for n in nodes if n.pool == self.spec.name]
 
 
-@dataclass
-class Decision:
-    """What one tick decided for one pool."""
-
-    request: int = 0  # nodes to ask for
-    release: list[str] = field(default_factory=list)  # idle nodes to drain and release
-    expired: int = 0  # requests given up (their node never joined)
-    forget: list[str] = field(default_factory=list)  # released nodes now gone
-
-
 def decide(pool: PoolState, nodes: list[Node], demand: Iterable[Demand],
            now: float) -> Decision:
-    """One tick's decision for ``pool``: what to ask for and release, also recorded in
-    ``pool`` (its requests and releases), which is all it changes.
+    """One tick's decision for ``pool`` (the rule: :func:`mgpu.core.poolrule.decide`), also
+    recorded in ``pool`` (its requests and releases), which is all it changes.
 
     ``nodes`` are the pool's nodes as the master has them; ``demand`` the pending jobs in
     queue order (read only as far as needed)."""
-    spec, d = pool.spec, Decision()
-    live = [n for n in nodes if n.state is not NodeState.DOWN]
-    for n in nodes:
-        if n.node_id not in pool.known:
-            pool.known.add(n.node_id)
-            if pool.requested:
-                pool.requested.pop(0)  # an asked-for node joined
-    fresh = [t for t in pool.requested if now - t < spec.request_timeout]
-    d.expired = len(pool.requested) - len(fresh)
-    pool.requested = fresh
-    for n in nodes:  # released nodes whose agent has gone
-        if n.node_id in pool.releasing and not n.connected and not n.busy():
-            d.forget.append(n.node_id)
-    staying = [n for n in live if n.node_id not in pool.releasing]
-    have = len(staying) + len(pool.requested)
-    # Grow: the jobs a pool node could run that waited long enough, packed by GPUs, read
-    # only as far as the pool could grow.
-    gpus, cap = 0, (spec.max_nodes - len(staying)) * spec.gpus_per_node
-    for job in demand:
-        if gpus >= cap:
-            break
-        if job.waited >= spec.scale_up_after and job.gpus <= spec.gpus_per_node:
-            gpus += job.gpus
-    wanted = max(math.ceil(gpus / spec.gpus_per_node) - len(pool.requested),
-                 spec.min_nodes - have)
-    d.request = max(0, min(wanted, spec.max_nodes - have))
-    # Shrink: idle nodes past scale_down_after, keeping min_nodes.
-    if d.request == 0:
-        spare = len(staying) - spec.min_nodes
-        for n in staying:
-            if n.busy() or not n.takes_jobs:
-                pool.idle_since.pop(n.node_id, None)
-                continue
-            since = pool.idle_since.setdefault(n.node_id, now)
-            if spare > 0 and now - since >= spec.scale_down_after:
-                d.release.append(n.node_id)
-                spare -= 1
-    if pool.busy:  # one operator command at a time per pool: decide again after it
-        d.request, d.release = 0, []
-    pool.requested += [now] * d.request
-    pool.releasing.update(d.release)
-    return d
+    seen = [PoolNode(n.node_id, up=n.state is not NodeState.DOWN, connected=n.connected,
+                     busy=n.busy(), takes_jobs=n.takes_jobs) for n in nodes]
+    return poolrule.decide(pool.spec, pool, seen, demand, now)
 
 
 def status(pool: PoolState, nodes: list[Node]) -> PoolInfo:
@@ -308,9 +251,7 @@ class Pools:
             d = decide(pool, pool.members(nodes), demand, now)
             name, who = pool.spec.name, f"pool:{pool.spec.name}"
             for node_id in d.forget:
-                pool.releasing.discard(node_id)
-                pool.known.discard(node_id)
-                pool.idle_since.pop(node_id, None)
+                poolrule.forget(pool, node_id)
                 state.drained.pop(node_id, None)
                 state.nodes.pop(node_id, None)
                 log.info("pool %s: released node %s is gone", name, node_id)
