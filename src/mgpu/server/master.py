@@ -257,6 +257,8 @@ class Master:
             return
         started = [msg.job_id for _, msg in effects.sends if isinstance(msg, m.StartJob)]
         if started:
+            # (What a gang's stop would send needs a save too: the disk is full; it is
+            # not retried from here, which could spin.)
             self.state.unplace(started, time.time(), "the master could not save its state")
 
     def _on_saved(self, effects: Effects) -> None:
@@ -273,8 +275,8 @@ class Master:
                     self.notify_output(msg.job_id)  # followers see it placed
             elif isinstance(msg, m.StartJob):
                 # The node left between placement and send: it never got the job.
-                self.state.unplace([msg.job_id], time.time(), f"node {node_id} disconnected")
-                self.apply(Effects())
+                self.apply(self.state.unplace([msg.job_id], time.time(),
+                                              f"node {node_id} disconnected"))
         for node_id, keys in acks.items():
             conn = self.conns.get(node_id)
             if conn is not None:

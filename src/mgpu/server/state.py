@@ -296,15 +296,22 @@ class ClusterState(GangJobs, SubmitControls, SchedulingPass):
                 )
         return results, effects
 
-    def unplace(self, job_ids: Iterable[int], now: float, reason: str) -> None:
-        """Put placed jobs back in the queue when their placement could not be saved."""
+    def unplace(self, job_ids: Iterable[int], now: float, reason: str) -> Effects:
+        """Put placed jobs back in the queue when their placement could not be saved or
+        sent. A gang whose rank 0 already runs (its rendezvous came back) is stopped and
+        requeued instead, as for a lost node: its next run has a number of its own."""
+        effects = Effects()
         for job_id in job_ids:
             job = self.jobs[job_id]
             if job.state is not JobState.RUNNING or job.node is None:
                 continue
+            if job.rendezvous is not None:
+                effects.merge(self.node_lost(job, reason, now))
+                continue
             self.release_parts(job)
             advance(job, JobState.PENDING, now, reason=reason)
             self._enqueue(job, in_place=True)
+        return effects
 
     def node_lost(self, job: SimpleJob, why: str, now: float) -> Effects:
         """A running job's node is gone: requeue it if it may be, else end it as node_fail."""
