@@ -119,9 +119,11 @@ def test_each_task_gets_its_rank_and_one_rendezvous(cluster: Cluster) -> None:
     assert sorted(json.loads(line)["RANK"] for line in bare) == ["0", "1"]
     refused = cluster.mgpu("logs", "--task", "2", str(job_id), check=1)
     assert "has 2 tasks: give --task from 0 to 1" in refused.stderr
-    # Both nodes' GPUs are free again.
+    # Both nodes' GPUs are free again; its run is counted under both nodes, all 4 GPUs.
     nodes = cluster.api("/api/v1/nodes")["nodes"]
     assert all(g["job_id"] is None for n in nodes for g in n["gpus"])
+    usage = json.loads(cluster.mgpu("usage", "--by", "node", "--json").stdout)
+    assert [r["key"] for r in usage["rows"]] == [",".join(order)]
 
 
 @pytest.mark.cluster(nodes=2, gpus=1)

@@ -38,7 +38,8 @@ def end_run(effects: Effects, job: SimpleJob, to: JobState, now: float, *,
     pending (it ends without running; ``to`` is then an ended state)."""
     ran = job.state is JobState.RUNNING
     started = job.started_at.timestamp() if ran and job.started_at is not None else None
-    node, gpu_ids, run = (job.node, list(job.gpu_ids), job.requeues)
+    # (A multi-node run's node is all of its nodes, comma-separated, rank 0 first.)
+    node, gpu_ids, run = (",".join(job.nodes_of()) or None, list(job.gpu_ids), job.requeues)
     advance(job, to, now, reason=reason, exit_code=exit_code, end_cause=end_cause)
     requeued = not to.ended  # back to pending: the run ended with its node lost
     effects.update(job)
