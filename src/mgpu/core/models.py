@@ -45,6 +45,7 @@ from mgpu.core.node_models import GpuProcess as GpuProcess
 from mgpu.core.node_models import GpuUsage as GpuUsage
 from mgpu.core.node_models import JobProcess as JobProcess
 from mgpu.core.node_models import NodeInfo as NodeInfo
+from mgpu.core.partitions import PARTITION_PATTERN
 
 
 class JobState(enum.StrEnum):
@@ -190,6 +191,10 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     mail_type: list[str] | None = None
     mail_user: str | None = None
     notify_url: str | None = None
+    # Partitions (README "Mixed mode"): run only on this partition's nodes (None: the
+    # default partition's, or a spill partition's when the master allows it).
+    partition: Annotated[str, msgspec.Meta(max_length=64, pattern=PARTITION_PATTERN)] | None = (
+        None)
 
 
 class SimpleJob(msgspec.Struct, kw_only=True):
@@ -252,6 +257,8 @@ class SimpleJob(msgspec.Struct, kw_only=True):
     notify_url: str | None = None
     # Its id in the engine that runs it, when that is not an mgpu node (the SLURM job id).
     backend_id: str | None = None
+    # Partitions (README "Mixed mode"): the partition it asked for (None: the default).
+    partition: str | None = None
 
     @property
     def job_id(self) -> int:

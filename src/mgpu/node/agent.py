@@ -34,7 +34,7 @@ from mgpu.core.errors import MgpuError
 from mgpu.core.models import GpuInfo
 from mgpu.node import credential, fencing, join
 from mgpu.node import users as policy
-from mgpu.node.backends import offered_gpus
+from mgpu.node.backends import offered_gpus, partition_of
 from mgpu.node.gpuwatch import GpuWatch, open_watch
 from mgpu.node.keeper_link import KeeperLink, NodeRun
 from mgpu.node.logship import LogShipper
@@ -233,7 +233,8 @@ class Agent:
             gpus=self.gpuwatch.with_usage(self.gpus) if self.gpuwatch else self.gpus,
             credential=credential.load(data_dir, self.node_id),
             users=self.users, degraded=self.degraded, pool=self.cfg.pool,
-            foreign_gpu_policy=self.cfg.foreign_gpu_policy, min_free_mib=self.cfg.min_free_mib)
+            foreign_gpu_policy=self.cfg.foreign_gpu_policy, min_free_mib=self.cfg.min_free_mib,
+            partition=partition_of(self.cfg))
         await ws.send_bytes(m.node_encoder.encode(register))
         first = await ws.receive(timeout=30)
         if first.type is not aiohttp.WSMsgType.BINARY:

@@ -26,6 +26,7 @@ from mgpu.server.effects import Effects
 from mgpu.server.fairshare import FairShare
 from mgpu.server.gpu_fit import check_gpu_constraints, job_constraints
 from mgpu.server.node_events import Node
+from mgpu.server.partitions import check_partition
 from mgpu.server.queue import PendingQueue
 from mgpu.server.scheduling import SchedulingPass
 from mgpu.server.store import LoadedJob
@@ -166,6 +167,7 @@ class ClusterState(SubmitControls, SchedulingPass):
             check_spec(spec, where)
             check_priority(spec, admin, where)
             check_gpu_constraints(spec, self.nodes.values(), where)
+            check_partition(spec, self.nodes.values(), where)
             check_notify(spec, self.notify_policy, where)
             self._time_limit(spec, where)
             if self.nodes and spec.gpus > largest:
@@ -200,6 +202,7 @@ class ClusterState(SubmitControls, SchedulingPass):
                 nice=spec.nice,
                 gpu_type=spec.gpu_type, gpu_mem_mib=spec.gpu_mem_mib,
                 mail_type=spec.mail_type, mail_user=spec.mail_user, notify_url=spec.notify_url,
+                partition=spec.partition,
             )
             self.jobs[job_id] = job
             if not spec.array:  # (an array's tasks are let in by gate_submitted)
