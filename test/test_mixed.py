@@ -327,3 +327,31 @@ def test_server_with_the_slurm_backend_runs_jobs_in_slurm(
     assert "via-server" in cluster.mgpu("logs", str(job_id)).stdout
     shown = cluster.mgpu("show", str(job_id)).stdout
     assert re.search(rf"backend_id:\s+{sid}", shown), shown
+
+
+# ---------------------------------------------------------------- settings
+
+
+def test_spill_settings_from_the_config_file_flags_and_errors() -> None:
+    from mgpu.core.config import BackendConfig, MasterConfig
+    from mgpu.core.errors import ConfigError, error_for_status
+    from mgpu.server.partitions import spill_rule
+    from mgpu.utils.settings import load
+
+    file = {"master": {"spill_partitions": ["slurm", "cloud"], "spill_after": 300}}
+    cfg, _ = load(MasterConfig, {"data_dir": "/tmp/x"}, file_data=file, environ={})
+    assert spill_rule(cfg) == SpillRule(frozenset({"slurm", "cloud"}), 300.0)
+    cfg, _ = load(MasterConfig, {"data_dir": "/tmp/x", "spill_partitions": "slurm"},
+                  file_data=file, environ={})  # the flag wins
+    assert spill_rule(cfg).partitions == {"slurm"}
+    cfg, _ = load(MasterConfig, {"data_dir": "/tmp/x"}, file_data={},
+                  environ={"MGPU_SPILL_PARTITIONS": "a b"})
+    with pytest.raises(ConfigError, match="'a b' is not a partition name"):
+        spill_rule(cfg)
+    backend, _ = load(BackendConfig, {}, file_data={"backend": {"kind": "slurm"}}, environ={})
+    assert (backend.kind, backend.node_id, backend.mgpu_partition) == ("slurm", "slurm", "slurm")
+    with pytest.raises(ConfigError, match="use slurm"):
+        load(BackendConfig, {}, file_data={"backend": {"kind": "k8s"}}, environ={})
+    # The master's refusal of -p comes back to the client as a usage error (exit 2).
+    back = error_for_status(400, "no node is in partition 'x'", "unknown_partition")
+    assert (type(back), back.exit_code) == (UnknownPartition, 2)

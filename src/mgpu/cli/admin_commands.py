@@ -165,6 +165,11 @@ def cmd_server(ns: argparse.Namespace) -> int:
     if ns.backend == "local":
         raise UsageError("mgpu server --backend local: the master runs no jobs itself; start "
                          "`mgpu node` on each GPU machine (or `mgpu up` for one machine)")
+    given = [f for f, v in (("--partition", ns.partition), ("--slurm-poll", ns.slurm_poll),
+                            ("--mgpu-partition", ns.mgpu_partition)) if v is not None]
+    if given and backend.kind != "slurm":
+        raise UsageError(f"mgpu server {given[0]} goes with --backend slurm (a master that "
+                         "runs its own SLURM bridge)")
     if backend.kind == "slurm":  # a master with its own SLURM bridge (cli/server_backend.py)
         from mgpu.cli.server_backend import run_server_with_backend
 
