@@ -404,6 +404,7 @@ def test_json_follows_the_contract() -> None:
         "gpu_type", "gpu_mem_mib", "gpu_mem_peak_mib", "gpu_util_mean",  # GPUs
         "mail_type", "mail_user", "notify_url",  # notifications (issue 13)
         "backend_id",
+        "partition",  # mixed mode (issue 14)
     }  # fmt: skip
     assert data[0]["state"] == "completed"
     assert data[0]["ended_at"] == "2024-05-01T12:00:01Z"

@@ -38,6 +38,7 @@ JOB_KEYS = {
     "gpu_type", "gpu_mem_mib", "gpu_mem_peak_mib", "gpu_util_mean",  # GPUs
     "mail_type", "mail_user", "notify_url",  # notifications (issue 13)
     "backend_id",
+    "partition",  # mixed mode (issue 14)
 }  # fmt: skip
 
 

@@ -219,6 +219,7 @@ JOB_FIELDS = [
     "mail_user",
     "notify_url",
     "backend_id",
+    "partition",  # mixed mode (issue 14)
 ]
 
 
