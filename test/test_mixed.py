@@ -14,6 +14,7 @@ Three tiers:
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from collections.abc import Callable
@@ -264,6 +265,13 @@ def test_partitions_route_jobs_between_local_gpus_and_slurm(
     assert ended["partition"] == "slurm"
     assert "in-slurm" in cluster.mgpu("logs", str(to_slurm)).stdout
 
+    run = cluster.mgpu("srun", "-p", "slurm", "echo srun-in-slurm; exit 5", check=5)
+    assert "srun-in-slurm" in run.stdout
+    (srun_job,) = [j for j in json.loads(cluster.mgpu("queue", "-a", "--json").stdout)
+                   if j["command"].startswith("echo srun-in-slurm")]
+    assert (srun_job["node"], srun_job["partition"]) == (BRIDGE, "slurm")
+    assert srun_job["backend_id"].isdigit()
+
     here = cluster.submit("echo here")
     ended = cluster.wait_job(here)
     assert (ended["state"], ended["node"], ended["backend_id"]) == ("completed", "node1", None)
@@ -355,3 +363,19 @@ def test_spill_settings_from_the_config_file_flags_and_errors() -> None:
     # The master's refusal of -p comes back to the client as a usage error (exit 2).
     back = error_for_status(400, "no node is in partition 'x'", "unknown_partition")
     assert (type(back), back.exit_code) == (UnknownPartition, 2)
+
+
+@pytest.mark.parametrize("argv", [
+    ["submit", "-p", "slurm", "true"],
+    ["submit", "--partition=slurm", "-G", "2", "true"],
+    ["srun", "--partition", "slurm", "true"],
+])
+def test_the_partition_flag_reaches_the_job(argv: list[str]) -> None:
+    from mgpu.cli.grammar import build_parser, plain_args
+    from mgpu.cli.jobargs import job_fields
+
+    for ns in (plain_args(argv), build_parser(argv[0]).parse_args(argv)):
+        assert ns is not None
+        assert job_fields(ns)["partition"] == "slurm"
+    plain = plain_args(["submit", "true"])
+    assert plain is not None and "partition" not in job_fields(plain)
