@@ -313,21 +313,27 @@ def test_with_spill_over_a_plain_job_goes_to_slurm_when_local_gpus_are_full(
     assert (ended["node"], ended["backend_id"]) == ("node1", None)
 
 
+SERVER_ARGS = ("--backend", "slurm", "--partition", PARTITION, "--slurm-poll", "0.3")
+
+
+def wait_own_bridge(cluster: Cluster) -> None:
+    """Wait until the master's own bridge (node ``slurm``, partition ``slurm``) is up."""
+    def up() -> bool:
+        master = cluster.master
+        assert master is not None and master.running(), master.log_tail() if master else ""
+        return any(n["node_id"] == "slurm" and n["state"] == "up" and n["partition"] == "slurm"
+                   for n in cluster.api("/api/v1/nodes")["nodes"])
+
+    wait_until(up, 30, ignore=(OSError,),
+               message=lambda: cluster.master.log_tail() if cluster.master else "")
+
+
 def test_server_with_the_slurm_backend_runs_jobs_in_slurm(
         slurm: SlurmCluster, make_cluster: Callable[..., Cluster]) -> None:
     """``mgpu server --backend slurm``: the master runs its SLURM bridge itself."""
-    cluster = make_cluster(nodes=0, env={"SLURM_CONF": str(slurm.conf)}, master_args=(
-        "--backend", "slurm", "--partition", PARTITION, "--slurm-poll", "0.3"))
-
-    def bridge_up() -> bool:
-        assert cluster.master is not None and cluster.master.running(), \
-            cluster.master.log_tail() if cluster.master else ""
-        return any(n["node_id"] == "slurm" and n["state"] == "up"
-                   and n["partition"] == "slurm"
-                   for n in cluster.api("/api/v1/nodes")["nodes"])
-
-    wait_until(bridge_up, 30, message=lambda: cluster.master.log_tail()  # type: ignore[union-attr]
-               if cluster.master else "")
+    cluster = make_cluster(nodes=0, env={"SLURM_CONF": str(slurm.conf)},
+                           master_args=SERVER_ARGS)
+    wait_own_bridge(cluster)
     job_id = cluster.submit("echo via-server; exit 4")  # no -p: its only node is the bridge
     sid = wait_slurm_id(cluster, job_id)
     ended = cluster.wait_job(job_id)
@@ -335,6 +341,27 @@ def test_server_with_the_slurm_backend_runs_jobs_in_slurm(
     assert "via-server" in cluster.mgpu("logs", str(job_id)).stdout
     shown = cluster.mgpu("show", str(job_id)).stdout
     assert re.search(rf"backend_id:\s+{sid}", shown), shown
+
+
+def test_server_with_the_slurm_backend_readopts_its_slurm_jobs_after_a_restart(
+        slurm: SlurmCluster, make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster(nodes=0, env={"SLURM_CONF": str(slurm.conf)},
+                           master_args=SERVER_ARGS)
+    wait_own_bridge(cluster)
+    go = cluster.tmp / "go"  # the job waits for it: it outlives the restart, no sleep here
+    job_id = cluster.submit(
+        f"echo before; while [ ! -e {go} ]; do sleep 0.1; done; echo after; exit 6")
+    sid = wait_slurm_id(cluster, job_id)
+    wait_until(lambda: "before" in cluster.mgpu("logs", str(job_id)).stdout, 30)
+    cluster.restart_master(*SERVER_ARGS, wait_nodes=False)  # SIGTERM: SLURM keeps the job
+    wait_own_bridge(cluster)
+    assert in_slurm(slurm, sid)
+    job = cluster.job(job_id)
+    assert (job["state"], job["backend_id"]) == ("running", sid), job
+    go.touch()
+    ended = cluster.wait_job(job_id)
+    assert (ended["state"], ended["exit_code"], ended["backend_id"]) == ("failed", 6, sid)
+    assert cluster.mgpu("logs", str(job_id)).stdout.split() == ["before", "after"]
 
 
 # ---------------------------------------------------------------- settings
