@@ -718,3 +718,46 @@ def cluster(request: pytest.FixtureRequest, make_cluster: Callable[..., Cluster]
     marker = request.node.get_closest_marker("cluster")
     options: dict[str, Any] = dict(marker.kwargs) if marker else {}
     return make_cluster(**options)
+
+
+# ---------------------------------------------------------------- a real SLURM
+
+
+@pytest.fixture(scope="session")
+def slurm_session() -> Iterator[Any]:
+    """One real single-host SLURM for the session (``test/slurm_cluster.py``; root only),
+    in a directory every user may enter (its configuration is read by jobs' owners'
+    sbatch too). Shared by test_slurm.py and test_mixed.py."""
+    import tempfile
+
+    from slurm_cluster import SlurmCluster, missing_programs
+
+    if os.geteuid() != 0:
+        pytest.skip("a real SLURM needs root (slurmd starts jobs as their users); CI runs "
+                    "these as root")
+    missing = missing_programs()
+    if missing:
+        pytest.fail(f"SLURM programs missing: {', '.join(missing)}: run .ci/system-packages")
+    root = Path(tempfile.mkdtemp(prefix="mgpu-slurm-"))
+    root.chmod(0o755)
+    cluster = SlurmCluster(root)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def slurm(slurm_session: Any) -> Iterator[Any]:
+    """The session's SLURM, with no job left over from another test."""
+    yield slurm_session
+    slurm_session.cancel_all()
+
+    def squeue(*args: str) -> str:
+        return subprocess.run(["squeue", *args], env=slurm_session.env, capture_output=True,
+                              text=True, check=True, timeout=30).stdout
+
+    wait_until(lambda: not squeue("-h", "-t", "PD,R,CG").strip(), 30,
+               message=lambda: f"SLURM still has jobs:\n{squeue()}")

@@ -39,6 +39,7 @@ JOB_KEYS = {
     "mail_type", "mail_user", "notify_url",  # notifications (issue 13)
     "backend_id",
     "nodes", "ntasks_per_node", "slurm_env", "parts", "rendezvous",  # multi-node jobs
+    "partition",  # mixed mode (issue 14)
 }  # fmt: skip
 
 

@@ -108,7 +108,7 @@ def test_each_config_reads_its_own_table() -> None:
     node, _ = load(NodeConfig, file_data=file, file_path=FILE, environ={})
     assert master.port == 1111
     assert (node.port, node.fake_gpus) == (2222, 4)
-    assert set(SECTIONS.values()) == {"master", "node", "client", "log"}
+    assert set(SECTIONS.values()) == {"master", "node", "client", "log", "backend"}
 
 
 def test_node_env_variables() -> None:

@@ -220,6 +220,7 @@ JOB_FIELDS = [
     "notify_url",
     "backend_id",
     "nodes", "ntasks_per_node", "slurm_env", "parts", "rendezvous",  # multi-node jobs
+    "partition",  # mixed mode (issue 14)
 ]
 
 

@@ -35,7 +35,7 @@ from mgpu.core.models import EndCause, GpuInfo, JobSpec, JobState
 from mgpu.node import slurm_cli as sc
 from mgpu.node.slurm_runs import copied
 from mgpu.server.state import ClusterState
-from slurm_cluster import GPUS, NODE, PARTITION, SlurmCluster, missing_programs
+from slurm_cluster import GPUS, NODE, PARTITION, SlurmCluster
 
 # ---------------------------------------------------------------- unit: SLURM's answers
 
@@ -175,34 +175,8 @@ def test_a_node_lost_end_of_a_job_that_may_not_requeue_ends_it_as_node_fail() ->
 # ---------------------------------------------------------------- a real SLURM
 
 
-@pytest.fixture(scope="session")
-def slurm_session() -> Iterator[SlurmCluster]:
-    """One real single-host SLURM for the session (root only), in a directory every user
-    may enter (its configuration is read by jobs' owners' sbatch too)."""
-    if os.geteuid() != 0:
-        pytest.skip("a real SLURM needs root (slurmd starts jobs as their users); CI runs "
-                    "these as root")
-    missing = missing_programs()
-    if missing:
-        pytest.fail(f"SLURM programs missing: {', '.join(missing)}: run .ci/system-packages")
-    root = Path(tempfile.mkdtemp(prefix="mgpu-slurm-"))
-    root.chmod(0o755)
-    cluster = SlurmCluster(root)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture
-def slurm(slurm_session: SlurmCluster) -> Iterator[SlurmCluster]:
-    """The session's SLURM, with no job left over from another test."""
-    yield slurm_session
-    slurm_session.cancel_all()
-    wait_until(lambda: not squeue(slurm_session, "-h", "-t", "PD,R,CG").strip(), 30,
-               message=lambda: f"SLURM still has jobs:\n{squeue(slurm_session)}")
+# The SLURM of the session (``slurm_session``) and ``slurm`` are fixtures of conftest.py,
+# shared with test_mixed.py (one SLURM per test session).
 
 
 def squeue(slurm: SlurmCluster, *args: str) -> str:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 def cmd_config(ns: argparse.Namespace) -> int:
     from mgpu.client import output
-    from mgpu.core.config import ClientConfig, LogConfig, MasterConfig, NodeConfig
+    from mgpu.core.config import BackendConfig, ClientConfig, LogConfig, MasterConfig, NodeConfig
     from mgpu.utils.settings import config_file
 
     sections = []
@@ -31,6 +31,7 @@ def cmd_config(ns: argparse.Namespace) -> int:
         ("master", MasterConfig, {}),
         ("node", NodeConfig, {}),
         ("log", LogConfig, log_flags(ns)),
+        ("backend", BackendConfig, {}),
     ):
         cfg, sources = load_config(ns, cls, flags)
         sections.append((name, cfg, sources))
@@ -118,6 +119,8 @@ def _master_config(ns: argparse.Namespace) -> Any:
     flags["job_retention_days"] = getattr(ns, "job_retention_days", None)
     flags["pools"] = getattr(ns, "pools", None)
     flags["metrics_token_file"] = getattr(ns, "metrics_token_file", None)
+    flags["spill_partitions"] = getattr(ns, "spill_to", None)  # partitions (README "Mixed mode")
+    flags["spill_after"] = getattr(ns, "spill_after", None)
     return load_config(ns, MasterConfig, flags)[0]
 
 
@@ -138,6 +141,7 @@ def _node_config(ns: argparse.Namespace, **extra: Any) -> Any:
         "address": getattr(ns, "address", None),
         "metrics_port": getattr(ns, "metrics_port", None),
         "metrics_token_file": getattr(ns, "metrics_token_file", None),
+        "mgpu_partition": getattr(ns, "mgpu_partition", None),
         **extra,
     }
     cfg = load_config(ns, NodeConfig, flags)[0]
@@ -153,6 +157,24 @@ def _log_config(ns: argparse.Namespace) -> Any:
 
 
 def cmd_server(ns: argparse.Namespace) -> int:
+    from mgpu.core.config import BackendConfig
+
+    backend = load_config(ns, BackendConfig, {
+        "kind": None if ns.backend in (None, "local") else ns.backend,
+        "partition": ns.partition, "slurm_poll": ns.slurm_poll,
+        "mgpu_partition": ns.mgpu_partition})[0]
+    if ns.backend == "local":
+        raise UsageError("mgpu server --backend local: the master runs no jobs itself; start "
+                         "`mgpu node` on each GPU machine (or `mgpu up` for one machine)")
+    given = [f for f, v in (("--partition", ns.partition), ("--slurm-poll", ns.slurm_poll),
+                            ("--mgpu-partition", ns.mgpu_partition)) if v is not None]
+    if given and backend.kind != "slurm":
+        raise UsageError(f"mgpu server {given[0]} goes with --backend slurm (a master that "
+                         "runs its own SLURM bridge)")
+    if backend.kind == "slurm":  # a master with its own SLURM bridge (cli/server_backend.py)
+        from mgpu.cli.server_backend import run_server_with_backend
+
+        return run_server_with_backend(_master_config(ns), backend, _log_config(ns))
     from mgpu.server.master import run_master
 
     return int(run_master(_master_config(ns), _log_config(ns)))

@@ -37,6 +37,7 @@ def master_args(p: argparse.ArgumentParser) -> None:
                    help="keep ended jobs this long, then only their accounting (default 30)")
     p.add_argument("--pools", metavar="TOML",
                    help="node pools that grow and shrink with the queue (README \"Node pools\")")
+    spill_args(p)
     metrics_token_arg(p)
 
 
@@ -80,6 +81,18 @@ def backend_args(p: argparse.ArgumentParser) -> None:
                    help="slurm: the partition to submit to (default: SLURM's default)")
     p.add_argument("--slurm-poll", type=seconds, metavar="S",
                    help="slurm: ask squeue about the jobs every S seconds (default 2)")
+    p.add_argument("--mgpu-partition", metavar="NAME",
+                   help="the node's partition in mgpu: jobs with -p NAME run only there "
+                   "(default: slurm for a SLURM bridge, else the default partition)")
+
+
+def spill_args(p: argparse.ArgumentParser) -> None:
+    """The master's spill-over flags (README "Mixed mode")."""
+    p.add_argument("--spill-to", metavar="P[,P2]",
+                   help="jobs without -p may also run in these partitions when no node of "
+                   "the default partition can start them (e.g. slurm)")
+    p.add_argument("--spill-after", type=seconds, metavar="S",
+                   help="... once they have waited S seconds (default 0)")
 
 
 def token_args(p: argparse.ArgumentParser) -> None:

@@ -26,7 +26,7 @@ from mgpu.cli.commands import (
     cmd_submit,
     cmd_wait,
 )
-from mgpu.cli.jobargs import control_args, gang_args, notify_args
+from mgpu.cli.jobargs import control_args, gang_args, notify_args, partition_args
 from mgpu.cli.plainargs import REMAINDER, SUPPRESS, Grammar, Namespace, parse
 from mgpu.cli.simulate import cmd_simulate, simulate_args
 from mgpu.cli.usage import cmd_usage, usage_args
@@ -195,6 +195,7 @@ def _job_options(p: argparse.ArgumentParser) -> None:
                    help="GPUs of this type only (a100, h200, rtx4090; any case)")
     p.add_argument("--constraint", metavar="gpu=TYPE", help="SLURM's form of --gpu-type")
     gang_args(p)  # multi-node jobs (README "Multi-node jobs")
+    partition_args(p)  # partitions (README "Mixed mode"): -p NAME
 
 
 def _submit_args(p: argparse.ArgumentParser) -> None:

@@ -34,6 +34,7 @@ def job_fields(ns: argparse.Namespace) -> dict[str, Any]:
     fields.update(priority=ns.priority, nice=ns.nice or 0)
     fields.update(gpu_constraints(ns))  # GPU constraints (README "GPUs as they are")
     fields.update(gang_fields(ns, gpus))  # multi-node jobs (README "Multi-node jobs")
+    fields.update(partition_fields(ns))  # partitions (README "Mixed mode")
     return fields
 
 
@@ -269,3 +270,24 @@ def notify_fields(ns: argparse.Namespace) -> dict[str, Any]:
         check_url(ns.notify)
         fields["notify_url"] = ns.notify
     return fields
+
+
+# ---------------------------------------------------------------- partitions (issue 14)
+
+
+def partition_args(p: argparse.ArgumentParser) -> None:
+    """The partition flag of ``mgpu submit`` and ``mgpu srun`` (README "Mixed mode")."""
+    p.add_argument("-p", "--partition", metavar="NAME",
+                   help="run only on the nodes of this partition (e.g. slurm; default: the "
+                   "default partition, or a spill partition when the master allows)")
+
+
+def partition_fields(ns: argparse.Namespace) -> dict[str, Any]:
+    """``{"partition": NAME}`` when ``-p`` was given (the master checks the name)."""
+    name = getattr(ns, "partition", None)
+    if name is None:
+        return {}
+    if not name.strip():
+        raise UsageError("-p/--partition needs a partition name (`mgpu nodes` lists them); "
+                         "leave it out for the default partition")
+    return {"partition": name.strip()}

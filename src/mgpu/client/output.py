@@ -86,6 +86,7 @@ def job_detail(job: SimpleJob, now: datetime) -> str:
         ("gpus", str(job.gpus)),
         ("node", job.node or "-"),
         ("backend_id", job.backend_id or "-"),
+        ("partition", job.partition or "(default)"),  # its -p (README "Mixed mode")
         ("gpu_ids", ",".join(map(str, job.gpu_ids)) or "-"),
         ("command", job.command),
         ("cwd", job.cwd),
@@ -164,9 +165,11 @@ def nodes_table(nodes: Sequence[NodeInfo], pools: Sequence[PoolInfo] = ()) -> st
     """The ``mgpu nodes`` table: GPUs total, used and free (a job could get them now),
     their types, whose jobs the node runs (``all``, or ``only alice``), which job holds
     which GPU, the processes outside mgpu on its GPUs, and why a degraded or draining node
-    takes no new jobs; a POOL column when pools exist, and a line per pool below."""
+    takes no new jobs; a POOL column when pools exist, and a line per pool below; a
+    PARTITION column when partitions exist."""
     rows = []
     pooled = any(n.pool for n in nodes) or bool(pools)
+    parted = any(n.partition for n in nodes)  # a PARTITION column when partitions exist
     for n in nodes:
         used = sum(1 for g in n.gpus if g.job_id is not None)
         state = n.state
@@ -184,11 +187,17 @@ def nodes_table(nodes: Sequence[NodeInfo], pools: Sequence[PoolInfo] = ()) -> st
             gpu_views.node_outside(n),
             _clean((n.drain_reason if n.draining else n.reason) or ""),
         )
-        rows.append((*row[:2], _clean(n.pool or "-"), *row[2:]) if pooled else row)
+        extra: tuple[str, ...] = (_clean(n.pool or "-"),) if pooled else ()
+        if parted:  # (README "Mixed mode")
+            extra += (_clean(n.partition or "(default)"),)
+        rows.append((*row[:2], *extra, *row[2:]))
+    headers = (*NODE_HEADERS[:2], *(["POOL"] if pooled else []),
+               *(["PARTITION"] if parted else []), *NODE_HEADERS[2:])
+    shift = int(pooled) + int(parted)
+    right = (2 + shift, 3 + shift, 4 + shift)
     if not pooled:
-        return table(NODE_HEADERS, rows, right=(2, 3, 4))
-    headers = (*NODE_HEADERS[:2], "POOL", *NODE_HEADERS[2:])
-    lines = [table(headers, rows, right=(3, 4, 5))]
+        return table(headers, rows, right=right)
+    lines = [table(headers, rows, right=right)]
     for p in pools:
         lines.append(
             f"pool {_clean(p.name)}: {len(p.nodes)} node(s) of {p.gpus_per_node} GPUs "

@@ -19,11 +19,14 @@ if TYPE_CHECKING:
 
 def error_from_reply(status: int, body: bytes) -> ApiError:
     """The exception for an error reply (``ErrorReply {error, code}``) of ``status``."""
+    code = None
     try:
-        message = str(plainjson.loads(body)["error"])
-    except (ValueError, KeyError, TypeError):
+        reply = plainjson.loads(body)
+        message = str(reply["error"])
+        code = reply.get("code")
+    except (ValueError, KeyError, TypeError, AttributeError):
         message = f"the master answered HTTP {status}"
-    return error_for_status(status, message)
+    return error_for_status(status, message, code if isinstance(code, str) else None)
 
 
 def unreadable(problem: object) -> ApiError:

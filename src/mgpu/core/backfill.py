@@ -46,6 +46,8 @@ from mgpu.core.snapshot import (
 
 __all__ = ["multifactor"]
 
+Spill = frozenset[str] | None  # JobSnapshot.spill: part of a kind of job (_fitting)
+
 
 def multifactor(snap: Snapshot) -> ScheduleResult:
     """Placements, reasons and the reservation for ``snap`` (see the module docstring)."""
@@ -73,8 +75,9 @@ class _Pass:
         self._placed: list[tuple[str, float, int]] = []  # this pass's, until then
         self._indexed = False  # whether the nodes came with their releases
         self.by_user = any(n.users is not None for n in snap.nodes)  # does the user matter?
-        self.kinds: dict[tuple[str, str | None, str | None], list[NodeSnapshot]] = {}
-        self.fitting: dict[tuple[str, str | None, str | None, int], list[NodeSnapshot]] = {}
+        self.kinds: dict[tuple[str, str | None, str | None, Spill], list[NodeSnapshot]] = {}
+        self.fitting: dict[tuple[str, str | None, str | None, Spill, int],
+                           list[NodeSnapshot]] = {}
         self.res: Reservation | None = None
         # The reserved node(s): GPUs free at the reserved start beyond what the job needs.
         self.spare: dict[str, int] = {}
@@ -248,13 +251,13 @@ class _Pass:
 
     def _fitting(self, job: JobSnapshot) -> list[NodeSnapshot]:
         """The nodes that could ever run ``job`` (cached per kind of job)."""
-        kind = (job.user if self.by_user else "", job.gpu_type, job.partition)
+        kind = (job.user if self.by_user else "", job.gpu_type, job.partition, job.spill)
         sized = self.fitting.get((*kind, job.gpus))
         if sized is None:
             nodes = self.kinds.get(kind)
             if nodes is None:
                 probe = JobSnapshot(0, 1, job.user, gpu_type=job.gpu_type,
-                                    partition=job.partition)
+                                    partition=job.partition, spill=job.spill)
                 nodes = self.kinds[kind] = [n for n in self.snap.nodes if node_fits(probe, n)]
             sized = self.fitting[(*kind, job.gpus)] = [
                 n for n in nodes if n.total_gpus >= job.gpus]

@@ -2,8 +2,9 @@
 
 Precedence, highest first: command-line flag > ``MGPU_*`` environment variable > TOML file >
 default. The file is ``$MGPU_CONFIG`` if set, else ``$XDG_CONFIG_HOME/mgpu/config.toml``
-(``~/.config/mgpu/config.toml``); its tables are ``[master]``, ``[node]``, ``[client]`` and
-``[log]``, with the field names below as keys. ``mgpu config`` prints the effective values.
+(``~/.config/mgpu/config.toml``); its tables are ``[master]``, ``[node]``, ``[client]``,
+``[log]`` and ``[backend]``, with the field names below as keys. ``mgpu config`` prints the
+effective values.
 
 The rule itself and ``HOST:PORT`` live in :mod:`mgpu.core.config_sources`. This module
 reads nothing: the environment, the file and the defaults that depend on them (the data
@@ -20,6 +21,7 @@ from typing import Any
 
 from mgpu.core.config_sources import DEFAULT_PORT, parse_hostport
 from mgpu.core.errors import ConfigError
+from mgpu.core.partitions import check_name
 
 DEFAULT_NODE_PORT = 8081
 
@@ -132,6 +134,12 @@ class MasterConfig:
     # address it listens on).
     public_url: str | None = field(default=None, metadata=_env("MGPU_PUBLIC_URL"))
 
+    # Partitions (README "Mixed mode"): jobs without -p may also run on the nodes of these
+    # partitions (comma-separated, or a TOML list; e.g. "slurm") once they have waited
+    # spill_after seconds and no node of the default partition can start them.
+    spill_partitions: str | None = field(default=None, metadata=_env("MGPU_SPILL_PARTITIONS"))
+    spill_after: float = field(default=0.0, metadata=_env("MGPU_SPILL_AFTER"))
+
     def __post_init__(self) -> None:
         check_gpu_policy(self.foreign_gpu_policy, self.min_free_mib)
 
@@ -198,9 +206,14 @@ class NodeConfig:
     backend: str = field(default="local", metadata=_env("MGPU_NODE_BACKEND"))
     partition: str | None = field(default=None, metadata=_env("MGPU_SLURM_PARTITION"))
     slurm_poll: float = field(default=2.0, metadata=_env("MGPU_SLURM_POLL"))
+    # Its partition in mgpu (README "Mixed mode"; not SLURM's ``partition``): jobs with
+    # -p NAME run only on its nodes. None: a SLURM bridge's is "slurm", a local node's the
+    # default partition ("" names the default partition for a bridge too).
+    mgpu_partition: str | None = field(default=None, metadata=_env("MGPU_NODE_PARTITION"))
 
     def __post_init__(self) -> None:
         check_gpu_policy(self.foreign_gpu_policy, self.min_free_mib)
+        check_name(self.mgpu_partition, "mgpu_partition (--mgpu-partition)")
 
     @property
     def effective_data_dir(self) -> Path:
@@ -228,6 +241,29 @@ class ClientConfig:
 
 
 @dataclass(frozen=True)
+class BackendConfig:
+    """What runs the jobs of ``mgpu server`` itself (README "Mixed mode"): with ``kind``
+    "slurm" the master runs a SLURM bridge node in its own process (``node_id``), which
+    sbatch'es jobs into SLURM's ``partition`` (None: SLURM's default) and is in mgpu's
+    partition ``mgpu_partition``. "none": the master runs no node of its own."""
+
+    kind: str = field(default="none", metadata=_env("MGPU_BACKEND"))
+    node_id: str = field(default="slurm", metadata=_env("MGPU_BACKEND_NODE_ID"))
+    partition: str | None = field(default=None, metadata=_env("MGPU_SLURM_PARTITION"))
+    mgpu_partition: str = field(default="slurm", metadata=_env("MGPU_BACKEND_PARTITION"))
+    slurm_poll: float = field(default=2.0, metadata=_env("MGPU_SLURM_POLL"))
+    # The bridge's runs and SLURM's output files (None: the master's data dir's "backend").
+    # Jobs that run as their users write there: as root, give one every user may enter.
+    data_dir: Path | None = field(default=None, metadata=_env("MGPU_BACKEND_DATA_DIR"))
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("none", "slurm"):
+            raise ConfigError(f"[backend] kind (MGPU_BACKEND, --backend) is {self.kind!r}: use "
+                              "slurm (the master runs a SLURM bridge) or none")
+        check_name(self.mgpu_partition, "[backend] mgpu_partition (--mgpu-partition)")
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = field(default="info", metadata=_env("MGPU_LOG_LEVEL"))
     file: Path | None = field(default=None, metadata=_env("MGPU_LOG_FILE"))
@@ -239,6 +275,7 @@ SECTIONS: dict[type[Any], str] = {
     NodeConfig: "node",
     ClientConfig: "client",
     LogConfig: "log",
+    BackendConfig: "backend",
 }
 
 
@@ -261,6 +298,7 @@ __all__ = [
     "DEFAULT_NODE_PORT",
     "DEFAULT_PORT",
     "SECTIONS",
+    "BackendConfig",
     "ClientConfig",
     "LogConfig",
     "MasterConfig",

@@ -48,7 +48,7 @@ def shown_path(path: str | PathLike[str] | None) -> str:
     return str(PurePath(path)) if path is not None else "None"
 
 
-TABLES = ("master", "node", "client", "log")  # the tables a config file may have
+TABLES = ("master", "node", "client", "log", "backend")  # the tables a config file may have
 
 
 def check_tables(data: Mapping[str, Any], path: str | PathLike[str] | None) -> None:
@@ -82,6 +82,8 @@ def coerce(kind: Any, raw: Any) -> Any:
         if isinstance(raw, bool):
             return raw
         return str(raw).strip().lower() in ("1", "true", "yes", "on")
+    if isinstance(raw, list):  # a TOML list, for a comma-separated setting
+        return ",".join(str(item) for item in raw)
     return str(raw)
 
 

@@ -97,6 +97,15 @@ class Forbidden(ApiError):
     code = "forbidden"
 
 
+class UnknownPartition(ApiError):
+    """``-p NAME`` names no partition of the registered nodes: a mistake in the command
+    line (exit 2, as a usage error), which only the master can tell."""
+
+    exit_code = 2
+    status = 400
+    code = "unknown_partition"
+
+
 class InvalidTransition(MgpuError):
     def __init__(self, job_id: int, frm: str, to: str) -> None:
         super().__init__(f"job {job_id} cannot go from {frm} to {to}")
@@ -122,7 +131,15 @@ _BY_STATUS: dict[int, type[ApiError]] = {
 }
 
 
-def error_for_status(status: int, message: str) -> ApiError:
-    """The exception a client raises for the master's error reply of ``status``."""
+# Codes that name a class of their own where the status alone does not.
+_BY_CODE: dict[str, type[ApiError]] = {UnknownPartition.code: UnknownPartition}
+
+
+def error_for_status(status: int, message: str, code: str | None = None) -> ApiError:
+    """The exception a client raises for the master's error reply of ``status`` (and
+    ``code``, the reply's, where it names a class of its own)."""
+    by_code = _BY_CODE.get(code or "")
+    if by_code is not None and by_code.status == status:
+        return by_code(message)
     kind = _BY_STATUS.get(status)
     return ApiError(message, status) if kind is None else kind(message)

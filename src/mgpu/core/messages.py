@@ -53,6 +53,7 @@ from mgpu.core.frames import frame as frame
 from mgpu.core.frames import split_frames as split_frames
 from mgpu.core.models import EndCause, GpuInfo, GpuUsage, run_key
 from mgpu.core.models import MessageType as MessageType
+from mgpu.core.partitions import PARTITION_PATTERN
 
 T_co = TypeVar("T_co", covariant=True)
 T_msg = TypeVar("T_msg")
@@ -104,6 +105,9 @@ class Register(msgspec.Struct, tag=MessageType.REGISTER.value):
     # The node's own settings for GPUs busy outside mgpu (None: the master's).
     foreign_gpu_policy: Annotated[str, msgspec.Meta(max_length=16)] | None = None
     min_free_mib: Annotated[int, msgspec.Meta(ge=0, le=2**40)] | None = None
+    # Its partition (core/partitions.py; `--mgpu-partition`), or None: the default one.
+    partition: Annotated[str, msgspec.Meta(max_length=64, pattern=PARTITION_PATTERN)] | None = (
+        None)
 
 
 class NodeHealth(msgspec.Struct, tag=MessageType.NODE_HEALTH.value):

@@ -45,6 +45,7 @@ from mgpu.core.node_models import GpuProcess as GpuProcess
 from mgpu.core.node_models import GpuUsage as GpuUsage
 from mgpu.core.node_models import JobProcess as JobProcess
 from mgpu.core.node_models import NodeInfo as NodeInfo
+from mgpu.core.partitions import PARTITION_PATTERN
 
 
 class JobState(enum.StrEnum):
@@ -197,6 +198,11 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ntasks_per_node: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
     slurm_env: bool = False
 
+    # Partitions (README "Mixed mode"): run only on this partition's nodes (None: the
+    # default partition's, or a spill partition's when the master allows it).
+    partition: Annotated[str, msgspec.Meta(max_length=64, pattern=PARTITION_PATTERN)] | None = (
+        None)
+
 
 class TaskPart(msgspec.Struct, kw_only=True):
     """One node's part of a running gang job: node rank = its place in ``SimpleJob.parts``."""
@@ -278,6 +284,8 @@ class SimpleJob(msgspec.Struct, kw_only=True):
     slurm_env: bool = False
     parts: list[TaskPart] | None = None
     rendezvous: str | None = None  # MASTER_ADDR:MASTER_PORT, as rank 0's agent chose them
+    # Partitions (README "Mixed mode"): the partition it asked for (None: the default).
+    partition: str | None = None
 
     @property
     def gpus_per_node(self) -> int:

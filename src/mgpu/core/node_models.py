@@ -77,6 +77,7 @@ class NodeInfo(msgspec.Struct, kw_only=True):
     draining: bool = False  # takes no new jobs; its running jobs finish (`mgpu drain`)
     drain_reason: str | None = None  # why, as the admin (or the pool) said
     free_gpu_ids: list[int] | None = None
+    partition: str | None = None  # its partition (core/partitions.py); None: the default
 
     @property
     def free_gpus(self) -> list[int]:

@@ -22,8 +22,9 @@ place (a :class:`PendingReason` code and words), and the reservations of its bac
 Constraints (:func:`node_fits`): a job with ``gpu_type`` uses only nodes of that type (the
 names compared without case); with ``gpu_mem_mib`` only GPUs with at least that much free
 memory (``gpu_free_mib``, when the node reports it); with ``partition`` only the nodes of that
-partition, and without one only the nodes in no partition; a node that runs only some users'
-jobs (``users``) runs no one else's.
+partition, and without one only the nodes in no partition, besides the partitions in its
+``spill`` (None: any; the master fills it: ``core/partitions.py``); a node that runs only some
+users' jobs (``users``) runs no one else's.
 
 ``fifo-reserve`` (the founding policy, :func:`schedule` over the snapshot):
 

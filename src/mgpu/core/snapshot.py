@@ -54,6 +54,9 @@ class JobSnapshot:
     partition: str | None = None
     # A gang (multi-node) job: ``gpus`` on each of ``nodes`` distinct nodes, all or nothing.
     nodes: int = 1
+    # Other partitions it may run in, in this pass (core/partitions.py: spill-over): none,
+    # these, or (None) any.
+    spill: frozenset[str] | None = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,13 +151,15 @@ Policy = Callable[[Snapshot], ScheduleResult]
 
 
 def node_fits(job: JobSnapshot, node: NodeSnapshot) -> bool:
-    """Whether ``node`` may ever run ``job``: size, users, GPU type, partition (not memory,
-    which changes: :func:`usable_gpus`)."""
+    """Whether ``node`` may ever run ``job``: size, users, GPU type, partition (its own, or
+    one it may spill to: ``spill``), not memory, which changes (:func:`usable_gpus`)."""
     if job.gpus > node.total_gpus or not node.serves(job.user):
         return False
     if job.gpu_type is not None and job.gpu_type.casefold() != node.gpu_type.casefold():
         return False
-    return job.partition == node.partition
+    spill = job.spill
+    return job.partition == node.partition or spill is None or (
+        bool(spill) and node.partition in spill)
 
 
 def usable_gpus(job: JobSnapshot, node: NodeSnapshot) -> tuple[int, ...]:

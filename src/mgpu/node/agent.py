@@ -33,7 +33,7 @@ from mgpu.core.errors import MgpuError
 from mgpu.core.models import GpuInfo
 from mgpu.node import credential, fencing, gangnode, join
 from mgpu.node import users as policy
-from mgpu.node.backends import offered_gpus
+from mgpu.node.backends import offered_gpus, partition_of
 from mgpu.node.gpuwatch import GpuWatch, open_watch
 from mgpu.node.keeper_link import KeeperLink, NodeRun
 from mgpu.node.logship import LogShipper
@@ -233,7 +233,8 @@ class Agent:
             gpus=self.gpuwatch.with_usage(self.gpus) if self.gpuwatch else self.gpus,
             credential=credential.load(data_dir, self.node_id),
             users=self.users, degraded=self.degraded, pool=self.cfg.pool,
-            foreign_gpu_policy=self.cfg.foreign_gpu_policy, min_free_mib=self.cfg.min_free_mib)
+            foreign_gpu_policy=self.cfg.foreign_gpu_policy, min_free_mib=self.cfg.min_free_mib,
+            partition=partition_of(self.cfg))
         await ws.send_bytes(m.node_encoder.encode(register))
         first = await ws.receive(timeout=30)
         if first.type is not aiohttp.WSMsgType.BINARY:
@@ -318,10 +319,9 @@ class Agent:
     def _on_message(self, msg: m.MasterMessage) -> None:
         sup = self.supervisor
         assert sup is not None
-        if isinstance(msg, m.Heartbeat):
-            return
         if isinstance(msg, m.StartJob):
-            refused = policy.refusal(self.node_id, msg.user, self.users)
+            refused = (policy.refusal(self.node_id, msg.user, self.users)
+                       or gangnode.refusal(msg, self.cfg.backend))
             if refused is None:
                 sup.start(gangnode.prepare(msg, self.cfg.address or self.link_address,
                                            self._send))
@@ -341,6 +341,7 @@ class Agent:
         elif isinstance(msg, m.EndedAck):
             for key in msg.runs:
                 sup.forget(key)
+        # (A Heartbeat from the master says only that it is there: ``heard`` is set.)
 
     def _send(self, msg: m.NodeMessage) -> None:
         if self._ready and self._out is not None:

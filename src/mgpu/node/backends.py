@@ -8,6 +8,16 @@ from mgpu.core.errors import MgpuError
 from mgpu.core.models import GpuInfo
 
 BACKENDS = ("local", "slurm")
+SLURM_PARTITION = "slurm"  # a bridge's partition in mgpu, unless told (README "Mixed mode")
+
+
+def partition_of(cfg: NodeConfig) -> str | None:
+    """The node's partition in mgpu (``--mgpu-partition``; a SLURM bridge's is ``slurm``
+    unless told, a local node's the default one); None: the default partition ("" says so
+    explicitly)."""
+    if cfg.mgpu_partition is not None:
+        return cfg.mgpu_partition or None
+    return SLURM_PARTITION if cfg.backend == "slurm" else None
 
 
 async def offered_gpus(cfg: NodeConfig, gpus: list[GpuInfo] | None,

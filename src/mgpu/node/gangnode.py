@@ -31,6 +31,16 @@ def free_port(address: str) -> int:
         return port
 
 
+def refusal(msg: m.StartJob, backend: str) -> str | None:
+    """Why this node will not run ``msg``: a part of a multi-task job reaches a SLURM
+    bridge only if the policy put it there by mistake; SLURM would have to start its
+    tasks (``sbatch -N``), which the bridge does not do yet."""
+    if backend == "slurm" and (msg.rendezvous or msg.tasks > 1 or "NODE_RANK" in msg.env):
+        return ("a multi-node or several-task job cannot run through the SLURM bridge: run "
+                "it on mgpu's own nodes (drop -p/--partition), or submit it to SLURM itself")
+    return None
+
+
 def prepare(msg: m.StartJob, address: str, send: Callable[[m.JobStarted], None]) -> m.StartJob:
     """The order as this node runs it; rank 0's rendezvous is ``send``-t to the master.
 

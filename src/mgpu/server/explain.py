@@ -11,6 +11,7 @@ from mgpu.core.models import JobState, SimpleJob, utc
 from mgpu.core.sched_messages import ExplainReply, PriorityInfo, ShareInfo, ShareListReply
 from mgpu.core.scheduler import PendingReason
 from mgpu.core.timefmt import format_elapsed
+from mgpu.server.partitions import partition_words
 from mgpu.server.state import ClusterState
 
 _CODE_WORDS = {
@@ -45,6 +46,7 @@ def explain(state: ClusterState, job: SimpleJob, now: float) -> ExplainReply:
     if job.state is JobState.RUNNING:
         out.lines.append(f"{who} is running on {job.node} (GPUs "
                          f"{', '.join(map(str, job.gpu_ids))}): it is not waiting.")
+        _partition_line(state, job, out, now)
         return out
     if job.state is not JobState.PENDING:
         out.lines.append(f"{who} has ended ({job.state.value}"
@@ -59,6 +61,7 @@ def explain(state: ClusterState, job: SimpleJob, now: float) -> ExplainReply:
     out.lines.append(f"{who} is pending: {job.pending_reason}" + (f", {words}" if words else "")
                      + "." + (f" {job.reason[0].upper()}{job.reason[1:]}." if job.reason
                               else ""))
+    _partition_line(state, job, out, now)
     said = state.plan.reasons.get(job.id)
     if said is not None and said.job_id is not None:
         out.held_for = said.job_id
@@ -90,6 +93,14 @@ def explain(state: ClusterState, job: SimpleJob, now: float) -> ExplainReply:
             f"halving every {format_elapsed(state.fairshare.half_life)}).")
     out.lines.append(_start_words(state, job, out, now))
     return out
+
+
+def _partition_line(state: ClusterState, job: SimpleJob, out: ExplainReply,
+                    now: float) -> None:
+    """Where the job runs or may run, and whether it spilled or why not (partitions.py)."""
+    words = partition_words(state, job, state.pending.get(job.id), now)
+    if words is not None:
+        out.lines.append(words)
 
 
 def _start_words(state: ClusterState, job: SimpleJob, out: ExplainReply, now: float) -> str:

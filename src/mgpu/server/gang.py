@@ -173,11 +173,12 @@ def check_gang(spec: JobSpec, where: str, nodes: Iterable[Node]) -> int:
                          f"{spec.nodes * spec.ntasks_per_node} tasks cannot have one: drop "
                          "--pty (stdin still goes to task 0)")
     each = spec.gpus // spec.nodes
-    known = [n for n in nodes if len(n.gpus) >= each]
+    known = [n for n in nodes if len(n.gpus) >= each and n.partition == spec.partition]
     registered = sum(1 for _ in known)
     if known and registered < spec.nodes:
         raise Rejected(
             f"{where}asks for {spec.nodes} nodes with {each} GPUs each but only {registered} "
-            f"such node{'s are' if registered != 1 else ' is'} registered "
+            f"such node{'s are' if registered != 1 else ' is'} registered"
+            f"{f' in partition {spec.partition}' if spec.partition else ''} "
             f"({', '.join(n.node_id for n in known[:5])}): ask for at most {registered} (-N)")
     return each

@@ -21,9 +21,10 @@ MAX_NAMED = 5  # GPUs named in a reason
 
 
 def job_constraints(job: SimpleJob) -> dict[str, Any]:
-    """The ``JobSnapshot`` fields of ``job``'s GPU constraints (the type made comparable)."""
+    """The ``JobSnapshot`` fields of ``job``'s constraints: its GPUs' (the type made
+    comparable) and its partition."""
     return {"gpu_type": gpu_type(job.gpu_type) if job.gpu_type else None,
-            "gpu_mem_mib": job.gpu_mem_mib}
+            "gpu_mem_mib": job.gpu_mem_mib, "partition": job.partition}
 
 
 def node_type(node: Node) -> str:

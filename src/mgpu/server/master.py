@@ -51,6 +51,7 @@ from mgpu.server.nodeconn import NodeConn
 from mgpu.server.nodelink import NodeLink
 from mgpu.server.notify import Notifier
 from mgpu.server.notify import policy as notify_policy
+from mgpu.server.partitions import spill_rule
 from mgpu.server.pools import DRAIN_KEY, Pools, read_pools
 from mgpu.server.state import ClusterState
 from mgpu.server.stats import SchedulingStats
@@ -82,6 +83,7 @@ class Master:
             max_pending_per_user=cfg.max_pending_per_user, **scheduling_options(cfg))
         for key in ("retry_backoff", "retry_backoff_max", "foreign_gpu_policy", "min_free_mib"):
             setattr(self.state, key, getattr(cfg, key))  # settings the state reads as it goes
+        self.state.spill = spill_rule(cfg)  # spill-over to other partitions (partitions.py)
         self.tokens = Tokens([], 0)
         self.join = JoinSecret("")
         self.conns: dict[str, NodeConn] = {}
@@ -257,8 +259,7 @@ class Master:
             return
         started = [msg.job_id for _, msg in effects.sends if isinstance(msg, m.StartJob)]
         if started:
-            # (What a gang's stop would send needs a save too: the disk is full; it is
-            # not retried from here, which could spin.)
+            # (A gang's stop is not re-applied here: its save could fail again, and spin.)
             self.state.unplace(started, time.time(), "the master could not save its state")
 
     def _on_saved(self, effects: Effects) -> None:

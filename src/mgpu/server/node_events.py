@@ -46,6 +46,7 @@ class Node:
     reason: str | None = None  # why it is degraded
     users: list[str] | None = None  # whose jobs it runs: None, everyone's
     pool: str | None = None  # its node pool (server/pools.py)
+    partition: str | None = None  # its partition (core/partitions.py); None: the default
     drain_reason: str | None = None  # draining: no new jobs, its running jobs finish
 
     @property
@@ -102,6 +103,7 @@ class Node:
             draining=self.drain_reason is not None,
             drain_reason=self.drain_reason,
             free_gpu_ids=list(self.free_gpu_ids()),
+            partition=self.partition,
         )
 
     def move(self, to: NodeState) -> None:
@@ -185,7 +187,7 @@ class NodeEvents(ABC):
                                           memory_total_mib=g.memory_total_mib, uuid=g.uuid)
                                   for g in msg.gpus],
                     hostname=msg.hostname, last_seen=now, users=msg.users, pool=msg.pool,
-                    drain_reason=self.drained.get(msg.node_id))
+                    drain_reason=self.drained.get(msg.node_id), partition=msg.partition)
         if msg.degraded is not None:
             node.state, node.reason = NodeState.DEGRADED, msg.degraded
         node.gpu_type = common_type([g.name for g in node.gpus])

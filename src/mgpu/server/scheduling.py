@@ -15,6 +15,7 @@ from typing import overload
 
 from mgpu.core import messages as m
 from mgpu.core.models import JobState, NodeState, SimpleJob, TaskPart, advance, utc
+from mgpu.core.partitions import SpillRule
 from mgpu.core.scheduler import (
     JobSnapshot,
     NodeSnapshot,
@@ -30,6 +31,7 @@ from mgpu.server.effects import Effects
 from mgpu.server.fairshare import FairShare
 from mgpu.server.gpu_fit import busy_outside_words, node_free_mib, node_type
 from mgpu.server.node_events import Node
+from mgpu.server.partitions import spill_pass
 
 # One node as a pass sees it: its snapshot (None: it takes no jobs), its running jobs, and
 # the GPUs each user runs there.
@@ -49,6 +51,7 @@ class SchedulingPass(ABC):
     default_time_limit: int | None
     backfill_depth: int
     fairshare: FairShare
+    spill: SpillRule = SpillRule()  # spill-over (server/partitions.py); the master sets it
     plan: ScheduleResult  # the last pass's answer (reasons and reservations)
     _view_cache: dict[str, tuple[tuple[object, ...], _NodeView]]  # node id -> (key, view)
     _running_by_user: dict[str, int]  # GPUs each user runs, over the cached views
@@ -92,7 +95,7 @@ class SchedulingPass(ABC):
             # mgpu, free memory): their readings belong in the key too.
             usage = tuple([(g.busy_outside, g.memory_free_mib) for g in node.gpus])
             key = (node.state, node.connected, node.drain_reason, limit, held_by, usage,
-                   None if node.users is None else tuple(node.users))
+                   None if node.users is None else tuple(node.users), node.partition)
             hit = cache.get(node.node_id)
             if hit is None or hit[0] != key:
                 if hit is not None:
@@ -135,6 +138,7 @@ class SchedulingPass(ABC):
             snap = NodeSnapshot(node.node_id, len(node.gpus), free,
                                 None if node.users is None else frozenset(node.users),
                                 gpu_type=node_type(node), gpu_free_mib=node_free_mib(node, free),
+                                partition=node.partition,
                                 releases=tuple(sorted((r.expected_end, len(r.gpu_ids))
                                                       for r in running)))
         return snap, tuple(running), by_user
@@ -149,7 +153,8 @@ class SchedulingPass(ABC):
         if not self.pending_by_user:
             self.plan = ScheduleResult()
             return effects
-        self.plan = self.policy(Snapshot(now, self.pending_in_order(now), nodes, running,
+        pending = spill_pass(self, nodes, now).pending(self.pending_in_order(now))
+        self.plan = self.policy(Snapshot(now, pending, nodes, running,
                                          self.plan_limit(), self.backfill_depth))
         for p in self.plan.placements:
             self._start(p, now, effects)
@@ -235,6 +240,8 @@ class SchedulingPass(ABC):
                            if code is PendingReason.RESOURCES else None)
                 if outside is not None:  # (README "GPUs as they are")
                     code, job.reason = PendingReason.GPUS_BUSY_OUTSIDE, outside
+            if job.partition is not None and job.partition not in job.reason:
+                job.reason += f" (partition {job.partition})"  # (unless the words said it)
             job.pending_reason = code.value
 
     def queue_position(self, job_id: int) -> int:

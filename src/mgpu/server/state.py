@@ -27,6 +27,7 @@ from mgpu.server.fairshare import FairShare
 from mgpu.server.gang import GangJobs, check_gang
 from mgpu.server.gpu_fit import check_gpu_constraints, job_constraints
 from mgpu.server.node_events import Node
+from mgpu.server.partitions import check_partition
 from mgpu.server.queue import PendingQueue
 from mgpu.server.scheduling import SchedulingPass
 from mgpu.server.store import LoadedJob
@@ -167,6 +168,7 @@ class ClusterState(GangJobs, SubmitControls, SchedulingPass):
             check_spec(spec, where)
             check_priority(spec, admin, where)
             check_gpu_constraints(spec, self.nodes.values(), where)
+            check_partition(spec, self.nodes.values(), where)
             check_notify(spec, self.notify_policy, where)
             self._time_limit(spec, where)
             each = check_gang(spec, where, self.nodes.values())
@@ -203,6 +205,7 @@ class ClusterState(GangJobs, SubmitControls, SchedulingPass):
                 gpu_type=spec.gpu_type, gpu_mem_mib=spec.gpu_mem_mib,
                 mail_type=spec.mail_type, mail_user=spec.mail_user, notify_url=spec.notify_url,
                 nodes=spec.nodes, ntasks_per_node=spec.ntasks_per_node, slurm_env=spec.slurm_env,
+                partition=spec.partition,
             )
             self.jobs[job_id] = job
             if not spec.array:  # (an array's tasks are let in by gate_submitted)
