@@ -280,3 +280,14 @@ def test_a_signal_reaches_every_task(cluster: Cluster) -> None:
     assert job["state"] == "completed", job
     got = sorted(cluster.mgpu("logs", str(job_id)).stdout.splitlines())
     assert got == ["got USR1 0", "got USR1 1", "ready 0", "ready 1"]
+
+
+@pytest.mark.cluster(nodes=1, gpus=2)
+def test_a_failing_task_of_several_on_a_node_stops_its_siblings(cluster: Cluster) -> None:
+    job_id = cluster.submit('if [ "$RANK" = 1 ]; then echo bye; exit 4; fi; exec sleep 300',
+                            "--ntasks-per-node", "2", "-t", "5:00")
+    job = cluster.wait_job(job_id, timeout=60)
+    assert job["state"] == "failed" and job["exit_code"] == 4, job
+    assert job["reason"].startswith("tasks 0-1 on node1"), job["reason"]
+    assert cluster.mgpu("logs", "--task", "1", str(job_id)).stdout == "bye\n"
+    assert cluster.mgpu("logs", "-l", str(job_id)).stdout == "1: bye\n"

@@ -121,10 +121,12 @@ class GangJobs(ABC):
             job.gpu_util_mean = msg.gpu_stats.utilization_mean
         first = job.parts is not None and not any(p.reason for p in job.parts)
         if msg.state != JobState.COMPLETED.value and first:
-            part.reason = f"task {rank} on {node_id}: {msg.reason or msg.state}"
+            k = job.ntasks_per_node  # (node rank r runs tasks r*k .. r*k+k-1)
+            tasks = f"task {rank}" if k == 1 else f"tasks {rank * k}-{rank * k + k - 1}"
+            part.reason = f"{tasks} on {node_id}: {msg.reason or msg.state}"
             part.cause = msg.end_cause.value if msg.end_cause is not None else None
             if job.id not in self.cancel_requested:
-                self.stop_parts(job, f"task {rank} of the job failed", effects)
+                self.stop_parts(job, f"{tasks} of the job failed", effects)
         if any(not p.ended for p in job.parts or ()):
             effects.update(job)
             return
