@@ -179,7 +179,8 @@ def check_gang(spec: JobSpec, where: str, nodes: Iterable[Node]) -> int:
     registered = sum(1 for _ in known)
     if known and registered < spec.nodes:
         raise Rejected(
-            f"{where}asks for {spec.nodes} nodes with {each} GPUs each but only {registered} "
+            f"{where}asks for {spec.nodes} nodes with {each} GPU{'s' if each != 1 else ''} "
+            f"each but only {registered} "
             f"such node{'s are' if registered != 1 else ' is'} registered"
             f"{f' in partition {spec.partition}' if spec.partition else ''} "
             f"({', '.join(n.node_id for n in known[:5])}): ask for at most {registered} (-N)")
