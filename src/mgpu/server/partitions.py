@@ -78,8 +78,10 @@ def check_partition(spec: JobSpec, nodes: Iterable[Node], where: str = "") -> No
         raise UnknownPartition(f"{where}no node is in partition {spec.partition!r}: {there} "
                          "(`mgpu nodes` lists them)")
     largest = max(len(n.gpus) for n in inside)
-    if spec.gpus > largest:
-        raise Rejected(f"{where}asks for {spec.gpus} GPUs but the largest node of partition "
+    each = spec.gpus // spec.nodes  # (a multi-node job's GPUs a node)
+    if each > largest:
+        raise Rejected(f"{where}asks for {each} GPUs{' a node' if spec.nodes > 1 else ''} but "
+                       "the largest node of partition "
                        f"{spec.partition} has {largest}: ask for at most {largest}, or for "
                        "another partition (-p)")
 
