@@ -291,3 +291,22 @@ def test_a_failing_task_of_several_on_a_node_stops_its_siblings(cluster: Cluster
     assert job["reason"].startswith("tasks 0-1 on node1"), job["reason"]
     assert cluster.mgpu("logs", "--task", "1", str(job_id)).stdout == "bye\n"
     assert cluster.mgpu("logs", "-l", str(job_id)).stdout == "1: bye\n"
+
+
+@pytest.mark.cluster(nodes=2, gpus=1)
+def test_an_agent_restarted_within_the_fence_keeps_its_part(
+        cluster: Cluster, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    job_id = cluster.submit(f"echo before $RANK; while [ ! -e {gate} ]; do sleep 0.02; done; "
+                            "echo after $RANK; exit $RANK", "-N", "2")
+    wait_until(lambda: len(cluster.mgpu("logs", str(job_id)).stdout.splitlines()) == 2, 20,
+               message="both tasks to start")
+    rank1 = next(p["node"] for p in cluster.job(job_id)["parts"][1:])
+    cluster.kill_node(rank1, signal.SIGKILL)
+    cluster.restart_node(rank1)
+    assert cluster.job(job_id)["state"] == "running"
+    gate.touch()
+    job = cluster.wait_job(job_id, timeout=60)
+    assert (job["state"], job["exit_code"], job["requeues"]) == ("failed", 1, 0), job
+    lines = sorted(cluster.mgpu("logs", "-l", str(job_id)).stdout.splitlines())
+    assert lines == ["0: after 0", "0: before 0", "1: after 1", "1: before 1"], lines
