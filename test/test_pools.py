@@ -256,3 +256,29 @@ def test_a_pool_grows_for_waiting_jobs_and_shrinks_when_idle(
                 os.killpg(int(pid.read_text()), signal.SIGKILL)
         Cluster._sweep_keepers(str(cluster.tmp))
         assert not problems, problems
+
+
+def test_a_pool_counts_the_jobs_of_its_partition_and_whole_nodes_for_a_gang(
+        tmp_path: Path) -> None:
+    from mgpu.core.models import JobState, SimpleJob, utc
+    from mgpu.server.pools import demand_of
+
+    def job(job_id: int, gpus: int = 2, **kw: Any) -> SimpleJob:
+        return SimpleJob(id=job_id, name="j", user="u", state=JobState.PENDING, gpus=gpus,
+                         command="true", cwd="/", submitted_at=utc(900.0), **kw)
+
+    jobs = {1: job(1), 2: job(2, partition="slurm"), 3: job(3, gpus=4, nodes=2),
+            4: job(4, partition="cloud")}
+    plain = list(demand_of(spec(), jobs, [1, 2, 3, 4], now=1000))
+    assert [(d.gpus, d.nodes, d.waited) for d in plain] == [(2, 1, 100.0), (2, 2, 100.0)]
+    cloud = list(demand_of(spec(partition="cloud"), jobs, [1, 2, 3, 4], now=1000))
+    assert [(d.gpus, d.nodes) for d in cloud] == [(2, 1)]
+    # A gang of 2 parts x 2 GPUs needs 2 nodes of its own; 2 GPUs of job 1 fit beside.
+    assert decide(pool_of(spec()), [], plain, now=1000).request == 3
+    assert decide(pool_of(spec()), [], plain[1:], now=1000).request == 2
+    bad = tmp_path / "pools.toml"
+    bad.write_text('[pool.p]\ngpus_per_node = 4\nmax_nodes = 1\nscale_up = "true"\n'
+                   'scale_down = "true"\npartition = "no good"\n')
+    with pytest.raises(ConfigError, match="partition is a partition name"):
+        read_pools(bad)
+

@@ -64,10 +64,12 @@ class PoolNode:
 
 @dataclass(slots=True)
 class Demand:
-    """A pending job, as a pool sees it."""
+    """A pending job, as a pool sees it: ``gpus`` on each of ``nodes`` nodes (a multi-node
+    job needs that many distinct nodes)."""
 
     gpus: int
     waited: float
+    nodes: int = 1
 
 
 @dataclass(kw_only=True)
@@ -120,7 +122,8 @@ def decide(limits: PoolLimits, memory: PoolMemory, nodes: Sequence[PoolNode],
         if gpus >= cap:
             break
         if job.waited >= limits.scale_up_after and job.gpus <= limits.gpus_per_node:
-            gpus += job.gpus
+            # (a multi-node job's parts need nodes of their own: whole nodes are counted)
+            gpus += job.gpus if job.nodes == 1 else job.nodes * limits.gpus_per_node
     wanted = max(math.ceil(gpus / limits.gpus_per_node) - len(memory.requested),
                  limits.min_nodes - have)
     d.request = max(0, min(wanted, limits.max_nodes - have))

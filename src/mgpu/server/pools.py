@@ -13,11 +13,13 @@ file (``pools = PATH``, ``MGPU_POOLS``, ``mgpu server --pools PATH``)::
     scale_up_after = 60               # seconds a fitting job waits before nodes are asked for
     scale_down_after = 600            # seconds a node sits idle before it is released
     request_timeout = 600             # a requested node that has not joined by then is given up
+    partition = "cloud"               # optional: its nodes' --mgpu-partition (default: none)
 
 The decision rule is :mod:`mgpu.core.poolrule` (pure: ``mgpu simulate --pool`` runs it too).
 The master asks for nodes (``scale_up`` with ``MGPU_POOL_COUNT``) when pending jobs that a
-node of the pool could run (``gpus <= gpus_per_node``) have waited longer than
-``scale_up_after``: as many as those jobs fill, counting the nodes already asked for, up to
+node of the pool could run (of its ``partition``, with ``gpus <= gpus_per_node`` a node) have
+waited longer than ``scale_up_after``: as many as those jobs fill (a multi-node job counts a
+whole node for each of its parts), counting the nodes already asked for, up to
 ``max_nodes``; and always enough for ``min_nodes``. It drains a node of the pool that has been
 idle for ``scale_down_after`` (no new job goes there) and releases it (``scale_down`` with
 ``MGPU_POOL_NODES``, space-separated node ids) while the pool stays above ``min_nodes``; once
@@ -36,8 +38,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,7 +50,8 @@ import msgspec
 from mgpu.core import poolrule
 from mgpu.core.api_messages import PoolInfo
 from mgpu.core.errors import ConfigError
-from mgpu.core.models import NodeState
+from mgpu.core.models import NodeState, SimpleJob
+from mgpu.core.partitions import PARTITION_PATTERN
 from mgpu.core.poolrule import Decision as Decision  # (re-exported: the master's pools'
 from mgpu.core.poolrule import Demand as Demand  # names for what the rule takes and gives)
 from mgpu.core.poolrule import PoolMemory, PoolNode
@@ -57,7 +61,7 @@ log = logging.getLogger("mgpu.pools")
 
 DRAIN_KEY = "drain:"  # the store's meta keys of drained nodes: drain:NODE -> reason
 COMMAND_TIMEOUT = 300.0  # an operator command still running after this is killed
-_KEYS = {"gpus_per_node", "min_nodes", "max_nodes", "scale_up", "scale_down", "plugin",
+_KEYS = {"partition", "gpus_per_node", "min_nodes", "max_nodes", "scale_up", "scale_down", "plugin",
          "scale_up_after", "scale_down_after", "request_timeout"}
 
 
@@ -74,6 +78,7 @@ class PoolSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     scale_up_after: float = poolrule.SCALE_UP_AFTER
     scale_down_after: float = poolrule.SCALE_DOWN_AFTER
     request_timeout: float = poolrule.REQUEST_TIMEOUT
+    partition: str | None = None  # its nodes' (--mgpu-partition); None: the default one
 
 
 def read_pools(path: str | os.PathLike[str]) -> list[PoolSpec]:
@@ -107,6 +112,10 @@ def read_pools(path: str | os.PathLike[str]) -> list[PoolSpec]:
     return specs
 
 
+def _partition_ok(name: str) -> bool:
+    return len(name) <= 64 and re.match(PARTITION_PATTERN, name) is not None
+
+
 def _problem(s: PoolSpec) -> str | None:
     if not s.name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         return "a pool name is letters, digits, '.', '-' and '_'"
@@ -118,6 +127,8 @@ def _problem(s: PoolSpec) -> str | None:
         return "give scale_up (a shell command) or plugin (an mgpu.pools entry point)"
     if s.plugin is None and s.scale_down is None:
         return "give scale_down too: the command that releases idle nodes"
+    if s.partition is not None and not _partition_ok(s.partition):
+        return "partition is a partition name (letters, digits, '.', '-', '_')"
     if min(s.scale_up_after, s.scale_down_after) < 0 or s.request_timeout <= 0:
         return "scale_up_after and scale_down_after must be >= 0, request_timeout > 0"
     return None
@@ -246,9 +257,8 @@ class Pools:
         state = host.state
         nodes: list[Node] = list(state.nodes.values())
         for pool in self.pools.values():
-            demand = (Demand(state.jobs[i].gpus, now - _submitted(state.jobs[i], now))
-                      for i in state.pending)
-            d = decide(pool, pool.members(nodes), demand, now)
+            d = decide(pool, pool.members(nodes), demand_of(pool.spec, state.jobs,
+                                                            state.pending, now), now)
             name, who = pool.spec.name, f"pool:{pool.spec.name}"
             for node_id in d.forget:
                 poolrule.forget(pool, node_id)
@@ -302,5 +312,12 @@ class Pools:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def _submitted(job: Any, now: float) -> float:
-    return job.submitted_at.timestamp() if job.submitted_at is not None else now
+def demand_of(spec: PoolSpec, jobs: dict[int, SimpleJob], pending: Iterable[int],
+              now: float) -> Iterator[Demand]:
+    """The pending jobs (``pending``: their ids, in queue order) as ``spec``'s pool sees
+    them: those of its partition, each with the GPUs it needs on a node."""
+    for job_id in pending:
+        job = jobs[job_id]
+        if job.partition == spec.partition:
+            submitted = job.submitted_at.timestamp() if job.submitted_at is not None else now
+            yield Demand(job.gpus_per_node, now - submitted, job.nodes)
