@@ -25,6 +25,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 NODE = "mgpu-slurm1"
@@ -175,9 +176,11 @@ PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         self._spawn("slurmctld", ["slurmctld", "-D", "-i", "-f", str(self.conf)])
         self._wait(self._answers, timeout, "slurmctld to answer")
 
-    def _wait(self, cond: object, timeout: float, what: str) -> None:
+    def _wait(self, cond: Callable[[], bool], timeout: float, what: str) -> None:
+        """Until ``cond()`` (it asks SLURM's commands: polled every 0.1 s), failing at once
+        if a daemon died, and after ``timeout``. (Not conftest's ``wait_until``: this file
+        also runs alone, as ``python test/slurm_cluster.py DIR``.)"""
         deadline = time.monotonic() + timeout
-        assert callable(cond)
         while not cond():
             dead = [p for p in self.procs if p.poll() is not None]
             if dead or time.monotonic() > deadline:

@@ -26,55 +26,37 @@ import asyncio
 import logging
 from dataclasses import replace
 
+from mgpu.cli.up import joined, serve_pair
 from mgpu.core.config import BackendConfig, LogConfig, MasterConfig, NodeConfig
 from mgpu.node.agent import Agent
 from mgpu.server.master import Master
-from mgpu.utils.signals import stop_on_signals
 
 log = logging.getLogger("mgpu.master")
 
 
-def bridge_config(master_cfg: MasterConfig, backend: BackendConfig, port: int,
-                  secret: str) -> NodeConfig:
+def bridge_config(master_cfg: MasterConfig, backend: BackendConfig, master: Master) -> NodeConfig:
     """The bridge node's settings: the ``[node]`` settings (environment, file) for what
-    the backend section does not say, and what joins it to this master."""
+    the backend section does not say, joined to ``master`` (``cli/up.joined``)."""
     from mgpu.utils.settings import load
 
     node, _ = load(NodeConfig, {"node_id": backend.node_id})
-    host = "127.0.0.1" if master_cfg.host in ("0.0.0.0", "", "::") else master_cfg.host
-    return replace(
+    node = replace(
         node, backend="slurm", partition=backend.partition, slurm_poll=backend.slurm_poll,
         mgpu_partition=backend.mgpu_partition,
-        data_dir=backend.data_dir or master_cfg.data_dir / "backend",
-        master_host=host, master_port=port, join_token=secret, join_token_file=None,
-        port=0, tls=master_cfg.tls_cert is not None, ca=node.ca or master_cfg.tls_cert,
-        pool=None)
+        data_dir=backend.data_dir or master_cfg.data_dir / "backend", port=0, pool=None)
+    return joined(node, master_cfg, master)
 
 
 async def serve_with_backend(master_cfg: MasterConfig, backend: BackendConfig) -> None:
     """Run the master and its bridge until SIGTERM or SIGINT (or the bridge stops)."""
-    stop = asyncio.Event()
-    stop_on_signals(asyncio.get_running_loop(), stop.set)
-    master = Master(master_cfg)
-    await master.start()
-    agent: Agent | None = None
-    try:
-        agent = Agent(bridge_config(master_cfg, backend, master.port, master.join.secret))
-        await agent.start()
+    def started(master: Master, agent: Agent, node_cfg: NodeConfig) -> None:
         log.info("SLURM backend: node %s runs jobs of partition %s in SLURM%s",
                  backend.node_id, backend.mgpu_partition or "(default)",
                  f" (partition {backend.partition})" if backend.partition else "")
-        waiter = asyncio.ensure_future(agent.wait())
-        stopper = asyncio.ensure_future(stop.wait())
-        done, _ = await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
-        if waiter in done:
-            waiter.result()  # the master refused the bridge: its reason, raised
-        else:
-            waiter.cancel()
-    finally:
-        if agent is not None:  # SLURM keeps its jobs: the next start re-adopts them
-            await agent.stop(kill_jobs=False)
-        await master.stop()
+
+    # SLURM keeps its jobs when the bridge stops: the next start re-adopts them.
+    await serve_pair(master_cfg, lambda master: bridge_config(master_cfg, backend, master),
+                     started, kill_jobs=False)
 
 
 def run_server_with_backend(master_cfg: MasterConfig, backend: BackendConfig,

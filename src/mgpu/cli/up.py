@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 
 from mgpu.core.config import LogConfig, MasterConfig, NodeConfig
@@ -52,23 +53,8 @@ async def _up(master_cfg: MasterConfig, node_cfg: NodeConfig, log_cfg: LogConfig
                                     if node_cfg.partition else ""))
     else:
         gpus, fake, source = _local_gpus(node_cfg)
-    stop = asyncio.Event()
-    stop_on_signals(asyncio.get_running_loop(), stop.set)
-    master = Master(master_cfg)
-    await master.start()
-    agent: Agent | None = None
-    try:
-        # The node joins with the master's secret, passed in-process; with TLS it dials
-        # https and verifies the master against --ca / MGPU_CA, or else against the
-        # master's own certificate file (its chain), which it has at hand.
-        node_cfg = replace(node_cfg, master_host=_dial_host(master_cfg.host),
-                           master_port=master.port, join_token=master.join.secret,
-                           join_token_file=None, tls=master_cfg.tls_cert is not None,
-                           ca=node_cfg.ca or master_cfg.tls_cert)
-        agent = Agent(node_cfg, gpus)
-        if source:  # (how it reads their usage: NVML, or the fake state)
-            agent.gpu_source = source
-        await agent.start()
+
+    def started(master: Master, agent: Agent, node_cfg: NodeConfig) -> None:
         address = f"{_dial_host(master_cfg.host)}:{master.port}"
         scheme = "https" if master_cfg.tls_cert is not None else "http"
         _say(f"master listening on {scheme}://{master_cfg.host}:{master.port}")
@@ -84,6 +70,40 @@ async def _up(master_cfg: MasterConfig, node_cfg: NodeConfig, log_cfg: LogConfig
         _say(f"from another terminal: {env_hint}mgpu submit -G 1 {example}; "
              f"{env_hint}mgpu queue")
         _say("press Ctrl-C to stop (running jobs are killed)")
+
+    # Unlike `mgpu node`, `up` ends its jobs with it (as it says).
+    await serve_pair(master_cfg, lambda master: joined(node_cfg, master_cfg, master),
+                     started, kill_jobs=True, gpus=gpus, gpu_source=source)
+
+
+def joined(node_cfg: NodeConfig, master_cfg: MasterConfig, master: Master) -> NodeConfig:
+    """``node_cfg`` joined to ``master``, which runs in this process: its secret passed in
+    memory; with TLS it dials https and verifies the master against --ca / MGPU_CA, or else
+    against the master's own certificate file (its chain), which it has at hand."""
+    return replace(node_cfg, master_host=_dial_host(master_cfg.host), master_port=master.port,
+                   join_token=master.join.secret, join_token_file=None,
+                   tls=master_cfg.tls_cert is not None, ca=node_cfg.ca or master_cfg.tls_cert)
+
+
+async def serve_pair(master_cfg: MasterConfig, node_of: Callable[[Master], NodeConfig],
+                     started: Callable[[Master, Agent, NodeConfig], None], *, kill_jobs: bool,
+                     gpus: list[GpuInfo] | None = None, gpu_source: str = "") -> None:
+    """Run a master and one agent in this process (``mgpu up``, ``mgpu server --backend
+    slurm``) until SIGTERM or SIGINT, or until the agent stops (a master that refuses it:
+    its reason, raised). ``node_of`` makes the agent's settings once the master listens;
+    ``kill_jobs``: whether its jobs end with it."""
+    stop = asyncio.Event()
+    stop_on_signals(asyncio.get_running_loop(), stop.set)
+    master = Master(master_cfg)
+    await master.start()
+    agent: Agent | None = None
+    try:
+        node_cfg = node_of(master)
+        agent = Agent(node_cfg, gpus)
+        if gpu_source:  # (how it reads their usage: NVML, or the fake state)
+            agent.gpu_source = gpu_source
+        await agent.start()
+        started(master, agent, node_cfg)
         waiter = asyncio.ensure_future(agent.wait())
         stopper = asyncio.ensure_future(stop.wait())
         done, _ = await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -92,8 +112,8 @@ async def _up(master_cfg: MasterConfig, node_cfg: NodeConfig, log_cfg: LogConfig
         else:
             waiter.cancel()
     finally:
-        if agent is not None:  # unlike `mgpu node`, `up` ends its jobs with it (as it says)
-            await agent.stop(kill_jobs=True)
+        if agent is not None:
+            await agent.stop(kill_jobs=kill_jobs)
         await master.stop()
 
 
