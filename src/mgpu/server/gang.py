@@ -176,7 +176,7 @@ def check_gang(spec: JobSpec, where: str, nodes: Iterable[Node]) -> int:
                          "--pty (stdin still goes to task 0)")
     each = spec.gpus // spec.nodes
     known = [n for n in nodes if len(n.gpus) >= each and n.partition == spec.partition]
-    registered = sum(1 for _ in known)
+    registered = len(known)
     if known and registered < spec.nodes:
         raise Rejected(
             f"{where}asks for {spec.nodes} nodes with {each} GPU{'s' if each != 1 else ''} "
