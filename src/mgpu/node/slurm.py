@@ -5,12 +5,14 @@ The agent registers as a node offering the partition's GPUs (:func:`offered_gpus
 master it is one more node. :class:`SlurmLink` stands where the agent's
 :class:`~mgpu.node.keeper_link.KeeperLink` stands, with the same orders:
 
-* **start**: ``sbatch`` of the command (script on stdin) with ``--gres=gpu:N``, ``-t``
-  (whole minutes, rounded up: the bridge holds the job to the exact limit itself, with
-  ``scancel``), ``--comment "mgpu job ID.RUN NAME (node N)"``, the submitter's directory and
-  environment, and output files in ``DATA/slurm/output``. The SLURM job id goes to the
-  master (:class:`~mgpu.core.messages.JobStarted` ``backend_id``), which shows it in
-  ``mgpu show``. Jobs asking for stdin or a terminal are refused with the fix.
+* **start**: the run's :class:`~mgpu.node.slurm_submit.Submission`, sent through
+  :attr:`SlurmLink.api` (:class:`~mgpu.node.slurm_submit.SlurmCommands`): ``sbatch`` of
+  the command (script on stdin) with ``--gres=gpu:N``, ``-t`` (whole minutes, rounded
+  up: the bridge holds the job to the exact limit itself, with ``scancel``), ``--comment
+  "mgpu job ID.RUN NAME (node N)"``, the submitter's directory and environment, and
+  output files in ``DATA/slurm/output``. The SLURM job id goes to the master
+  (:class:`~mgpu.core.messages.JobStarted` ``backend_id``), which shows it in ``mgpu
+  show``. Jobs asking for stdin or a terminal are refused with the fix.
 * **output**: the files SLURM writes are followed every :data:`TAIL_INTERVAL` and copied,
   framed (stdout, stderr), into the run's spool, from which the agent's usual forwarding
   (:class:`~mgpu.node.link_runs.LinkRuns`) sends them: ``mgpu logs -f`` and ``srun`` work.
@@ -34,7 +36,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,8 +46,9 @@ from mgpu.core.config import NodeConfig
 from mgpu.core.timefmt import format_duration
 from mgpu.node import slurm_cli as sc
 from mgpu.node.link_runs import READ_CHUNK, LinkRuns, OnEnded, OnOutput
-from mgpu.node.runs import NodeRun, job_environment
+from mgpu.node.runs import NodeRun
 from mgpu.node.slurm_runs import SlurmRun, load_runs, save_runs
+from mgpu.node.slurm_submit import SlurmCommands, submission_of
 from mgpu.node.stdin import InputPump
 from mgpu.utils.spool import read_at
 
@@ -86,6 +88,7 @@ class SlurmLink(LinkRuns):
         self.fence: float | None = None
         self.keeper_pid = 0
         self.env = dict(os.environ)  # SLURM's commands' (SLURM_CONF, PATH)
+        self.api = SlurmCommands(self.env)  # how SLURM is asked
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -118,7 +121,7 @@ class SlurmLink(LinkRuns):
         if kill_jobs:
             ids = [j.slurm_id for j in self.jobs.values() if j.ended is None and j.slurm_id]
             with contextlib.suppress(sc.SlurmError):
-                await sc.scancel([i for i in ids if i], self.env)
+                await self.api.cancel([i for i in ids if i])
         self._save()
 
     # ------------------------------------------------------------------ runs.json
@@ -133,7 +136,7 @@ class SlurmLink(LinkRuns):
                      job.ended.state if job.ended else "running")
         lost = [j for j in self.jobs.values() if j.slurm_id is None and j.ended is None]
         if lost:  # the bridge stopped while submitting them: did SLURM take them?
-            known = {sj.comment: sj.id for sj in (await sc.query([], self.env)).values()}
+            known = {sj.comment: sj.id for sj in (await self.api.query([])).values()}
             for job in lost:
                 job.slurm_id = known.get(job.comment)
                 if job.slurm_id is None:
@@ -172,25 +175,18 @@ class SlurmLink(LinkRuns):
             self._fail(job, str(e))
             self._save()
             return
-        env = self._job_env(msg)
-        paths = self._outputs(job.key)
-        for path in paths:
+        out, err = self._outputs(job.key)
+        for path in (out, err):
             path.touch(mode=0o600)
             if acct is not None:  # slurmd opens them as the job's user
                 os.chown(path, acct.pw_uid, acct.pw_gid)
-        if acct is not None:
-            env.update(HOME=acct.pw_dir, USER=acct.pw_name, LOGNAME=acct.pw_name,
-                       SHELL=acct.pw_shell or "/bin/sh")
-        argv = sc.sbatch_argv(name=msg.name, comment=job.comment, gpus=len(msg.gpu_ids),
-                              time_limit=msg.time_limit, cwd=msg.cwd, stdout=str(paths[0]),
-                              stderr=str(paths[1]), partition=self.cfg.partition)
-        body = "exec " + shlex.join(msg.argv) if msg.argv else msg.command
-        script = f"#!/bin/sh\n{body}\n"
+        sub = submission_of(msg, comment=job.comment, node_id=self.node_id,
+                            partition=self.cfg.partition, outputs=(str(out), str(err)),
+                            bridge_env=self.env, account=acct)
         delay = RETRY[0]
         while job.slurm_id is None:
             try:
-                job.slurm_id = sc.parse_sbatch(
-                    await sc.run(argv, env, script.encode(), acct))
+                job.slurm_id = await self.api.submit(sub)
                 self._slurm_up()
             except sc.SlurmError as e:
                 if not e.unreachable:
@@ -203,7 +199,7 @@ class SlurmLink(LinkRuns):
                 # (an sbatch that timed out may have been taken all the same)
                 with contextlib.suppress(sc.SlurmError):
                     job.slurm_id = {sj.comment: sj.id for sj in (
-                        await sc.query([], self.env)).values()}.get(job.comment)
+                        await self.api.query([])).values()}.get(job.comment)
             if job.slurm_id is None and job.wanted is not None:  # cancelled meanwhile
                 state, reason = job.wanted
                 self._end(job, sc.End(state, None, reason, sc.wanted_cause(state)))
@@ -211,22 +207,9 @@ class SlurmLink(LinkRuns):
         log.info("job %s is SLURM job %d", job.key, job.slurm_id)
         self._save()
         if job.wanted is not None:  # cancelled while it was being submitted
-            await sc.scancel([job.slurm_id], self.env)
+            await self.api.cancel([job.slurm_id])
         self._forward(job)
         self._wake.set()
-
-    def _job_env(self, msg: m.StartJob) -> dict[str, str]:
-        """The submitter's environment (no SLURM_*/SBATCH_* of theirs: they would steer
-        sbatch), mgpu's job variables, and what SLURM's commands need of the bridge's."""
-        env = {k: v for k, v in msg.env.items()
-               if not k.startswith(("SLURM_", "SBATCH_", "CUDA_VISIBLE_DEVICES"))}
-        env = job_environment(env, msg.job_id, msg.run, self.node_id, msg.gpu_ids, msg.name)
-        del env["CUDA_VISIBLE_DEVICES"]  # SLURM sets it from the GPUs it gives
-        if "PATH" in self.env:
-            env.setdefault("PATH", self.env["PATH"])
-        if "SLURM_CONF" in self.env:
-            env["SLURM_CONF"] = self.env["SLURM_CONF"]
-        return env
 
     def active(self, job_id: int) -> SlurmRun | None:
         for job in self.jobs.values():
@@ -251,12 +234,12 @@ class SlurmLink(LinkRuns):
             job.wanted = (state, reason)
             self._save()
         if job.slurm_id is not None:
-            self._spawn(sc.scancel([job.slurm_id], self.env))
+            self._spawn(self.api.cancel([job.slurm_id]))
 
     def signal(self, job_id: int, signum: int) -> None:
         job = self.active(job_id)
         if job is not None and job.slurm_id is not None:
-            self._spawn(sc.scancel([job.slurm_id], self.env, signum))
+            self._spawn(self.api.cancel([job.slurm_id], signum))
 
     def write_stdin(self, job_id: int, data: bytes, eof: bool) -> None:
         """Nothing: jobs that take input are refused at start."""
@@ -363,7 +346,7 @@ class SlurmLink(LinkRuns):
                 if j.ended is None and j.slurm_id is not None}
         if not live:
             return
-        seen = await sc.query(sorted(live), self.env)
+        seen = await self.api.query(sorted(live))
         self._slurm_up()
         now = time.time()
         for sid, job in live.items():

@@ -1,0 +1,97 @@
+"""What the SLURM bridge (:mod:`mgpu.node.slurm`) asks of SLURM, apart from how it asks.
+
+* :class:`Submission` is one run's submission: its resources, limits, files, environment,
+  script and account, built from the master's order by :func:`submission_of`.
+* :class:`SlurmCommands` carries the bridge's three requests (submit, query, cancel) to
+  SLURM through its commands (``sbatch``, ``squeue``, ``scancel``: :mod:`slurm_cli`). Another
+  transport offers the same three methods.
+"""
+
+from __future__ import annotations
+
+import pwd
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from mgpu.core import messages as m
+from mgpu.node import slurm_cli as sc
+from mgpu.node.runs import job_environment
+
+
+@dataclass
+class Submission:
+    """One run as SLURM gets it."""
+
+    name: str
+    comment: str  # "mgpu job ID.RUN NAME (node N)": how a lost submission is found again
+    gpus: int
+    time_limit: float | None  # seconds (SLURM gets whole minutes, rounded up)
+    cwd: str
+    stdout: str  # the output files SLURM appends to
+    stderr: str
+    partition: str | None
+    script: str  # the batch script ("#!/bin/sh" and the command)
+    env: dict[str, str] = field(default_factory=dict)  # the job's whole environment
+    account: pwd.struct_passwd | None = None  # whom to submit as (None: the bridge's user)
+
+    def sbatch_argv(self) -> list[str]:
+        """The ``sbatch`` command line (the script comes on stdin)."""
+        return sc.sbatch_argv(name=self.name, comment=self.comment, gpus=self.gpus,
+                              time_limit=self.time_limit, cwd=self.cwd, stdout=self.stdout,
+                              stderr=self.stderr, partition=self.partition)
+
+
+def script_of(msg: m.StartJob) -> str:
+    """The batch script of a run: its argv exec'ed, or its shell command."""
+    body = "exec " + shlex.join(msg.argv) if msg.argv else msg.command
+    return f"#!/bin/sh\n{body}\n"
+
+
+def job_env(msg: m.StartJob, node_id: str, bridge_env: Mapping[str, str]) -> dict[str, str]:
+    """The submitter's environment (no SLURM_*/SBATCH_* of theirs: they would steer
+    sbatch), mgpu's job variables, and what SLURM's commands need of the bridge's."""
+    env = {k: v for k, v in msg.env.items()
+           if not k.startswith(("SLURM_", "SBATCH_", "CUDA_VISIBLE_DEVICES"))}
+    env = job_environment(env, msg.job_id, msg.run, node_id, msg.gpu_ids, msg.name)
+    del env["CUDA_VISIBLE_DEVICES"]  # SLURM sets it from the GPUs it gives
+    if "PATH" in bridge_env:
+        env.setdefault("PATH", bridge_env["PATH"])
+    if "SLURM_CONF" in bridge_env:
+        env["SLURM_CONF"] = bridge_env["SLURM_CONF"]
+    return env
+
+
+def submission_of(msg: m.StartJob, *, comment: str, node_id: str, partition: str | None,
+                  outputs: tuple[str, str], bridge_env: Mapping[str, str],
+                  account: pwd.struct_passwd | None) -> Submission:
+    """The submission of the master's order ``msg``, run as ``account``."""
+    env = job_env(msg, node_id, bridge_env)
+    if account is not None:
+        env.update(HOME=account.pw_dir, USER=account.pw_name, LOGNAME=account.pw_name,
+                   SHELL=account.pw_shell or "/bin/sh")
+    return Submission(name=msg.name, comment=comment, gpus=len(msg.gpu_ids),
+                      time_limit=msg.time_limit, cwd=msg.cwd, stdout=outputs[0],
+                      stderr=outputs[1], partition=partition, script=script_of(msg),
+                      env=env, account=account)
+
+
+class SlurmCommands:
+    """SLURM through its commands, with the bridge's environment ``env`` (``SLURM_CONF``,
+    ``PATH``) for queries and cancels; a submission runs with its own."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = dict(env)
+
+    async def submit(self, sub: Submission) -> int:
+        """Submit; return the SLURM job id (:class:`~slurm_cli.SlurmError` if refused)."""
+        out = await sc.run(sub.sbatch_argv(), sub.env, sub.script.encode(), sub.account)
+        return sc.parse_sbatch(out)
+
+    async def query(self, ids: list[int]) -> dict[int, sc.SlurmJob]:
+        """What SLURM says of the jobs ``ids`` (all its jobs when empty)."""
+        return await sc.query(ids, self.env)
+
+    async def cancel(self, ids: list[int], signal: int | None = None) -> None:
+        """Cancel the jobs (or, with ``signal``, send it to all their processes)."""
+        await sc.scancel(ids, self.env, signal)
