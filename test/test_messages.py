@@ -24,11 +24,13 @@ from mgpu.core.messages import (
     ErrorReply,
     HealthReply,
     Heartbeat,
+    HoldJob,
     JobEnded,
     JobInput,
     JobInputAck,
     JobListReply,
     JobOutput,
+    JobQueued,
     JobResize,
     JobSignal,
     JobStarted,
@@ -37,6 +39,7 @@ from mgpu.core.messages import (
     NodeLog,
     NodeLogRecord,
     OutputEnd,
+    QueueOrder,
     Register,
     Registered,
     RunningReport,
@@ -73,6 +76,9 @@ NODE_MESSAGES: list[Any] = [
     JobInputAck(job_id=5, delivered=1 << 20),
     NodeLog(records=[NodeLogRecord(time=1.5, level="warning", logger="mgpu.node.n1",
                                    message="the node keeper died; restarting it")]),
+    JobQueued(job_id=5, run=0, backend_id="4242", state="PENDING", reason="JobHeldUser"),
+    JobQueued(job_id=5, run=0, backend_id="4242", state="RUNNING", start_time=1.5e9),
+    Register(node_id="sq", gpus=[], partition="slurm", slurm_queue=True),
 ]
 
 MASTER_MESSAGES: list[Any] = [
@@ -98,6 +104,9 @@ MASTER_MESSAGES: list[Any] = [
     JobInput(job_id=5, data=b"", eof=True),
     JobSignal(job_id=5, signum=2),
     JobResize(job_id=5, rows=40, cols=120),
+    HoldJob(job_id=5, hold=True),
+    StartJob(job_id=6, run=0, command="true", cwd="/", env={}, gpu_ids=[0], user="alice",
+             name="t", queue=QueueOrder(dependency="afterok:5", hold=True, begin=2e9)),
 ]
 
 

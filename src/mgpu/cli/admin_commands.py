@@ -142,6 +142,7 @@ def _node_config(ns: argparse.Namespace, **extra: Any) -> Any:
         "metrics_port": getattr(ns, "metrics_port", None),
         "metrics_token_file": getattr(ns, "metrics_token_file", None),
         "mgpu_partition": getattr(ns, "mgpu_partition", None),
+        "slurm_queue": getattr(ns, "slurm_queue", None),
         **extra,
     }
     cfg = load_config(ns, NodeConfig, flags)[0]
@@ -162,12 +163,13 @@ def cmd_server(ns: argparse.Namespace) -> int:
     backend = load_config(ns, BackendConfig, {
         "kind": None if ns.backend in (None, "local") else ns.backend,
         "partition": ns.partition, "slurm_poll": ns.slurm_poll,
-        "mgpu_partition": ns.mgpu_partition})[0]
+        "mgpu_partition": ns.mgpu_partition, "slurm_queue": ns.slurm_queue})[0]
     if ns.backend == "local":
         raise UsageError("mgpu server --backend local: the master runs no jobs itself; start "
                          "`mgpu node` on each GPU machine (or `mgpu up` for one machine)")
     given = [f for f, v in (("--partition", ns.partition), ("--slurm-poll", ns.slurm_poll),
-                            ("--mgpu-partition", ns.mgpu_partition)) if v is not None]
+                            ("--mgpu-partition", ns.mgpu_partition),
+                            ("--slurm-queue", ns.slurm_queue)) if v is not None]
     if given and backend.kind != "slurm":
         raise UsageError(f"mgpu server {given[0]} goes with --backend slurm (a master that "
                          "runs its own SLURM bridge)")

@@ -81,6 +81,9 @@ def backend_args(p: argparse.ArgumentParser) -> None:
                    help="slurm: the partition to submit to (default: SLURM's default)")
     p.add_argument("--slurm-poll", type=seconds, metavar="S",
                    help="slurm: ask squeue about the jobs every S seconds (default 2)")
+    p.add_argument("--slurm-queue", action="store_true", default=None,
+                   help="slurm: hand jobs to SLURM's queue at once; dependencies, holds and "
+                   "--begin become SLURM's own (README \"Queue in SLURM\")")
     p.add_argument("--mgpu-partition", metavar="NAME",
                    help="the node's partition in mgpu: jobs with -p NAME run only there "
                    "(default: slurm for a SLURM bridge, else the default partition)")

@@ -42,7 +42,7 @@ def bridge_config(master_cfg: MasterConfig, backend: BackendConfig, master: Mast
     node, _ = load(NodeConfig, {"node_id": backend.node_id})
     node = replace(
         node, backend="slurm", partition=backend.partition, slurm_poll=backend.slurm_poll,
-        mgpu_partition=backend.mgpu_partition,
+        mgpu_partition=backend.mgpu_partition, slurm_queue=backend.slurm_queue,
         data_dir=backend.data_dir or master_cfg.data_dir / "backend", port=0, pool=None)
     return joined(node, master_cfg, master)
 

@@ -206,6 +206,9 @@ class NodeConfig:
     backend: str = field(default="local", metadata=_env("MGPU_NODE_BACKEND"))
     partition: str | None = field(default=None, metadata=_env("MGPU_SLURM_PARTITION"))
     slurm_poll: float = field(default=2.0, metadata=_env("MGPU_SLURM_POLL"))
+    # Queue in SLURM (a bridge): jobs wait in SLURM's queue, their dependencies, holds and
+    # begin times SLURM's own (README "Queue in SLURM"; mgpu.node.slurm_queue).
+    slurm_queue: bool = field(default=False, metadata=_env("MGPU_SLURM_QUEUE"))
     # Its partition in mgpu (README "Mixed mode"; not SLURM's ``partition``): jobs with
     # -p NAME run only on its nodes. None: a SLURM bridge's is "slurm", a local node's the
     # default partition ("" names the default partition for a bridge too).
@@ -252,6 +255,7 @@ class BackendConfig:
     partition: str | None = field(default=None, metadata=_env("MGPU_SLURM_PARTITION"))
     mgpu_partition: str = field(default="slurm", metadata=_env("MGPU_BACKEND_PARTITION"))
     slurm_poll: float = field(default=2.0, metadata=_env("MGPU_SLURM_POLL"))
+    slurm_queue: bool = field(default=False, metadata=_env("MGPU_SLURM_QUEUE"))  # (as [node])
     # The bridge's runs and SLURM's output files (None: the master's data dir's "backend").
     # Jobs that run as their users write there: as root, give one every user may enter.
     data_dir: Path | None = field(default=None, metadata=_env("MGPU_BACKEND_DATA_DIR"))

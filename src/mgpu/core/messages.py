@@ -108,6 +108,9 @@ class Register(msgspec.Struct, tag=MessageType.REGISTER.value):
     # Its partition (core/partitions.py; `--mgpu-partition`), or None: the default one.
     partition: Annotated[str, msgspec.Meta(max_length=64, pattern=PARTITION_PATTERN)] | None = (
         None)
+    # A SLURM bridge in queue-in-SLURM mode (`--slurm-queue`): jobs bound for it are handed
+    # to it at once, to wait in SLURM's queue (server/handoff.py).
+    slurm_queue: bool = False
 
 
 class NodeHealth(msgspec.Struct, tag=MessageType.NODE_HEALTH.value):
@@ -198,9 +201,23 @@ class JobEnded(msgspec.Struct, tag=MessageType.JOB_ENDED.value):
         return run_key(self.job_id, self.run)
 
 
+class JobQueued(msgspec.Struct, tag=MessageType.JOB_QUEUED.value):
+    """A queue-in-SLURM bridge's word on a run it handed to SLURM: its SLURM id
+    (``backend_id``), and SLURM's state and reason for it (``PENDING``/``Priority``,
+    ``PENDING``/``JobHeldUser``...). Sent once SLURM has the run, again on every change and
+    on every new link. ``RUNNING`` (with SLURM's ``start_time``) starts the job in mgpu."""
+
+    job_id: JobId
+    run: RunNo
+    backend_id: Annotated[str, msgspec.Meta(max_length=256)]
+    state: Annotated[str, msgspec.Meta(max_length=64)]
+    reason: Annotated[str, msgspec.Meta(max_length=256)] = ""
+    start_time: float | None = None  # SLURM's start (Unix time), once it started
+
+
 NodeMessage = (
     Register | Heartbeat | JobStarted | JobOutput | JobEnded | NodeHealth | JobInputAck
-    | NodeLog
+    | NodeLog | JobQueued
 )
 
 
@@ -229,6 +246,16 @@ class Registered(msgspec.Struct, tag=MessageType.REGISTERED.value):
     retry: bool = False
 
 
+class QueueOrder(msgspec.Struct):
+    """What SLURM is to decide of a run handed to its queue (README "Queue in SLURM"):
+    ``dependency`` in mgpu job ids (the bridge puts SLURM's in), only the terms on live runs
+    of the same bridge; ``hold`` (``sbatch --hold``); ``begin`` (Unix time, ``--begin``)."""
+
+    dependency: str | None = None
+    hold: bool = False
+    begin: float | None = None
+
+
 class StartJob(msgspec.Struct, tag=MessageType.START_JOB.value):
     """Run a job. ``run`` counts its runs (0, then 1 after a requeue, ...): output and
     ends of an old run that comes back late are told apart from the current one."""
@@ -247,6 +274,8 @@ class StartJob(msgspec.Struct, tag=MessageType.START_JOB.value):
     argv: list[str] | None = None
     rendezvous: bool = False  # a gang's rank 0: pick MASTER_ADDR/PORT and report them
     tasks: int = 1  # tasks of the job on this node (core/gang.py: the task launcher)
+    # To a queue-in-SLURM bridge: the run waits in SLURM's queue, with these of its controls.
+    queue: QueueOrder | None = None
 
 
 class CancelJob(msgspec.Struct, tag=MessageType.CANCEL_JOB.value):
@@ -279,8 +308,17 @@ class JobResize(msgspec.Struct, tag=MessageType.JOB_RESIZE.value):
     cols: int
 
 
+class HoldJob(msgspec.Struct, tag=MessageType.HOLD_JOB.value):
+    """Hold (``hold``) or release a run waiting in SLURM's queue (a queue-in-SLURM bridge:
+    ``scontrol uhold``/``release``)."""
+
+    job_id: int
+    hold: bool
+
+
 MasterMessage = (
     Registered | StartJob | CancelJob | EndedAck | JobInput | JobSignal | JobResize | Heartbeat
+    | HoldJob
 )
 
 # A WebSocket frame carries one message, or a list of them (what a sender had queued at

@@ -119,6 +119,8 @@ class MessageType(enum.StrEnum):
     NODE_HEALTH = "node_health"
     JOB_INPUT_ACK = "job_input_ack"
     NODE_LOG = "node_log"
+    JOB_QUEUED = "job_queued"  # (queue-in-SLURM bridges: README "Queue in SLURM")
+    HOLD_JOB = "hold_job"
 
 
 class NodeState(enum.StrEnum):

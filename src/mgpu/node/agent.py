@@ -33,7 +33,7 @@ from mgpu.core.errors import MgpuError
 from mgpu.core.models import GpuInfo
 from mgpu.node import credential, fencing, gangnode, join
 from mgpu.node import users as policy
-from mgpu.node.backends import offered_gpus, partition_of
+from mgpu.node.backends import offered_gpus, partition_of, queue_mode
 from mgpu.node.gpuwatch import GpuWatch, open_watch
 from mgpu.node.keeper_link import KeeperLink, NodeRun
 from mgpu.node.logship import LogShipper
@@ -84,10 +84,10 @@ class Agent:
         self._ssl_context = join.client_ssl(self.cfg)
         data_dir = self.cfg.effective_data_dir
         if self.cfg.backend == "slurm":  # jobs go to SLURM, not to this machine's keeper
-            from mgpu.node.slurm import SlurmLink
+            from mgpu.node.slurm_queue import bridge_link  # (queue in SLURM, or not)
 
-            self.supervisor = SlurmLink(self.cfg, self._on_output, self._on_ended,
-                                        self._send, self._has_room, self._on_health)
+            self.supervisor = bridge_link(self.cfg, self._on_output, self._on_ended,
+                                          self._send, self._has_room, self._on_health)
         else:
             self.supervisor = KeeperLink(
                 self.node_id, data_dir, self._on_output, self._on_ended, self.cfg.kill_grace,
@@ -234,7 +234,7 @@ class Agent:
             credential=credential.load(data_dir, self.node_id),
             users=self.users, degraded=self.degraded, pool=self.cfg.pool,
             foreign_gpu_policy=self.cfg.foreign_gpu_policy, min_free_mib=self.cfg.min_free_mib,
-            partition=partition_of(self.cfg))
+            partition=partition_of(self.cfg), slurm_queue=queue_mode(self.cfg))
         await ws.send_bytes(m.node_encoder.encode(register))
         first = await ws.receive(timeout=30)
         if first.type is not aiohttp.WSMsgType.BINARY:
@@ -341,6 +341,8 @@ class Agent:
         elif isinstance(msg, m.EndedAck):
             for key in msg.runs:
                 sup.forget(key)
+        elif isinstance(msg, m.HoldJob) and hasattr(sup, "hold"):  # (queue in SLURM)
+            sup.hold(msg.job_id, msg.hold)
         # (A Heartbeat from the master says only that it is there: ``heard`` is set.)
 
     def _send(self, msg: m.NodeMessage) -> None:
@@ -357,10 +359,8 @@ class Agent:
         if degraded == self.degraded:
             return
         self.degraded = degraded
-        if degraded:
-            self.log.error("node degraded, taking no jobs: %s", degraded)
-        else:
-            self.log.info("node healthy again, taking jobs")
+        self.log.log(logging.ERROR if degraded else logging.INFO, "node %s", f"degraded, "
+                     f"taking no jobs: {degraded}" if degraded else "healthy again, taking jobs")
         self._send(m.NodeHealth(degraded))
 
     def _on_input_ack(self, job: NodeRun) -> None:

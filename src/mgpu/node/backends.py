@@ -20,6 +20,11 @@ def partition_of(cfg: NodeConfig) -> str | None:
     return SLURM_PARTITION if cfg.backend == "slurm" else None
 
 
+def queue_mode(cfg: NodeConfig) -> bool:
+    """Whether the node is a SLURM bridge in queue-in-SLURM mode (``--slurm-queue``)."""
+    return cfg.backend == "slurm" and cfg.slurm_queue
+
+
 async def offered_gpus(cfg: NodeConfig, gpus: list[GpuInfo] | None,
                        source: str) -> tuple[list[GpuInfo], str]:
     """The GPUs the agent offers and where they came from: ``gpus`` when given (with

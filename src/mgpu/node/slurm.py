@@ -48,7 +48,7 @@ from mgpu.node import slurm_cli as sc
 from mgpu.node.link_runs import READ_CHUNK, LinkRuns, OnEnded, OnOutput
 from mgpu.node.runs import NodeRun
 from mgpu.node.slurm_runs import SlurmRun, load_runs, save_runs
-from mgpu.node.slurm_submit import SlurmCommands, submission_of
+from mgpu.node.slurm_submit import SlurmCommands, Submission, submission_of
 from mgpu.node.stdin import InputPump
 from mgpu.utils.spool import read_at
 
@@ -183,6 +183,8 @@ class SlurmLink(LinkRuns):
         sub = submission_of(msg, comment=job.comment, node_id=self.node_id,
                             partition=self.cfg.partition, outputs=(str(out), str(err)),
                             bridge_env=self.env, account=acct)
+        if not await self._prepare(job, msg, sub):  # (queue in SLURM: slurm_queue.py)
+            return
         delay = RETRY[0]
         while job.slurm_id is None:
             try:
@@ -210,6 +212,13 @@ class SlurmLink(LinkRuns):
             await self.api.cancel([job.slurm_id])
         self._forward(job)
         self._wake.set()
+
+    async def _prepare(self, job: SlurmRun, msg: m.StartJob, sub: Submission) -> bool:
+        """Complete ``sub`` before its sbatch; False when that failed the run."""
+        return True
+
+    def _seen(self, job: SlurmRun, sj: sc.SlurmJob) -> None:
+        """What squeue said of a live run (before its end, if it ended, is taken)."""
 
     def active(self, job_id: int) -> SlurmRun | None:
         for job in self.jobs.values():
@@ -359,6 +368,7 @@ class SlurmLink(LinkRuns):
                               f"{sid} (it ended long ago, or slurmctld lost it)", None))
                 continue
             job.missing = 0
+            self._seen(job, sj)
             end = sc.end_of(sj, job.wanted)
             if end is not None:
                 self._end(job, end)

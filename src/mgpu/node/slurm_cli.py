@@ -250,6 +250,15 @@ async def scancel(ids: list[int], env: Mapping[str, str] | None = None,
     await run(argv + [str(i) for i in ids], env)
 
 
+async def scontrol_hold(ids: list[int], hold: bool,
+                        env: Mapping[str, str] | None = None) -> None:
+    """Hold the pending jobs (``scontrol uhold``: a hold their owner may release, shown as
+    ``JobHeldUser`` even when root holds them) or release them (``scontrol release``)."""
+    if ids:
+        await run(["scontrol", "uhold" if hold else "release",
+                   ",".join(str(i) for i in ids)], env)
+
+
 async def partition_gpus(partition: str | None, env: Mapping[str, str] | None = None) -> int:
     """The GPUs of the partition's nodes (of every partition's when None)."""
     argv = ["sinfo", "-h", "-N", "-o", "%N|%G"] + (["-p", partition] if partition else [])

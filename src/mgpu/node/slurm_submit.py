@@ -2,9 +2,10 @@
 
 * :class:`Submission` is one run's submission: its resources, limits, files, environment,
   script and account, built from the master's order by :func:`submission_of`.
-* :class:`SlurmCommands` carries the bridge's three requests (submit, query, cancel) to
-  SLURM through its commands (``sbatch``, ``squeue``, ``scancel``: :mod:`slurm_cli`). Another
-  transport offers the same three methods.
+* :class:`SlurmCommands` carries the bridge's requests (submit, query, cancel; and hold,
+  release for the queue-in-SLURM mode) to SLURM through its commands (``sbatch``,
+  ``squeue``, ``scancel``, ``scontrol``: :mod:`slurm_cli`). Another transport offers the
+  same methods.
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ class Submission:
     script: str  # the batch script ("#!/bin/sh" and the command)
     env: dict[str, str] = field(default_factory=dict)  # the job's whole environment
     account: pwd.struct_passwd | None = None  # whom to submit as (None: the bridge's user)
+    # More of sbatch's options (queue in SLURM: --dependency, --hold, --begin).
+    options: list[str] = field(default_factory=list)
 
     def sbatch_argv(self) -> list[str]:
         """The ``sbatch`` command line (the script comes on stdin)."""
         return sc.sbatch_argv(name=self.name, comment=self.comment, gpus=self.gpus,
                               time_limit=self.time_limit, cwd=self.cwd, stdout=self.stdout,
-                              stderr=self.stderr, partition=self.partition)
+                              stderr=self.stderr, partition=self.partition) + self.options
 
 
 def script_of(msg: m.StartJob) -> str:
@@ -95,3 +98,11 @@ class SlurmCommands:
     async def cancel(self, ids: list[int], signal: int | None = None) -> None:
         """Cancel the jobs (or, with ``signal``, send it to all their processes)."""
         await sc.scancel(ids, self.env, signal)
+
+    async def hold(self, ids: list[int]) -> None:
+        """Hold the pending jobs (their owner may release them)."""
+        await sc.scontrol_hold(ids, True, self.env)
+
+    async def release(self, ids: list[int]) -> None:
+        """Release held jobs."""
+        await sc.scontrol_hold(ids, False, self.env)

@@ -92,6 +92,11 @@ class JobControls(NodeEvents):
     def _blocker(self, job: SimpleJob, now: float) -> tuple[str, str] | None:
         """Why ``job`` may not be in the queue now (code, words), or None. Registers it
         where the event that can free it will find it."""
+        return self._control_blocker(job, now) or self._limit_blocker(job)
+
+    def _control_blocker(self, job: SimpleJob, now: float) -> tuple[str, str] | None:
+        """Its hold, begin time or dependency (what a queue-in-SLURM bridge leaves to
+        SLURM: ``handoff.py``)."""
         if job.held:
             return c.HELD, f"`mgpu release {job.id}` lets it start"
         if job.begin_at is not None and job.begin_at.timestamp() > now:
@@ -107,6 +112,10 @@ class JobControls(NodeEvents):
                 return c.DEPENDENCY, words
             if status is False:
                 return c.DEPENDENCY_NEVER, words
+        return None
+
+    def _limit_blocker(self, job: SimpleJob) -> tuple[str, str] | None:
+        """Its array's ``%N`` or its user's GPU cap (mgpu's, whoever runs the job)."""
         throttle, array = job.array_throttle, job.array_job_id
         if throttle and array is not None and self.array_active.get(array, 0) >= throttle:
             insort(self.throttled.setdefault(array, []), job.id)

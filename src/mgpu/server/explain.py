@@ -52,6 +52,14 @@ def explain(state: ClusterState, job: SimpleJob, now: float) -> ExplainReply:
         out.lines.append(f"{who} has ended ({job.state.value}"
                          f"{': ' + job.reason if job.reason else ''}).")
         return out
+    if job.id in state.handed:  # (queue in SLURM: server/handoff.py)
+        out.pending_reason, out.reason = job.pending_reason, job.reason
+        out.lines.append(
+            f"{who} is pending in SLURM's queue, through node {job.node} (SLURM job "
+            f"{job.backend_id or 'not known yet'}): {job.pending_reason}. SLURM decides "
+            "when it starts (its priority, hold, begin time and dependency there): "
+            f"`squeue -j {job.backend_id or 'ID'}` shows it.")
+        return out
     state.refresh_pending_reasons()
     out.pending_reason, out.reason = job.pending_reason, job.reason
     out.expected_start = job.expected_start

@@ -48,6 +48,7 @@ class Node:
     pool: str | None = None  # its node pool (server/pools.py)
     partition: str | None = None  # its partition (core/partitions.py); None: the default
     drain_reason: str | None = None  # draining: no new jobs, its running jobs finish
+    slurm_queue: bool = False  # a queue-in-SLURM bridge (server/handoff.py)
 
     @property
     def takes_jobs(self) -> bool:
@@ -187,7 +188,8 @@ class NodeEvents(ABC):
                                           memory_total_mib=g.memory_total_mib, uuid=g.uuid)
                                   for g in msg.gpus],
                     hostname=msg.hostname, last_seen=now, users=msg.users, pool=msg.pool,
-                    drain_reason=self.drained.get(msg.node_id), partition=msg.partition)
+                    drain_reason=self.drained.get(msg.node_id), partition=msg.partition,
+                    slurm_queue=msg.slurm_queue)
         if msg.degraded is not None:
             node.state, node.reason = NodeState.DEGRADED, msg.degraded
         node.gpu_type = common_type([g.name for g in node.gpus])

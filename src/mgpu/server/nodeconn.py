@@ -81,7 +81,7 @@ class NodeConn:
         """Raise :class:`Violation` unless ``msg`` is one this node could honestly send."""
         if isinstance(msg, m.Register):
             raise Violation("it sent a second register message")
-        if isinstance(msg, m.JobStarted):
+        if isinstance(msg, m.JobStarted | m.JobQueued):
             if msg.job_id not in self.job_ids:
                 raise Violation(f"it says job {msg.job_id} started, which it was never given")
         elif isinstance(msg, m.JobInputAck):

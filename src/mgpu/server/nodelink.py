@@ -245,7 +245,7 @@ class NodeLink:
                 conn.check(msg)
                 self.on_node_message(conn.node_id, msg, effects)
                 # (a start's report: a SLURM id, or a gang's rendezvous, saved then sent on)
-                ends = ends or isinstance(msg, (m.JobEnded, m.JobStarted))
+                ends = ends or isinstance(msg, (m.JobEnded, m.JobStarted, m.JobQueued))
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             return f"it sent a malformed message ({str(e)[:200]})"
         except Violation as e:
@@ -300,6 +300,8 @@ class NodeLink:
         elif isinstance(msg, m.JobStarted):
             log.debug("job %d started on %s as pid %d", msg.job_id, node_id, msg.pid)
             effects.merge(self.master.state.on_job_started(node_id, msg))
+        elif isinstance(msg, m.JobQueued):  # (queue in SLURM: server/handoff.py)
+            effects.merge(self.master.state.on_job_queued(node_id, msg, now))
         elif isinstance(msg, m.NodeHealth):
             log.log(logging.WARNING if msg.degraded else logging.INFO, "node %s: %s", node_id,
                     f"degraded, no new jobs: {msg.degraded}" if msg.degraded else "healthy")

@@ -26,6 +26,7 @@ from mgpu.server.effects import Effects
 from mgpu.server.fairshare import FairShare
 from mgpu.server.gang import GangJobs, check_gang
 from mgpu.server.gpu_fit import check_gpu_constraints, job_constraints
+from mgpu.server.handoff import Handoff
 from mgpu.server.node_events import Node
 from mgpu.server.partitions import check_partition
 from mgpu.server.queue import PendingQueue
@@ -36,7 +37,7 @@ from mgpu.server.validate import MAX_TIME_LIMIT, check_priority, check_spec
 __all__ = ["ClusterState", "Effects", "Node"]
 
 
-class ClusterState(GangJobs, SubmitControls, SchedulingPass):
+class ClusterState(Handoff, GangJobs, SubmitControls, SchedulingPass):
     """Jobs and nodes in memory; the single place that decides what happens to them."""
 
     def __init__(
@@ -74,6 +75,7 @@ class ClusterState(GangJobs, SubmitControls, SchedulingPass):
         self.max_batch_jobs = max_batch_jobs
         self.max_pending_per_user = max_pending_per_user
         self.init_controls()  # the gate of holds, dependencies, arrays, limits (controls.py)
+        self.init_handoff()  # jobs waiting in SLURM's queue (handoff.py)
         self.notify_policy = NotifyPolicy()  # the master sets its own (core/notify.py)
 
     def _enqueue(self, job: SimpleJob, *, in_place: bool = False) -> None:
@@ -277,6 +279,7 @@ class ClusterState(GangJobs, SubmitControls, SchedulingPass):
             if isinstance(job, m.CancelResult):
                 results.append(job)
             elif job.state is JobState.PENDING:
+                self.cancel_handed(job_id, reason, effects)  # (waiting in SLURM: scancel)
                 self._dequeue(job_id)
                 self.envs.pop(job_id, None)
                 end_run(effects, job, JobState.CANCELLED, now, reason=f"{reason} while pending")
@@ -306,6 +309,8 @@ class ClusterState(GangJobs, SubmitControls, SchedulingPass):
         effects = Effects()
         for job_id in job_ids:
             job = self.jobs[job_id]
+            if job_id in self.handed:  # (its hand-off to SLURM: back to mgpu's queue)
+                self.unhand(job, reason, now, effects)
             if job.state is not JobState.RUNNING or job.node is None:
                 continue
             if job.rendezvous is not None:
