@@ -10,6 +10,7 @@ slurm --slurm-queue``; README "Queue in SLURM").
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -315,3 +316,23 @@ def test_begin_in_the_future_shows_begin_time(queued: Cluster, slurm: SlurmClust
     assert queued.mgpu("explain", str(job_id)).stdout.count("pending in SLURM's queue") == 1
     queued.mgpu("cancel", str(job_id))
     assert queued.wait_job(job_id)["state"] == "cancelled"
+
+
+def test_restarts_keep_handed_jobs_in_slurm(queued: Cluster, slurm: SlurmCluster) -> None:
+    go, wait = gate(queued.tmp, "go")
+    running = queued.submit(f"echo first; {wait}; echo second", "-G", "1")
+    held = queued.submit("echo held ran", "-G", "1", "--hold")
+    wait_until(lambda: "first" in queued.mgpu("logs", str(running)).stdout, 60)
+    sid = wait_reason(queued, slurm, held, "JobHeldUser")
+    queued.kill_node(BRIDGE, signal.SIGKILL)
+    queued.restart_master(wait_nodes=False)
+    queued.restart_node(BRIDGE)
+    job = queued.job(held)  # still pending in SLURM, the same SLURM job
+    assert (job["state"], job["node"], job["backend_id"]) == ("pending", BRIDGE, sid)
+    assert queued.job(running)["state"] == "running"
+    queued.mgpu("release", str(held))
+    go.touch()
+    assert queued.wait_job(held, timeout=60)["backend_id"] == sid
+    assert "held ran" in queued.mgpu("logs", str(held)).stdout
+    assert queued.wait_job(running, timeout=60)["state"] == "completed"
+    assert queued.mgpu("logs", str(running)).stdout.split() == ["first", "second"]
