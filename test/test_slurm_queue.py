@@ -22,6 +22,7 @@ import pytest
 from conftest import Cluster, wait_until
 from mgpu.core import messages as m
 from mgpu.core.models import GpuInfo, JobSpec, JobState
+from mgpu.node import slurm_cli as sc
 from mgpu.node.slurm_queue import begin_arg, slurm_dependency
 from mgpu.server.state import ClusterState
 from slurm_cluster import GPUS, PARTITION, SlurmCluster
@@ -30,15 +31,29 @@ from slurm_cluster import GPUS, PARTITION, SlurmCluster
 
 
 def test_dependency_names_slurm_ids_and_keeps_its_form() -> None:
-    ids = {12: 101, 13: 102, 14: 103}
+    ids = {12: "101", 13: "102", 14: "103_4"}
     assert slurm_dependency("afterok:12:13,afterany:14", ids) == (
-        "afterok:101,afterok:102,afterany:103")
-    assert slurm_dependency("afternotok:12?after:14", ids) == "afternotok:101?after:103"
+        "afterok:101,afterok:102,afterany:103_4")
+    assert slurm_dependency("afternotok:12?after:13", ids) == "afternotok:101?after:102"
 
 
 def test_begin_is_local_time_to_the_second() -> None:
     when = time.mktime((2031, 5, 6, 7, 8, 9, 0, 0, -1))
     assert begin_arg(when) == "--begin=2031-05-06T07:08:09"
+
+
+def test_squeue_rows_of_an_array_each_task_apart() -> None:
+    rows = sc.parse_tasks(
+        "7|2-3%2|PENDING|JobArrayTaskLimit|0|N/A|(null)\n"
+        "7|0|RUNNING|None|0|2026-12-03T13:59:53|mgpu job 4.0 t (node b)\n"
+        "7|1|FAILED|NonZeroExitCode|256|2026-12-03T13:59:53|(null)\n"
+        "8|N/A|PENDING|Priority|0|N/A|(null)\n"
+        "9|[4,6-10:2%1]|PENDING|JobHeldUser|0|N/A|(null)\n")
+    assert sorted(rows) == [(7, 0), (7, 1), (7, 2), (7, 3), (8, None), (9, 4), (9, 6),
+                            (9, 8), (9, 10)]
+    assert (rows[7, 3].state, rows[7, 3].reason) == ("PENDING", "JobArrayTaskLimit")
+    assert sc.exit_code_of(rows[7, 1].exit_status) == 1 and rows[7, 0].start_time > 0
+    assert rows[9, 8].reason == "JobHeldUser"
 
 
 # ---------------------------------------------------------------- unit: the master's side
@@ -62,9 +77,9 @@ def with_bridge(gpus: int = 2) -> ClusterState:
 
 def submit(state: ClusterState, **spec: Any) -> tuple[int, list[tuple[str, Any]]]:
     """Submit one job; its id and what the master sends (after a pass)."""
-    (job_id,), effects = state.on_submit([JobSpec(command="true", **spec)], NOW, "alice")
+    ids, effects = state.on_submit([JobSpec(command="true", **spec)], NOW, "alice")
     effects.merge(state.gate_pass(effects, NOW)).merge(state.schedule(NOW))
-    return job_id, effects.sends
+    return ids[0], effects.sends  # (an array: its first task)
 
 
 def order_of(sends: list[tuple[str, Any]], job_id: int) -> m.StartJob:
@@ -123,6 +138,21 @@ def test_a_dependency_on_a_job_elsewhere_waits_in_mgpu_until_it_ends() -> None:
                                NOW)
     sends = ended.merge(state.gate_pass(ended, NOW)).merge(state.schedule(NOW)).sends
     assert order_of(sends, child).queue == m.QueueOrder()
+
+
+def test_an_arrays_tasks_go_in_one_order_with_its_throttle() -> None:
+    state = with_bridge()
+    first, sends = submit(state, gpus=1, array="0-3%2")
+    (start,) = [s for _, s in sends if isinstance(s, m.StartJob)]
+    assert start.job_id == first and start.queue is not None
+    assert start.queue.throttle == 2 and start.queue.array is not None
+    assert [(t.task_id, t.job_id) for t in start.queue.array] == [
+        (task, first + task) for task in range(4)]
+    assert start.queue.array[3].env["MGPU_ARRAY_TASK_ID"] == "3"
+    assert all(state.handed.get(first + task) == "b" for task in range(4))
+    # The order could not be sent: its tasks all go back to mgpu's queue.
+    state.unplace([first], NOW, "node b disconnected")
+    assert not state.handed and all(first + t in state.pending for t in range(4))
 
 
 def test_hold_release_and_cancel_of_a_handed_job_are_orders_to_the_bridge() -> None:
@@ -336,3 +366,54 @@ def test_restarts_keep_handed_jobs_in_slurm(queued: Cluster, slurm: SlurmCluster
     assert "held ran" in queued.mgpu("logs", str(held)).stdout
     assert queued.wait_job(running, timeout=60)["state"] == "completed"
     assert queued.mgpu("logs", str(running)).stdout.split() == ["first", "second"]
+
+
+def test_an_array_is_one_slurm_array_job_with_its_throttle(
+        queued: Cluster, slurm: SlurmCluster) -> None:
+    out = queued.tmp / "array"
+    out.mkdir()
+    command = (f'echo "job $MGPU_JOB_ID task $MGPU_ARRAY_TASK_ID"; '
+               f"while [ ! -e {out}/go$MGPU_ARRAY_TASK_ID ]; do sleep 0.05; done; "
+               "exit $MGPU_ARRAY_TASK_ID")
+    array = queued.submit(command, "-G", "1", "--array=0-3%2")
+    ids = list(range(array, array + 4))
+    sids = [slurm_id(queued, j) for j in ids]
+    base = sids[0].partition("_")[0]
+    assert sids == [f"{base}_{task}" for task in range(4)]  # one SLURM array job
+
+    def running() -> list[int]:
+        slurm_running = squeue(slurm, "-h", "-t", "R", "-j", base, "-o", "%i").split()
+        assert len(slurm_running) <= 2, slurm_running  # its %2, in SLURM
+        states = [queued.job(j)["state"] for j in ids]
+        return [task for task, state in enumerate(states) if state == "running"]
+
+    wait_until(lambda: running() == [0, 1], 60, message=lambda: f"tasks 0, 1: {running()}")
+    wait_reason(queued, slurm, ids[2], "JobArrayTaskLimit")
+    for task in range(4):
+        (out / f"go{task}").touch()
+        ended = queued.wait_job(ids[task], timeout=60)
+        assert len(running()) <= 2
+        assert ended["exit_code"] == task and ended["backend_id"] == sids[task]
+        assert ended["state"] == ("completed" if task == 0 else "failed")
+        logs = queued.mgpu("logs", str(ids[task]), check=False).stdout
+        assert logs == f"job {ids[task]} task {task}\n"
+
+
+def test_an_arrays_tasks_are_held_released_and_cancelled_one_by_one(
+        queued: Cluster, slurm: SlurmCluster) -> None:
+    array = queued.submit("echo task $MGPU_ARRAY_TASK_ID", "-G", "1", "--array=0-2", "--hold")
+    ids = list(range(array, array + 3))
+    sids = [wait_reason(queued, slurm, j, "JobHeldUser") for j in ids]
+    queued.mgpu("release", f"{array}_1")
+    assert queued.wait_job(ids[1], timeout=60)["state"] == "completed"
+    assert queued.mgpu("logs", str(ids[1])).stdout == "task 1\n"
+    queued.mgpu("cancel", f"{array}_2")
+    assert queued.wait_job(ids[2], timeout=60)["state"] == "cancelled"
+    # (SLURM keeps no record of a pending task it cancelled: it leaves its array's row)
+    wait_until(lambda: in_slurm(slurm, sids[2]) == ("", ""), 30,
+               message=lambda: f"task 2 gone from SLURM: {in_slurm(slurm, sids[2])}")
+    assert in_slurm(slurm, sids[0]) == ("PENDING", "JobHeldUser")  # the others as they were
+    assert queued.job(ids[0])["state"] == "pending"
+    subprocess.run(["scancel", sids[0]], env=slurm.env, check=True, timeout=30)
+    ended = queued.wait_job(ids[0], timeout=60)  # (scancel in SLURM: gone without a trace)
+    assert (ended["state"], ended["reason"]) == ("cancelled", "cancelled in SLURM (scancel)")

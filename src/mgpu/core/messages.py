@@ -246,14 +246,28 @@ class Registered(msgspec.Struct, tag=MessageType.REGISTERED.value):
     retry: bool = False
 
 
+class ArrayTask(msgspec.Struct, array_like=True):
+    """One task of an array handed to SLURM as one ``sbatch --array``: its task id, its
+    job's id and run, and the variables its environment has other than the order's."""
+
+    task_id: int
+    job_id: int
+    run: int
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+
+
 class QueueOrder(msgspec.Struct):
     """What SLURM is to decide of a run handed to its queue (README "Queue in SLURM"):
     ``dependency`` in mgpu job ids (the bridge puts SLURM's in), only the terms on live runs
-    of the same bridge; ``hold`` (``sbatch --hold``); ``begin`` (Unix time, ``--begin``)."""
+    of the same bridge; ``hold`` (``sbatch --hold``); ``begin`` (Unix time, ``--begin``).
+    ``array``: the order is an array's tasks (its own job the first), one SLURM array job
+    (``--array=IDS%throttle``)."""
 
     dependency: str | None = None
     hold: bool = False
     begin: float | None = None
+    array: list[ArrayTask] | None = None
+    throttle: int | None = None
 
 
 class StartJob(msgspec.Struct, tag=MessageType.START_JOB.value):

@@ -350,22 +350,30 @@ class SlurmLink(LinkRuns):
         if grew:
             self.pump(job.key)
 
+    async def _query(self, ids: list[int]) -> dict[Any, sc.SlurmJob]:
+        """What squeue says of the SLURM jobs ``ids``, by :meth:`_key`."""
+        return dict(await self.api.query(ids))
+
+    def _key(self, job: SlurmRun) -> Any:
+        return job.slurm_id  # (an array's task: slurm_queue.py)
+
     async def _poll(self) -> None:
-        live = {j.slurm_id: j for j in self.jobs.values()
+        live = {self._key(j): j for j in self.jobs.values()
                 if j.ended is None and j.slurm_id is not None}
         if not live:
             return
-        seen = await self.api.query(sorted(live))
+        seen = await self._query(sorted({j.slurm_id for j in live.values() if j.slurm_id}))
         self._slurm_up()
         now = time.time()
-        for sid, job in live.items():
-            sj = seen.get(sid)
+        for key, job in live.items():
+            sj = seen.get(key)
             if sj is None:
                 job.missing += 1
                 if job.missing >= MISSING_POLLS:
                     # Not requeued (no cause given): it may well have run to its end.
                     self._end(job, sc.End("node_fail", None, f"SLURM no longer knows job "
-                              f"{sid} (it ended long ago, or slurmctld lost it)", None))
+                              f"{job.slurm_id} (it ended long ago, or slurmctld lost it)",
+                              None))
                 continue
             job.missing = 0
             self._seen(job, sj)

@@ -22,7 +22,7 @@ import math
 import os
 import pwd
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -174,6 +174,56 @@ def parse_squeue(text: str) -> dict[int, SlurmJob]:
     return jobs
 
 
+# ``squeue -O`` with an array's tasks told apart (queue in SLURM: ``slurm_queue.py``).
+TASK_FORMAT = "ArrayJobID:|,ArrayTaskID:|,State:|,Reason:|,exit_code:|,StartTime:|,Comment:"
+TaskKey = tuple[int, int | None]  # (the SLURM id, the array task; None: not an array's)
+
+
+def parse_tasks(text: str) -> dict[TaskKey, SlurmJob]:
+    """The jobs of ``squeue -h -O TASK_FORMAT``'s answer by (SLURM id, array task). An
+    array's task that started has a row of its own (``ArrayTaskID`` 3); those still pending
+    share one (``2-9%2``, or ``[2-9%2]``), read as one row each."""
+    jobs: dict[TaskKey, SlurmJob] = {}
+    for line in text.splitlines():
+        parts = line.split("|", 6)
+        if len(parts) < 7 or not parts[0].strip().isdigit():
+            continue
+        sid, tasks, state, reason, status, start, comment = (p.strip() for p in parts)
+        job = SlurmJob(int(sid), state.split()[0] if state else "PENDING", reason,
+                       int(status) if status.isdigit() else None, _time(start),
+                       "" if comment == "(null)" else comment)
+        for task in task_ids(tasks):
+            jobs[int(sid), task] = job
+    return jobs
+
+
+def task_ids(text: str) -> list[int | None]:
+    """The task ids squeue's ``ArrayTaskID`` names: ``N/A`` (no array: [None]), ``3``, or
+    a pending set ``[2-9:2,12%2]``."""
+    body = text.strip().strip("[]").partition("%")[0]
+    if not body or not body[0].isdigit():
+        return [None]
+    ids: list[int | None] = []
+    for part in body.split(","):
+        span, _, step = part.partition(":")
+        first, _, last = span.partition("-")
+        if first.isdigit() and (not last or last.isdigit()) and (not step or step.isdigit()):
+            ids.extend(range(int(first), int(last or first) + 1, int(step or 1)))
+    return ids
+
+
+async def query_tasks(ids: list[int], env: Mapping[str, str] | None = None
+                      ) -> dict[TaskKey, SlurmJob]:
+    """As :func:`query`, each array task apart (keyed by SLURM id and task)."""
+    argv = ["squeue", "-h", "-t", "all", "-O", TASK_FORMAT, "-j", ",".join(map(str, ids))]
+    try:
+        return parse_tasks(await run(argv, env))
+    except SlurmError as e:
+        if "Invalid job id" in e.message:
+            return {}
+        raise
+
+
 def _time(text: str) -> float:
     """A time squeue prints (local time), as a Unix time; 0 for none (N/A, Unknown)."""
     try:
@@ -241,7 +291,7 @@ async def query(ids: list[int], env: Mapping[str, str] | None = None
         raise
 
 
-async def scancel(ids: list[int], env: Mapping[str, str] | None = None,
+async def scancel(ids: Sequence[int | str], env: Mapping[str, str] | None = None,
                   signal: int | None = None) -> None:
     """Cancel the jobs (or, with ``signal``, send it to every process of theirs)."""
     if not ids:
@@ -250,7 +300,7 @@ async def scancel(ids: list[int], env: Mapping[str, str] | None = None,
     await run(argv + [str(i) for i in ids], env)
 
 
-async def scontrol_hold(ids: list[int], hold: bool,
+async def scontrol_hold(ids: Sequence[int | str], hold: bool,
                         env: Mapping[str, str] | None = None) -> None:
     """Hold the pending jobs (``scontrol uhold``: a hold their owner may release, shown as
     ``JobHeldUser`` even when root holds them) or release them (``scontrol release``)."""

@@ -35,6 +35,9 @@ class SlurmRun(NodeRun):
     comment: str = ""
     id_sent: bool = False  # the SLURM id went to the master on this link
     missing: int = 0  # polls in a row that squeue did not list it
+    # A task of a SLURM array (queue in SLURM): its task id, and its output files' stem.
+    array_task: int | None = None
+    array_base: str | None = None
 
 
 def save_runs(path: Path, jobs: Mapping[str, SlurmRun]) -> None:
@@ -45,7 +48,8 @@ def save_runs(path: Path, jobs: Mapping[str, SlurmRun]) -> None:
                                               j.ended.reason, j.ended.output_size,
                                               j.ended.end_cause]
         runs[key] = {"slurm_id": j.slurm_id, "wanted": j.wanted, "time_limit": j.time_limit,
-                     "comment": j.comment, "ended": ended}
+                     "comment": j.comment, "ended": ended,
+                     "array": None if j.array_base is None else [j.array_base, j.array_task]}
     write_atomic(path, json.dumps(runs).encode(), 0o600)
 
 
@@ -62,6 +66,8 @@ def load_runs(path: Path, spool_of: Callable[[str], Path]) -> list[SlurmRun]:
         job = SlurmRun(int(job_id), int(run), slurm_id=rec["slurm_id"],
                        wanted=tuple(rec["wanted"]) if rec["wanted"] else None,
                        time_limit=rec["time_limit"], comment=rec["comment"])
+        if rec.get("array"):
+            job.array_base, job.array_task = rec["array"]
         spool = spool_of(key)
         job.out_read, job.err_read = copied(spool)
         job.known = spool.stat().st_size if spool.exists() else 0

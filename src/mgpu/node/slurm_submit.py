@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pwd
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from mgpu.core import messages as m
@@ -95,14 +95,19 @@ class SlurmCommands:
         """What SLURM says of the jobs ``ids`` (all its jobs when empty)."""
         return await sc.query(ids, self.env)
 
-    async def cancel(self, ids: list[int], signal: int | None = None) -> None:
-        """Cancel the jobs (or, with ``signal``, send it to all their processes)."""
+    async def query_tasks(self, ids: list[int]) -> dict[sc.TaskKey, sc.SlurmJob]:
+        """What SLURM says of the jobs ``ids``, an array's tasks apart: by (id, task)."""
+        return await sc.query_tasks(ids, self.env)
+
+    async def cancel(self, ids: Sequence[int | str], signal: int | None = None) -> None:
+        """Cancel the jobs (or, with ``signal``, send it to all their processes); an
+        array's task is ``"ID_TASK"``."""
         await sc.scancel(ids, self.env, signal)
 
-    async def hold(self, ids: list[int]) -> None:
+    async def hold(self, ids: Sequence[int | str]) -> None:
         """Hold the pending jobs (their owner may release them)."""
         await sc.scontrol_hold(ids, True, self.env)
 
-    async def release(self, ids: list[int]) -> None:
+    async def release(self, ids: Sequence[int | str]) -> None:
         """Release held jobs."""
         await sc.scontrol_hold(ids, False, self.env)

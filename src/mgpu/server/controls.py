@@ -114,10 +114,13 @@ class JobControls(NodeEvents):
                 return c.DEPENDENCY_NEVER, words
         return None
 
-    def _limit_blocker(self, job: SimpleJob) -> tuple[str, str] | None:
-        """Its array's ``%N`` or its user's GPU cap (mgpu's, whoever runs the job)."""
+    def _limit_blocker(self, job: SimpleJob, throttle_here: bool = True
+                       ) -> tuple[str, str] | None:
+        """Its array's ``%N`` (unless not ``throttle_here``: SLURM's) or its user's GPU cap
+        (mgpu's, whoever runs the job)."""
         throttle, array = job.array_throttle, job.array_job_id
-        if throttle and array is not None and self.array_active.get(array, 0) >= throttle:
+        if (throttle and throttle_here and array is not None
+                and self.array_active.get(array, 0) >= throttle):
             insort(self.throttled.setdefault(array, []), job.id)
             return c.ARRAY_LIMIT, f"array {array} runs at most {throttle} tasks at once"
         cap = self.limits.get(job.user, UserLimits()).max_gpus

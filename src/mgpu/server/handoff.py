@@ -56,6 +56,7 @@ class Handoff(SubmitControls, SchedulingPass):
     def init_handoff(self) -> None:
         self.handed: dict[int, str] = {}  # job id -> the bridge it waits in SLURM through
         self.slurm_deps: dict[int, str] = {}  # job id -> the dependency terms SLURM decides
+        self.carried: dict[int, list[int]] = {}  # job id -> the tasks its order carries
 
     # ------------------------------------------------------------------ binding
 
@@ -80,7 +81,7 @@ class Handoff(SubmitControls, SchedulingPass):
             why = self._bridge_dependency(job, bridge.node_id)
             if why is not None:
                 return why
-        return self._limit_blocker(job)
+        return self._limit_blocker(job, throttle_here=False)  # (%N: SLURM's --array)
 
     def _bridge_dependency(self, job: SimpleJob, bridge: str) -> tuple[str, str] | None:
         """Decide what the master can of ``job``'s dependency; keep the terms on live jobs
@@ -144,10 +145,13 @@ class Handoff(SubmitControls, SchedulingPass):
                     if bridge is None or job_id not in self.pending:
                         continue
                     if job.dependency and self._bridge_dependency(job, bridge.node_id):
-                        self._settle(job, now, effects, queued=True)  # (changed meanwhile)
+                        self._uncharge(job_id)  # (changed meanwhile: gated again)
+                        self._settle(job, now, effects, queued=True)
                         continue
-                    self._hand(job, bridge, now, effects)
-                    woken.update(self.dep_waiters.pop(job_id, ()))
+                    tasks = self._array_tasks(job, bridge)
+                    self._hand(tasks, bridge, now, effects)
+                    for task in tasks:
+                        woken.update(self.dep_waiters.pop(task.id, ()))
                 todo = []
                 for job_id in sorted(woken):  # dependants that SLURM may now wait for
                     job = self.jobs[job_id]
@@ -157,23 +161,62 @@ class Handoff(SubmitControls, SchedulingPass):
                             todo.append(job_id)
         return effects.merge(super().schedule(now))
 
-    def _hand(self, job: SimpleJob, bridge: Node, now: float, effects: Effects) -> None:
-        self._dequeue(job.id)
-        self.handed[job.id] = bridge.node_id
-        job.node, job.backend_id, job.expected_start = bridge.node_id, None, None
-        job.pending_reason = SUBMITTING
-        job.reason = f"in SLURM: being submitted by node {bridge.node_id}"
+    def _array_tasks(self, job: SimpleJob, bridge: Node) -> list[SimpleJob]:
+        """``job`` and the tasks of its array that go with it to SLURM: those in the queue,
+        bound for ``bridge`` with the same dependency terms for SLURM. (One order carries
+        them all, and the bridge makes them one ``sbatch --array``: an order, unlike the
+        frames the link batches, never splits an array.)"""
+        if job.array_job_id is None:
+            return [job]
+        deps = self.slurm_deps.get(job.id)
+        tasks = [job]
+        for task_id in sorted(self.arrays.get(job.array_job_id, {}).values()):
+            task = self.jobs[task_id]
+            if task_id == job.id or task_id not in self.pending or (
+                    self.slurm_deps.get(task_id) != deps):
+                continue
+            bound = self.queue_bridge(task)
+            if bound is not None and bound.node_id == bridge.node_id:
+                tasks.append(task)
+        return tasks
+
+    def _hand(self, tasks: list[SimpleJob], bridge: Node, now: float,
+              effects: Effects) -> None:
+        """Send ``tasks`` (one job, or tasks of one array: one order) to ``bridge``."""
+        job = tasks[0]
+        env = self.run_env(job)
+        array: list[m.ArrayTask] = []
+        for task in tasks:
+            self._dequeue(task.id)
+            self.handed[task.id] = bridge.node_id
+            task.node, task.backend_id, task.expected_start = bridge.node_id, None, None
+            task.pending_reason = SUBMITTING
+            task.reason = f"in SLURM: being submitted by node {bridge.node_id}"
+            effects.update(task)
+            if task.array_task_id is not None:
+                array.append(m.ArrayTask(task.array_task_id, task.id, task.run, {
+                    k: v for k, v in self.run_env(task).items() if env.get(k) != v}))
+        if len(array) > 1:
+            self.carried[job.id] = [t.id for t in tasks[1:]]
         begin = job.begin_at.timestamp() if job.begin_at is not None else None
         order = m.QueueOrder(dependency=self.slurm_deps.pop(job.id, None), hold=job.held,
-                             begin=begin if begin is not None and begin > now else None)
-        effects.update(job)
+                             begin=begin if begin is not None and begin > now else None,
+                             array=array if len(array) > 1 else None,
+                             throttle=job.array_throttle if len(array) > 1 else None)
+        for task in tasks[1:]:
+            self.slurm_deps.pop(task.id, None)
         effects.sends.append((bridge.node_id, m.StartJob(
-            job_id=job.id, run=job.run, command=job.command, cwd=job.cwd,
-            env=self.run_env(job), gpu_ids=list(range(job.gpus)), user=job.user,
-            name=job.name, time_limit=job.time_limit, argv=job.argv, queue=order)))
+            job_id=job.id, run=job.run, command=job.command, cwd=job.cwd, env=env,
+            gpu_ids=list(range(job.gpus)), user=job.user, name=job.name,
+            time_limit=job.time_limit, argv=job.argv, queue=order)))
 
     def unhand(self, job: SimpleJob, why: str, now: float, effects: Effects) -> None:
-        """Take ``job`` back from its bridge into mgpu's gate and queue."""
+        """Take ``job`` back from its bridge into mgpu's gate and queue (with the tasks
+        its order carried, when the bridge may never have had them)."""
+        for task_id in self.carried.pop(job.id, ()):
+            task = self.jobs[task_id]
+            if self.handed.get(task_id) is not None and task.state is JobState.PENDING:
+                self.unhand(task, why, now, effects)
         self.handed.pop(job.id, None)
         job.node, job.backend_id = None, None
         job.reason = f"back in mgpu's queue: {why}"
@@ -195,6 +238,7 @@ class Handoff(SubmitControls, SchedulingPass):
         if (job is None or self.handed.get(msg.job_id) != node_id or job.run != msg.run
                 or job.state is not JobState.PENDING):
             return effects  # (ended or taken back meanwhile: its end still comes)
+        self.carried.pop(job.id, None)  # (the bridge has the order)
         if msg.start_time is not None:
             self._started(job, node_id, msg, effects)
             return effects

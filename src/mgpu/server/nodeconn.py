@@ -54,6 +54,9 @@ class NodeConn:
         if isinstance(msg, m.StartJob):
             self.runs.add(run_key(msg.job_id, msg.run))
             self.job_ids.add(msg.job_id)
+            for task in msg.queue.array or () if msg.queue else ():  # (one SLURM array)
+                self.runs.add(run_key(task.job_id, task.run))
+                self.job_ids.add(task.job_id)
         self.queue.put_nowait(msg)
         self.empty.clear()
 
