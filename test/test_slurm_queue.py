@@ -21,10 +21,13 @@ import pytest
 
 from conftest import Cluster, wait_until
 from mgpu.core import messages as m
+from mgpu.core.config import BackendConfig, NodeConfig
 from mgpu.core.models import GpuInfo, JobSpec, JobState
 from mgpu.node import slurm_cli as sc
+from mgpu.node.backends import queue_mode
 from mgpu.node.slurm_queue import begin_arg, slurm_dependency
 from mgpu.server.state import ClusterState
+from mgpu.utils.settings import load
 from slurm_cluster import GPUS, PARTITION, SlurmCluster
 
 # ---------------------------------------------------------------- unit: the bridge's options
@@ -54,6 +57,17 @@ def test_squeue_rows_of_an_array_each_task_apart() -> None:
     assert (rows[7, 3].state, rows[7, 3].reason) == ("PENDING", "JobArrayTaskLimit")
     assert sc.exit_code_of(rows[7, 1].exit_status) == 1 and rows[7, 0].start_time > 0
     assert rows[9, 8].reason == "JobHeldUser"
+
+
+def test_the_setting_from_flag_environment_and_file() -> None:
+    assert load(NodeConfig, {"node_id": "n", "backend": "slurm", "slurm_queue": True},
+                environ={})[0].slurm_queue
+    assert load(NodeConfig, {"node_id": "n"}, environ={"MGPU_SLURM_QUEUE": "1"})[0].slurm_queue
+    assert load(BackendConfig, {}, file_data={"backend": {"kind": "slurm", "slurm_queue": True}},
+                environ={})[0].slurm_queue
+    assert not load(NodeConfig, {"node_id": "n"}, environ={})[0].slurm_queue
+    plain = load(NodeConfig, {"node_id": "n", "slurm_queue": True}, environ={})[0]
+    assert not queue_mode(plain)  # (a local node: the setting is a bridge's)
 
 
 # ---------------------------------------------------------------- unit: the master's side
@@ -417,3 +431,24 @@ def test_an_arrays_tasks_are_held_released_and_cancelled_one_by_one(
     subprocess.run(["scancel", sids[0]], env=slurm.env, check=True, timeout=30)
     ended = queued.wait_job(ids[0], timeout=60)  # (scancel in SLURM: gone without a trace)
     assert (ended["state"], ended["reason"]) == ("cancelled", "cancelled in SLURM (scancel)")
+
+
+def test_server_with_its_own_queue_bridge_and_mixed_mode(
+        slurm: SlurmCluster, make_cluster: Callable[..., Cluster]) -> None:
+    """``mgpu server --backend slurm --slurm-queue``: jobs without -p wait in SLURM; with a
+    local node beside it, only the bridge's partition's jobs do."""
+    cluster = make_cluster(nodes=0, env={"SLURM_CONF": str(slurm.conf)}, master_args=(
+        "--backend", "slurm", "--partition", PARTITION, "--slurm-poll", "0.3",
+        "--slurm-queue"))
+    wait_until(lambda: any(n["node_id"] == "slurm" and n["state"] == "up" for n in
+                           cluster.api("/api/v1/nodes")["nodes"]), 30, ignore=(OSError,))
+    held = cluster.submit("echo via-server", "-G", "1", "--hold")  # no -p: only bridges
+    wait_reason(cluster, slurm, held, "JobHeldUser")
+    cluster.add_node("local", gpus=1)  # (waits until it is up)
+    local = cluster.submit("echo local", "--hold")  # (the default partition: mgpu's gate)
+    assert cluster.job(local)["pending_reason"] == "Held"
+    assert cluster.job(local)["node"] is None
+    cluster.mgpu("release", str(held), str(local))
+    for job_id, node in ((held, "slurm"), (local, "local")):
+        ended = cluster.wait_job(job_id, timeout=60)
+        assert (ended["state"], ended["node"]) == ("completed", node)
