@@ -244,7 +244,12 @@ def in_slurm(slurm: SlurmCluster, sid: str) -> tuple[str, str]:
 @pytest.fixture
 def queued(slurm: SlurmCluster, make_cluster: Callable[..., Cluster]) -> Cluster:
     """A master and one queue-in-SLURM bridge (``--slurm-queue``), no other node."""
-    cluster = make_cluster(nodes=0)
+    return start_queued(make_cluster, slurm)
+
+
+def start_queued(make_cluster: Callable[..., Cluster], slurm: SlurmCluster,
+                 **options: Any) -> Cluster:
+    cluster = make_cluster(nodes=0, **options)
     argv = ["node", "--node-id", BRIDGE, "--master-host", "127.0.0.1", "--master-port",
             str(cluster.port), "--port", "0", "--data-dir", str(cluster.tmp / BRIDGE),
             "--join-token-file", str(cluster.join_token_file), "--backend", "slurm",
@@ -452,3 +457,22 @@ def test_server_with_its_own_queue_bridge_and_mixed_mode(
     for job_id, node in ((held, "slurm"), (local, "local")):
         ended = cluster.wait_job(job_id, timeout=60)
         assert (ended["state"], ended["node"]) == ("completed", node)
+
+
+def test_a_lost_bridge_gives_its_jobs_back_and_scancels_them_when_back(
+        slurm: SlurmCluster, make_cluster: Callable[..., Cluster]) -> None:
+    cluster = start_queued(make_cluster, slurm, env={"MGPU_NODE_TIMEOUT": "2"})
+    held = cluster.submit("echo held ran", "-G", "1", "--hold")
+    old = wait_reason(cluster, slurm, held, "JobHeldUser")
+    cluster.kill_node(BRIDGE, signal.SIGKILL)
+    wait_until(lambda: cluster.job(held)["node"] is None, 30,
+               message=lambda: f"the job back in mgpu's queue: {cluster.job(held)}")
+    job = cluster.job(held)  # (held: mgpu's own gate holds it while no bridge takes it)
+    assert (job["state"], job["pending_reason"], job["backend_id"]) == ("pending", "Held", None)
+    cluster.restart_node(BRIDGE)
+    wait_until(lambda: in_slurm(slurm, old)[0] == "CANCELLED", 30,
+               message=lambda: f"the old SLURM job cancelled: {in_slurm(slurm, old)}")
+    cluster.mgpu("release", str(held))
+    ended = cluster.wait_job(held, timeout=60)
+    assert ended["state"] == "completed" and ended["backend_id"] not in (None, old)
+    assert "held ran" in cluster.mgpu("logs", str(held)).stdout

@@ -100,6 +100,10 @@ class QueueLink(SlurmLink):
     def start(self, msg: m.StartJob) -> NodeRun:
         """Submit a run, or an array's runs (the order's ``array``: one sbatch)."""
         tasks = msg.queue.array if msg.queue is not None else None
+        for task in tasks or [m.ArrayTask(0, msg.job_id, msg.run)]:
+            key = f"{task.job_id}.{task.run}"  # (a run given again, after the master took
+            self.states.pop(key, None)  # it back: SLURM's word on the old one is void)
+            self.reported.pop(key, None)
         if not tasks:
             return super().start(msg)
         base = f"array-{msg.job_id}.{msg.run}"
