@@ -60,13 +60,21 @@ class Handoff(SubmitControls, SchedulingPass):
 
     # ------------------------------------------------------------------ binding
 
-    def queue_bridge(self, job: SimpleJob) -> Node | None:
-        """The queue-in-SLURM bridge ``job`` is bound for now, or None (mgpu's own queue)."""
-        bridges = [n for n in self.nodes.values() if n.slurm_queue and n.takes_jobs]
-        if not bridges or job.nodes > 1 or job.ntasks_per_node > 1 or job.stdin or job.pty:
+    def _bridges(self) -> tuple[list[Node], bool]:
+        """The queue-in-SLURM bridges that take jobs now (by id), and whether every node
+        is such a bridge."""
+        bridges = sorted((n for n in self.nodes.values() if n.slurm_queue and n.takes_jobs),
+                         key=lambda n: n.node_id)
+        return bridges, all(n.slurm_queue for n in self.nodes.values())
+
+    def queue_bridge(self, job: SimpleJob, bridges: tuple[list[Node], bool] | None = None
+                     ) -> Node | None:
+        """The queue-in-SLURM bridge ``job`` is bound for now, or None (mgpu's own queue).
+        ``bridges``: :meth:`_bridges`, when the caller asks for many jobs at once."""
+        if job.nodes > 1 or job.ntasks_per_node > 1 or job.stdin or job.pty:
             return None
-        only = all(n.slurm_queue for n in self.nodes.values())
-        for node in sorted(bridges, key=lambda n: n.node_id):
+        nodes, only = self._bridges() if bridges is None else bridges
+        for node in nodes:
             if ((node.partition == job.partition or (job.partition is None and only))
                     and job.gpus <= len(node.gpus) and node.serves(job.user)):
                 return node
@@ -135,13 +143,14 @@ class Handoff(SubmitControls, SchedulingPass):
     def schedule(self, now: float) -> Effects:
         """Hand the bound jobs of the queue to their bridges, then the policy's pass."""
         effects = Effects()
-        if any(n.slurm_queue for n in self.nodes.values()):
+        bridges = self._bridges()
+        if bridges[0]:
             todo = sorted(self.pending)  # (parents before their dependants)
             while todo:
                 woken: set[int] = set()
                 for job_id in todo:
                     job = self.jobs[job_id]
-                    bridge = self.queue_bridge(job)
+                    bridge = self.queue_bridge(job, bridges)
                     if bridge is None or job_id not in self.pending:
                         continue
                     if job.dependency and self._bridge_dependency(job, bridge.node_id):
