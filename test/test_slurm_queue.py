@@ -140,6 +140,18 @@ def test_hold_begin_and_dependency_go_to_slurm_decided_terms_stay() -> None:
     assert not [s for _, s in sends if isinstance(s, m.StartJob)]
 
 
+def test_a_term_decided_between_admission_and_hand_off_is_not_sent() -> None:
+    state = with_bridge()
+    parent, _ = submit(state, gpus=1)
+    (child,), effects = state.on_submit(
+        [JobSpec(command="true", gpus=1, dependency=f"afterok:{parent}")], NOW, "alice")
+    assert state.slurm_deps[child] == f"afterok:{parent}"  # (admitted: SLURM's to wait)
+    state.on_job_queued("b", m.JobQueued(parent, 0, "9", "RUNNING", "None", NOW), NOW)
+    effects.merge(state.on_job_ended("b", m.JobEnded(parent, 0, "completed", 0, None, 0), NOW))
+    sends = effects.merge(state.gate_pass(effects, NOW)).merge(state.schedule(NOW)).sends
+    assert order_of(sends, child).queue == m.QueueOrder()  # (the master decided it)
+
+
 def test_a_dependency_on_a_job_elsewhere_waits_in_mgpu_until_it_ends() -> None:
     state = with_bridge()
     state.on_register(m.Register("local", [GpuInfo(index=0, name="x", memory_total_mib=0)]), NOW)

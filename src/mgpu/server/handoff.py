@@ -94,6 +94,7 @@ class Handoff(SubmitControls, SchedulingPass):
     def _bridge_dependency(self, job: SimpleJob, bridge: str) -> tuple[str, str] | None:
         """Decide what the master can of ``job``'s dependency; keep the terms on live jobs
         of ``bridge`` for SLURM (:attr:`slurm_deps`). Why it waits in mgpu's gate, or None."""
+        self.slurm_deps.pop(job.id, None)  # (decided afresh: what ended meanwhile is out)
         anyof, terms = c.parse_dependency(job.dependency or "")
         statuses: list[bool | None] = []
         slurm: list[str] = []
@@ -182,8 +183,9 @@ class Handoff(SubmitControls, SchedulingPass):
         for task_id in sorted(self.arrays.get(job.array_job_id, {}).values()):
             task = self.jobs[task_id]
             if task_id == job.id or task_id not in self.pending or (
-                    self.slurm_deps.get(task_id) != deps):
-                continue
+                    self.slurm_deps.get(task_id), task.held, task.begin_at) != (
+                    deps, job.held, job.begin_at):
+                continue  # (not in the queue, or with other controls: an order of its own)
             bound = self.queue_bridge(task)
             if bound is not None and bound.node_id == bridge.node_id:
                 tasks.append(task)
