@@ -94,6 +94,7 @@ class QueueLink(SlurmLink):
         self.states: dict[str, _State] = {}  # run key -> what squeue said last
         self.reported: dict[str, _State] = {}  # run key -> what the master heard (this link)
         self._known: dict[int, asyncio.Event] = {}  # job id -> set once its SLURM id is
+        self._spread: set[str] = set()  # arrays whose sbatch's answer reached every task
 
     # ------------------------------------------------------------------ submission
 
@@ -211,12 +212,15 @@ class QueueLink(SlurmLink):
         if not isinstance(job, SlurmRun):
             return super()._forward(job)
         if job.slurm_id is not None:
-            for task in self._array(job):  # (its array's sbatch answered: theirs too)
-                if task.slurm_id is None and task.ended is None:
-                    task.slurm_id = job.slurm_id
-                    self._save()
-                    if task.wanted is not None:  # (cancelled meanwhile)
-                        self._spawn(self.api.cancel([ref(task)]))
+            if job.array_base is not None and job.array_base not in self._spread:
+                self._spread.add(job.array_base)  # (its array's sbatch answered: theirs too)
+                for task in self._array(job):
+                    if task.slurm_id is None and task.ended is None:
+                        task.slurm_id = job.slurm_id
+                        if task.wanted is not None:  # (cancelled meanwhile)
+                            self._spawn(self.api.cancel([ref(task)]))
+                self._save()
+                for task in self._array(job):
                     self._forward(task)
             known = self._known.pop(job.job_id, None)
             if known is not None:
@@ -229,9 +233,10 @@ class QueueLink(SlurmLink):
                 self.send(m.JobQueued(job.job_id, job.run, ref(job), state[0], state[1],
                                       state[2]))
         elif job.ended is not None:  # (failed before SLURM had it: its dependants learn)
-            for task in self._array(job):  # (an array's first: its tasks with it)
-                if task.slurm_id is None and job.ended.reason:
-                    self._fail(task, job.ended.reason)
+            if job.array_base is not None and job.array_base not in self._spread:
+                self._spread.add(job.array_base)  # (an array's sbatch: its tasks with it)
+                for task in self._array(job):
+                    self._fail(task, job.ended.reason or "its array was not submitted")
             known = self._known.pop(job.job_id, None)
             if known is not None:
                 known.set()
