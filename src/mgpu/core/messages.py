@@ -53,6 +53,7 @@ from mgpu.core.frames import frame as frame
 from mgpu.core.frames import split_frames as split_frames
 from mgpu.core.models import EndCause, GpuInfo, GpuUsage, run_key
 from mgpu.core.models import MessageType as MessageType
+from mgpu.core.node_models import BackendNode as BackendNode
 from mgpu.core.partitions import PARTITION_PATTERN
 
 T_co = TypeVar("T_co", covariant=True)
@@ -108,6 +109,9 @@ class Register(msgspec.Struct, tag=MessageType.REGISTER.value):
     # Its partition (core/partitions.py; `--mgpu-partition`), or None: the default one.
     partition: Annotated[str, msgspec.Meta(max_length=64, pattern=PARTITION_PATTERN)] | None = (
         None)
+    # A SLURM bridge: the nodes of its SLURM partition and their GPUs, so that the master
+    # can place a multi-node job there whole (``sbatch -N``); None for any other node.
+    backend_nodes: Annotated[list[BackendNode], msgspec.Meta(max_length=65536)] | None = None
 
 
 class NodeHealth(msgspec.Struct, tag=MessageType.NODE_HEALTH.value):
@@ -247,6 +251,10 @@ class StartJob(msgspec.Struct, tag=MessageType.START_JOB.value):
     argv: list[str] | None = None
     rendezvous: bool = False  # a gang's rank 0: pick MASTER_ADDR/PORT and report them
     tasks: int = 1  # tasks of the job on this node (core/gang.py: the task launcher)
+    # A multi-node or several-task job that the node's engine runs whole (a SLURM bridge:
+    # ``sbatch -N``): its node count, ``tasks`` on each, ``gpu_ids`` all of them (0: not
+    # such a job; mgpu's own gangs come in parts, one StartJob a node).
+    nodes: int = 0
 
 
 class CancelJob(msgspec.Struct, tag=MessageType.CANCEL_JOB.value):

@@ -234,7 +234,7 @@ class Agent:
             credential=credential.load(data_dir, self.node_id),
             users=self.users, degraded=self.degraded, pool=self.cfg.pool,
             foreign_gpu_policy=self.cfg.foreign_gpu_policy, min_free_mib=self.cfg.min_free_mib,
-            partition=partition_of(self.cfg))
+            partition=partition_of(self.cfg), backend_nodes=sup.backend_nodes)
         await ws.send_bytes(m.node_encoder.encode(register))
         first = await ws.receive(timeout=30)
         if first.type is not aiohttp.WSMsgType.BINARY:

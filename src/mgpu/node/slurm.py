@@ -103,7 +103,15 @@ class SlurmLink(LinkRuns):
             d.mkdir(exist_ok=True, mode=0o711)  # job users reach their own, list none
             d.chmod(0o711)
         await self._adopt_saved()
+        await self._shape()
         self._loop_task = asyncio.create_task(self._follow())
+
+    async def _shape(self) -> None:
+        """Learn the partition's SLURM nodes and their GPUs, which the node registers (the
+        master places multi-node jobs by them); tried again each poll until SLURM answers."""
+        with contextlib.suppress(sc.SlurmError):
+            self.backend_nodes = [m.BackendNode(name=n, gpus=g) for n, g in (
+                await sc.partition_nodes(self.cfg.partition, self.env)).items()]
 
     async def close(self, kill_jobs: bool) -> None:
         """Stop following; with ``kill_jobs``, ``scancel`` every live run first (else they
@@ -150,7 +158,7 @@ class SlurmLink(LinkRuns):
         """Submit a run to SLURM (in the background); its id, output and end come back."""
         job = SlurmRun(msg.job_id, msg.run, time_limit=msg.time_limit,
                        comment=f"mgpu job {msg.job_id}.{msg.run} {msg.name} "
-                               f"(node {self.node_id})")
+                               f"(node {self.node_id})", tasks=max(1, msg.nodes) * msg.tasks)
         self.jobs[job.key] = job
         if msg.stdin or msg.pty:
             self._fail(job, NO_STDIN)
@@ -321,18 +329,23 @@ class SlurmLink(LinkRuns):
             self.down = None
             self.on_health(None)
 
-    def _tail(self, job: SlurmRun) -> None:
-        """Copy what SLURM's output files gained into the run's spool, framed."""
+    def _tail(self, job: SlurmRun, final: bool = False) -> None:
+        """Copy what SLURM's output files gained into the run's spool, framed (a gang's
+        line by line, as task frames; ``final``: its last lines, ended or not)."""
         out, err = self._outputs(job.key)
         grew = False
         for stream, path in ((m.STREAM_STDOUT, out), (m.STREAM_STDERR, err)):
             while True:
                 offset = job.out_read if stream == m.STREAM_STDOUT else job.err_read
                 data = read_at(path, offset, READ_CHUNK)
+                if not data and not final:
+                    break
+                frames = b"".join(m.frame(*f) for f in job.frames(stream, data, final))
+                if frames:
+                    with open(self.spool(job.key), "ab") as f:
+                        f.write(frames)
                 if not data:
                     break
-                with open(self.spool(job.key), "ab") as f:
-                    f.write(m.frame(stream, data))
                 if stream == m.STREAM_STDOUT:
                     job.out_read += len(data)
                 else:
@@ -342,6 +355,8 @@ class SlurmLink(LinkRuns):
             self.pump(job.key)
 
     async def _poll(self) -> None:
+        if self.backend_nodes is None:
+            await self._shape()
         live = {j.slurm_id: j for j in self.jobs.values()
                 if j.ended is None and j.slurm_id is not None}
         if not live:
@@ -369,7 +384,9 @@ class SlurmLink(LinkRuns):
         self._save()
 
     def _end(self, job: SlurmRun, end: sc.End) -> None:
-        self._tail(job)
+        self._tail(job, final=True)
+        if job.failure is not None and end.state == "failed":  # a gang: srun says which
+            end = sc.End(end.state, job.failure[0], job.failure[1], end.cause)  # task failed
         size = self.output_size(job.key)
         job.known = size
         job.ended = m.JobEnded(job.job_id, job.run, end.state, end.exit_code, end.reason,

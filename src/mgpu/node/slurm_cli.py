@@ -127,15 +127,19 @@ def wanted_cause(state: str) -> EndCause:
 
 
 def sbatch_argv(*, name: str, comment: str, gpus: int, time_limit: float | None, cwd: str,
-                stdout: str, stderr: str, partition: str | None) -> list[str]:
+                stdout: str, stderr: str, partition: str | None, nodes: int = 1,
+                tasks_per_node: int = 1) -> list[str]:
     """The ``sbatch`` command line of one run (its script comes on stdin). SLURM counts
     time limits in whole minutes: mgpu's limit is rounded up for SLURM, and the bridge
     holds the job to the exact one. SLURM never requeues it (``--no-requeue``): a run that
     SLURM's node failure or a preemption ends is requeued by mgpu, as a new run, when the
-    job allows (its ``requeue`` and ``max_requeue``)."""
+    job allows (its ``requeue`` and ``max_requeue``). A multi-node or several-task job asks
+    for ``nodes`` nodes with ``tasks_per_node`` tasks and ``gpus`` GPUs on each."""
     argv = ["sbatch", "--parsable", f"--job-name={name}", f"--comment={comment}",
             f"--chdir={cwd}", f"--output={stdout}", f"--error={stderr}",
             "--open-mode=append", "--export=ALL", "--no-requeue"]
+    if nodes > 1 or tasks_per_node > 1:
+        argv += [f"--nodes={nodes}", f"--ntasks-per-node={tasks_per_node}"]
     if gpus > 0:
         argv.append(f"--gres=gpu:{gpus}")
     if time_limit:
@@ -187,12 +191,19 @@ GRES_GPU = re.compile(r"(?:^|,)gpu(?::[^:,(]+)?:(\d+)")
 
 def parse_gres(lines: str) -> int:
     """The GPUs of ``sinfo -h -N -o '%N|%G'`` lines (a node listed once per partition)."""
+    return sum(parse_gres_nodes(lines).values())
+
+
+def parse_gres_nodes(lines: str) -> dict[str, int]:
+    """Each node's GPUs in ``sinfo -h -N -o '%N|%G'`` lines, in the order sinfo lists them
+    (a node listed once per partition counts once)."""
     seen: dict[str, int] = {}
     for line in lines.splitlines():
         node, _, gres = line.partition("|")
+        node = node.strip()
         if node:
             seen[node] = sum(int(n) for n in GRES_GPU.findall(gres.strip()))
-    return sum(seen.values())
+    return seen
 
 
 async def run(argv: list[str], env: Mapping[str, str] | None = None, stdin: bytes = b"",
@@ -252,8 +263,14 @@ async def scancel(ids: list[int], env: Mapping[str, str] | None = None,
 
 async def partition_gpus(partition: str | None, env: Mapping[str, str] | None = None) -> int:
     """The GPUs of the partition's nodes (of every partition's when None)."""
+    return sum((await partition_nodes(partition, env)).values())
+
+
+async def partition_nodes(partition: str | None, env: Mapping[str, str] | None = None
+                          ) -> dict[str, int]:
+    """The partition's nodes (every partition's when None) and the GPUs of each."""
     argv = ["sinfo", "-h", "-N", "-o", "%N|%G"] + (["-p", partition] if partition else [])
-    return parse_gres(await run(argv, env))
+    return parse_gres_nodes(await run(argv, env))
 
 
 async def offered_gpus(cfg: NodeConfig) -> tuple[list[GpuInfo], str]:

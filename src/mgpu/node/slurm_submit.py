@@ -1,7 +1,8 @@
 """What the SLURM bridge (:mod:`mgpu.node.slurm`) asks of SLURM, apart from how it asks.
 
-* :class:`Submission` is one run's submission: its resources, limits, files, environment,
-  script and account, built from the master's order by :func:`submission_of`.
+* :class:`Submission` is one run's submission: its resources (a multi-node job's nodes and
+  tasks too: :mod:`slurm_gang`), limits, files, environment, script and account, built from
+  the master's order by :func:`submission_of`.
 * :class:`SlurmCommands` carries the bridge's three requests (submit, query, cancel) to
   SLURM through its commands (``sbatch``, ``squeue``, ``scancel``: :mod:`slurm_cli`). Another
   transport offers the same three methods.
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 
 from mgpu.core import messages as m
 from mgpu.node import slurm_cli as sc
+from mgpu.node import slurm_gang
 from mgpu.node.runs import job_environment
 
 
@@ -25,7 +27,7 @@ class Submission:
 
     name: str
     comment: str  # "mgpu job ID.RUN NAME (node N)": how a lost submission is found again
-    gpus: int
+    gpus: int  # on each node
     time_limit: float | None  # seconds (SLURM gets whole minutes, rounded up)
     cwd: str
     stdout: str  # the output files SLURM appends to
@@ -34,12 +36,16 @@ class Submission:
     script: str  # the batch script ("#!/bin/sh" and the command)
     env: dict[str, str] = field(default_factory=dict)  # the job's whole environment
     account: pwd.struct_passwd | None = None  # whom to submit as (None: the bridge's user)
+    # A gang run whole by SLURM (slurm_gang.py): its nodes, and its tasks on each.
+    nodes: int = 1
+    tasks_per_node: int = 1
 
     def sbatch_argv(self) -> list[str]:
         """The ``sbatch`` command line (the script comes on stdin)."""
         return sc.sbatch_argv(name=self.name, comment=self.comment, gpus=self.gpus,
                               time_limit=self.time_limit, cwd=self.cwd, stdout=self.stdout,
-                              stderr=self.stderr, partition=self.partition)
+                              stderr=self.stderr, partition=self.partition, nodes=self.nodes,
+                              tasks_per_node=self.tasks_per_node)
 
 
 def script_of(msg: m.StartJob) -> str:
@@ -70,10 +76,15 @@ def submission_of(msg: m.StartJob, *, comment: str, node_id: str, partition: str
     if account is not None:
         env.update(HOME=account.pw_dir, USER=account.pw_name, LOGNAME=account.pw_name,
                    SHELL=account.pw_shell or "/bin/sh")
-    return Submission(name=msg.name, comment=comment, gpus=len(msg.gpu_ids),
-                      time_limit=msg.time_limit, cwd=msg.cwd, stdout=outputs[0],
-                      stderr=outputs[1], partition=partition, script=script_of(msg),
-                      env=env, account=account)
+    gpus, script = len(msg.gpu_ids), script_of(msg)
+    if msg.nodes:  # a gang run whole: srun starts its tasks (slurm_gang.py)
+        gpus //= msg.nodes
+        script = slurm_gang.script(msg, gpus)
+        env.update(slurm_gang.gang_env(msg))
+    return Submission(name=msg.name, comment=comment, gpus=gpus, time_limit=msg.time_limit,
+                      cwd=msg.cwd, stdout=outputs[0], stderr=outputs[1], partition=partition,
+                      script=script, env=env, account=account, nodes=max(1, msg.nodes),
+                      tasks_per_node=msg.tasks if msg.nodes else 1)
 
 
 class SlurmCommands:

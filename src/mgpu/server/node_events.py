@@ -27,6 +27,7 @@ from mgpu.core.models import (
     run_key,
     utc,
 )
+from mgpu.core.node_models import BackendNode
 from mgpu.server.accounting import end_run
 from mgpu.server.effects import Effects
 from mgpu.server.validate import register_problem
@@ -48,6 +49,8 @@ class Node:
     pool: str | None = None  # its node pool (server/pools.py)
     partition: str | None = None  # its partition (core/partitions.py); None: the default
     drain_reason: str | None = None  # draining: no new jobs, its running jobs finish
+    # A SLURM bridge: its partition's SLURM nodes and their GPUs (server/slurm_gang.py).
+    backend_nodes: list[BackendNode] | None = None
 
     @property
     def takes_jobs(self) -> bool:
@@ -104,6 +107,7 @@ class Node:
             drain_reason=self.drain_reason,
             free_gpu_ids=list(self.free_gpu_ids()),
             partition=self.partition,
+            backend_nodes=self.backend_nodes,
         )
 
     def move(self, to: NodeState) -> None:
@@ -187,7 +191,8 @@ class NodeEvents(ABC):
                                           memory_total_mib=g.memory_total_mib, uuid=g.uuid)
                                   for g in msg.gpus],
                     hostname=msg.hostname, last_seen=now, users=msg.users, pool=msg.pool,
-                    drain_reason=self.drained.get(msg.node_id), partition=msg.partition)
+                    drain_reason=self.drained.get(msg.node_id), partition=msg.partition,
+                    backend_nodes=msg.backend_nodes)
         if msg.degraded is not None:
             node.state, node.reason = NodeState.DEGRADED, msg.degraded
         node.gpu_type = common_type([g.name for g in node.gpus])
