@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -321,3 +322,76 @@ def test_a_gang_larger_than_the_partition_is_refused_at_submit(bridged: Cluster)
 def test_srun_of_a_gang_streams_its_tasks_labelled(bridged: Cluster) -> None:
     run = bridged.mgpu("srun", "-p", "slurm", "-N", "2", "-l", 'echo "hi from $RANK"')
     assert sorted(run.stdout.splitlines()) == ["0: hi from 0", "1: hi from 1"]
+
+
+def test_the_time_limit_and_signals_reach_every_node(bridged: Cluster) -> None:
+    loop = ('trap \'echo "usr1 $RANK"\' USR1; trap \'echo "term $RANK"; exit 1\' TERM; '
+            'echo "started $RANK"; while :; do sleep 0.1; done')
+    job_id = bridged.submit(loop, "-p", "slurm", "-N", "2", "--gpus-per-node", "1",
+                            "-t", "0:08")
+
+    def logs() -> str:
+        return bridged.mgpu("logs", "--label", str(job_id)).stdout
+
+    wait_until(lambda: logs().count("started") == 2, 60, message=logs)
+    bridged.api(f"/api/v1/jobs/{job_id}/signal", {"signum": 10})  # SIGUSR1
+    wait_until(lambda: "0: usr1 0" in logs() and "1: usr1 1" in logs(), 30, message=logs)
+    ended = bridged.wait_job(job_id, timeout=60)
+    assert (ended["state"], ended["end_cause"]) == ("timeout", "time_limit")
+    out = logs()
+    assert "0: term 0" in out and "1: term 1" in out, out  # (SIGTERM to both, then the end)
+
+
+def test_a_slurm_node_failure_requeues_the_whole_gang(
+        bridged: Cluster, slurm2: SlurmCluster) -> None:
+    job_id = bridged.submit('echo "run $SLURM_JOB_ID"; sleep 300', "-p", "slurm", "-N", "2",
+                            "--gpus-per-node", "1")
+    first = wait_until(lambda: bridged.job(job_id).get("backend_id"), 30)
+    wait_until(lambda: bridged.mgpu("logs", str(job_id)).stdout.count(f"run {first}") == 2,
+               60)
+    down = slurm2.nodes[1]
+    scontrol = ["scontrol", "update", f"nodename={down}"]
+    subprocess.run([*scontrol, "state=down", "reason=mgpu-test"], env=slurm2.env,
+                   check=True, timeout=30)
+    try:
+        wait_until(lambda: bridged.job(job_id)["requeues"] == 1, 30,
+                   message=lambda: f"a requeue: {bridged.job(job_id)}")
+    finally:
+        subprocess.run([*scontrol, "state=resume"], env=slurm2.env, check=False, timeout=30)
+    second = wait_until(lambda: bridged.job(job_id).get("backend_id") not in (None, first)
+                        and bridged.job(job_id)["backend_id"], 60,
+                        message=lambda: f"a new SLURM job: {bridged.job(job_id)}")
+    wait_until(lambda: bridged.mgpu("logs", str(job_id)).stdout.count(f"run {second}") == 2,
+               60, message=lambda: f"both tasks again: {squeue(slurm2)}")
+    bridged.mgpu("cancel", str(job_id))
+    ended = bridged.wait_job(job_id)
+    assert (ended["state"], ended["requeues"], ended["nodes"]) == ("cancelled", 1, 2)
+
+
+def test_pytorch_ddp_runs_across_the_two_slurm_nodes(
+        bridged: Cluster, slurm2: SlurmCluster, tmp_path: Path) -> None:
+    """``examples/ddp_train.py`` (gloo, on CPU) from mgpu's variables alone, one rank on each
+    SLURM node, through ``mgpu srun -l`` (see test_torch.py)."""
+    from test_torch import EXAMPLE, ranks
+
+    results = tmp_path / "ddp"
+    done = bridged.mgpu("srun", "-q", "-l", "-p", "slurm", "-N", "2", sys.executable,
+                        str(EXAMPLE), "--steps", "2", "--result-dir", str(results),
+                        timeout=180)
+    lines = sorted(line for line in done.stdout.splitlines() if ": rank " in line)
+    assert [line[:10] for line in lines] == ["0: rank 0/", "1: rank 1/"], done.stdout
+    assert all("all-reduce 3" in line and "replicas equal: True" in line for line in lines)
+    got = ranks(results, 2)
+    for rank, info in enumerate(got):
+        env = info["env"]
+        assert (env["NODE_RANK"], env["WORLD_SIZE"]) == (str(rank), "2")
+        assert env["MGPU_NODELIST"] == ",".join(slurm2.nodes)
+        assert env["MASTER_PORT"] == got[0]["env"]["MASTER_PORT"]
+    assert got[0]["weight"] == got[1]["weight"]
+
+
+def test_a_gang_with_input_is_refused_at_submit_with_the_fix(bridged: Cluster) -> None:
+    done = bridged.mgpu("srun", "-p", "slurm", "-N", "2", "cat", input="data", check=False)
+    assert done.returncode != 0
+    assert "< /dev/null" in done.stderr, done.stderr
+    assert bridged.api("/api/v1/jobs")["jobs"] == []  # (nothing was queued)
