@@ -328,7 +328,7 @@ def test_the_time_limit_and_signals_reach_every_node(bridged: Cluster) -> None:
     loop = ('trap \'echo "usr1 $RANK"\' USR1; trap \'echo "term $RANK"; exit 1\' TERM; '
             'echo "started $RANK"; while :; do sleep 0.1; done')
     job_id = bridged.submit(loop, "-p", "slurm", "-N", "2", "--gpus-per-node", "1",
-                            "-t", "0:08")
+                            "-t", "0:15")
 
     def logs() -> str:
         return bridged.mgpu("logs", "--label", str(job_id)).stdout
@@ -395,3 +395,29 @@ def test_a_gang_with_input_is_refused_at_submit_with_the_fix(bridged: Cluster) -
     assert done.returncode != 0
     assert "< /dev/null" in done.stderr, done.stderr
     assert bridged.api("/api/v1/jobs")["jobs"] == []  # (nothing was queued)
+
+
+def test_a_restarted_bridge_readopts_a_gang_and_its_labelled_output(
+        bridged: Cluster) -> None:
+    """The bridge killed mid-run: the one restarted goes on from where its spool stops
+    (its task frames lost their labels: counted back), neither losing nor repeating a line,
+    and still ends the gang with its first failed task's code."""
+    marker = bridged.tmp / "go"
+    job_id = bridged.submit(
+        f'echo "first $RANK"; while [ ! -e {marker} ]; do sleep 0.1; done; '
+        f'echo "second $RANK"; touch {marker}.$RANK; '  # (rank 0 fails once both said it)
+        f'[ "$RANK" = 0 ] && while [ ! -e {marker}.1 ]; do sleep 0.1; done && exit 6; '
+        'sleep 300',
+        "-p", "slurm", "-N", "2", "--gpus-per-node", "1")
+
+    def labelled() -> list[str]:
+        return sorted(bridged.mgpu("logs", "--label", str(job_id)).stdout.splitlines())
+
+    wait_until(lambda: labelled() == ["0: first 0", "1: first 1"], 60, message=labelled)
+    bridged.kill_node(BRIDGE)
+    bridged.restart_node(BRIDGE)
+    marker.touch()
+    ended = bridged.wait_job(job_id, timeout=60)
+    assert (ended["state"], ended["exit_code"]) == ("failed", 6), ended
+    assert "task 0" in ended["reason"]
+    assert labelled() == ["0: first 0", "0: second 0", "1: first 1", "1: second 1"]
