@@ -101,14 +101,15 @@ def test_sbatch_answer_and_command_line() -> None:
 
 
 def test_squeue_answer() -> None:
-    out = ("3|FAILED|NonZeroExitCode|768|2026-12-03T08:04:32|mgpu job 1.0 a|b (node n)\n"
-           "4|PENDING|Resources|0|N/A|(null)\n"
-           "5|CANCELLED by 0|None|15|Unknown|\n")
+    out = ("3|FAILED|NonZeroExitCode|768|2026-12-03T08:04:32|n[1-2]|mgpu job 1.0 a|b (node n)"
+           "\n4|PENDING|Resources|0|N/A||(null)\n"
+           "5|CANCELLED by 0|None|15|Unknown|n3|\n")
     got = sc.parse_squeue(out)
     assert got[3] == sc.SlurmJob(3, "FAILED", "NonZeroExitCode", 768,
                                  datetime.fromisoformat("2026-12-03T08:04:32").timestamp(),
-                                 "mgpu job 1.0 a|b (node n)")
-    assert (got[4].state, got[4].start_time, got[4].comment) == ("PENDING", 0.0, "")
+                                 "mgpu job 1.0 a|b (node n)", "n[1-2]")
+    assert (got[4].state, got[4].start_time, got[4].comment, got[4].nodes) == (
+        "PENDING", 0.0, "", "")
     assert (got[5].state, got[5].exit_status) == ("CANCELLED", 15)
     assert sc.parse_squeue("") == {}
 

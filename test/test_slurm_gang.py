@@ -265,6 +265,10 @@ def test_a_gang_runs_one_task_on_each_slurm_node(
     assert (ended["state"], ended["exit_code"], ended["node"], ended["nodes"]) == (
         "completed", 0, BRIDGE, 2)
     assert len(ended["gpu_ids"]) == 4 and ended["parts"] is None and ended["backend_id"]
+    # shown with its nodes: SLURM's, as SLURM writes them
+    assert ended["backend_nodes"] == "mgpu-slurm-n[1-2]"
+    shown = bridged.mgpu("show", str(job_id)).stdout
+    assert "backend_nodes:" in shown and "mgpu-slurm-n[1-2]" in shown, shown
     labelled = bridged.mgpu("logs", "--label", str(job_id)).stdout.splitlines()
     by_rank = {int(line.split(":", 1)[0]): fields(line.split(":", 1)[1]) for line in labelled}
     assert sorted(by_rank) == [0, 1], labelled

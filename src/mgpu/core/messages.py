@@ -172,6 +172,8 @@ class JobStarted(msgspec.Struct, tag=MessageType.JOB_STARTED.value):
     pid: Annotated[int, msgspec.Meta(ge=-1, le=2**31)]
     run: RunNo = 0
     backend_id: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    # The engine's nodes it runs on, as the engine writes them (SLURM's NodeList, "n[1-2]").
+    backend_nodes: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
     # A gang job's rank 0 (core/gang.py): the MASTER_ADDR:MASTER_PORT its agent picked.
     rendezvous: Annotated[str, msgspec.Meta(max_length=300)] | None = None
 

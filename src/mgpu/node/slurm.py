@@ -277,8 +277,8 @@ class SlurmLink(LinkRuns):
             if not self.has_room():
                 return False
             job.id_sent = True
-            self.send(m.JobStarted(job.job_id, -1, run=job.run,
-                                   backend_id=str(job.slurm_id)))
+            self.send(m.JobStarted(job.job_id, -1, run=job.run, backend_id=str(job.slurm_id),
+                                   backend_nodes=job.nodes or None))
         return super()._forward(job)
 
     # ------------------------------------------------------------------ following
@@ -374,6 +374,9 @@ class SlurmLink(LinkRuns):
                               f"{sid} (it ended long ago, or slurmctld lost it)", None))
                 continue
             job.missing = 0
+            if sj.nodes and sj.nodes != job.nodes:  # (where SLURM runs it: the master's too)
+                job.nodes, job.id_sent = sj.nodes, False
+                self._forward(job)
             end = sc.end_of(sj, job.wanted)
             if end is not None:
                 self._end(job, end)

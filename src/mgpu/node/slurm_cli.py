@@ -80,6 +80,7 @@ class SlurmJob:
     exit_status: int | None  # a wait status: exit code << 8, or the signal number
     start_time: float  # 0 until it starts
     comment: str
+    nodes: str = ""  # the nodes it runs on, as SLURM writes them ("n[1-2]"); "" before
 
 
 @dataclass(frozen=True)
@@ -160,21 +161,21 @@ def parse_sbatch(out: str) -> int:
 
 # ``squeue -O``: fields cut by "|", the comment (free text) last. (``squeue --json`` would
 # be safer to read, but it ignores ``-j`` and lists every job of the cluster, each poll.)
-SQUEUE_FORMAT = "JobID:|,State:|,Reason:|,exit_code:|,StartTime:|,Comment:"
+SQUEUE_FORMAT = "JobID:|,State:|,Reason:|,exit_code:|,StartTime:|,NodeList:|,Comment:"
 
 
 def parse_squeue(text: str) -> dict[int, SlurmJob]:
     """The jobs of ``squeue -h -O SQUEUE_FORMAT``'s answer, by id."""
     jobs: dict[int, SlurmJob] = {}
     for line in text.splitlines():
-        parts = line.split("|", 5)
-        if len(parts) < 6 or not parts[0].strip().isdigit():
+        parts = line.split("|", 6)
+        if len(parts) < 7 or not parts[0].strip().isdigit():
             continue
-        sid, state, reason, status, start, comment = (p.strip() for p in parts)
+        sid, state, reason, status, start, nodes, comment = (p.strip() for p in parts)
         jobs[int(sid)] = SlurmJob(
             int(sid), state.split()[0] if state else "PENDING", reason,
             int(status) if status.isdigit() else None, _time(start),
-            "" if comment == "(null)" else comment)
+            "" if comment == "(null)" else comment, "" if nodes == "(null)" else nodes)
     return jobs
 
 

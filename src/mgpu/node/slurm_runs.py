@@ -35,7 +35,8 @@ class SlurmRun(NodeRun):
     wanted: tuple[str, str] | None = None  # the end mgpu asked for when it cancelled it
     time_limit: float | None = None
     comment: str = ""
-    id_sent: bool = False  # the SLURM id went to the master on this link
+    id_sent: bool = False  # the SLURM id (and nodes, once known) went to the master
+    nodes: str = ""  # the SLURM nodes it runs on ("n[1-2]"), once squeue says
     missing: int = 0  # polls in a row that squeue did not list it
     # A gang run whole by SLURM (slurm_gang.py): its tasks (1: not a gang), its output files'
     # lines not ended yet, and its first failed task's exit code and words.
