@@ -166,6 +166,25 @@ def test_gangs_elsewhere_keep_their_parts() -> None:
     assert state.jobs[job_id].parts is not None
 
 
+def test_a_partition_mixing_a_bridge_and_mgpu_nodes_keeps_mgpus_gangs_in_parts() -> None:
+    """The bridge cannot run one node's part: such a gang is mgpu's to split (the bridge
+    refuses a part the policy puts there); a several-task job on the bridge alone is whole."""
+    state = bridge_state((4, 4))
+    state.on_register(m.Register(node_id="local", partition="slurm", gpus=[
+        GpuInfo(index=i, name="fake", memory_total_mib=0) for i in range(4)]), 0.0)
+    (tasks,), _ = state.on_submit([JobSpec(command="x", gpus=6, ntasks_per_node=2,
+                                           partition="slurm")], 1.0, "a")  # (the bridge's)
+    (gang,), _ = state.on_submit([JobSpec(command="x", gpus=2, nodes=2, partition="slurm")],
+                                 1.0, "a")
+    sends = state.schedule(2.0).sends
+    starts = {msg.job_id: (node, msg) for node, msg in sends if isinstance(msg, m.StartJob)}
+    node, order = starts[tasks]
+    assert (node, order.nodes, order.tasks, state.jobs[tasks].parts) == ("b", 1, 2, None)
+    assert state.jobs[gang].parts is not None  # (rank 0 first, the other part later)
+    assert {p.node for p in state.jobs[gang].parts} == {"b", "local"}
+    assert starts[gang][1].nodes == 0 and starts[gang][1].rendezvous
+
+
 def test_a_gang_larger_than_the_slurm_partition_is_refused_with_the_fix() -> None:
     state = bridge_state((4, 4, 1))
     with pytest.raises(Rejected, match=r"only 2 SLURM nodes of partition slurm .*have 2 "

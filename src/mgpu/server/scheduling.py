@@ -170,7 +170,9 @@ class SchedulingPass(ABC):
         job = self.jobs[p.job_id]
         parts = [(p.node_id, p.gpu_ids), *p.more]
         helds = [{g.index: g for g in self.nodes[n].gpus} for n, _ in parts]
-        whole = runs_whole(job, self.nodes[p.node_id])  # (a gang that SLURM runs)
+        # (a gang that SLURM runs: placed on one bridge; a part of an mgpu gang that the
+        # policy put on a bridge, in a partition that mixes them, goes there as a part)
+        whole = not p.more and runs_whole(job, self.nodes[p.node_id])
         if job.state is not JobState.PENDING or len(parts) != (1 if whole else job.nodes) or len(
                 {n for n, _ in parts}) != len(parts) or any(
             i not in held or held[i].job_id is not None

@@ -94,6 +94,7 @@ def _each(pending: Iterable[JobSnapshot], partitions: frozenset[str]) -> Iterato
 
 
 def runs_whole(job: SimpleJob, node: Node) -> bool:
-    """Whether ``job``, placed on ``node``, runs there whole: a gang (several nodes or
-    tasks) on a SLURM bridge, which ``sbatch``-es it as one SLURM job."""
+    """Whether ``job``, placed on ``node`` alone, runs there whole: a gang (several nodes
+    or tasks) on a SLURM bridge, which ``sbatch``-es it as one SLURM job. (A placement on
+    several nodes is an mgpu gang's, in parts, whichever nodes they are.)"""
     return (job.nodes > 1 or job.ntasks_per_node > 1) and node.backend_nodes is not None
