@@ -309,6 +309,21 @@ def test_a_gang_runs_one_task_on_each_slurm_node(
     assert [fields(line)["rank"] for line in task1] == ["1"]
 
 
+def test_several_tasks_a_slurm_node_get_their_ranks_and_their_own_output(
+        bridged: Cluster, slurm2: SlurmCluster) -> None:
+    job_id = bridged.submit(VARS, "-p", "slurm", "-N", "2", "--ntasks-per-node", "2",
+                            "--gpus-per-node", "1")
+    ended = bridged.wait_job(job_id, timeout=60)
+    assert (ended["state"], ended["ntasks_per_node"]) == ("completed", 2)
+    for task in range(4):
+        (line,) = bridged.mgpu("logs", "--task", str(task), str(job_id)).stdout.splitlines()
+        seen = fields(line)
+        assert (seen["rank"], seen["node"], seen["local"]) == (
+            str(task), str(task // 2), str(task % 2))
+        assert (seen["world"], seen["lws"], seen["k"]) == ("4", "2", "2")
+        assert seen["host"] == slurm2.nodes[task // 2]
+
+
 def test_a_failing_task_ends_the_gang_with_its_code_and_stops_the_other(
         bridged: Cluster, slurm2: SlurmCluster) -> None:
     job_id = bridged.submit(
