@@ -291,7 +291,7 @@ class NodeEvents(ABC):
             self.on_rendezvous(node_id, msg, effects)
         job = self.jobs.get(msg.job_id)
         if (msg.backend_id is not None and job is not None and job.node == node_id
-                and job.requeues == msg.run and job.state is JobState.RUNNING
+                and job.run == msg.run and job.state is JobState.RUNNING
                 and (job.backend_id, job.backend_nodes) != (msg.backend_id, msg.backend_nodes)):
             job.backend_id = msg.backend_id
             job.backend_nodes = msg.backend_nodes or job.backend_nodes
