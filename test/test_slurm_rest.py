@@ -22,6 +22,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Callable, Coroutine, Iterator
@@ -38,6 +39,7 @@ from mgpu.node import slurm_rest as sr
 from mgpu.node.slurm_submit import SlurmCommands, Submission
 from slurm_cluster import GPUS, PARTITION, SlurmCluster
 from slurm_rest import JwtSlurmCluster, SlurmRestd
+from test_mixed import SERVER_ARGS, wait_own_bridge
 from test_slurm import BRIDGE, nodes, show, slurm_job, squeue, wait_backend_id
 
 # ---------------------------------------------------------------- unit: the requests
@@ -262,6 +264,17 @@ def test_cancel_running_and_pending_through_slurmrestd(
     assert "never" not in rest_bridged.mgpu("logs", str(pending)).stdout
 
 
+def test_a_signal_reaches_the_job_through_slurmrestd(rest_bridged: Cluster) -> None:
+    job_id = rest_bridged.submit(
+        "trap 'echo got-usr1' USR1; echo ready; while true; do sleep 0.1; done")
+    wait_until(lambda: "ready" in rest_bridged.mgpu("logs", str(job_id)).stdout, 30)
+    rest_bridged.api(f"/api/v1/jobs/{job_id}/signal", {"signum": int(signal.SIGUSR1)})
+    wait_until(lambda: "got-usr1" in rest_bridged.mgpu("logs", str(job_id)).stdout, 30)
+    assert rest_bridged.job(job_id)["state"] == "running"  # (a signal, not a cancel)
+    rest_bridged.mgpu("cancel", str(job_id))
+    assert rest_bridged.wait_job(job_id)["state"] == "cancelled"
+
+
 def test_time_limit_through_slurmrestd_ends_the_job_as_timeout(
         rest_bridged: Cluster, slurm: SlurmCluster) -> None:
     job_id = rest_bridged.submit("echo working; sleep 300", "-t", "0:03")
@@ -308,6 +321,20 @@ def test_while_slurmrestd_does_not_answer_the_bridge_is_degraded_and_jobs_wait(
         assert ended["state"] == "completed", (ended, slurm_job(slurm, ended["backend_id"]))
         assert rest_bridged.mgpu("logs", str(job_id)).stdout.split() == [word]
     assert nodes(rest_bridged)[0]["state"] == "up"
+
+
+def test_server_with_the_slurm_backend_asks_slurmrestd(
+        slurm: SlurmCluster, restd: SlurmRestd, make_cluster: Callable[..., Cluster]) -> None:
+    """``mgpu server --backend slurm`` with ``MGPU_SLURM_REST`` (``[backend] slurm_rest``):
+    the master's own bridge asks slurmrestd (its environment has no SLURM_CONF)."""
+    cluster = make_cluster(nodes=0, env={"MGPU_SLURM_REST": restd.url},
+                           master_args=SERVER_ARGS)
+    wait_own_bridge(cluster)
+    job_id = cluster.submit("echo via-rest; exit 4")
+    ended = cluster.wait_job(job_id)
+    assert (ended["state"], ended["exit_code"]) == ("failed", 4)
+    assert slurm_job(slurm, ended["backend_id"])["comment"].startswith(f"mgpu job {job_id}.0")
+    assert "via-rest" in cluster.mgpu("logs", str(job_id)).stdout
 
 
 def test_without_a_jwt_a_root_bridge_refuses_another_users_job_with_the_fix(
@@ -407,3 +434,13 @@ def test_a_root_bridge_with_a_jwt_submits_as_the_jobs_owner_and_takes_a_new_toke
     assert ended["state"] == "completed", ended
     assert cluster.mgpu("logs", str(late)).stdout.split() == ["late"]
     wait_until(lambda: nodes(cluster)[0]["state"] == "up", 30)
+    # A token of an ordinary user acts only for that user: another owner's job is refused
+    # by slurmctld, and the reason says which token would do.
+    token_file.write_text(jwt_slurm.token(account))
+    own = submit("echo own", account)
+    other = submit("echo other", "nobody")
+    assert cluster.wait_job(own)["state"] == "completed"
+    refused = cluster.wait_job(other)
+    assert refused["state"] == "failed" and not refused["backend_id"]
+    assert "SLURM did not take the job" in refused["reason"]
+    assert "only from root or SlurmUser" in refused["reason"], refused
