@@ -165,9 +165,9 @@ class SlurmRest:
             answer = await self._one("GET", "/jobs", token)
             return {j.id: j for j in map(job_of, answer.get("jobs") or [])}
         async with self._session() as session:
-            answers = await asyncio.gather(*(
+            answers = _all(await asyncio.gather(*(
                 self._request(session, "GET", f"/job/{i}", token, missing_ok=True)
-                for i in ids))
+                for i in ids), return_exceptions=True))
         jobs = [job_of(rec) for a in answers if a for rec in a.get("jobs") or []]
         return {j.id: j for j in jobs if j.id in ids}
 
@@ -178,8 +178,9 @@ class SlurmRest:
         token = self._token()
         query = f"?signal={signal}" if signal else ""
         async with self._session() as session:
-            await asyncio.gather(*(
-                self._request(session, "DELETE", f"/job/{i}{query}", token) for i in ids))
+            _all(await asyncio.gather(*(
+                self._request(session, "DELETE", f"/job/{i}{query}", token) for i in ids),
+                return_exceptions=True))
 
     async def partition_gpus(self, partition: str | None) -> int:
         """The GPUs of the partition's nodes, as slurmrestd's ``nodes`` lists them."""
@@ -215,7 +216,12 @@ class SlurmRest:
         """Whom a request acts as when no job's owner is named: the token's user."""
         claims = claims_of(token)
         user = claims.get("sun") or claims.get("username")
-        return str(user) if user else pwd.getpwuid(os.geteuid()).pw_name
+        if user:
+            return str(user)
+        try:
+            return pwd.getpwuid(os.geteuid()).pw_name
+        except KeyError:  # (a uid without a name: SLURM knows it by number)
+            return str(os.geteuid())
 
     def _session(self) -> aiohttp.ClientSession:
         connector: aiohttp.BaseConnector = (
@@ -273,6 +279,16 @@ class SlurmRest:
         raise sc.SlurmError(f"{what}: {words}", unreachable=status in (502, 503, 504) or any(
             _unreachable(c) for c in codes if c is not None) or any(
             w in words for w in sc.UNREACHABLE))
+
+
+def _all(results: list[dict[str, Any] | BaseException | None]
+         ) -> list[dict[str, Any] | None]:
+    """The answers of requests made together, once all are done (so that none is left
+    running when their session closes); the first failure is raised."""
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return [r for r in results if not isinstance(r, BaseException)]
 
 
 def _code(error: Mapping[str, Any]) -> int | None:
