@@ -174,6 +174,15 @@ def test_slurmrestds_errors(error: dict[str, Any], unreachable: bool) -> None:
     assert str(error.get("error") or error["description"]) in words
 
 
+def test_a_submission_answered_with_a_job_id_and_an_error_was_taken() -> None:
+    # recorded: a submission right after slurmctld restarted, before slurmd registered
+    answer = {"errors": [{"error_code": 2068, "error": "Required node not available (down, "
+                          "drained or reserved)"}], "job_id": 12, "step_id": "BATCH"}
+    assert sr._taken(answer)
+    assert not sr._taken({"errors": answer["errors"]})
+    assert not sr._taken({"job_id": 0})
+
+
 # ---------------------------------------------------------------- a real slurmrestd
 
 
@@ -335,6 +344,24 @@ def test_server_with_the_slurm_backend_asks_slurmrestd(
     assert (ended["state"], ended["exit_code"]) == ("failed", 4)
     assert slurm_job(slurm, ended["backend_id"])["comment"].startswith(f"mgpu job {job_id}.0")
     assert "via-rest" in cluster.mgpu("logs", str(job_id)).stdout
+
+
+def test_when_slurmrestd_says_slurmctld_does_not_answer_the_bridge_is_degraded(
+        rest_bridged: Cluster, slurm: SlurmCluster) -> None:
+    name = f"ctld-{rest_bridged.tmp.name}"  # (its own comment: see the test above)
+    slurm.stop_controller()  # slurmrestd answers, after its own wait, that it cannot ask
+    try:
+        job_id = rest_bridged.submit("echo after-ctld", "--job-name", name)
+        bridge = wait_until(lambda: next(
+            (n for n in nodes(rest_bridged) if n["state"] == "degraded"), None), 90,
+            message=lambda: f"the bridge degraded: {nodes(rest_bridged)}")
+        assert "Unable to contact slurm controller" in bridge["reason"], bridge
+    finally:
+        slurm.start_controller()
+    ended = rest_bridged.wait_job(job_id, timeout=90)
+    assert ended["state"] == "completed", ended
+    assert rest_bridged.mgpu("logs", str(job_id)).stdout.split() == ["after-ctld"]
+    wait_until(lambda: nodes(rest_bridged)[0]["state"] == "up", 30)
 
 
 def test_without_a_jwt_a_root_bridge_refuses_another_users_job_with_the_fix(

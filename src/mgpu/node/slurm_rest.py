@@ -152,11 +152,10 @@ class SlurmRest:
             if token is None or user in (None, self._own_user(token)) or e.unreachable:
                 raise
             raise sc.SlurmError(e.message + ALT_USER) from None
-        job_id = answer.get("job_id")
-        if not isinstance(job_id, int) or job_id <= 0:
+        if not _taken(answer):
             raise sc.SlurmError(f"slurmrestd ({self.url}) answered no job id: "
                                 f"{json.dumps(answer)[:300]}")
-        return job_id
+        return int(answer["job_id"])
 
     async def query(self, ids: list[int]) -> dict[int, sc.SlurmJob]:
         """What SLURM says of the jobs ``ids`` (all its jobs when empty)."""
@@ -262,7 +261,7 @@ class SlurmRest:
         if not isinstance(answer, dict):
             answer = {}
         errors = [e for e in answer.get("errors") or [] if isinstance(e, dict)]
-        if status == 200 and not errors:
+        if status == 200 and (not errors or _taken(answer)):
             return answer
         codes = [_code(e) for e in errors]
         if missing_ok and NO_SUCH_JOB in codes:
@@ -279,6 +278,14 @@ class SlurmRest:
         raise sc.SlurmError(f"{what}: {words}", unreachable=status in (502, 503, 504) or any(
             _unreachable(c) for c in codes if c is not None) or any(
             w in words for w in sc.UNREACHABLE))
+
+
+def _taken(answer: Mapping[str, Any]) -> bool:
+    """Whether a submission's answer has a job id: SLURM took the job, whatever its errors
+    say (as ``sbatch``, which prints the id and the error, e.g. "Required node not
+    available" while slurmd has not registered with a restarted slurmctld: it waits)."""
+    job_id = answer.get("job_id")
+    return isinstance(job_id, int) and job_id > 0
 
 
 def _all(results: list[dict[str, Any] | BaseException | None]
