@@ -332,6 +332,22 @@ def test_while_slurmrestd_does_not_answer_the_bridge_is_degraded_and_jobs_wait(
     assert nodes(rest_bridged)[0]["state"] == "up"
 
 
+def test_a_restarted_rest_bridge_readopts_its_slurm_jobs(
+        rest_bridged: Cluster, slurm: SlurmCluster) -> None:
+    marker = rest_bridged.tmp / "go"
+    job_id = rest_bridged.submit(f"echo first; while [ ! -e {marker} ]; do sleep 0.1; "
+                                 "done; echo second; exit 5")
+    wait_until(lambda: "first" in rest_bridged.mgpu("logs", str(job_id)).stdout, 30)
+    sid = wait_backend_id(rest_bridged, job_id)
+    rest_bridged.kill_node(BRIDGE, signal.SIGKILL)
+    rest_bridged.restart_node(BRIDGE)
+    assert rest_bridged.job(job_id)["state"] == "running"
+    marker.touch()
+    ended = rest_bridged.wait_job(job_id)
+    assert (ended["state"], ended["exit_code"], ended["backend_id"]) == ("failed", 5, sid)
+    assert rest_bridged.mgpu("logs", str(job_id)).stdout.split() == ["first", "second"]
+
+
 def test_server_with_the_slurm_backend_asks_slurmrestd(
         slurm: SlurmCluster, restd: SlurmRestd, make_cluster: Callable[..., Cluster]) -> None:
     """``mgpu server --backend slurm`` with ``MGPU_SLURM_REST`` (``[backend] slurm_rest``):
