@@ -129,9 +129,13 @@ def test_transport_and_jwt_settings(tmp_path: Path) -> None:
     with pytest.raises(sc.SlurmError, match=r"expired .* new one") as info:
         rest._token()
     assert info.value.unreachable  # (the node waits, degraded, for a new token)
+    path.write_text("\n")
+    with pytest.raises(sc.SlurmError, match="is empty"):
+        rest._token()
     path.unlink()
     with pytest.raises(sc.SlurmError, match="cannot read the SLURM JWT file"):
         rest._token()
+    assert sr.SlurmRest("http://h:1")._token() is None  # (no JWT: rest_auth/local)
 
 
 def local_account() -> pwd.struct_passwd:

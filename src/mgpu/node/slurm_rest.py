@@ -200,6 +200,10 @@ class SlurmRest:
                                     "(scontrol token username=root lifespan=SECONDS)",
                                     unreachable=True) from None
             token = token.removeprefix("SLURM_JWT=")  # (scontrol token's own line)
+            if not token:  # (not a quiet fallback to slurmrestd's own user)
+                raise sc.SlurmError(f"the SLURM JWT file {self.jwt_file} is empty: write the "
+                                    "token there (scontrol token username=root "
+                                    "lifespan=SECONDS)", unreachable=True)
         if not token:
             return None
         expiry = claims_of(token).get("exp")
