@@ -6,7 +6,7 @@ master it is one more node. :class:`SlurmLink` stands where the agent's
 :class:`~mgpu.node.keeper_link.KeeperLink` stands, with the same orders:
 
 * **start**: the run's :class:`~mgpu.node.slurm_submit.Submission`, sent through
-  :attr:`SlurmLink.api` (:class:`~mgpu.node.slurm_submit.SlurmCommands`): ``sbatch`` of
+  :attr:`SlurmLink.api` (``sbatch``; or slurmrestd with ``--slurm-rest``: ``slurm_rest``) of
   the command (script on stdin) with ``--gres=gpu:N``, ``-t`` (whole minutes, rounded
   up: the bridge holds the job to the exact limit itself, with ``scancel``), ``--comment
   "mgpu job ID.RUN NAME (node N)"``, the submitter's directory and environment, and
@@ -47,8 +47,9 @@ from mgpu.core.timefmt import format_duration
 from mgpu.node import slurm_cli as sc
 from mgpu.node.link_runs import READ_CHUNK, LinkRuns, OnEnded, OnOutput
 from mgpu.node.runs import NodeRun
+from mgpu.node.slurm_rest import transport_of
 from mgpu.node.slurm_runs import SlurmRun, load_runs, save_runs
-from mgpu.node.slurm_submit import SlurmCommands, submission_of
+from mgpu.node.slurm_submit import submission_of
 from mgpu.node.stdin import InputPump
 from mgpu.utils.spool import read_at
 
@@ -88,7 +89,7 @@ class SlurmLink(LinkRuns):
         self.fence: float | None = None
         self.keeper_pid = 0
         self.env = dict(os.environ)  # SLURM's commands' (SLURM_CONF, PATH)
-        self.api = SlurmCommands(self.env)  # how SLURM is asked
+        self.api = transport_of(cfg, self.env)  # how SLURM is asked: commands, or REST
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()

@@ -22,7 +22,7 @@ import math
 import os
 import pwd
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -144,10 +144,15 @@ def sbatch_argv(*, name: str, comment: str, gpus: int, time_limit: float | None,
     if gpus > 0:
         argv.append(f"--gres=gpu:{gpus}")
     if time_limit:
-        argv.append(f"--time={max(1, math.ceil(time_limit / 60))}")
+        argv.append(f"--time={minutes(time_limit)}")
     if partition:
         argv.append(f"--partition={partition}")
     return argv
+
+
+def minutes(time_limit: float) -> int:
+    """A time limit in seconds as SLURM's whole minutes, rounded up (at least 1)."""
+    return max(1, math.ceil(time_limit / 60))
 
 
 def parse_sbatch(out: str) -> int:
@@ -274,17 +279,19 @@ async def partition_nodes(partition: str | None, env: Mapping[str, str] | None =
     return parse_gres_nodes(await run(argv, env))
 
 
-async def offered_gpus(cfg: NodeConfig) -> tuple[list[GpuInfo], str]:
-    """The GPUs the bridge offers: ``--fake-gpus N`` when given, else the partition's."""
+async def offered_gpus(cfg: NodeConfig, count_gpus: Callable[[str | None], Awaitable[int]]
+                       | None = None) -> tuple[list[GpuInfo], str]:
+    """The GPUs the bridge offers: ``--fake-gpus N`` when given, else the partition's, as
+    ``count_gpus`` (the transport's) counts them (default: ``sinfo``'s)."""
     where = f"SLURM partition {cfg.partition}" if cfg.partition else "SLURM"
     if cfg.fake_gpus is not None:  # (a count, or a spec as `4:A100:80G`: its count)
         from mgpu.utils.gpu import parse_fake_spec
 
         count = len(parse_fake_spec(cfg.fake_gpus))
     else:
-        count = await partition_gpus(cfg.partition)
+        count = await (count_gpus or partition_gpus)(cfg.partition)
     if count <= 0:
-        raise ConfigError(f"{where} has no GPUs (no gres gpu in sinfo): pass --partition "
+        raise ConfigError(f"{where} has no GPUs (no gres gpu on its nodes): pass --partition "
                           "with a partition that has some, or --fake-gpus N to offer N")
     name = f"slurm:{cfg.partition or 'default'}"
     return [GpuInfo(index=i, name=name, memory_total_mib=0) for i in range(count)], where

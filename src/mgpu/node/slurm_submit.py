@@ -4,8 +4,9 @@
   tasks too: :mod:`slurm_gang`), limits, files, environment, script and account, built from
   the master's order by :func:`submission_of`.
 * :class:`SlurmCommands` carries the bridge's three requests (submit, query, cancel) to
-  SLURM through its commands (``sbatch``, ``squeue``, ``scancel``: :mod:`slurm_cli`). Another
-  transport offers the same three methods.
+  SLURM through its commands (``sbatch``, ``squeue``, ``scancel``: :mod:`slurm_cli`), and
+  counts a partition's GPUs (``sinfo``). :class:`~mgpu.node.slurm_rest.SlurmRest`, the
+  other transport, asks slurmrestd the same; both are a :class:`SlurmTransport`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pwd
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from mgpu.core import messages as m
 from mgpu.node import slurm_cli as sc
@@ -87,6 +89,24 @@ def submission_of(msg: m.StartJob, *, comment: str, node_id: str, partition: str
                       tasks_per_node=msg.tasks if msg.nodes else 1)
 
 
+class SlurmTransport(Protocol):
+    """How the bridge asks SLURM: each method raises :class:`~slurm_cli.SlurmError` with
+    SLURM's words (``unreachable`` when SLURM cannot be asked now: worth trying again)."""
+
+    async def submit(self, sub: Submission) -> int:
+        """Submit; return the SLURM job id."""
+
+    async def query(self, ids: list[int]) -> dict[int, sc.SlurmJob]:
+        """What SLURM says of the jobs ``ids`` (all its jobs when empty); a job SLURM does
+        not know is left out."""
+
+    async def cancel(self, ids: list[int], signal: int | None = None) -> None:
+        """Cancel the jobs (or, with ``signal``, send it to all their processes)."""
+
+    async def partition_gpus(self, partition: str | None) -> int:
+        """The GPUs (gres ``gpu``) of the partition's nodes (of every node when None)."""
+
+
 class SlurmCommands:
     """SLURM through its commands, with the bridge's environment ``env`` (``SLURM_CONF``,
     ``PATH``) for queries and cancels; a submission runs with its own."""
@@ -106,3 +126,7 @@ class SlurmCommands:
     async def cancel(self, ids: list[int], signal: int | None = None) -> None:
         """Cancel the jobs (or, with ``signal``, send it to all their processes)."""
         await sc.scancel(ids, self.env, signal)
+
+    async def partition_gpus(self, partition: str | None) -> int:
+        """The GPUs of the partition's nodes, as ``sinfo`` lists them."""
+        return await sc.partition_gpus(partition, self.env)
