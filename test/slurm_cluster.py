@@ -4,13 +4,18 @@ Everything lives in one temporary directory: ``slurm.conf`` (cgroup-free plugins
 ``proctrack/linuxproc``, ``task/none``, no accounting), ``gres.conf`` (8 GPUs as ``File=``
 entries pointing at dummy device files, so SLURM sets ``CUDA_VISIBLE_DEVICES``; plain files
 where this machine may not make device files: SLURM then counts them but names none), a fresh
-munge key, and the daemons' state, spool, pid and log files. The three daemons run in the
+munge key, and the daemons' state, spool, pid and log files. The daemons run in the
 foreground in one process group, which :meth:`SlurmCluster.stop` signals (SIGTERM, then
 SIGKILL). Clients find the cluster through ``SLURM_CONF`` (:attr:`SlurmCluster.env`).
 
+Several SLURM nodes on this one host (``SlurmCluster(root, nodes=2, gpus_per_node=4)``, for
+multi-node jobs): one ``slurmd -N NAME`` each, with its own ``Port=`` on its ``NodeName``
+line, its own spool, pid and log files (``%n`` in their paths) and its own dummy GPU files;
+``srun -N 2`` then runs one task in each (``SLURMD_NODENAME`` differs).
+
 The daemons need root (slurmd starts each job as its user). Use from the command line::
 
-    python test/slurm_cluster.py DIR     # start it, print the environment, run until ^C
+    python test/slurm_cluster.py DIR [NODES]   # start it, print the environment, run until ^C
 """
 
 from __future__ import annotations
@@ -28,9 +33,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-NODE = "mgpu-slurm1"
+NODE = "mgpu-slurm1"  # the one node of the default cluster (nodes=1)
 PARTITION = "gpu"
-GPUS = 8
+GPUS = 8  # its GPUs
 CPUS = 16  # declared (config_overrides): jobs are not held back by this machine's cores
 START_TIMEOUT = 60.0  # until sinfo says the node is idle
 PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sinfo")
@@ -56,8 +61,11 @@ class SlurmError(RuntimeError):
 class SlurmCluster:
     """A single-host SLURM in ``root``: :meth:`start` it, use :attr:`env`, :meth:`stop` it."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, nodes: int = 1, gpus_per_node: int = GPUS) -> None:
         self.root = root.absolute()
+        # The SLURM nodes: the default cluster's one keeps its name; several are NODE-1, ...
+        self.nodes = [NODE] if nodes == 1 else [f"mgpu-slurm-n{i + 1}" for i in range(nodes)]
+        self.gpus_per_node = gpus_per_node
         self.conf = self.root / "slurm.conf"
         self.munge_socket = self.root / "munge" / "munge.sock"
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -80,8 +88,9 @@ class SlurmCluster:
         key = self.root / "munge" / "munge.key"
         key.write_bytes(secrets.token_bytes(1024))
         key.chmod(0o400)
-        for i in range(GPUS):  # character devices (like /dev/null), as slurmd wants
-            dev = self.root / "dev" / f"nvidia{i}"
+        gpus = self.gpus_per_node
+        for i in range(gpus * len(self.nodes)):  # character devices (like /dev/null), as
+            dev = self.root / "dev" / f"nvidia{i}"  # slurmd wants; each node its own
             if dev.exists():
                 continue
             try:
@@ -102,11 +111,11 @@ AuthInfo=socket={self.munge_socket}
 SlurmUser=root
 SlurmdUser=root
 StateSaveLocation={r}/state
-SlurmdSpoolDir={r}/spool
+SlurmdSpoolDir={r}/spool/%n
 SlurmctldPidFile={r}/slurmctld.pid
-SlurmdPidFile={r}/slurmd.pid
+SlurmdPidFile={r}/slurmd-%n.pid
 SlurmctldLogFile={r}/log/slurmctld.log
-SlurmdLogFile={r}/log/slurmd.log
+SlurmdLogFile={r}/log/slurmd-%n.log
 SlurmdParameters=config_overrides
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -123,17 +132,28 @@ ReturnToService=2
 MinJobAge=600
 KillWait=2
 InactiveLimit=0
-NodeName={NODE} NodeAddr=127.0.0.1 NodeHostname={NODE} CPUs={CPUS} RealMemory=4096 \
-Gres=gpu:{GPUS} State=UNKNOWN
+{"".join(self._node_line(name) for name in self.nodes)}\
 PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """)
-        (self.root / "gres.conf").write_text(
-            f"NodeName={NODE} Name=gpu File={r}/dev/nvidia[0-{GPUS - 1}]\n")
+        (self.root / "gres.conf").write_text("".join(
+            f"NodeName={name} Name=gpu File={r}/dev/nvidia[{i * gpus}-{(i + 1) * gpus - 1}]\n"
+            for i, name in enumerate(self.nodes)))
+        # Each slurmd's spool (%n) holds the job scripts its jobs' users run: they may enter.
+        (self.root / "spool").chmod(0o755)
+        for name in self.nodes:
+            (self.root / "spool" / name).mkdir(exist_ok=True, mode=0o755)
+
+    def _node_line(self, name: str) -> str:
+        """A node's line of slurm.conf: with several on this host, each slurmd listens on a
+        port of its own."""
+        port = f" Port={_free_port()}" if len(self.nodes) > 1 else ""
+        return (f"NodeName={name} NodeAddr=127.0.0.1 NodeHostname={name}{port} CPUs={CPUS} "
+                f"RealMemory=4096 Gres=gpu:{self.gpus_per_node} State=UNKNOWN\n")
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.root / "log" / f"{name}.out", "ab")  # noqa: SIM115 - the child's
         with log:
-            # One process group for the three daemons: stop() signals it.
+            # One process group for the daemons: stop() signals it.
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env,
                 cwd=self.root, close_fds=True,
@@ -158,8 +178,10 @@ PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             self._wait(lambda: self.munge_socket.exists(), timeout, "munged's socket")
             self._spawn("slurmctld", ["slurmctld", "-D", "-i", "-f", str(self.conf)])
             self._wait(self._answers, timeout, "slurmctld to answer")
-            self._spawn("slurmd", ["slurmd", "-D", "-N", NODE, "-f", str(self.conf)])
-            self._wait(self.idle, timeout, "the node to be idle")
+            for name in self.nodes:
+                self._spawn("slurmd" if len(self.nodes) == 1 else f"slurmd-{name}",
+                            ["slurmd", "-D", "-N", name, "-f", str(self.conf)])
+            self._wait(self.idle, timeout, "every node to be idle")
         except BaseException:
             self.stop()
             raise
@@ -197,9 +219,9 @@ PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         return self._run("scontrol", "ping").stdout.count("UP") > 0
 
     def idle(self) -> bool:
-        """Whether sinfo says the node is idle (it takes jobs)."""
+        """Whether sinfo says every node is idle (they take jobs)."""
         out = self._run("sinfo", "-h", "-N", "-o", "%t").stdout.split()
-        return out == ["idle"]
+        return out == ["idle"] * len(self.nodes)
 
     def logs(self, lines: int = 30) -> str:
         """The tails of the daemons' logs."""
@@ -233,7 +255,9 @@ PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 
 
 def main() -> None:
-    cluster = SlurmCluster(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("slurm"))
+    nodes = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    cluster = SlurmCluster(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("slurm"), nodes,
+                           GPUS // nodes)
     cluster.start()
     print(f"export SLURM_CONF={cluster.conf}", flush=True)
     try:

@@ -406,6 +406,7 @@ def test_json_follows_the_contract() -> None:
         "backend_id",
         "nodes", "ntasks_per_node", "slurm_env", "parts", "rendezvous",  # multi-node jobs
         "partition",  # mixed mode (issue 14)
+        "backend_nodes",  # a SLURM bridge's job: SLURM's nodes (issue 14)
     }  # fmt: skip
     assert data[0]["state"] == "completed"
     assert data[0]["ended_at"] == "2024-05-01T12:00:01Z"

@@ -40,6 +40,7 @@ JOB_KEYS = {
     "backend_id",
     "nodes", "ntasks_per_node", "slurm_env", "parts", "rendezvous",  # multi-node jobs
     "partition",  # mixed mode (issue 14)
+    "backend_nodes",  # a SLURM bridge's job: SLURM's nodes (issue 14)
 }  # fmt: skip
 
 

@@ -278,9 +278,10 @@ def test_partitions_route_jobs_between_local_gpus_and_slurm(
 
     refused = cluster.mgpu("submit", "-p", "nosuch", "true", check=2)
     assert "nosuch" in refused.stderr and "slurm" in refused.stderr, refused.stderr
-    # A gang runs on mgpu's own nodes: SLURM's partition has one (bridge) node here.
+    # A gang of SLURM's partition runs in SLURM whole (sbatch -N): here SLURM has one node.
     gang = cluster.mgpu("submit", "-N", "2", "-p", "slurm", "true", check=5)
-    assert "only 1 such node is registered in partition slurm" in gang.stderr, gang.stderr
+    assert "only 1 SLURM node of partition slurm" in gang.stderr, gang.stderr
+    assert "ask for at most 1 (-N)" in gang.stderr
 
     # The local GPUs full, a plain job waits for them (no spill-over configured): a job
     # submitted after it to SLURM starts, so passes have run past it.

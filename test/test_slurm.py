@@ -34,6 +34,7 @@ from mgpu.core.frames import STREAM_STDERR, STREAM_STDOUT, frame
 from mgpu.core.models import EndCause, GpuInfo, JobSpec, JobState
 from mgpu.node import slurm_cli as sc
 from mgpu.node.slurm_runs import copied
+from mgpu.server.effects import Effects
 from mgpu.server.state import ClusterState
 from slurm_cluster import GPUS, NODE, PARTITION, SlurmCluster
 
@@ -101,14 +102,15 @@ def test_sbatch_answer_and_command_line() -> None:
 
 
 def test_squeue_answer() -> None:
-    out = ("3|FAILED|NonZeroExitCode|768|2026-12-03T08:04:32|mgpu job 1.0 a|b (node n)\n"
-           "4|PENDING|Resources|0|N/A|(null)\n"
-           "5|CANCELLED by 0|None|15|Unknown|\n")
+    out = ("3|FAILED|NonZeroExitCode|768|2026-12-03T08:04:32|n[1-2]|mgpu job 1.0 a|b (node n)"
+           "\n4|PENDING|Resources|0|N/A||(null)\n"
+           "5|CANCELLED by 0|None|15|Unknown|n3|\n")
     got = sc.parse_squeue(out)
     assert got[3] == sc.SlurmJob(3, "FAILED", "NonZeroExitCode", 768,
                                  datetime.fromisoformat("2026-12-03T08:04:32").timestamp(),
-                                 "mgpu job 1.0 a|b (node n)")
-    assert (got[4].state, got[4].start_time, got[4].comment) == ("PENDING", 0.0, "")
+                                 "mgpu job 1.0 a|b (node n)", "n[1-2]")
+    assert (got[4].state, got[4].start_time, got[4].comment, got[4].nodes) == (
+        "PENDING", 0.0, "", "")
     assert (got[5].state, got[5].exit_status) == ("CANCELLED", 15)
     assert sc.parse_squeue("") == {}
 
@@ -160,6 +162,22 @@ def test_the_slurm_job_id_is_kept_on_the_job_for_its_current_run() -> None:
     job = state.jobs[job_id]
     assert (job.state, job.requeues, job.backend_id) == (JobState.PENDING, 1, None)
     assert job.reason == "requeued (1 of 3): SLURM: its node failed"
+
+
+def test_the_slurm_job_id_of_a_retry_is_kept_for_that_run() -> None:
+    state = ClusterState()
+    job_id, _ = placed_job(state, retries=1)
+    state.on_job_started("b", m.JobStarted(job_id, -1, backend_id="42"))
+    state.on_job_ended("b", m.JobEnded(job_id, 0, "failed", 1, "exit code 1", 0,
+                                       EndCause.EXITED), 3.0)
+    job = state.jobs[job_id]
+    assert (job.state, job.retries, job.run) == (JobState.PENDING, 1, 1)
+    state.gate_pass(Effects(), 10_000.0)  # (the master's, before a pass: its back-off is over)
+    (start,) = [msg for _, msg in state.schedule(10_000.0).sends
+                if isinstance(msg, m.StartJob)]
+    assert start.run == 1
+    saved = state.on_job_started("b", m.JobStarted(job_id, -1, run=1, backend_id="43"))
+    assert saved.batch.updates[job_id].backend_id == "43"
 
 
 def test_a_node_lost_end_of_a_job_that_may_not_requeue_ends_it_as_node_fail() -> None:

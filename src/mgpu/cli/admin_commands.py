@@ -151,6 +151,11 @@ def _node_config(ns: argparse.Namespace, **extra: Any) -> Any:
     return cfg
 
 
+def _rest_flags(ns: argparse.Namespace) -> dict[str, Any]:
+    """The SLURM bridge's slurmrestd flags (``--slurm-rest``, ``--slurm-jwt-file``)."""
+    return {"slurm_rest": ns.slurm_rest, "slurm_jwt_file": ns.slurm_jwt_file}
+
+
 def _log_config(ns: argparse.Namespace) -> Any:
     from mgpu.core.config import LogConfig
 
@@ -163,13 +168,15 @@ def cmd_server(ns: argparse.Namespace) -> int:
     backend = load_config(ns, BackendConfig, {
         "kind": None if ns.backend in (None, "local") else ns.backend,
         "partition": ns.partition, "slurm_poll": ns.slurm_poll,
-        "mgpu_partition": ns.mgpu_partition, "slurm_queue": ns.slurm_queue})[0]
+        "mgpu_partition": ns.mgpu_partition, "slurm_queue": ns.slurm_queue,
+        **_rest_flags(ns)})[0]
     if ns.backend == "local":
         raise UsageError("mgpu server --backend local: the master runs no jobs itself; start "
                          "`mgpu node` on each GPU machine (or `mgpu up` for one machine)")
     given = [f for f, v in (("--partition", ns.partition), ("--slurm-poll", ns.slurm_poll),
                             ("--mgpu-partition", ns.mgpu_partition),
-                            ("--slurm-queue", ns.slurm_queue)) if v is not None]
+                            ("--slurm-queue", ns.slurm_queue), ("--slurm-rest", ns.slurm_rest),
+                            ("--slurm-jwt-file", ns.slurm_jwt_file)) if v is not None]
     if given and backend.kind != "slurm":
         raise UsageError(f"mgpu server {given[0]} goes with --backend slurm (a master that "
                          "runs its own SLURM bridge)")
@@ -193,6 +200,7 @@ def cmd_node(ns: argparse.Namespace) -> int:
         join_token_file=ns.join_token_file,
         max_output_mib=ns.max_output_mib,
         backend=ns.backend, partition=ns.partition, slurm_poll=ns.slurm_poll,
+        **_rest_flags(ns),
     )
     from mgpu.node.manager import run_node
 
@@ -203,7 +211,7 @@ def cmd_up(ns: argparse.Namespace) -> int:
     master = _master_config(ns)
     node_dir = os.path.join(ns.data_dir, "node") if ns.data_dir else None
     node = _node_config(ns, master_port=master.port, data_dir=node_dir, backend=ns.backend,
-                        partition=ns.partition, slurm_poll=ns.slurm_poll)
+                        partition=ns.partition, slurm_poll=ns.slurm_poll, **_rest_flags(ns))
     from mgpu.cli.up import run_up
 
     return int(run_up(master, node, _log_config(ns)))

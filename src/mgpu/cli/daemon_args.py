@@ -84,6 +84,12 @@ def backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slurm-queue", action="store_true", default=None,
                    help="slurm: hand jobs to SLURM's queue at once; dependencies, holds and "
                    "--begin become SLURM's own (README \"Queue in SLURM\")")
+    p.add_argument("--slurm-rest", metavar="URL",
+                   help="slurm: ask slurmrestd at URL (unix:/path/to.sock or "
+                   "http://host:6820) instead of running sbatch, squeue and scancel")
+    p.add_argument("--slurm-jwt-file", metavar="PATH",
+                   help="slurm: the JWT slurmrestd gets (read at each request; default: "
+                   "MGPU_SLURM_JWT, else none: rest_auth/local)")
     p.add_argument("--mgpu-partition", metavar="NAME",
                    help="the node's partition in mgpu: jobs with -p NAME run only there "
                    "(default: slurm for a SLURM bridge, else the default partition)")

@@ -43,6 +43,8 @@ def bridge_config(master_cfg: MasterConfig, backend: BackendConfig, master: Mast
     node = replace(
         node, backend="slurm", partition=backend.partition, slurm_poll=backend.slurm_poll,
         mgpu_partition=backend.mgpu_partition, slurm_queue=backend.slurm_queue,
+        slurm_rest=backend.slurm_rest,
+        slurm_jwt=backend.slurm_jwt, slurm_jwt_file=backend.slurm_jwt_file,
         data_dir=backend.data_dir or master_cfg.data_dir / "backend", port=0, pool=None)
     return joined(node, master_cfg, master)
 

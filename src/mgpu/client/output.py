@@ -86,6 +86,7 @@ def job_detail(job: SimpleJob, now: datetime) -> str:
         ("gpus", str(job.gpus)),
         ("node", job.node or "-"),
         ("backend_id", job.backend_id or "-"),
+        ("backend_nodes", job.backend_nodes or "-"),  # (SLURM's nodes of a bridge's job)
         ("partition", job.partition or "(default)"),  # its -p (README "Mixed mode")
         ("gpu_ids", ",".join(map(str, job.gpu_ids)) or "-"),
         ("command", job.command),

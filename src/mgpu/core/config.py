@@ -34,6 +34,20 @@ def _env(name: str, *, secret: bool = False) -> dict[str, Any]:
 FOREIGN_GPU_POLICIES = ("avoid", "ignore")
 
 
+def check_slurm_rest(url: str | None, name: str) -> None:
+    """A :class:`ConfigError` unless slurmrestd's address ``url`` (setting ``name``) is
+    None, ``unix:/absolute/path`` or ``http(s)://host:port``."""
+    if url is None:
+        return
+    if url.startswith("unix:"):
+        if not url[5:].startswith("/"):
+            raise ConfigError(f"{name} is {url!r}: a unix socket needs an absolute path "
+                              "(unix:/run/slurmrestd/slurmrestd.socket)")
+    elif not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1]) == 0:
+        raise ConfigError(f"{name} is {url!r}: give slurmrestd's address as "
+                          "unix:/path/to/slurmrestd.socket or http://host:6820")
+
+
 def check_gpu_policy(policy: str | None, min_free_mib: int | None) -> None:
     """A :class:`ConfigError` unless ``foreign_gpu_policy`` is avoid or ignore (or None) and
     ``min_free_mib`` is 0 or more (or None)."""
@@ -213,10 +227,17 @@ class NodeConfig:
     # -p NAME run only on its nodes. None: a SLURM bridge's is "slurm", a local node's the
     # default partition ("" names the default partition for a bridge too).
     mgpu_partition: str | None = field(default=None, metadata=_env("MGPU_NODE_PARTITION"))
+    # A SLURM bridge's transport (README "SLURM through slurmrestd"): None, SLURM's commands
+    # (sbatch, squeue, scancel); else slurmrestd at this address ("unix:/path/to.sock" or
+    # "http://host:port"), with the JWT of slurm_jwt_file (wins) or slurm_jwt, if any.
+    slurm_rest: str | None = field(default=None, metadata=_env("MGPU_SLURM_REST"))
+    slurm_jwt: str | None = field(default=None, metadata=_env("MGPU_SLURM_JWT", secret=True))
+    slurm_jwt_file: Path | None = field(default=None, metadata=_env("MGPU_SLURM_JWT_FILE"))
 
     def __post_init__(self) -> None:
         check_gpu_policy(self.foreign_gpu_policy, self.min_free_mib)
         check_name(self.mgpu_partition, "mgpu_partition (--mgpu-partition)")
+        check_slurm_rest(self.slurm_rest, "slurm_rest (--slurm-rest, MGPU_SLURM_REST)")
 
     @property
     def effective_data_dir(self) -> Path:
@@ -259,12 +280,18 @@ class BackendConfig:
     # The bridge's runs and SLURM's output files (None: the master's data dir's "backend").
     # Jobs that run as their users write there: as root, give one every user may enter.
     data_dir: Path | None = field(default=None, metadata=_env("MGPU_BACKEND_DATA_DIR"))
+    # The bridge's transport, as NodeConfig's: SLURM's commands, or slurmrestd (and a JWT).
+    slurm_rest: str | None = field(default=None, metadata=_env("MGPU_SLURM_REST"))
+    slurm_jwt: str | None = field(default=None, metadata=_env("MGPU_SLURM_JWT", secret=True))
+    slurm_jwt_file: Path | None = field(default=None, metadata=_env("MGPU_SLURM_JWT_FILE"))
 
     def __post_init__(self) -> None:
         if self.kind not in ("none", "slurm"):
             raise ConfigError(f"[backend] kind (MGPU_BACKEND, --backend) is {self.kind!r}: use "
                               "slurm (the master runs a SLURM bridge) or none")
         check_name(self.mgpu_partition, "[backend] mgpu_partition (--mgpu-partition)")
+        check_slurm_rest(self.slurm_rest, "[backend] slurm_rest (--slurm-rest, "
+                         "MGPU_SLURM_REST)")
 
 
 @dataclass(frozen=True)

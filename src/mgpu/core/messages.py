@@ -53,6 +53,7 @@ from mgpu.core.frames import frame as frame
 from mgpu.core.frames import split_frames as split_frames
 from mgpu.core.models import EndCause, GpuInfo, GpuUsage, run_key
 from mgpu.core.models import MessageType as MessageType
+from mgpu.core.node_models import BackendNode as BackendNode
 from mgpu.core.partitions import PARTITION_PATTERN
 
 T_co = TypeVar("T_co", covariant=True)
@@ -111,6 +112,9 @@ class Register(msgspec.Struct, tag=MessageType.REGISTER.value):
     # A SLURM bridge in queue-in-SLURM mode (`--slurm-queue`): jobs bound for it are handed
     # to it at once, to wait in SLURM's queue (server/handoff.py).
     slurm_queue: bool = False
+    # A SLURM bridge: the nodes of its SLURM partition and their GPUs, so that the master
+    # can place a multi-node job there whole (``sbatch -N``); None for any other node.
+    backend_nodes: Annotated[list[BackendNode], msgspec.Meta(max_length=65536)] | None = None
 
 
 class NodeHealth(msgspec.Struct, tag=MessageType.NODE_HEALTH.value):
@@ -171,6 +175,8 @@ class JobStarted(msgspec.Struct, tag=MessageType.JOB_STARTED.value):
     pid: Annotated[int, msgspec.Meta(ge=-1, le=2**31)]
     run: RunNo = 0
     backend_id: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    # The engine's nodes it runs on, as the engine writes them (SLURM's NodeList, "n[1-2]").
+    backend_nodes: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
     # A gang job's rank 0 (core/gang.py): the MASTER_ADDR:MASTER_PORT its agent picked.
     rendezvous: Annotated[str, msgspec.Meta(max_length=300)] | None = None
 
@@ -290,6 +296,10 @@ class StartJob(msgspec.Struct, tag=MessageType.START_JOB.value):
     tasks: int = 1  # tasks of the job on this node (core/gang.py: the task launcher)
     # To a queue-in-SLURM bridge: the run waits in SLURM's queue, with these of its controls.
     queue: QueueOrder | None = None
+    # A multi-node or several-task job that the node's engine runs whole (a SLURM bridge:
+    # ``sbatch -N``): its node count, ``tasks`` on each, ``gpu_ids`` all of them (0: not
+    # such a job; mgpu's own gangs come in parts, one StartJob a node).
+    nodes: int = 0
 
 
 class CancelJob(msgspec.Struct, tag=MessageType.CANCEL_JOB.value):

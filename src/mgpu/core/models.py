@@ -288,6 +288,8 @@ class SimpleJob(msgspec.Struct, kw_only=True):
     rendezvous: str | None = None  # MASTER_ADDR:MASTER_PORT, as rank 0's agent chose them
     # Partitions (README "Mixed mode"): the partition it asked for (None: the default).
     partition: str | None = None
+    # The SLURM nodes its current run holds (SLURM's NodeList, "n[1-2]"), on a SLURM bridge.
+    backend_nodes: str | None = None
 
     @property
     def gpus_per_node(self) -> int:
@@ -343,7 +345,7 @@ def advance(
         job.started_at = None
         job.ended_at = None
         job.exit_code = None
-        job.backend_id = None
+        job.backend_id = job.backend_nodes = None
         job.parts = None
         job.rendezvous = None
     else:

@@ -60,6 +60,15 @@ class GpuInfo(msgspec.Struct, kw_only=True):
         return max(0, self.memory_total_mib - self.memory_used_mib)
 
 
+class BackendNode(msgspec.Struct, kw_only=True):
+    """One node of the engine behind a SLURM bridge (a SLURM node of its partition): its
+    name and its GPUs (gres ``gpu``). A bridge registers its partition's, which is how the
+    master knows whether a multi-node job fits there (``sbatch -N``)."""
+
+    name: Annotated[str, msgspec.Meta(max_length=256)]
+    gpus: Annotated[int, msgspec.Meta(ge=0, le=65535)]
+
+
 class NodeInfo(msgspec.Struct, kw_only=True):
     """A node agent as the master sees it. ``free_gpu_ids``: the GPUs the master would
     allocate now (none held by a job, none it avoids as busy outside mgpu or short of
@@ -78,6 +87,8 @@ class NodeInfo(msgspec.Struct, kw_only=True):
     drain_reason: str | None = None  # why, as the admin (or the pool) said
     free_gpu_ids: list[int] | None = None
     partition: str | None = None  # its partition (core/partitions.py); None: the default
+    # A SLURM bridge's partition: its SLURM nodes and their GPUs (None: not a bridge).
+    backend_nodes: list[BackendNode] | None = None
 
     @property
     def free_gpus(self) -> list[int]:

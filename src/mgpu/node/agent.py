@@ -227,14 +227,14 @@ class Agent:
         assert sup is not None and self.gpus is not None
         held = [m.RunningReport(j.job_id, j.run, sup.output_size(j.key))
                 for j in sup.jobs.values()]
-        data_dir = self.cfg.effective_data_dir
         register = m.Register(
             node_id=self.node_id, hostname=socket.gethostname(), running=held,
             gpus=self.gpuwatch.with_usage(self.gpus) if self.gpuwatch else self.gpus,
-            credential=credential.load(data_dir, self.node_id),
+            credential=credential.load(self.cfg.effective_data_dir, self.node_id),
             users=self.users, degraded=self.degraded, pool=self.cfg.pool,
             foreign_gpu_policy=self.cfg.foreign_gpu_policy, min_free_mib=self.cfg.min_free_mib,
-            partition=partition_of(self.cfg), slurm_queue=queue_mode(self.cfg))
+            partition=partition_of(self.cfg), slurm_queue=queue_mode(self.cfg),
+            backend_nodes=sup.backend_nodes)
         await ws.send_bytes(m.node_encoder.encode(register))
         first = await ws.receive(timeout=30)
         if first.type is not aiohttp.WSMsgType.BINARY:
@@ -252,7 +252,7 @@ class Agent:
             self.log.error("%s", self.fatal.message)
             return
         if reply.credential is not None:  # the node id's first join: kept before anything
-            credential.save(data_dir, self.node_id, reply.credential)
+            credential.save(self.cfg.effective_data_dir, self.node_id, reply.credential)
         out = Outbox()
         writer = asyncio.create_task(out.send_all(ws, self._pump))
         beat = asyncio.create_task(self._heartbeat(out, reply.heartbeat_interval))

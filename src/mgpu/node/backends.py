@@ -35,9 +35,12 @@ async def offered_gpus(cfg: NodeConfig, gpus: list[GpuInfo] | None,
     if gpus is not None:
         return gpus, source
     if cfg.backend == "slurm":
-        from mgpu.node import slurm_cli
+        import os
 
-        return await slurm_cli.offered_gpus(cfg)
+        from mgpu.node import slurm_cli
+        from mgpu.node.slurm_rest import transport_of
+
+        return await slurm_cli.offered_gpus(cfg, transport_of(cfg, os.environ).partition_gpus)
     from mgpu.utils.gpu import detect_gpus, parse_gpu_list
 
     restrict = parse_gpu_list(cfg.gpus) if cfg.gpus else None

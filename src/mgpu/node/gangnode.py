@@ -32,12 +32,17 @@ def free_port(address: str) -> int:
 
 
 def refusal(msg: m.StartJob, backend: str) -> str | None:
-    """Why this node will not run ``msg``: a part of a multi-task job reaches a SLURM
-    bridge only if the policy put it there by mistake; SLURM would have to start its
-    tasks (``sbatch -N``), which the bridge does not do yet."""
-    if backend == "slurm" and (msg.rendezvous or msg.tasks > 1 or "NODE_RANK" in msg.env):
-        return ("a multi-node or several-task job cannot run through the SLURM bridge: run "
-                "it on mgpu's own nodes (drop -p/--partition), or submit it to SLURM itself")
+    """Why this node will not run ``msg``: a SLURM bridge runs a gang whole (``nodes``: it
+    ``sbatch -N``-s it), never one node's part of an mgpu gang, which reaches it only when a
+    partition mixes bridges and mgpu's own nodes; an mgpu node runs parts, not whole gangs."""
+    if backend == "slurm" and (msg.rendezvous or "NODE_RANK" in msg.env or (
+            msg.tasks > 1 and not msg.nodes)):
+        return ("one node's part of a multi-node job cannot run through the SLURM bridge: "
+                "submit the job to a partition of SLURM bridges alone (-p slurm), where "
+                "SLURM runs it whole, or to mgpu's own nodes")
+    if backend != "slurm" and msg.nodes:
+        return ("a multi-node job to be run whole by SLURM reached a node that is no SLURM "
+                "bridge: submit it again")
     return None
 
 
@@ -56,7 +61,7 @@ def prepare(msg: m.StartJob, address: str, send: Callable[[m.JobStarted], None])
             env["SLURM_LAUNCH_NODE_IPADDR"] = address
         started = m.JobStarted(msg.job_id, -1, run=msg.run, rendezvous=f"{address}:{port}")
     argv = msg.argv
-    if msg.tasks > 1:
+    if msg.tasks > 1 and not msg.nodes:  # (a bridge's whole gang: srun starts the tasks)
         inner = argv if argv else ["/bin/sh", "-c", msg.command]
         argv = [sys.executable, "-m", "mgpu.node.tasks", "--", *inner]
     if env is not msg.env or argv is not msg.argv:

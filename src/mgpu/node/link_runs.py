@@ -40,6 +40,8 @@ class LinkRuns:
     on_ended: OnEnded
     has_room: Callable[[], bool]
     input: InputPump
+    # What the node registers of the engine behind it: a SLURM bridge's nodes (slurm.py).
+    backend_nodes: list[m.BackendNode] | None = None
 
     def spool(self, key: str) -> Path:
         return self.spool_dir / f"{key}.out"

@@ -6,19 +6,21 @@ master it is one more node. :class:`SlurmLink` stands where the agent's
 :class:`~mgpu.node.keeper_link.KeeperLink` stands, with the same orders:
 
 * **start**: the run's :class:`~mgpu.node.slurm_submit.Submission`, sent through
-  :attr:`SlurmLink.api` (:class:`~mgpu.node.slurm_submit.SlurmCommands`): ``sbatch`` of
+  :attr:`SlurmLink.api` (``sbatch``; or slurmrestd with ``--slurm-rest``: ``slurm_rest``) of
   the command (script on stdin) with ``--gres=gpu:N``, ``-t`` (whole minutes, rounded
   up: the bridge holds the job to the exact limit itself, with ``scancel``), ``--comment
   "mgpu job ID.RUN NAME (node N)"``, the submitter's directory and environment, and
   output files in ``DATA/slurm/output``. The SLURM job id goes to the master
   (:class:`~mgpu.core.messages.JobStarted` ``backend_id``), which shows it in ``mgpu
   show``. Jobs asking for stdin or a terminal are refused with the fix.
-* **output**: the files SLURM writes are followed every :data:`TAIL_INTERVAL` and copied,
-  framed (stdout, stderr), into the run's spool, from which the agent's usual forwarding
+* **output** (:mod:`~mgpu.node.slurm_follow`): the files SLURM writes are followed
+  every :data:`~mgpu.node.slurm_follow.TAIL_INTERVAL` and copied, framed (stdout,
+  stderr), into the run's spool, from which the agent's usual forwarding
   (:class:`~mgpu.node.link_runs.LinkRuns`) sends them: ``mgpu logs -f`` and ``srun`` work.
-* **state**: one batched ``squeue --json`` per ``slurm_poll`` seconds for every live run;
-  SLURM's end maps to mgpu's (:func:`~mgpu.node.slurm_cli.end_of`). A job cancelled with
-  ``scancel`` outside mgpu ends as cancelled.
+* **state**: one batched ``squeue`` (or the transport's query) per ``slurm_poll``
+  seconds for every live run; SLURM's end maps to mgpu's
+  (:func:`~mgpu.node.slurm_cli.end_of`). A job cancelled with ``scancel`` outside mgpu
+  ends as cancelled.
 * **cancel**, a time limit, fencing: ``scancel``; the state mgpu wanted is kept so that
   SLURM's CANCELLED reads as cancelled, timeout or node_fail.
 * **restart**: each run's SLURM id and end are kept in ``DATA/slurm/runs.json``; a
@@ -38,23 +40,22 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from mgpu.core import messages as m
 from mgpu.core.config import NodeConfig
 from mgpu.core.timefmt import format_duration
 from mgpu.node import slurm_cli as sc
-from mgpu.node.link_runs import READ_CHUNK, LinkRuns, OnEnded, OnOutput
+from mgpu.node.link_runs import OnEnded, OnOutput
 from mgpu.node.runs import NodeRun
+from mgpu.node.slurm_follow import SlurmFollow
+from mgpu.node.slurm_rest import transport_of
 from mgpu.node.slurm_runs import SlurmRun, load_runs, save_runs
-from mgpu.node.slurm_submit import SlurmCommands, Submission, submission_of
+from mgpu.node.slurm_submit import Submission, submission_of
 from mgpu.node.stdin import InputPump
-from mgpu.utils.spool import read_at
 
 log = logging.getLogger("mgpu.node.slurm")
 
-TAIL_INTERVAL = 0.2  # seconds between looks at the output files
 RETRY = (0.5, 5.0)  # seconds between sbatch attempts while SLURM does not answer: first, most
 CLOSE_WAIT = 5.0  # seconds a stopping bridge waits for its sbatch and scancel calls
 MISSING_POLLS = 3  # polls a job may be absent from squeue before it counts as lost
@@ -63,7 +64,7 @@ NO_STDIN = ("the SLURM backend gives a job no stdin and no terminal: run it with
             "one of mgpu's own nodes")
 
 
-class SlurmLink(LinkRuns):
+class SlurmLink(SlurmFollow):
     """Runs jobs in SLURM; reports their output and ends through the agent's callbacks (as
     :class:`~mgpu.node.keeper_link.KeeperLink` does); ``send`` carries the SLURM job ids."""
 
@@ -83,12 +84,12 @@ class SlurmLink(LinkRuns):
         self.on_ended = on_ended
         self.send = send
         self.has_room = has_room
-        self.jobs: dict[str, SlurmRun] = {}  # type: ignore[assignment]
+        self.jobs: dict[str, SlurmRun] = {}
         self.input = InputPump(lambda *_: None, lambda _: None)  # (no input: refused)
         self.fence: float | None = None
         self.keeper_pid = 0
         self.env = dict(os.environ)  # SLURM's commands' (SLURM_CONF, PATH)
-        self.api = SlurmCommands(self.env)  # how SLURM is asked
+        self.api = transport_of(cfg, self.env)  # how SLURM is asked: commands, or REST
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -103,7 +104,15 @@ class SlurmLink(LinkRuns):
             d.mkdir(exist_ok=True, mode=0o711)  # job users reach their own, list none
             d.chmod(0o711)
         await self._adopt_saved()
+        await self._shape()
         self._loop_task = asyncio.create_task(self._follow())
+
+    async def _shape(self) -> None:
+        """Learn the partition's SLURM nodes and their GPUs, which the node registers (the
+        master places multi-node jobs by them); tried again each poll until SLURM answers."""
+        with contextlib.suppress(sc.SlurmError):
+            self.backend_nodes = [m.BackendNode(name=n, gpus=g) for n, g in (
+                await sc.partition_nodes(self.cfg.partition, self.env)).items()]
 
     async def close(self, kill_jobs: bool) -> None:
         """Stop following; with ``kill_jobs``, ``scancel`` every live run first (else they
@@ -150,7 +159,7 @@ class SlurmLink(LinkRuns):
         """Submit a run to SLURM (in the background); its id, output and end come back."""
         job = SlurmRun(msg.job_id, msg.run, time_limit=msg.time_limit,
                        comment=f"mgpu job {msg.job_id}.{msg.run} {msg.name} "
-                               f"(node {self.node_id})")
+                               f"(node {self.node_id})", tasks=max(1, msg.nodes) * msg.tasks)
         self.jobs[job.key] = job
         if msg.stdin or msg.pty:
             self._fail(job, NO_STDIN)
@@ -278,8 +287,8 @@ class SlurmLink(LinkRuns):
             if not self.has_room():
                 return False
             job.id_sent = True
-            self.send(m.JobStarted(job.job_id, -1, run=job.run,
-                                   backend_id=str(job.slurm_id)))
+            self.send(m.JobStarted(job.job_id, -1, run=job.run, backend_id=str(job.slurm_id),
+                                   backend_nodes=job.nodes or None))
         return super()._forward(job)
 
     # ------------------------------------------------------------------ following
@@ -294,62 +303,6 @@ class SlurmLink(LinkRuns):
         if not task.cancelled() and task.exception() is not None:
             log.warning("SLURM: %s", task.exception())
 
-    def _outputs(self, key: str) -> tuple[Path, Path]:
-        return self.out_dir / f"{key}.stdout", self.out_dir / f"{key}.stderr"
-
-    async def _follow(self) -> None:
-        """Copy new output every :data:`TAIL_INTERVAL`; ask squeue every ``slurm_poll``."""
-        loop = asyncio.get_running_loop()
-        next_poll = 0.0
-        while True:
-            for job in list(self.jobs.values()):
-                if job.ended is None:
-                    self._tail(job)
-            if loop.time() >= next_poll or self._wake.is_set():
-                self._wake.clear()
-                next_poll = loop.time() + self.cfg.slurm_poll
-                try:
-                    await self._poll()
-                except sc.SlurmError as e:
-                    self._slurm_down(e)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), TAIL_INTERVAL)
-
-    def _slurm_down(self, e: sc.SlurmError) -> None:
-        """SLURM failed us: while its controller does not answer, the node is degraded
-        (the master places nothing new here); other failures are logged once."""
-        if self.down is None or self.down != e.message:
-            if e.unreachable:
-                self.on_health(f"SLURM does not answer: {e.message}")
-            else:
-                log.warning("cannot ask SLURM about its jobs: %s", e.message)
-            self.down = e.message
-
-    def _slurm_up(self) -> None:
-        if self.down is not None:
-            self.down = None
-            self.on_health(None)
-
-    def _tail(self, job: SlurmRun) -> None:
-        """Copy what SLURM's output files gained into the run's spool, framed."""
-        out, err = self._outputs(job.key)
-        grew = False
-        for stream, path in ((m.STREAM_STDOUT, out), (m.STREAM_STDERR, err)):
-            while True:
-                offset = job.out_read if stream == m.STREAM_STDOUT else job.err_read
-                data = read_at(path, offset, READ_CHUNK)
-                if not data:
-                    break
-                with open(self.spool(job.key), "ab") as f:
-                    f.write(m.frame(stream, data))
-                if stream == m.STREAM_STDOUT:
-                    job.out_read += len(data)
-                else:
-                    job.err_read += len(data)
-                grew = True
-        if grew:
-            self.pump(job.key)
-
     async def _query(self, ids: list[int]) -> dict[Any, sc.SlurmJob]:
         """What squeue says of the SLURM jobs ``ids``, by :meth:`_key`."""
         return dict(await self.api.query(ids))
@@ -358,6 +311,8 @@ class SlurmLink(LinkRuns):
         return job.slurm_id  # (an array's task: slurm_queue.py)
 
     async def _poll(self) -> None:
+        if self.backend_nodes is None:
+            await self._shape()
         live = {self._key(j): j for j in self.jobs.values()
                 if j.ended is None and j.slurm_id is not None}
         if not live:
@@ -376,6 +331,9 @@ class SlurmLink(LinkRuns):
                               None))
                 continue
             job.missing = 0
+            if sj.nodes and sj.nodes != job.nodes:  # (where SLURM runs it: the master's too)
+                job.nodes, job.id_sent = sj.nodes, False
+                self._forward(job)
             self._seen(job, sj)
             end = sc.end_of(sj, job.wanted)
             if end is not None:
@@ -387,7 +345,9 @@ class SlurmLink(LinkRuns):
         self._save()
 
     def _end(self, job: SlurmRun, end: sc.End) -> None:
-        self._tail(job)
+        self._tail(job, final=True)
+        if job.failure is not None and end.state == "failed":  # a gang: srun says which
+            end = sc.End(end.state, job.failure[0], job.failure[1], end.cause)  # task failed
         size = self.output_size(job.key)
         job.known = size
         job.ended = m.JobEnded(job.job_id, job.run, end.state, end.exit_code, end.reason,

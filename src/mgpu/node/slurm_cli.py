@@ -22,7 +22,7 @@ import math
 import os
 import pwd
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -80,6 +80,7 @@ class SlurmJob:
     exit_status: int | None  # a wait status: exit code << 8, or the signal number
     start_time: float  # 0 until it starts
     comment: str
+    nodes: str = ""  # the nodes it runs on, as SLURM writes them ("n[1-2]"); "" before
 
 
 @dataclass(frozen=True)
@@ -127,22 +128,31 @@ def wanted_cause(state: str) -> EndCause:
 
 
 def sbatch_argv(*, name: str, comment: str, gpus: int, time_limit: float | None, cwd: str,
-                stdout: str, stderr: str, partition: str | None) -> list[str]:
+                stdout: str, stderr: str, partition: str | None, nodes: int = 1,
+                tasks_per_node: int = 1) -> list[str]:
     """The ``sbatch`` command line of one run (its script comes on stdin). SLURM counts
     time limits in whole minutes: mgpu's limit is rounded up for SLURM, and the bridge
     holds the job to the exact one. SLURM never requeues it (``--no-requeue``): a run that
     SLURM's node failure or a preemption ends is requeued by mgpu, as a new run, when the
-    job allows (its ``requeue`` and ``max_requeue``)."""
+    job allows (its ``requeue`` and ``max_requeue``). A multi-node or several-task job asks
+    for ``nodes`` nodes with ``tasks_per_node`` tasks and ``gpus`` GPUs on each."""
     argv = ["sbatch", "--parsable", f"--job-name={name}", f"--comment={comment}",
             f"--chdir={cwd}", f"--output={stdout}", f"--error={stderr}",
             "--open-mode=append", "--export=ALL", "--no-requeue"]
+    if nodes > 1 or tasks_per_node > 1:
+        argv += [f"--nodes={nodes}", f"--ntasks-per-node={tasks_per_node}"]
     if gpus > 0:
         argv.append(f"--gres=gpu:{gpus}")
     if time_limit:
-        argv.append(f"--time={max(1, math.ceil(time_limit / 60))}")
+        argv.append(f"--time={minutes(time_limit)}")
     if partition:
         argv.append(f"--partition={partition}")
     return argv
+
+
+def minutes(time_limit: float) -> int:
+    """A time limit in seconds as SLURM's whole minutes, rounded up (at least 1)."""
+    return max(1, math.ceil(time_limit / 60))
 
 
 def parse_sbatch(out: str) -> int:
@@ -156,21 +166,21 @@ def parse_sbatch(out: str) -> int:
 
 # ``squeue -O``: fields cut by "|", the comment (free text) last. (``squeue --json`` would
 # be safer to read, but it ignores ``-j`` and lists every job of the cluster, each poll.)
-SQUEUE_FORMAT = "JobID:|,State:|,Reason:|,exit_code:|,StartTime:|,Comment:"
+SQUEUE_FORMAT = "JobID:|,State:|,Reason:|,exit_code:|,StartTime:|,NodeList:|,Comment:"
 
 
 def parse_squeue(text: str) -> dict[int, SlurmJob]:
     """The jobs of ``squeue -h -O SQUEUE_FORMAT``'s answer, by id."""
     jobs: dict[int, SlurmJob] = {}
     for line in text.splitlines():
-        parts = line.split("|", 5)
-        if len(parts) < 6 or not parts[0].strip().isdigit():
+        parts = line.split("|", 6)
+        if len(parts) < 7 or not parts[0].strip().isdigit():
             continue
-        sid, state, reason, status, start, comment = (p.strip() for p in parts)
+        sid, state, reason, status, start, nodes, comment = (p.strip() for p in parts)
         jobs[int(sid)] = SlurmJob(
             int(sid), state.split()[0] if state else "PENDING", reason,
             int(status) if status.isdigit() else None, _time(start),
-            "" if comment == "(null)" else comment)
+            "" if comment == "(null)" else comment, "" if nodes == "(null)" else nodes)
     return jobs
 
 
@@ -237,12 +247,19 @@ GRES_GPU = re.compile(r"(?:^|,)gpu(?::[^:,(]+)?:(\d+)")
 
 def parse_gres(lines: str) -> int:
     """The GPUs of ``sinfo -h -N -o '%N|%G'`` lines (a node listed once per partition)."""
+    return sum(parse_gres_nodes(lines).values())
+
+
+def parse_gres_nodes(lines: str) -> dict[str, int]:
+    """Each node's GPUs in ``sinfo -h -N -o '%N|%G'`` lines, in the order sinfo lists them
+    (a node listed once per partition counts once)."""
     seen: dict[str, int] = {}
     for line in lines.splitlines():
         node, _, gres = line.partition("|")
+        node = node.strip()
         if node:
             seen[node] = sum(int(n) for n in GRES_GPU.findall(gres.strip()))
-    return sum(seen.values())
+    return seen
 
 
 async def run(argv: list[str], env: Mapping[str, str] | None = None, stdin: bytes = b"",
@@ -311,21 +328,29 @@ async def scontrol_hold(ids: Sequence[int | str], hold: bool,
 
 async def partition_gpus(partition: str | None, env: Mapping[str, str] | None = None) -> int:
     """The GPUs of the partition's nodes (of every partition's when None)."""
+    return sum((await partition_nodes(partition, env)).values())
+
+
+async def partition_nodes(partition: str | None, env: Mapping[str, str] | None = None
+                          ) -> dict[str, int]:
+    """The partition's nodes (every partition's when None) and the GPUs of each."""
     argv = ["sinfo", "-h", "-N", "-o", "%N|%G"] + (["-p", partition] if partition else [])
-    return parse_gres(await run(argv, env))
+    return parse_gres_nodes(await run(argv, env))
 
 
-async def offered_gpus(cfg: NodeConfig) -> tuple[list[GpuInfo], str]:
-    """The GPUs the bridge offers: ``--fake-gpus N`` when given, else the partition's."""
+async def offered_gpus(cfg: NodeConfig, count_gpus: Callable[[str | None], Awaitable[int]]
+                       | None = None) -> tuple[list[GpuInfo], str]:
+    """The GPUs the bridge offers: ``--fake-gpus N`` when given, else the partition's, as
+    ``count_gpus`` (the transport's) counts them (default: ``sinfo``'s)."""
     where = f"SLURM partition {cfg.partition}" if cfg.partition else "SLURM"
     if cfg.fake_gpus is not None:  # (a count, or a spec as `4:A100:80G`: its count)
         from mgpu.utils.gpu import parse_fake_spec
 
         count = len(parse_fake_spec(cfg.fake_gpus))
     else:
-        count = await partition_gpus(cfg.partition)
+        count = await (count_gpus or partition_gpus)(cfg.partition)
     if count <= 0:
-        raise ConfigError(f"{where} has no GPUs (no gres gpu in sinfo): pass --partition "
+        raise ConfigError(f"{where} has no GPUs (no gres gpu on its nodes): pass --partition "
                           "with a partition that has some, or --fake-gpus N to offer N")
     name = f"slurm:{cfg.partition or 'default'}"
     return [GpuInfo(index=i, name=name, memory_total_mib=0) for i in range(count)], where

@@ -40,12 +40,13 @@ import msgspec
 from mgpu.core import messages as m
 from mgpu.core.config import NodeConfig
 from mgpu.core.controls import parse_dependency
+from mgpu.core.errors import ConfigError
 from mgpu.node import slurm_cli as sc
 from mgpu.node.link_runs import OnEnded, OnOutput
 from mgpu.node.runs import NodeRun
 from mgpu.node.slurm import SlurmLink
 from mgpu.node.slurm_runs import SlurmRun
-from mgpu.node.slurm_submit import Submission, job_env
+from mgpu.node.slurm_submit import SlurmCommands, Submission, job_env
 
 log = logging.getLogger("mgpu.node.slurm")
 
@@ -91,6 +92,10 @@ class QueueLink(SlurmLink):
                  send: Callable[[m.NodeMessage], None], has_room: Callable[[], bool],
                  on_health: Callable[[str | None], None]) -> None:
         super().__init__(cfg, on_output, on_ended, send, has_room, on_health)
+        if not isinstance(self.api, SlurmCommands):  # (slurmrestd: slurm_rest.py)
+            raise ConfigError("--slurm-queue asks SLURM through its commands (sbatch, "
+                              "squeue, scontrol): drop --slurm-rest, or --slurm-queue")
+        self.commands = self.api  # (holds, releases, an array's tasks: SLURM's commands)
         self.states: dict[str, _State] = {}  # run key -> what squeue said last
         self.reported: dict[str, _State] = {}  # run key -> what the master heard (this link)
         self._known: dict[int, asyncio.Event] = {}  # job id -> set once its SLURM id is
@@ -218,7 +223,7 @@ class QueueLink(SlurmLink):
                     if task.slurm_id is None and task.ended is None:
                         task.slurm_id = job.slurm_id
                         if task.wanted is not None:  # (cancelled meanwhile)
-                            self._spawn(self.api.cancel([ref(task)]))
+                            self._spawn(self.commands.cancel([ref(task)]))
                 self._save()
                 for task in self._array(job):
                     self._forward(task)
@@ -264,7 +269,7 @@ class QueueLink(SlurmLink):
     async def _query(self, ids: list[int]) -> dict[Any, sc.SlurmJob]:
         """squeue's rows; an array's task that was pending and is gone was cancelled: SLURM
         drops a pending task it cancels from its array's row and keeps no record of it."""
-        rows: dict[Any, sc.SlurmJob] = dict(await self.api.query_tasks(ids))
+        rows: dict[Any, sc.SlurmJob] = dict(await self.commands.query_tasks(ids))
         asked = set(ids)
         for job in self.jobs.values():
             key, last = self._key(job), self.states.get(job.key)
@@ -287,12 +292,12 @@ class QueueLink(SlurmLink):
             job.wanted = (state, reason)
             self._save()
         if job.slurm_id is not None:
-            self._spawn(self.api.cancel([ref(job)]))
+            self._spawn(self.commands.cancel([ref(job)]))
 
     def signal(self, job_id: int, signum: int) -> None:
         job = self.active(job_id)
         if job is not None and job.slurm_id is not None:
-            self._spawn(self.api.cancel([ref(job)], signum))
+            self._spawn(self.commands.cancel([ref(job)], signum))
 
     def hold(self, job_id: int, hold: bool) -> None:
         """Hold or release the run of ``job_id`` in SLURM (once SLURM has it)."""
@@ -303,6 +308,6 @@ class QueueLink(SlurmLink):
             sid = await self._slurm_ref(job_id)
         except LookupError:
             return  # (it failed before SLURM had it: its end says so)
-        await (self.api.hold if hold else self.api.release)([sid])
+        await (self.commands.hold if hold else self.commands.release)([sid])
         log.info("job %d (SLURM job %s) %s", job_id, sid, "held" if hold else "released")
         self._wake.set()  # (squeue's new reason reaches the master at once)

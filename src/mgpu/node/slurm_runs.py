@@ -13,13 +13,15 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mgpu.core import messages as m
+from mgpu.core.gang import TASK_OFFSET
 from mgpu.core.models import EndCause
 from mgpu.node.runs import NodeRun
+from mgpu.node.slurm_gang import LabelSplitter, first_failure, label_width, raw_length
 from mgpu.utils.atomic import write_atomic
 
 
@@ -33,11 +35,29 @@ class SlurmRun(NodeRun):
     wanted: tuple[str, str] | None = None  # the end mgpu asked for when it cancelled it
     time_limit: float | None = None
     comment: str = ""
-    id_sent: bool = False  # the SLURM id went to the master on this link
+    id_sent: bool = False  # the SLURM id (and nodes, once known) went to the master
+    nodes: str = ""  # the SLURM nodes it runs on ("n[1-2]"), once squeue says
     missing: int = 0  # polls in a row that squeue did not list it
     # A task of a SLURM array (queue in SLURM): its task id, and its output files' stem.
     array_task: int | None = None
     array_base: str | None = None
+    # A gang run whole by SLURM (slurm_gang.py): its tasks (1: not a gang), its output files'
+    # lines not ended yet, and its first failed task's exit code and words.
+    tasks: int = 1
+    splitters: dict[int, LabelSplitter] = field(default_factory=dict)
+    failure: tuple[int, str] | None = None
+
+    def frames(self, stream: int, data: bytes, final: bool = False
+               ) -> list[tuple[int, bytes]]:
+        """The spool frames of ``data`` read from SLURM's ``stream`` file (a gang's: task
+        frames of its labelled lines, noting srun's word of its first failed task)."""
+        if self.tasks == 1:
+            return [(stream, data)] if data else []
+        out = self.splitters.setdefault(stream, LabelSplitter(stream)).feed(data, final)
+        for kind, line in out:
+            if kind == m.STREAM_STDERR and self.failure is None:
+                self.failure = first_failure(line)
+        return out
 
 
 def save_runs(path: Path, jobs: Mapping[str, SlurmRun]) -> None:
@@ -48,7 +68,7 @@ def save_runs(path: Path, jobs: Mapping[str, SlurmRun]) -> None:
                                               j.ended.reason, j.ended.output_size,
                                               j.ended.end_cause]
         runs[key] = {"slurm_id": j.slurm_id, "wanted": j.wanted, "time_limit": j.time_limit,
-                     "comment": j.comment, "ended": ended,
+                     "comment": j.comment, "ended": ended, "tasks": j.tasks,
                      "array": None if j.array_base is None else [j.array_base, j.array_task]}
     write_atomic(path, json.dumps(runs).encode(), 0o600)
 
@@ -65,11 +85,12 @@ def load_runs(path: Path, spool_of: Callable[[str], Path]) -> list[SlurmRun]:
         job_id, _, run = key.partition(".")
         job = SlurmRun(int(job_id), int(run), slurm_id=rec["slurm_id"],
                        wanted=tuple(rec["wanted"]) if rec["wanted"] else None,
-                       time_limit=rec["time_limit"], comment=rec["comment"])
+                       time_limit=rec["time_limit"], comment=rec["comment"],
+                       tasks=rec.get("tasks", 1))
         if rec.get("array"):
             job.array_base, job.array_task = rec["array"]
         spool = spool_of(key)
-        job.out_read, job.err_read = copied(spool)
+        job.out_read, job.err_read = copied(spool, job)
         job.known = spool.stat().st_size if spool.exists() else 0
         if rec["ended"]:
             state, code, reason, size, cause = rec["ended"]
@@ -79,9 +100,12 @@ def load_runs(path: Path, spool_of: Callable[[str], Path]) -> list[SlurmRun]:
     return runs
 
 
-def copied(spool: Path) -> tuple[int, int]:
+def copied(spool: Path, job: SlurmRun | None = None) -> tuple[int, int]:
     """The bytes of stdout and of stderr in a spool: how far SLURM's output files were
-    copied into it. A frame cut short (the bridge died while writing it) is cut off."""
+    copied into it (for ``job``'s gang: the labels its task frames lost counted back, and
+    its first failed task found again). A frame cut short (the bridge died while writing
+    it) is cut off."""
+    width = label_width(job.tasks) if job is not None else 0
     counts = {m.STREAM_STDOUT: 0, m.STREAM_STDERR: 0}
     try:
         f = open(spool, "r+b")  # noqa: SIM115 - closed below
@@ -95,8 +119,15 @@ def copied(spool: Path) -> tuple[int, int]:
             stream, length = m.FRAME_HEADER.unpack(f.read(m.FRAME_HEADER.size))
             if pos + m.FRAME_HEADER.size + length > size:
                 break
+            end = pos + m.FRAME_HEADER.size + length
+            if job is not None and job.tasks > 1:
+                payload = f.read(length)
+                if stream == m.STREAM_STDERR and job.failure is None:
+                    job.failure = first_failure(payload)
+                length = raw_length(stream, payload, width)
+                stream = stream - TASK_OFFSET if stream > m.STREAM_STDERR else stream
             counts[stream] = counts.get(stream, 0) + length
-            pos += m.FRAME_HEADER.size + length
+            pos = end
         if pos < size:
             f.truncate(pos)
     return counts[m.STREAM_STDOUT], counts[m.STREAM_STDERR]

@@ -1,11 +1,13 @@
 """What the SLURM bridge (:mod:`mgpu.node.slurm`) asks of SLURM, apart from how it asks.
 
-* :class:`Submission` is one run's submission: its resources, limits, files, environment,
-  script and account, built from the master's order by :func:`submission_of`.
+* :class:`Submission` is one run's submission: its resources (a multi-node job's nodes and
+  tasks too: :mod:`slurm_gang`), limits, files, environment, script and account, built from
+  the master's order by :func:`submission_of`.
 * :class:`SlurmCommands` carries the bridge's requests (submit, query, cancel; and hold,
   release for the queue-in-SLURM mode) to SLURM through its commands (``sbatch``,
-  ``squeue``, ``scancel``, ``scontrol``: :mod:`slurm_cli`). Another transport offers the
-  same methods.
+  ``squeue``, ``scancel``, ``scontrol``: :mod:`slurm_cli`), and counts a partition's GPUs
+  (``sinfo``). :class:`~mgpu.node.slurm_rest.SlurmRest`, the other transport, asks
+  slurmrestd the same; both are a :class:`SlurmTransport`.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import pwd
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from mgpu.core import messages as m
 from mgpu.node import slurm_cli as sc
+from mgpu.node import slurm_gang
 from mgpu.node.runs import job_environment
 
 
@@ -26,7 +30,7 @@ class Submission:
 
     name: str
     comment: str  # "mgpu job ID.RUN NAME (node N)": how a lost submission is found again
-    gpus: int
+    gpus: int  # on each node
     time_limit: float | None  # seconds (SLURM gets whole minutes, rounded up)
     cwd: str
     stdout: str  # the output files SLURM appends to
@@ -37,12 +41,16 @@ class Submission:
     account: pwd.struct_passwd | None = None  # whom to submit as (None: the bridge's user)
     # More of sbatch's options (queue in SLURM: --dependency, --hold, --begin).
     options: list[str] = field(default_factory=list)
+    # A gang run whole by SLURM (slurm_gang.py): its nodes, and its tasks on each.
+    nodes: int = 1
+    tasks_per_node: int = 1
 
     def sbatch_argv(self) -> list[str]:
         """The ``sbatch`` command line (the script comes on stdin)."""
         return sc.sbatch_argv(name=self.name, comment=self.comment, gpus=self.gpus,
                               time_limit=self.time_limit, cwd=self.cwd, stdout=self.stdout,
-                              stderr=self.stderr, partition=self.partition) + self.options
+                              stderr=self.stderr, partition=self.partition, nodes=self.nodes,
+                              tasks_per_node=self.tasks_per_node) + self.options
 
 
 def script_of(msg: m.StartJob) -> str:
@@ -73,10 +81,33 @@ def submission_of(msg: m.StartJob, *, comment: str, node_id: str, partition: str
     if account is not None:
         env.update(HOME=account.pw_dir, USER=account.pw_name, LOGNAME=account.pw_name,
                    SHELL=account.pw_shell or "/bin/sh")
-    return Submission(name=msg.name, comment=comment, gpus=len(msg.gpu_ids),
-                      time_limit=msg.time_limit, cwd=msg.cwd, stdout=outputs[0],
-                      stderr=outputs[1], partition=partition, script=script_of(msg),
-                      env=env, account=account)
+    gpus, script = len(msg.gpu_ids), script_of(msg)
+    if msg.nodes:  # a gang run whole: srun starts its tasks (slurm_gang.py)
+        gpus //= msg.nodes
+        script = slurm_gang.script(msg, gpus)
+        env.update(slurm_gang.gang_env(msg))
+    return Submission(name=msg.name, comment=comment, gpus=gpus, time_limit=msg.time_limit,
+                      cwd=msg.cwd, stdout=outputs[0], stderr=outputs[1], partition=partition,
+                      script=script, env=env, account=account, nodes=max(1, msg.nodes),
+                      tasks_per_node=msg.tasks if msg.nodes else 1)
+
+
+class SlurmTransport(Protocol):
+    """How the bridge asks SLURM: each method raises :class:`~slurm_cli.SlurmError` with
+    SLURM's words (``unreachable`` when SLURM cannot be asked now: worth trying again)."""
+
+    async def submit(self, sub: Submission) -> int:
+        """Submit; return the SLURM job id."""
+
+    async def query(self, ids: list[int]) -> dict[int, sc.SlurmJob]:
+        """What SLURM says of the jobs ``ids`` (all its jobs when empty); a job SLURM does
+        not know is left out."""
+
+    async def cancel(self, ids: list[int], signal: int | None = None) -> None:
+        """Cancel the jobs (or, with ``signal``, send it to all their processes)."""
+
+    async def partition_gpus(self, partition: str | None) -> int:
+        """The GPUs (gres ``gpu``) of the partition's nodes (of every node when None)."""
 
 
 class SlurmCommands:
@@ -111,3 +142,6 @@ class SlurmCommands:
     async def release(self, ids: Sequence[int | str]) -> None:
         """Release held jobs."""
         await sc.scontrol_hold(ids, False, self.env)
+    async def partition_gpus(self, partition: str | None) -> int:
+        """The GPUs of the partition's nodes, as ``sinfo`` lists them."""
+        return await sc.partition_gpus(partition, self.env)

@@ -24,6 +24,7 @@ from mgpu.core.models import EndCause, JobSpec, JobState, SimpleJob, TaskPart
 from mgpu.server.accounting import end_run
 from mgpu.server.effects import Effects
 from mgpu.server.node_events import Node
+from mgpu.server.slurm_gang import check_on_bridges
 
 
 class GangJobs(ABC):
@@ -175,6 +176,9 @@ def check_gang(spec: JobSpec, where: str, nodes: Iterable[Node]) -> int:
                          f"{spec.nodes * spec.ntasks_per_node} tasks cannot have one: drop "
                          "--pty (stdin still goes to task 0)")
     each = spec.gpus // spec.nodes
+    nodes = list(nodes)
+    if check_on_bridges(spec, each, where, nodes):  # SLURM runs it whole (slurm_gang.py)
+        return each
     known = [n for n in nodes if len(n.gpus) >= each and n.partition == spec.partition]
     registered = len(known)
     if known and registered < spec.nodes:

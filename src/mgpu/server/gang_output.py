@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from mgpu.core.errors import UsageError
 from mgpu.core.frames import frame, split_frames
-from mgpu.core.gang import LABEL_PREFIX, part_key, task_frame, task_key
+from mgpu.core.gang import LABEL_PREFIX, part_key, task_frame, task_key, untask
 from mgpu.core.models import SimpleJob, run_key
 from mgpu.utils.spool import SpoolDir
 
@@ -56,15 +56,41 @@ class GangOutput:
                     del buf[:end]
         self.cursors[part] = cursor
 
-    def flush(self, job: SimpleJob, rank: int) -> None:
-        """Part ``rank`` ended: pass on its unended lines and forget it."""
+    def flush(self, job: SimpleJob, rank: int | None) -> None:
+        """Part ``rank`` ended: pass on its unended lines and forget it (None: a run
+        :meth:`split` followed ended)."""
         key = run_key(job.id, job.run)
+        if rank is None:
+            self.cursors.pop(key, None)
+            return
         part = part_key(key, rank)
         self.cursors.pop(part, None)
         for stream in (1, 2):
             buf = self.partial.pop((part, stream), None)
             if buf:
                 self._line(job, key, rank, stream, bytes(buf))
+
+    def split(self, job: SimpleJob, since: int) -> None:
+        """A gang that its node's engine runs whole (SLURM: ``server/slurm_gang.py``) sends
+        its output as task frames already: keep each task's lines in the task's own file
+        too (``--task N``), where a gang on mgpu's own nodes keeps them (its node part's
+        file with one task a node, else the task's). ``since``: where the run's file ended
+        before this piece, for a run the merger has not seen yet."""
+        key = run_key(job.id, job.run)
+        cursor = self.cursors.setdefault(key, since)
+        while True:
+            frames, used = split_frames(self.spool.read(key, cursor))
+            if not used:
+                break
+            cursor += used
+            for stream, payload in frames:
+                plain, line = untask(stream, payload, label=False)
+                if plain != stream:  # (srun's own words, unlabelled, stay in the run's)
+                    task = int.from_bytes(payload[:2], "big")
+                    file = (task_key(key, task) if job.ntasks_per_node > 1
+                            else part_key(key, task))
+                    self.spool.append(file, frame(plain, line))
+        self.cursors[key] = cursor
 
     def _line(self, job: SimpleJob, key: str, rank: int, stream: int, line: bytes) -> None:
         per_node = job.ntasks_per_node

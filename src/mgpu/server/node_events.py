@@ -27,6 +27,7 @@ from mgpu.core.models import (
     run_key,
     utc,
 )
+from mgpu.core.node_models import BackendNode
 from mgpu.server.accounting import end_run
 from mgpu.server.effects import Effects
 from mgpu.server.validate import register_problem
@@ -49,6 +50,8 @@ class Node:
     partition: str | None = None  # its partition (core/partitions.py); None: the default
     drain_reason: str | None = None  # draining: no new jobs, its running jobs finish
     slurm_queue: bool = False  # a queue-in-SLURM bridge (server/handoff.py)
+    # A SLURM bridge: its partition's SLURM nodes and their GPUs (server/slurm_gang.py).
+    backend_nodes: list[BackendNode] | None = None
 
     @property
     def takes_jobs(self) -> bool:
@@ -105,6 +108,7 @@ class Node:
             drain_reason=self.drain_reason,
             free_gpu_ids=list(self.free_gpu_ids()),
             partition=self.partition,
+            backend_nodes=self.backend_nodes,
         )
 
     def move(self, to: NodeState) -> None:
@@ -189,7 +193,7 @@ class NodeEvents(ABC):
                                   for g in msg.gpus],
                     hostname=msg.hostname, last_seen=now, users=msg.users, pool=msg.pool,
                     drain_reason=self.drained.get(msg.node_id), partition=msg.partition,
-                    slurm_queue=msg.slurm_queue)
+                    slurm_queue=msg.slurm_queue, backend_nodes=msg.backend_nodes)
         if msg.degraded is not None:
             node.state, node.reason = NodeState.DEGRADED, msg.degraded
         node.gpu_type = common_type([g.name for g in node.gpus])
@@ -288,9 +292,10 @@ class NodeEvents(ABC):
             self.on_rendezvous(node_id, msg, effects)
         job = self.jobs.get(msg.job_id)
         if (msg.backend_id is not None and job is not None and job.node == node_id
-                and job.requeues == msg.run and job.state is JobState.RUNNING
-                and job.backend_id != msg.backend_id):
+                and job.run == msg.run and job.state is JobState.RUNNING
+                and (job.backend_id, job.backend_nodes) != (msg.backend_id, msg.backend_nodes)):
             job.backend_id = msg.backend_id
+            job.backend_nodes = msg.backend_nodes or job.backend_nodes
             effects.update(job)
         return effects
 

@@ -279,6 +279,8 @@ class NodeLink:
                 kept = self.master.output.append_at(file, msg.offset, msg.data)
                 if kept and rank is not None:
                     self.gang_output().feed(job, rank, before)
+                elif kept and job.nodes * job.ntasks_per_node > 1:  # (run whole, by SLURM)
+                    self.gang_output().split(job, before)
             except OSError as e:  # a full disk: drop this output, keep the link and the end
                 if key not in self.master.output_lost:
                     self.master.output_lost.add(key)
@@ -293,7 +295,8 @@ class NodeLink:
         elif isinstance(msg, m.JobEnded):
             job = self.master.state.jobs.get(msg.job_id)
             rank = part_rank(job, node_id)
-            if job is not None and rank is not None and job.run == msg.run:
+            if job is not None and job.run == msg.run and (
+                    rank is not None or job.nodes * job.ntasks_per_node > 1):
                 with contextlib.suppress(OSError):  # (a full disk: said with its output)
                     self.gang_output().flush(job, rank)
             effects.merge(self.master.state.on_job_ended(node_id, msg, now))

@@ -32,6 +32,7 @@ from mgpu.server.fairshare import FairShare
 from mgpu.server.gpu_fit import busy_outside_words, node_free_mib, node_type
 from mgpu.server.node_events import Node
 from mgpu.server.partitions import spill_pass
+from mgpu.server.slurm_gang import as_one_run, bridge_partitions, runs_whole
 
 # One node as a pass sees it: its snapshot (None: it takes no jobs), its running jobs, and
 # the GPUs each user runs there.
@@ -154,6 +155,10 @@ class SchedulingPass(ABC):
             self.plan = ScheduleResult()
             return effects
         pending = spill_pass(self, nodes, now).pending(self.pending_in_order(now))
+        # A gang of a partition of SLURM bridges is one job of all its GPUs to the policy
+        # (it never spills: gangs keep their partition), placed on one bridge, which
+        # sbatch-es it whole (slurm_gang.py): the policy needs no notion of SLURM's nodes.
+        pending = as_one_run(pending, bridge_partitions(self.nodes.values()))
         self.plan = self.policy(Snapshot(now, pending, nodes, running,
                                          self.plan_limit(), self.backfill_depth))
         for p in self.plan.placements:
@@ -165,7 +170,10 @@ class SchedulingPass(ABC):
         job = self.jobs[p.job_id]
         parts = [(p.node_id, p.gpu_ids), *p.more]
         helds = [{g.index: g for g in self.nodes[n].gpus} for n, _ in parts]
-        if job.state is not JobState.PENDING or len(parts) != job.nodes or len(
+        # (a gang that SLURM runs: placed on one bridge; a part of an mgpu gang that the
+        # policy put on a bridge, in a partition that mixes them, goes there as a part)
+        whole = not p.more and runs_whole(job, self.nodes[p.node_id])
+        if job.state is not JobState.PENDING or len(parts) != (1 if whole else job.nodes) or len(
                 {n for n, _ in parts}) != len(parts) or any(
             i not in held or held[i].job_id is not None
             for held, (_, ids) in zip(helds, parts, strict=True) for i in ids
@@ -180,14 +188,15 @@ class SchedulingPass(ABC):
         job.node = p.node_id
         job.gpu_ids = list(p.gpu_ids)
         effects.update(job)
-        if job.nodes > 1 or job.ntasks_per_node > 1:  # a gang: rank 0 first (gang.py)
-            job.parts = [TaskPart(node=n, gpu_ids=list(ids)) for n, ids in parts]
-            self.start_part(job, 0, effects)
+        if (job.nodes > 1 or job.ntasks_per_node > 1) and not whole:  # a gang: rank 0
+            job.parts = [TaskPart(node=n, gpu_ids=list(ids)) for n, ids in parts]  # first
+            self.start_part(job, 0, effects)  # (gang.py)
             return
         effects.sends.append((p.node_id, m.StartJob(
             job_id=job.id, run=job.run, command=job.command, cwd=job.cwd, env=env,
             gpu_ids=job.gpu_ids, user=job.user, name=job.name, time_limit=job.time_limit,
-            stdin=job.stdin, pty=job.pty, argv=job.argv)))
+            stdin=job.stdin, pty=job.pty, argv=job.argv,
+            tasks=job.ntasks_per_node if whole else 1, nodes=job.nodes if whole else 0)))
 
     # ------------------------------------------------------------------ why it waits
 

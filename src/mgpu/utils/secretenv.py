@@ -4,10 +4,10 @@ A job submitted with the submitter's whole environment (``--export=ALL``, the de
 would otherwise carry the submitter's token (``MGPU_TOKEN``) and, on a node's machine, the
 cluster's join secret (``MGPU_JOIN_TOKEN``) to the master, into its database, to the node
 and into every process of the job. :func:`is_secret` says which names are such secrets:
-``MGPU_`` names that end in ``_TOKEN``, ``_SECRET``, ``_PASSWORD`` or ``_CREDENTIAL``, so
-that a secret added later is covered by its name alone (a ``_FILE`` that only points at a
-secret, such as ``MGPU_JOIN_TOKEN_FILE``, is not one). Nothing is imported: the
-``mgpu submit`` path uses this (start-up time).
+``MGPU_`` names that end in ``_TOKEN``, ``_SECRET``, ``_PASSWORD``, ``_CREDENTIAL`` or
+``_JWT`` (``MGPU_SLURM_JWT``), so that a secret added later is covered by its name alone (a
+``_FILE`` that only points at a secret, such as ``MGPU_JOIN_TOKEN_FILE``, is not one).
+Nothing is imported: the ``mgpu submit`` path uses this (start-up time).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs star
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-_SECRET_ENDINGS = ("_TOKEN", "_SECRET", "_PASSWORD", "_CREDENTIAL")
+_SECRET_ENDINGS = ("_TOKEN", "_SECRET", "_PASSWORD", "_CREDENTIAL", "_JWT")
 
 
 def is_secret(name: str) -> bool:
