@@ -14,8 +14,10 @@ Two tiers:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -30,10 +32,12 @@ import pytest
 
 from conftest import Cluster, wait_until
 from mgpu.core import messages as m
+from mgpu.core.config import NodeConfig
 from mgpu.core.frames import STREAM_STDERR, STREAM_STDOUT, frame
 from mgpu.core.models import EndCause, GpuInfo, JobSpec, JobState
 from mgpu.node import slurm_cli as sc
-from mgpu.node.slurm_runs import copied
+from mgpu.node.slurm import SlurmLink
+from mgpu.node.slurm_runs import copied, run_comment
 from mgpu.server.effects import Effects
 from mgpu.server.state import ClusterState
 from slurm_cluster import GPUS, NODE, PARTITION, SlurmCluster
@@ -282,7 +286,8 @@ def test_submit_runs_in_slurm_with_exit_codes_logs_and_id(
     assert sid.isdigit() and done["backend_id"] == sid
     seen = slurm_job(slurm, sid)
     assert seen["job_state"] in ("COMPLETED", ["COMPLETED"])
-    assert seen["comment"] == f"mgpu job {ok}.0 hello (node {BRIDGE})"
+    assert re.fullmatch(rf"mgpu job {ok}\.0 hello \(node {BRIDGE}, [0-9a-f]{{8}}\)",
+                        seen["comment"])
     assert seen["name"] == "hello"
 
 
@@ -391,6 +396,39 @@ def test_while_slurm_does_not_answer_the_bridge_is_degraded_and_jobs_wait(
         assert bridged.mgpu("logs", str(job_id)).stdout.split() == [word]
     assert nodes(bridged)[0]["state"] == "up"
     assert len(squeue(slurm, "-h", "-t", "all").splitlines()) >= 2  # (no lost submission)
+
+
+def test_a_lost_submission_is_looked_for_by_its_own_comment_alone(
+        slurm: SlurmCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bridge that stopped while submitting run 1.0 looks for it in SLURM by its comment
+    when it starts again: an older job 1.0 (an earlier master's, still in SLURM's memory)
+    is not taken for it."""
+    older = run_comment(1, 0, "train", BRIDGE)
+    subprocess.run(["sbatch", "--hold", f"--partition={PARTITION}", f"--comment={older}",
+                    "-o", "/dev/null", "--wrap", "true"], env=slurm.env, check=True,
+                   capture_output=True)
+    data = tmp_path / BRIDGE
+    (data / "slurm").mkdir(parents=True)
+    mine = run_comment(1, 0, "train", BRIDGE)
+    assert mine != older and mine.startswith(f"mgpu job 1.0 train (node {BRIDGE}, ")
+    (data / "slurm" / "runs.json").write_text(json.dumps({"1.0": {
+        "slurm_id": None, "wanted": None, "time_limit": None, "comment": mine,
+        "ended": None}}))
+    monkeypatch.setenv("SLURM_CONF", str(slurm.conf))
+    cfg = NodeConfig(node_id=BRIDGE, data_dir=data, backend="slurm", partition=PARTITION)
+    link = SlurmLink(cfg, lambda *_: None, lambda _: None, lambda _: None, lambda: True,
+                     lambda _: None)
+
+    async def reopen() -> None:
+        await link.open()
+        await link.close(kill_jobs=False)
+
+    asyncio.run(reopen())
+    run = link.jobs["1.0"]
+    assert run.slurm_id is None and run.ended is not None, run
+    assert (run.ended.state, run.ended.reason) == (
+        "failed", "the SLURM bridge stopped while submitting the job, and SLURM does not "
+        "have it")
 
 
 def test_bridge_and_master_restarts_readopt_slurm_jobs(

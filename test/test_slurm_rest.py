@@ -21,6 +21,7 @@ import base64
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -250,7 +251,8 @@ def test_submit_through_slurmrestd_with_exit_codes_logs_and_id(
     assert sid.isdigit() and done["backend_id"] == sid
     seen = slurm_job(slurm, sid)
     assert seen["job_state"] in ("COMPLETED", ["COMPLETED"])
-    assert seen["comment"] == f"mgpu job {ok}.0 hello (node {BRIDGE})"
+    assert re.fullmatch(rf"mgpu job {ok}\.0 hello \(node {BRIDGE}, [0-9a-f]{{8}}\)",
+                        seen["comment"])
     assert (seen["name"], seen["tres_per_node"]) == ("hello", "gres:gpu:2")
     assert seen["requeue"] is False  # (mgpu requeues, SLURM never does)
 
@@ -312,9 +314,9 @@ def test_a_request_slurm_refuses_fails_the_job_with_slurms_words(
 
 def test_while_slurmrestd_does_not_answer_the_bridge_is_degraded_and_jobs_wait(
         rest_bridged: Cluster, restd: SlurmRestd, slurm: SlurmCluster) -> None:
-    # (Names of their own: a bridge that retries a submission first looks for it in SLURM
-    # by its comment, "mgpu job 1.0 NAME (node slurm1)", which an earlier test's job 1.0,
-    # still in SLURM's memory, would otherwise share.)
+    # (A bridge that retries a submission first looks for it in SLURM by its comment,
+    # "mgpu job 1.0 NAME (node slurm1, TAG)": the random TAG keeps an earlier test's job
+    # 1.0, still in SLURM's memory, from being taken for it; names of their own as well.)
     names = [f"{word}-{rest_bridged.tmp.name}" for word in ("first", "second")]
     restd.stop()
     try:

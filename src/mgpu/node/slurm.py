@@ -9,7 +9,7 @@ master it is one more node. :class:`SlurmLink` stands where the agent's
   :attr:`SlurmLink.api` (``sbatch``; or slurmrestd with ``--slurm-rest``: ``slurm_rest``) of
   the command (script on stdin) with ``--gres=gpu:N``, ``-t`` (whole minutes, rounded
   up: the bridge holds the job to the exact limit itself, with ``scancel``), ``--comment
-  "mgpu job ID.RUN NAME (node N)"``, the submitter's directory and environment, and
+  "mgpu job ID.RUN NAME (node N, TAG)"``, the submitter's directory and environment, and
   output files in ``DATA/slurm/output``. The SLURM job id goes to the master
   (:class:`~mgpu.core.messages.JobStarted` ``backend_id``), which shows it in ``mgpu
   show``. Jobs asking for stdin or a terminal are refused with the fix.
@@ -50,7 +50,7 @@ from mgpu.node.link_runs import OnEnded, OnOutput
 from mgpu.node.runs import NodeRun
 from mgpu.node.slurm_follow import SlurmFollow
 from mgpu.node.slurm_rest import transport_of
-from mgpu.node.slurm_runs import SlurmRun, load_runs, save_runs
+from mgpu.node.slurm_runs import SlurmRun, load_runs, run_comment, save_runs
 from mgpu.node.slurm_submit import Submission, submission_of
 from mgpu.node.stdin import InputPump
 
@@ -158,8 +158,8 @@ class SlurmLink(SlurmFollow):
     def start(self, msg: m.StartJob) -> NodeRun:
         """Submit a run to SLURM (in the background); its id, output and end come back."""
         job = SlurmRun(msg.job_id, msg.run, time_limit=msg.time_limit,
-                       comment=f"mgpu job {msg.job_id}.{msg.run} {msg.name} "
-                               f"(node {self.node_id})", tasks=max(1, msg.nodes) * msg.tasks)
+                       comment=run_comment(msg.job_id, msg.run, msg.name, self.node_id),
+                       tasks=max(1, msg.nodes) * msg.tasks)
         self.jobs[job.key] = job
         if msg.stdin or msg.pty:
             self._fail(job, NO_STDIN)

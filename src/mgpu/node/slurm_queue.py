@@ -45,7 +45,7 @@ from mgpu.node import slurm_cli as sc
 from mgpu.node.link_runs import OnEnded, OnOutput
 from mgpu.node.runs import NodeRun
 from mgpu.node.slurm import SlurmLink
-from mgpu.node.slurm_runs import SlurmRun
+from mgpu.node.slurm_runs import SlurmRun, run_comment
 from mgpu.node.slurm_submit import SlurmCommands, Submission, job_env
 
 log = logging.getLogger("mgpu.node.slurm")
@@ -115,8 +115,8 @@ class QueueLink(SlurmLink):
         base = f"array-{msg.job_id}.{msg.run}"
         for task in tasks[1:]:  # (before the first's sbatch: it fails them, or names them)
             run = SlurmRun(task.job_id, task.run, time_limit=msg.time_limit,
-                           comment=f"mgpu job {task.job_id}.{task.run} {msg.name} "
-                                   f"(node {self.node_id})",
+                           comment=run_comment(task.job_id, task.run, msg.name,
+                                               self.node_id),
                            array_task=task.task_id, array_base=base)
             self.jobs[run.key] = run
         first = super().start(msg)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,14 @@ class SlurmRun(NodeRun):
             if kind == m.STREAM_STDERR and self.failure is None:
                 self.failure = first_failure(line)
         return out
+
+
+def run_comment(job_id: int, run: int, name: str, node_id: str) -> str:
+    """A run's ``--comment`` in SLURM: ``mgpu job ID.RUN NAME (node N, TAG)``. A bridge that
+    stopped while submitting finds its run in SLURM by this comment; the random ``TAG``
+    keeps it from taking another job of the same id and run (SLURM remembers ended jobs
+    for ``MinJobAge``, and a master started afresh numbers its jobs from 1 again)."""
+    return f"mgpu job {job_id}.{run} {name} (node {node_id}, {secrets.token_hex(4)})"
 
 
 def save_runs(path: Path, jobs: Mapping[str, SlurmRun]) -> None:

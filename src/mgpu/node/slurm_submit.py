@@ -29,7 +29,7 @@ class Submission:
     """One run as SLURM gets it."""
 
     name: str
-    comment: str  # "mgpu job ID.RUN NAME (node N)": how a lost submission is found again
+    comment: str  # slurm_runs.run_comment: how a lost submission is found again
     gpus: int  # on each node
     time_limit: float | None  # seconds (SLURM gets whole minutes, rounded up)
     cwd: str
