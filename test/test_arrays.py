@@ -58,6 +58,9 @@ def test_array_throttle_cancel_show_and_queue(cluster: Cluster, tmp_path: Path) 
     fields = {k: v.strip() for k, v in (line.split(":", 1) for line in shown.splitlines())}
     assert fields["array_job_id"] == f"{array} (task {array}_3; at most 2 at once)"
     assert json.loads(cluster.mgpu("show", f"{array}_3", "--json").stdout)["id"] == array + 3
+    said = cluster.mgpu("explain", f"{array}_3").stdout  # (a gate's code, not the policy's)
+    assert "is pending: JobArrayTaskLimit, its array runs as many tasks as its %N allows" \
+        in said, said
     assert "no task 9 in array" in cluster.mgpu("show", f"{array}_9", check=4).stderr
 
     # The master restarts: the throttle still holds.

@@ -177,6 +177,8 @@ def test_dependencies(cluster: Cluster, tmp_path: Path) -> None:
     assert [cluster.wait_job(j)["state"] for j in chain] == ["completed", "completed"]
     assert wait_reason(cluster, kept, "DependencyNeverSatisfied")["state"] == "pending"
     assert "DependencyNeverSatisfied" in cluster.mgpu("queue").stdout
+    said = cluster.mgpu("explain", str(kept)).stdout
+    assert "is pending: DependencyNeverSatisfied, its dependency can no longer be met" in said
 
     refused = cluster.mgpu("submit", "--dependency=afterok:99999", "true", check=4)
     assert "--dependency names job 99999, which does not exist" in refused.stderr

@@ -157,8 +157,7 @@ def cmd_queue(ns: argparse.Namespace) -> int:
 
 def cmd_show(ns: argparse.Namespace) -> int:
     client = client_for(ns)
-    job = client.get_job(job_ids(client, [ns.job_id])[0] if "_" in ns.job_id
-                         else int(ns.job_id))
+    job = client.get_job(job_id_of(client, ns.job_id))
     from mgpu.client import output
 
     write(output.to_json(job) if ns.json else output.job_detail(job, now()))
@@ -219,6 +218,12 @@ def cmd_cancel(ns: argparse.Namespace) -> int:
     if not kinds:
         return 0
     return {"not_found": 4, "forbidden": 6}.get(kinds.pop(), 1) if len(kinds) == 1 else 1
+
+
+def job_id_of(client: SimpleClient, ref: str) -> int:
+    """The job that ``ref`` names: ``12``, or an array's task ``12_4`` (asked of the
+    master; never ``int("12_4")``, which Python reads as 124)."""
+    return job_ids(client, [ref])[0] if "_" in ref else int(ref)
 
 
 def job_ids(client: SimpleClient, refs: list[str]) -> list[int]:

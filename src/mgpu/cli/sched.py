@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from mgpu.cli.commands import job_id_of
 from mgpu.cli.shared import client_for, write
 from mgpu.core.errors import UsageError
 
@@ -16,7 +17,8 @@ def cmd_explain(ns: argparse.Namespace) -> int:
     """Why a job waits, in plain words (``--json``: the facts)."""
     from mgpu.client import output, scheduling
 
-    reply = scheduling.explain(client_for(ns), ns.job_id)
+    client = client_for(ns)
+    reply = scheduling.explain(client, job_id_of(client, ns.job_id))
     write(output.to_json(reply) if ns.json else "\n".join(reply.lines) + "\n")
     return 0
 

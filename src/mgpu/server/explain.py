@@ -7,6 +7,7 @@ the backfill plan, and its user's fair share. Nothing is saved; nothing here doe
 
 from __future__ import annotations
 
+from mgpu.core import controls as c
 from mgpu.core.models import JobState, SimpleJob, utc
 from mgpu.core.sched_messages import ExplainReply, PriorityInfo, ShareInfo, ShareListReply
 from mgpu.core.scheduler import PendingReason
@@ -14,7 +15,10 @@ from mgpu.core.timefmt import format_elapsed
 from mgpu.server.partitions import partition_words
 from mgpu.server.state import ClusterState
 
-_CODE_WORDS = {
+# The words of each reason code: the policy's (PendingReason) and the gate's (controls.py).
+_CODE_WORDS: dict[str, str] = {
+    c.ARRAY_LIMIT: "its array runs as many tasks as its %N allows",
+    c.DEPENDENCY_NEVER: "its dependency can no longer be met (kept: --kill-on-invalid-dep no)",
     PendingReason.PRIORITY: "jobs of higher priority are ahead of it",
     PendingReason.RESOURCES: "it is next, but not enough GPUs are free yet",
     PendingReason.RESERVED: "the GPUs it could use are held for a job of higher priority",
@@ -64,8 +68,7 @@ def explain(state: ClusterState, job: SimpleJob, now: float) -> ExplainReply:
     out.pending_reason, out.reason = job.pending_reason, job.reason
     out.expected_start = job.expected_start
     out.pending = len(state.pending)
-    code = PendingReason(job.pending_reason) if job.pending_reason else None
-    words = _CODE_WORDS.get(code, "") if code else ""
+    words = _CODE_WORDS.get(job.pending_reason or "", "")
     out.lines.append(f"{who} is pending: {job.pending_reason}" + (f", {words}" if words else "")
                      + "." + (f" {job.reason[0].upper()}{job.reason[1:]}." if job.reason
                               else ""))
