@@ -88,8 +88,14 @@ def job_pids(cluster: Cluster, job_id: int) -> list[int]:
 
 
 def alive(pids: list[int]) -> bool:
-    return any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-               for p in pids)
+    """Whether any of ``pids`` runs (a zombie, or one gone while we look, does not)."""
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:  # (gone, maybe between two reads of /proc)
+            pass
+    return False
 
 
 def test_a_short_partition_loses_nothing(make_cluster: Any, netns: Netns,

@@ -13,7 +13,7 @@ import os
 import sys
 
 from mgpu.cli.jobargs import control_fields, job_fields, notify_fields
-from mgpu.cli.shared import client_for, exit_status, now, write
+from mgpu.cli.shared import client_for, exit_status, job_id_of, job_ids, now, write
 from mgpu.core.errors import ConnectionFailed, UsageError
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs start-up time
@@ -219,18 +219,6 @@ def cmd_cancel(ns: argparse.Namespace) -> int:
         return 0
     return {"not_found": 4, "forbidden": 6}.get(kinds.pop(), 1) if len(kinds) == 1 else 1
 
-
-def job_id_of(client: SimpleClient, ref: str) -> int:
-    """The job that ``ref`` names: ``12``, or an array's task ``12_4`` (asked of the
-    master; never ``int("12_4")``, which Python reads as 124)."""
-    return job_ids(client, [ref])[0] if "_" in ref else int(ref)
-
-
-def job_ids(client: SimpleClient, refs: list[str]) -> list[int]:
-    """The job ids that ``refs`` name (``12``: every task of array 12 not ended)."""
-    from mgpu.client.controls import resolve
-
-    return resolve(client, refs)
 
 
 def cmd_nodes(ns: argparse.Namespace) -> int:

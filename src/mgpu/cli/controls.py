@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 
-from mgpu.cli.commands import job_ids
-from mgpu.cli.shared import client_for, write
+from mgpu.cli.shared import client_for, job_ids, write
 from mgpu.core.errors import UsageError
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mgpu.cli.commands import job_id_of
-from mgpu.cli.shared import client_for, write
+from mgpu.cli.shared import client_for, job_id_of, write
 from mgpu.core.errors import UsageError
 
 if TYPE_CHECKING:

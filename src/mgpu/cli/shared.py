@@ -26,6 +26,19 @@ def exit_status(state: str, exit_code: int | None) -> int:
     return shell_status(state, exit_code)
 
 
+def job_id_of(client: SimpleClient, ref: str) -> int:
+    """The job that ``ref`` names: ``12``, or an array's task ``12_4`` (asked of the
+    master; never ``int("12_4")``, which Python reads as 124)."""
+    return job_ids(client, [ref])[0] if "_" in ref else int(ref)
+
+
+def job_ids(client: SimpleClient, refs: list[str]) -> list[int]:
+    """The job ids that ``refs`` name (``12``: every task of array 12 not ended)."""
+    from mgpu.client.controls import resolve
+
+    return resolve(client, refs)
+
+
 def write(text: str, *, err: bool = False) -> None:
     (sys.stderr if err else sys.stdout).write(text)
 
