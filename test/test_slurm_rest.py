@@ -82,7 +82,7 @@ ANSWER_JOB = {
 def test_slurmrestds_jobs_read_as_squeues() -> None:
     got = sr.job_of(ANSWER_JOB)
     assert got == sc.SlurmJob(1, "FAILED", "NonZeroExitCode", 768, 1796305592.0,
-                              "mgpu job 1.0 a|b (node n)")
+                              "mgpu job 1.0 a|b (node n)", "mgpu-slurm1")
     end = sc.end_of(got, None)  # (slurm_cli's table, unchanged)
     assert end is not None and (end.state, end.exit_code) == ("failed", 3)
     pending = sr.job_of({"job_id": 4, "job_state": "PENDING", "state_reason": "Resources",
@@ -102,6 +102,7 @@ def test_partition_gpus_from_slurmrestds_nodes() -> None:
     assert sr.nodes_gpus(answer, "all") == 12
     assert sr.nodes_gpus(answer, None) == 12
     assert sr.nodes_gpus(answer, "nosuch") == 0
+    assert sr.nodes_of(answer, "all") == {"n1": 8, "n2": 4}  # (a gang's SLURM nodes)
 
 
 def jwt(claims: dict[str, Any]) -> str:

@@ -112,7 +112,7 @@ class SlurmLink(SlurmFollow):
         master places multi-node jobs by them); tried again each poll until SLURM answers."""
         with contextlib.suppress(sc.SlurmError):
             self.backend_nodes = [m.BackendNode(name=n, gpus=g) for n, g in (
-                await sc.partition_nodes(self.cfg.partition, self.env)).items()]
+                await self.api.partition_nodes(self.cfg.partition)).items()]
 
     async def close(self, kill_jobs: bool) -> None:
         """Stop following; with ``kill_jobs``, ``scancel`` every live run first (else they

@@ -20,7 +20,9 @@ is the :class:`~mgpu.node.slurm.SlurmLink` that
   output files (``%a``), and gets its own ``MGPU_JOB_ID`` etc. from the script (a ``case``
   on ``SLURM_ARRAY_TASK_ID``).
 
-Cancels, ends, output and re-adoption are the plain bridge's.
+Cancels, ends, output and re-adoption are the plain bridge's. All of it goes through the
+bridge's transport (:attr:`~mgpu.node.slurm.SlurmLink.api`): SLURM's commands as named
+above, or slurmrestd (``--slurm-rest``; :mod:`~mgpu.node.slurm_rest` says how each maps).
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ import logging
 import os
 import shlex
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +41,12 @@ import msgspec
 from mgpu.core import messages as m
 from mgpu.core.config import NodeConfig
 from mgpu.core.controls import parse_dependency
-from mgpu.core.errors import ConfigError
 from mgpu.node import slurm_cli as sc
 from mgpu.node.link_runs import OnEnded, OnOutput
 from mgpu.node.runs import NodeRun
 from mgpu.node.slurm import SlurmLink
 from mgpu.node.slurm_runs import SlurmRun, run_comment
-from mgpu.node.slurm_submit import SlurmCommands, Submission, job_env
+from mgpu.node.slurm_submit import Submission, job_env, local_time
 
 log = logging.getLogger("mgpu.node.slurm")
 
@@ -69,7 +69,7 @@ def bridge_link(cfg: NodeConfig, on_output: OnOutput, on_ended: OnEnded,
 
 def begin_arg(when: float) -> str:
     """``--begin`` of a Unix time: local time, as sbatch reads it, to the second."""
-    return "--begin=" + datetime.fromtimestamp(when).strftime("%Y-%m-%dT%H:%M:%S")
+    return "--begin=" + local_time(when)
 
 
 def ref(job: SlurmRun) -> str:
@@ -92,10 +92,6 @@ class QueueLink(SlurmLink):
                  send: Callable[[m.NodeMessage], None], has_room: Callable[[], bool],
                  on_health: Callable[[str | None], None]) -> None:
         super().__init__(cfg, on_output, on_ended, send, has_room, on_health)
-        if not isinstance(self.api, SlurmCommands):  # (slurmrestd: slurm_rest.py)
-            raise ConfigError("--slurm-queue asks SLURM through its commands (sbatch, "
-                              "squeue, scontrol): drop --slurm-rest, or --slurm-queue")
-        self.commands = self.api  # (holds, releases, an array's tasks: SLURM's commands)
         self.states: dict[str, _State] = {}  # run key -> what squeue said last
         self.reported: dict[str, _State] = {}  # run key -> what the master heard (this link)
         self._known: dict[int, asyncio.Event] = {}  # job id -> set once its SLURM id is
@@ -146,10 +142,7 @@ class QueueLink(SlurmLink):
             return True
         if order.array:
             self._prepare_array(msg, order.array, order.throttle, sub)
-        if order.hold:
-            sub.options.append("--hold")
-        if order.begin is not None:
-            sub.options.append(begin_arg(order.begin))
+        sub.hold, sub.begin = order.hold, order.begin
         if order.dependency:
             try:
                 _, terms = parse_dependency(order.dependency)
@@ -158,15 +151,15 @@ class QueueLink(SlurmLink):
                 self._fail(job, str(e))
                 self._save()
                 return False
-            sub.options.append("--dependency=" + slurm_dependency(order.dependency, ids))
+            sub.dependency = slurm_dependency(order.dependency, ids)
         return True
 
     def _prepare_array(self, msg: m.StartJob, tasks: list[m.ArrayTask],
                        throttle: int | None, sub: Submission) -> None:
-        """One sbatch for the tasks: ``--array``, output files by task (``%a``), and each
-        task's own variables set by the script."""
+        """One submission for the tasks: an array (``--array``), output files by task
+        (``%a``), and each task's own variables set by the script."""
         ids = ",".join(str(t.task_id) for t in tasks)
-        sub.options.append(f"--array={ids}" + (f"%{throttle}" if throttle else ""))
+        sub.array = ids + (f"%{throttle}" if throttle else "")
         base = f"{self.out_dir}/array-{msg.job_id}.{msg.run}_%a"
         sub.stdout, sub.stderr = base + ".stdout", base + ".stderr"
         cases = []
@@ -223,7 +216,7 @@ class QueueLink(SlurmLink):
                     if task.slurm_id is None and task.ended is None:
                         task.slurm_id = job.slurm_id
                         if task.wanted is not None:  # (cancelled meanwhile)
-                            self._spawn(self.commands.cancel([ref(task)]))
+                            self._spawn(self.api.cancel([ref(task)]))
                 self._save()
                 for task in self._array(job):
                     self._forward(task)
@@ -269,7 +262,7 @@ class QueueLink(SlurmLink):
     async def _query(self, ids: list[int]) -> dict[Any, sc.SlurmJob]:
         """squeue's rows; an array's task that was pending and is gone was cancelled: SLURM
         drops a pending task it cancels from its array's row and keeps no record of it."""
-        rows: dict[Any, sc.SlurmJob] = dict(await self.commands.query_tasks(ids))
+        rows: dict[Any, sc.SlurmJob] = dict(await self.api.query_tasks(ids))
         asked = set(ids)
         for job in self.jobs.values():
             key, last = self._key(job), self.states.get(job.key)
@@ -292,12 +285,12 @@ class QueueLink(SlurmLink):
             job.wanted = (state, reason)
             self._save()
         if job.slurm_id is not None:
-            self._spawn(self.commands.cancel([ref(job)]))
+            self._spawn(self.api.cancel([ref(job)]))
 
     def signal(self, job_id: int, signum: int) -> None:
         job = self.active(job_id)
         if job is not None and job.slurm_id is not None:
-            self._spawn(self.commands.cancel([ref(job)], signum))
+            self._spawn(self.api.cancel([ref(job)], signum))
 
     def hold(self, job_id: int, hold: bool) -> None:
         """Hold or release the run of ``job_id`` in SLURM (once SLURM has it)."""
@@ -308,6 +301,6 @@ class QueueLink(SlurmLink):
             sid = await self._slurm_ref(job_id)
         except LookupError:
             return  # (it failed before SLURM had it: its end says so)
-        await (self.commands.hold if hold else self.commands.release)([sid])
+        await (self.api.hold if hold else self.api.release)([sid])
         log.info("job %d (SLURM job %s) %s", job_id, sid, "held" if hold else "released")
         self._wake.set()  # (squeue's new reason reaches the master at once)

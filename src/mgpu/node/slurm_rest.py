@@ -1,18 +1,26 @@
 """SLURM through slurmrestd, SLURM's REST daemon: the SLURM bridge's second transport.
 
 :class:`SlurmRest` does what :class:`~mgpu.node.slurm_submit.SlurmCommands` does (submit,
-query, cancel, count a partition's GPUs) over slurmrestd's OpenAPI ``v0.0.38`` (SLURM
+query, cancel, hold, release, count a partition's GPUs) over slurmrestd's OpenAPI ``v0.0.38`` (SLURM
 22.05's, as Debian 12 ships it), so :class:`~mgpu.node.slurm.SlurmLink` runs the same with
 either; :func:`transport_of` picks one from the bridge's settings (``slurm_rest``).
 
 * submit: ``POST /slurm/v0.0.38/job/submit`` with ``{"job": {...}, "script": ...}``
-  (:func:`submit_body`: what ``sbatch`` gets, by slurmrestd's names);
+  (:func:`~slurm_rest_map.submit_body`: what ``sbatch`` gets, by slurmrestd's names);
 * query: ``GET /slurm/v0.0.38/job/{id}`` for each job (the path takes one id); ``GET
   /slurm/v0.0.38/jobs`` (every job of the cluster) only when the bridge looks for a lost
-  submission by its comment. :func:`job_of` reads an answer's job as ``squeue``'s.
+  submission by its comment. :func:`~slurm_rest_map.job_of` reads an answer's job as ``squeue``'s.
 * cancel: ``DELETE /slurm/v0.0.38/job/{id}`` (SLURM's cancel: SIGTERM, then SIGKILL after
-  its KillWait), with ``?signal=N`` to send signal N to all the job's processes;
-* a partition's GPUs: ``GET /slurm/v0.0.38/nodes``, the gres of its nodes.
+  its KillWait), with ``?signal=N`` to send signal N to all the job's processes; an array's
+  task is ``{id}_{task}`` there, as in every path below;
+* a partition's nodes and GPUs: ``GET /slurm/v0.0.38/nodes``, the gres of its nodes;
+* for the queue-in-SLURM mode (:mod:`slurm_queue`): hold and release, ``POST
+  /slurm/v0.0.38/job/{id}`` with ``{"hold": true}`` / ``{"hold": false}`` (slurmctld
+  reads a hold asked as root or SlurmUser as ``JobHeldAdmin``, as ``scontrol hold``; one
+  submitted held is ``JobHeldUser``); an array's tasks, ``GET /slurm/v0.0.38/job/{id}`` of
+  its id (:func:`~slurm_rest_map.task_rows`: a started task has a row of its own,
+  ``array_job_id`` and ``array_task_id``; the pending ones share one,
+  ``array_task_string`` ``2-3%2``).
 
 Whom jobs run as (slurmrestd authenticates each request one of two ways):
 
@@ -37,11 +45,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import json
 import os
 import pwd
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +58,7 @@ import aiohttp
 
 from mgpu.core.config import NodeConfig
 from mgpu.node import slurm_cli as sc
+from mgpu.node.slurm_rest_map import job_of, nodes_gpus, nodes_of, submit_body, task_rows
 from mgpu.node.slurm_submit import SlurmCommands, SlurmTransport, Submission
 
 API = "/slurm/v0.0.38"
@@ -69,44 +79,6 @@ def address_of(url: str) -> tuple[str, str | None]:
     if url.startswith("unix:"):
         return "http://localhost", url[len("unix:"):]
     return url.rstrip("/"), None
-
-
-def submit_body(sub: Submission) -> dict[str, Any]:
-    """The ``job/submit`` request of a submission: the options ``sbatch_argv`` gives sbatch
-    (``Submission.sbatch_argv``), by slurmrestd's names. v0.0.38 reads its job properties
-    as sbatch's options: ``"requeue": false`` would mean ``--requeue``, hence
-    ``no_requeue``; GPUs go as ``gres`` (SLURM keeps them as ``tres_per_node``)."""
-    job: dict[str, Any] = {
-        "name": sub.name, "comment": sub.comment, "current_working_directory": sub.cwd,
-        "standard_output": sub.stdout, "standard_error": sub.stderr, "open_mode": "append",
-        "no_requeue": True, "environment": dict(sub.env)}
-    if sub.gpus > 0:
-        job["gres"] = f"gpu:{sub.gpus}"
-    if sub.time_limit:
-        job["time_limit"] = sc.minutes(sub.time_limit)
-    if sub.partition:
-        job["partition"] = sub.partition
-    return {"job": job, "script": sub.script}
-
-
-def job_of(rec: Mapping[str, Any]) -> sc.SlurmJob:
-    """One job of a ``jobs`` answer as :class:`~slurm_cli.SlurmJob` (as ``squeue`` says it:
-    ``exit_code`` is the same wait status)."""
-    status = rec.get("exit_code")
-    state = str(rec.get("job_state") or "PENDING").split()
-    return sc.SlurmJob(
-        int(rec["job_id"]), state[0] if state else "PENDING", str(rec.get("state_reason") or ""),
-        status if isinstance(status, int) and status >= 0 else None,
-        float(rec.get("start_time") or 0), str(rec.get("comment") or ""))
-
-
-def nodes_gpus(answer: Mapping[str, Any], partition: str | None) -> int:
-    """The GPUs (gres ``gpu``) of a ``nodes`` answer's nodes in ``partition`` (all: None)."""
-    total = 0
-    for node in answer.get("nodes") or []:
-        if partition is None or partition in (node.get("partitions") or []):
-            total += sum(int(n) for n in sc.GRES_GPU.findall(str(node.get("gres") or "")))
-    return total
 
 
 def _unreachable(code: int) -> bool:
@@ -163,27 +135,40 @@ class SlurmRest:
         if not ids:
             answer = await self._one("GET", "/jobs", token)
             return {j.id: j for j in map(job_of, answer.get("jobs") or [])}
-        async with self._session() as session:
-            answers = _all(await asyncio.gather(*(
-                self._request(session, "GET", f"/job/{i}", token, missing_ok=True)
-                for i in ids), return_exceptions=True))
-        jobs = [job_of(rec) for a in answers if a for rec in a.get("jobs") or []]
+        jobs = map(job_of, await self._jobs(ids, token))
         return {j.id: j for j in jobs if j.id in ids}
 
-    async def cancel(self, ids: list[int], signal: int | None = None) -> None:
+    async def query_tasks(self, ids: list[int]) -> dict[sc.TaskKey, sc.SlurmJob]:
+        """What SLURM says of the jobs ``ids``, an array's tasks apart (``GET job/{id}``
+        of an array's id lists all its tasks)."""
+        rows: dict[sc.TaskKey, sc.SlurmJob] = {}
+        for rec in await self._jobs(ids, self._token()):
+            job = job_of(rec)
+            for key in task_rows(rec):
+                if key[0] in ids:
+                    rows[key] = dataclasses.replace(job, id=key[0])
+        return rows
+
+    async def cancel(self, ids: Sequence[int | str], signal: int | None = None) -> None:
         """Cancel the jobs (or, with ``signal``, send it to all their processes)."""
-        if not ids:
-            return
-        token = self._token()
         query = f"?signal={signal}" if signal else ""
-        async with self._session() as session:
-            _all(await asyncio.gather(*(
-                self._request(session, "DELETE", f"/job/{i}{query}", token) for i in ids),
-                return_exceptions=True))
+        await self._each("DELETE", [f"/job/{i}{query}" for i in ids])
+
+    async def hold(self, ids: Sequence[int | str]) -> None:
+        """Hold the pending jobs (see the module docstring for SLURM's reason)."""
+        await self._each("POST", [f"/job/{i}" for i in ids], {"hold": True})
+
+    async def release(self, ids: Sequence[int | str]) -> None:
+        """Release held jobs."""
+        await self._each("POST", [f"/job/{i}" for i in ids], {"hold": False})
 
     async def partition_gpus(self, partition: str | None) -> int:
         """The GPUs of the partition's nodes, as slurmrestd's ``nodes`` lists them."""
         return nodes_gpus(await self._one("GET", "/nodes", self._token()), partition)
+
+    async def partition_nodes(self, partition: str | None) -> dict[str, int]:
+        """The partition's nodes and their GPUs, as slurmrestd's ``nodes`` lists them."""
+        return nodes_of(await self._one("GET", "/nodes", self._token()), partition)
 
     # ------------------------------------------------------------------ HTTP
 
@@ -233,6 +218,25 @@ class SlurmRest:
         return aiohttp.ClientSession(connector=connector,
                                      timeout=aiohttp.ClientTimeout(total=self.timeout))
 
+    async def _jobs(self, ids: list[int], token: str | None) -> list[dict[str, Any]]:
+        """The jobs of ``GET job/{id}`` for each id, at once (an unknown id: none)."""
+        async with self._session() as session:
+            answers = _all(await asyncio.gather(*(
+                self._request(session, "GET", f"/job/{i}", token, missing_ok=True)
+                for i in ids), return_exceptions=True))
+        return [rec for a in answers if a for rec in a.get("jobs") or []]
+
+    async def _each(self, method: str, paths: list[str],
+                    body: dict[str, Any] | None = None) -> None:
+        """The same request of each path, at once; the first failure is raised."""
+        if not paths:
+            return
+        token = self._token()
+        async with self._session() as session:
+            _all(await asyncio.gather(*(
+                self._request(session, method, path, token, body=body) for path in paths),
+                return_exceptions=True))
+
     async def _one(self, method: str, path: str, token: str | None, user: str | None = None,
                    body: dict[str, Any] | None = None) -> dict[str, Any]:
         async with self._session() as session:
@@ -264,7 +268,8 @@ class SlurmRest:
             answer = None
         if not isinstance(answer, dict):
             answer = {}
-        errors = [e for e in answer.get("errors") or [] if isinstance(e, dict)]
+        errors = [e for e in answer.get("errors") or [] if isinstance(e, dict)
+                  and not _array_done(e)]
         if status == 200 and (not errors or _taken(answer)):
             return answer
         codes = [_code(e) for e in errors]
@@ -290,6 +295,15 @@ def _taken(answer: Mapping[str, Any]) -> bool:
     available" while slurmd has not registered with a restarted slurmctld: it waits)."""
     job_id = answer.get("job_id")
     return isinstance(job_id, int) and job_id > 0
+
+
+def _array_done(error: Mapping[str, Any]) -> bool:
+    """Whether an "error" is v0.0.38's report of an array's update that went through: it
+    reports one, with no number, for each array it updates (a hold, a release of an
+    array's task); an update that failed has SLURM's number (e.g. 2084, "Job has already
+    finished")."""
+    return _code(error) in (None, 0) and str(error.get("description") or "").startswith(
+        "job array update")
 
 
 def _all(results: list[dict[str, Any] | BaseException | None]

@@ -4,7 +4,7 @@
   tasks too: :mod:`slurm_gang`), limits, files, environment, script and account, built from
   the master's order by :func:`submission_of`.
 * :class:`SlurmCommands` carries the bridge's requests (submit, query, cancel; and hold,
-  release for the queue-in-SLURM mode) to SLURM through its commands (``sbatch``,
+  release, an array's tasks for the queue-in-SLURM mode) to SLURM through its commands (``sbatch``,
   ``squeue``, ``scancel``, ``scontrol``: :mod:`slurm_cli`), and counts a partition's GPUs
   (``sinfo``). :class:`~mgpu.node.slurm_rest.SlurmRest`, the other transport, asks
   slurmrestd the same; both are a :class:`SlurmTransport`.
@@ -16,6 +16,7 @@ import pwd
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 from mgpu.core import messages as m
@@ -39,18 +40,35 @@ class Submission:
     script: str  # the batch script ("#!/bin/sh" and the command)
     env: dict[str, str] = field(default_factory=dict)  # the job's whole environment
     account: pwd.struct_passwd | None = None  # whom to submit as (None: the bridge's user)
-    # More of sbatch's options (queue in SLURM: --dependency, --hold, --begin).
-    options: list[str] = field(default_factory=list)
     # A gang run whole by SLURM (slurm_gang.py): its nodes, and its tasks on each.
     nodes: int = 1
     tasks_per_node: int = 1
+    # Queue in SLURM (slurm_queue.py): what SLURM itself is to decide of the run.
+    dependency: str | None = None  # in SLURM's ids: "afterok:101,afterany:103_4"
+    hold: bool = False  # submitted held (its owner may release it)
+    begin: float | None = None  # a Unix time: not before then
+    array: str | None = None  # an array's tasks and throttle: "0-9%2"
 
     def sbatch_argv(self) -> list[str]:
         """The ``sbatch`` command line (the script comes on stdin)."""
-        return sc.sbatch_argv(name=self.name, comment=self.comment, gpus=self.gpus,
+        argv = sc.sbatch_argv(name=self.name, comment=self.comment, gpus=self.gpus,
                               time_limit=self.time_limit, cwd=self.cwd, stdout=self.stdout,
                               stderr=self.stderr, partition=self.partition, nodes=self.nodes,
-                              tasks_per_node=self.tasks_per_node) + self.options
+                              tasks_per_node=self.tasks_per_node)
+        if self.array:
+            argv.append(f"--array={self.array}")
+        if self.hold:
+            argv.append("--hold")
+        if self.begin is not None:
+            argv.append(f"--begin={local_time(self.begin)}")
+        if self.dependency:
+            argv.append(f"--dependency={self.dependency}")
+        return argv
+
+
+def local_time(when: float) -> str:
+    """A Unix time as ``sbatch --begin`` reads it: local time, to the second."""
+    return datetime.fromtimestamp(when).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def script_of(msg: m.StartJob) -> str:
@@ -94,7 +112,8 @@ def submission_of(msg: m.StartJob, *, comment: str, node_id: str, partition: str
 
 class SlurmTransport(Protocol):
     """How the bridge asks SLURM: each method raises :class:`~slurm_cli.SlurmError` with
-    SLURM's words (``unreachable`` when SLURM cannot be asked now: worth trying again)."""
+    SLURM's words (``unreachable`` when SLURM cannot be asked now: worth trying again).
+    A job is named by its SLURM id, an array's task by ``"ID_TASK"``."""
 
     async def submit(self, sub: Submission) -> int:
         """Submit; return the SLURM job id."""
@@ -103,11 +122,24 @@ class SlurmTransport(Protocol):
         """What SLURM says of the jobs ``ids`` (all its jobs when empty); a job SLURM does
         not know is left out."""
 
-    async def cancel(self, ids: list[int], signal: int | None = None) -> None:
+    async def query_tasks(self, ids: list[int]) -> dict[sc.TaskKey, sc.SlurmJob]:
+        """What SLURM says of the jobs ``ids``, an array's tasks apart: by (the array's
+        id, task); a job not an array's is (id, None)."""
+
+    async def cancel(self, ids: Sequence[int | str], signal: int | None = None) -> None:
         """Cancel the jobs (or, with ``signal``, send it to all their processes)."""
+
+    async def hold(self, ids: Sequence[int | str]) -> None:
+        """Hold the pending jobs."""
+
+    async def release(self, ids: Sequence[int | str]) -> None:
+        """Release held jobs."""
 
     async def partition_gpus(self, partition: str | None) -> int:
         """The GPUs (gres ``gpu``) of the partition's nodes (of every node when None)."""
+
+    async def partition_nodes(self, partition: str | None) -> dict[str, int]:
+        """The partition's nodes (every node when None) and the GPUs of each."""
 
 
 class SlurmCommands:
@@ -142,6 +174,11 @@ class SlurmCommands:
     async def release(self, ids: Sequence[int | str]) -> None:
         """Release held jobs."""
         await sc.scontrol_hold(ids, False, self.env)
+
     async def partition_gpus(self, partition: str | None) -> int:
         """The GPUs of the partition's nodes, as ``sinfo`` lists them."""
         return await sc.partition_gpus(partition, self.env)
+
+    async def partition_nodes(self, partition: str | None) -> dict[str, int]:
+        """The partition's nodes and their GPUs, as ``sinfo`` lists them."""
+        return await sc.partition_nodes(partition, self.env)
