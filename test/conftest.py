@@ -723,24 +723,26 @@ def cluster(request: pytest.FixtureRequest, make_cluster: Callable[..., Cluster]
 # ---------------------------------------------------------------- a real SLURM
 
 
-@pytest.fixture(scope="session")
-def slurm_session() -> Iterator[Any]:
-    """One real single-host SLURM for the session (``test/slurm_cluster.py``; root only),
-    in a directory every user may enter (its configuration is read by jobs' owners'
-    sbatch too). Shared by test_slurm.py and test_mixed.py."""
+def running_slurm(prefix: str, make: Callable[[Path], Any],
+                  programs: tuple[str, ...] = ()) -> Iterator[Any]:
+    """A real SLURM (``test/slurm_cluster.py``), ``make(root)`` in a fresh directory that
+    every user may enter (jobs' owners' sbatch reads its configuration too): started,
+    yielded, stopped. Root only (skipped, saying so, otherwise); a missing program
+    (SLURM's, or one of ``programs``) fails with the fix."""
     import tempfile
 
-    from slurm_cluster import SlurmCluster, missing_programs
+    from slurm_cluster import missing_programs
 
     if os.geteuid() != 0:
         pytest.skip("a real SLURM needs root (slurmd starts jobs as their users); CI runs "
                     "these as root")
-    missing = missing_programs()
+    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    missing = missing_programs() + [p for p in programs if shutil.which(p, path=path) is None]
     if missing:
         pytest.fail(f"SLURM programs missing: {', '.join(missing)}: run .ci/system-packages")
-    root = Path(tempfile.mkdtemp(prefix="mgpu-slurm-"))
+    root = Path(tempfile.mkdtemp(prefix=prefix))
     root.chmod(0o755)
-    cluster = SlurmCluster(root)
+    cluster = make(root)
     try:
         cluster.start()
         yield cluster
@@ -749,15 +751,49 @@ def slurm_session() -> Iterator[Any]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture
-def slurm(slurm_session: Any) -> Iterator[Any]:
-    """The session's SLURM, with no job left over from another test."""
-    yield slurm_session
-    slurm_session.cancel_all()
+def emptied_slurm(cluster: Any) -> None:
+    """Cancel every job of ``cluster`` and wait until SLURM has none left (between tests)."""
+    cluster.cancel_all()
 
     def squeue(*args: str) -> str:
-        return subprocess.run(["squeue", *args], env=slurm_session.env, capture_output=True,
+        return subprocess.run(["squeue", *args], env=cluster.env, capture_output=True,
                               text=True, check=True, timeout=30).stdout
 
     wait_until(lambda: not squeue("-h", "-t", "PD,R,CG").strip(), 30,
                message=lambda: f"SLURM still has jobs:\n{squeue()}")
+
+
+SLURM2_NODES, SLURM2_GPUS_PER_NODE = 2, 4  # the two-node SLURM's shape
+
+
+@pytest.fixture(scope="session")
+def slurm_session() -> Iterator[Any]:
+    """One real single-host SLURM for the session (one node, 8 GPUs). Shared by
+    test_slurm.py, test_mixed.py, test_slurm_queue.py and test_slurm_rest.py."""
+    from slurm_cluster import SlurmCluster
+
+    yield from running_slurm("mgpu-slurm-", SlurmCluster)
+
+
+@pytest.fixture
+def slurm(slurm_session: Any) -> Iterator[Any]:
+    """The session's SLURM, with no job left over from another test."""
+    yield slurm_session
+    emptied_slurm(slurm_session)
+
+
+@pytest.fixture(scope="session")
+def slurm2_session() -> Iterator[Any]:
+    """A real SLURM of two nodes on this host (several slurmd: test/slurm_cluster.py), for
+    the session, started only when a test asks for it (multi-node jobs in SLURM)."""
+    from slurm_cluster import SlurmCluster
+
+    yield from running_slurm("mgpu-slurm2-", lambda root: SlurmCluster(
+        root, nodes=SLURM2_NODES, gpus_per_node=SLURM2_GPUS_PER_NODE))
+
+
+@pytest.fixture
+def slurm2(slurm2_session: Any) -> Iterator[Any]:
+    """The two-node SLURM, with no job left over from another test."""
+    yield slurm2_session
+    emptied_slurm(slurm2_session)

@@ -13,17 +13,15 @@ SLURM").
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import Cluster, wait_until
+from conftest import SLURM2_GPUS_PER_NODE, Cluster, wait_until
 from mgpu.core import messages as m
 from mgpu.core.errors import Rejected, UsageError
 from mgpu.core.frames import STREAM_STDERR, STREAM_STDOUT, frame
@@ -35,6 +33,7 @@ from mgpu.node.slurm_runs import SlurmRun, copied
 from mgpu.node.slurm_submit import submission_of
 from mgpu.server.state import ClusterState
 from slurm_cluster import PARTITION, SlurmCluster
+from test_slurm import squeue
 
 # ---------------------------------------------------------------- unit: the bridge's side
 
@@ -203,46 +202,7 @@ def test_a_gang_larger_than_the_slurm_partition_is_refused_with_the_fix() -> Non
 
 # ---------------------------------------------------------------- a real two-node SLURM
 
-SLURM_NODES = 2
-GPUS_PER_NODE = 4
 BRIDGE = "slurm-gang"
-
-
-@pytest.fixture(scope="session")
-def slurm2_session() -> Iterator[SlurmCluster]:
-    """A real SLURM of two nodes on this host for the session (started only when these
-    tests run; beside ``slurm_session``'s, with its own ports, munge socket and files)."""
-    from slurm_cluster import missing_programs
-
-    if os.geteuid() != 0:
-        pytest.skip("a real SLURM needs root (slurmd starts jobs as their users); CI runs "
-                    "these as root")
-    missing = missing_programs()
-    if missing:
-        pytest.fail(f"SLURM programs missing: {', '.join(missing)}: run .ci/system-packages")
-    root = Path(tempfile.mkdtemp(prefix="mgpu-slurm2-"))
-    root.chmod(0o755)
-    cluster = SlurmCluster(root, nodes=SLURM_NODES, gpus_per_node=GPUS_PER_NODE)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def squeue(slurm: SlurmCluster, *args: str) -> str:
-    return subprocess.run(["squeue", *args], env=slurm.env, capture_output=True, text=True,
-                          check=True, timeout=30).stdout
-
-
-@pytest.fixture
-def slurm2(slurm2_session: SlurmCluster) -> Iterator[SlurmCluster]:
-    """The two-node SLURM, with no job left over from another test."""
-    yield slurm2_session
-    slurm2_session.cancel_all()
-    wait_until(lambda: not squeue(slurm2_session, "-h", "-t", "PD,R,CG").strip(), 30,
-               message=lambda: f"SLURM still has jobs:\n{squeue(slurm2_session)}")
 
 
 @pytest.fixture
@@ -272,7 +232,8 @@ def fields(line: str) -> dict[str, str]:
 
 def test_the_bridge_registers_its_slurm_nodes(bridged: Cluster, slurm2: SlurmCluster) -> None:
     (node,) = bridged.api("/api/v1/nodes")["nodes"]
-    assert node["backend_nodes"] == [{"name": n, "gpus": GPUS_PER_NODE} for n in slurm2.nodes]
+    assert node["backend_nodes"] == [{"name": n, "gpus": SLURM2_GPUS_PER_NODE}
+                                     for n in slurm2.nodes]
     shown = bridged.mgpu("nodes", "--json").stdout
     assert slurm2.nodes[1] in shown
 

@@ -304,13 +304,19 @@ def test_more_jobs_than_gpus_all_wait_in_slurm(queued: Cluster, slurm: SlurmClus
                message=lambda: f"two running: {[queued.job(j) for j in jobs]}")
     (waiting,) = [j for j in jobs if queued.job(j)["state"] == "pending"]
     sid = sids[jobs.index(waiting)]
-    wait_until(lambda: in_slurm(slurm, sid)[0] == "PENDING", 30)
-    assert in_slurm(slurm, sid)[1] in ("Resources", "Priority")
+    # (SLURM's reason is None until its scheduler's next pass has looked at the job)
+    wait_until(lambda: in_slurm(slurm, sid) in (("PENDING", "Resources"),
+                                                ("PENDING", "Priority")), 30,
+               message=lambda: f"pending for its GPUs in SLURM: {in_slurm(slurm, sid)}")
     listed = squeue(slurm, "-h", "-o", "%i")
     assert all(s in listed.split() for s in sids)  # all of them in SLURM at once
-    row = next(line for line in queued.mgpu("queue").stdout.splitlines()
-               if line.split()[0] == str(waiting))
-    assert "pending" in row and "in SLURM" in row and f"SLURM job {sid}" in row
+
+    def row() -> str:
+        return next(line for line in queued.mgpu("queue").stdout.splitlines()
+                    if line.split()[0] == str(waiting))
+
+    wait_until(lambda: "pending" in row() and "in SLURM" in row()
+               and f"SLURM job {sid}" in row(), 30, message=lambda: f"the queue's row: {row()}")
     job = queued.job(waiting)
     assert job["node"] == BRIDGE and job["gpu_ids"] == []
     running = next(j for j in jobs if j != waiting)

@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Cluster, wait_until
+from conftest import Cluster, running_slurm, wait_until
 from mgpu.core.config import NodeConfig
 from mgpu.core.errors import ConfigError
 from mgpu.node import slurm_cli as sc
@@ -405,24 +405,7 @@ def test_without_a_jwt_a_root_bridge_refuses_another_users_job_with_the_fix(
 @pytest.fixture(scope="module")
 def jwt_slurm() -> Iterator[JwtSlurmCluster]:
     """A second real SLURM, whose slurmctld takes JWTs (AuthAltTypes=auth/jwt)."""
-    from slurm_cluster import missing_programs
-
-    if os.geteuid() != 0:
-        pytest.skip("a real SLURM needs root (slurmd starts jobs as their users); CI runs "
-                    "these as root")
-    missing = missing_programs() + [p for p in ("slurmrestd",) if not shutil.which(
-        p, path=os.environ.get("PATH", "") + ":/usr/sbin")]
-    if missing:
-        pytest.fail(f"SLURM programs missing: {', '.join(missing)}: run .ci/system-packages")
-    root = Path(tempfile.mkdtemp(prefix="mgpu-slurm-jwt-"))
-    root.chmod(0o755)
-    cluster = JwtSlurmCluster(root)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    yield from running_slurm("mgpu-slurm-jwt-", JwtSlurmCluster, ("slurmrestd",))
 
 
 @pytest.fixture(scope="module")

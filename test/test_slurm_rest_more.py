@@ -32,7 +32,7 @@ from mgpu.node.slurm_submit import Submission, submission_of
 from slurm_cluster import GPUS, SlurmCluster
 from slurm_rest import SlurmRestd
 from test_slurm import BRIDGE, slurm_job
-from test_slurm_gang import VARS, fields, gang_order, slurm2, slurm2_session  # noqa: F401
+from test_slurm_gang import VARS, fields, gang_order
 from test_slurm_queue import gate, in_slurm, slurm_id, squeue, wait_reason
 from test_slurm_rest import restd, start_rest_bridge  # noqa: F401
 
@@ -127,7 +127,7 @@ def test_an_array_update_that_went_through_is_not_an_error() -> None:
 
 
 @pytest.fixture(scope="module")
-def restd2(slurm2_session: SlurmCluster) -> Iterator[SlurmRestd]:  # noqa: F811
+def restd2(slurm2_session: SlurmCluster) -> Iterator[SlurmRestd]:
     """slurmrestd on a unix socket (``rest_auth/local``) for the two-node SLURM."""
     root = Path(tempfile.mkdtemp(prefix="mgpu-restd2-"))
     rest = SlurmRestd(slurm2_session, root)
@@ -140,7 +140,7 @@ def restd2(slurm2_session: SlurmCluster) -> Iterator[SlurmRestd]:  # noqa: F811
 
 
 def test_a_gang_through_slurmrestd_runs_a_task_on_each_slurm_node(
-        slurm2: SlurmCluster, restd2: SlurmRestd,  # noqa: F811
+        slurm2: SlurmCluster, restd2: SlurmRestd,
         make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster(nodes=0)
     start_rest_bridge(cluster, restd2.url, cluster.tmp / BRIDGE)
