@@ -22,11 +22,15 @@ import contextlib
 import http.client
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from slurm_cluster import SlurmCluster, SlurmError, _free_port
 
@@ -133,6 +137,23 @@ class SlurmRestd:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         self.proc = None
+
+
+def running_restd(cluster: SlurmCluster, root: Path | None = None,
+                  **options: Any) -> Iterator[SlurmRestd]:
+    """slurmrestd for ``cluster`` (``options``: :class:`SlurmRestd`'s), its files in
+    ``root`` (default: a fresh temporary directory, removed after): started, yielded,
+    stopped."""
+    made = root is None
+    where = Path(tempfile.mkdtemp(prefix="mgpu-restd-")) if root is None else root
+    rest = SlurmRestd(cluster, where, **options)
+    try:
+        rest.start()
+        yield rest
+    finally:
+        rest.stop()
+        if made:
+            shutil.rmtree(where, ignore_errors=True)
 
 
 class JwtSlurmCluster(SlurmCluster):

@@ -39,7 +39,7 @@ from mgpu.node import slurm_cli as sc
 from mgpu.node import slurm_rest as sr
 from mgpu.node.slurm_submit import SlurmCommands, Submission
 from slurm_cluster import GPUS, PARTITION, SlurmCluster
-from slurm_rest import JwtSlurmCluster, SlurmRestd
+from slurm_rest import JwtSlurmCluster, SlurmRestd, running_restd
 from test_mixed import SERVER_ARGS, wait_own_bridge
 from test_slurm import BRIDGE, nodes, show, slurm_job, squeue, wait_backend_id
 
@@ -195,14 +195,7 @@ def test_a_submission_answered_with_a_job_id_and_an_error_was_taken() -> None:
 @pytest.fixture(scope="module")
 def restd(slurm_session: SlurmCluster) -> Iterator[SlurmRestd]:
     """slurmrestd on a unix socket (``rest_auth/local``) for the session's SLURM."""
-    root = Path(tempfile.mkdtemp(prefix="mgpu-restd-"))
-    rest = SlurmRestd(slurm_session, root)
-    try:
-        rest.start()
-        yield rest
-    finally:
-        rest.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    yield from running_restd(slurm_session)
 
 
 def start_rest_bridge(cluster: Cluster, url: str, data_dir: Path, *args: str) -> None:
@@ -411,12 +404,8 @@ def jwt_slurm() -> Iterator[JwtSlurmCluster]:
 @pytest.fixture(scope="module")
 def jwt_restd(jwt_slurm: JwtSlurmCluster) -> Iterator[SlurmRestd]:
     """slurmrestd on TCP with ``rest_auth/jwt`` for the JWT SLURM."""
-    rest = SlurmRestd(jwt_slurm, jwt_slurm.root / "restd", auth=("rest_auth/jwt",), tcp=True)
-    try:
-        rest.start()
-        yield rest
-    finally:
-        rest.stop()
+    yield from running_restd(jwt_slurm, jwt_slurm.root / "restd", auth=("rest_auth/jwt",),
+                             tcp=True)
 
 
 @pytest.fixture

@@ -15,11 +15,8 @@ queue-in-SLURM mode (``--slurm-queue``: dependencies, holds, begin times, arrays
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,7 +27,7 @@ from mgpu.node import slurm_rest_map as srm
 from mgpu.node.slurm_queue import begin_arg
 from mgpu.node.slurm_submit import Submission, submission_of
 from slurm_cluster import GPUS, SlurmCluster
-from slurm_rest import SlurmRestd
+from slurm_rest import SlurmRestd, running_restd
 from test_slurm import BRIDGE, slurm_job
 from test_slurm_gang import VARS, fields, gang_order
 from test_slurm_queue import gate, in_slurm, slurm_id, squeue, wait_reason
@@ -129,14 +126,7 @@ def test_an_array_update_that_went_through_is_not_an_error() -> None:
 @pytest.fixture(scope="module")
 def restd2(slurm2_session: SlurmCluster) -> Iterator[SlurmRestd]:
     """slurmrestd on a unix socket (``rest_auth/local``) for the two-node SLURM."""
-    root = Path(tempfile.mkdtemp(prefix="mgpu-restd2-"))
-    rest = SlurmRestd(slurm2_session, root)
-    try:
-        rest.start()
-        yield rest
-    finally:
-        rest.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    yield from running_restd(slurm2_session)
 
 
 def test_a_gang_through_slurmrestd_runs_a_task_on_each_slurm_node(
