@@ -89,6 +89,7 @@ def test_array_throttle_cancel_show_and_queue(cluster: Cluster, tmp_path: Path) 
     for t, j in tasks.items():
         assert cluster.wait_job(j["id"])["state"] == "completed"
         assert cluster.mgpu("logs", str(j["id"])).stdout == f"{t}\n"
+        assert cluster.mgpu("logs", f"{listed_ids}_{t}").stdout == f"{t}\n"  # (by its task)
     bad = cluster.mgpu("submit", "--array=5-1", "true", check=2)
     assert "--array '5-1'" in bad.stderr
 

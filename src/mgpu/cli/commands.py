@@ -165,8 +165,9 @@ def cmd_show(ns: argparse.Namespace) -> int:
 
 
 def cmd_logs(ns: argparse.Namespace) -> int:
-    stream = client_for(ns).stream_output(ns.job_id, follow=ns.follow, task=ns.task,
-                                          label=ns.label)
+    client = client_for(ns)
+    job_id = job_id_of(client, ns.job_id)
+    stream = client.stream_output(job_id, follow=ns.follow, task=ns.task, label=ns.label)
     sinks = {1: sys.stdout.buffer, 2: sys.stderr.buffer}
     last = None
     for kind, data in stream:
@@ -185,7 +186,7 @@ def cmd_logs(ns: argparse.Namespace) -> int:
         return 0
     if stream.end is None:
         # Say why if the master says (a revoked token, say); else that it stopped.
-        client_for(ns).get_job(ns.job_id)
+        client.get_job(job_id)
         raise ConnectionFailed(f"the output of job {ns.job_id} stopped before the job ended")
     return exit_status(stream.end.state, stream.end.exit_code)
 

@@ -244,7 +244,7 @@ def _job_args(p: argparse.ArgumentParser) -> None:
 
 
 def _logs_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("job_id", type=job_id)
+    p.add_argument("job_id", type=job_ref, help="a job id, or an array's task: 12_4")
     p.add_argument(
         "-f", "--follow", action="store_true", help="until the job ends; exit with its code"
     )
