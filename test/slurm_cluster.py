@@ -259,9 +259,13 @@ def main() -> None:
     cluster = SlurmCluster(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("slurm"), nodes,
                            GPUS // nodes)
     cluster.start()
+    stops = {signal.SIGINT, signal.SIGTERM}
+    # Kept for sigwait (a SIGTERM would otherwise kill this process and leave the daemons
+    # running); only now, as the daemons would inherit the blocked signals.
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
     print(f"export SLURM_CONF={cluster.conf}", flush=True)
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        signal.sigwait(stops)
     finally:
         cluster.stop()
 
