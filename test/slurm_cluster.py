@@ -54,6 +54,23 @@ def _free_port() -> int:
         return port
 
 
+def wait_started(cond: Callable[[], bool], procs: list[subprocess.Popen[bytes]],
+                 timeout: float, what: str) -> str | None:
+    """Until ``cond()`` holds (None), or why a daemon of ``procs`` did not start: it exited,
+    or no ``what`` after ``timeout``. ``cond`` asks the daemon itself (SLURM's commands,
+    slurmrestd's socket), so it is polled every 0.1 s. (Not conftest's ``wait_until``:
+    this file also runs alone, as ``python test/slurm_cluster.py DIR``.)"""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        dead = [p for p in procs if p.poll() is not None]
+        if dead:
+            return f"{dead[0].args[0]} exited with {dead[0].returncode}"
+        if time.monotonic() > deadline:
+            return f"no {what} after {timeout:g}s"
+        time.sleep(0.1)
+    return None
+
+
 class SlurmError(RuntimeError):
     """The cluster did not come up; the message holds the daemons' log tails."""
 
@@ -199,17 +216,9 @@ PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         self._wait(self._answers, timeout, "slurmctld to answer")
 
     def _wait(self, cond: Callable[[], bool], timeout: float, what: str) -> None:
-        """Until ``cond()`` (it asks SLURM's commands: polled every 0.1 s), failing at once
-        if a daemon died, and after ``timeout``. (Not conftest's ``wait_until``: this file
-        also runs alone, as ``python test/slurm_cluster.py DIR``.)"""
-        deadline = time.monotonic() + timeout
-        while not cond():
-            dead = [p for p in self.procs if p.poll() is not None]
-            if dead or time.monotonic() > deadline:
-                why = (f"{dead[0].args[0]} exited with {dead[0].returncode}" if dead
-                       else f"no {what} after {timeout:g}s")
-                raise SlurmError(f"SLURM did not start: {why}\n{self.logs()}")
-            time.sleep(0.1)
+        why = wait_started(cond, self.procs, timeout, what)
+        if why is not None:
+            raise SlurmError(f"SLURM did not start: {why}\n{self.logs()}")
 
     def _run(self, *argv: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=20,

@@ -27,12 +27,11 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from slurm_cluster import SlurmCluster, SlurmError, _free_port
+from slurm_cluster import SlurmCluster, SlurmError, _free_port, wait_started
 
 API = "/slurm/v0.0.38"
 START_TIMEOUT = 30.0  # seconds until slurmrestd answers
@@ -93,14 +92,10 @@ class SlurmRestd:
                  "-s", "openapi/v0.0.38", *listen],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=self.root,
                 close_fds=True, process_group=0)
-        deadline = time.monotonic() + timeout
-        while not self.answers():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                why = (f"it exited with {self.proc.returncode}" if self.proc.poll() is not None
-                       else f"no answer after {timeout:g}s")
-                self.stop()
-                raise SlurmError(f"slurmrestd did not start: {why}\n{self.log()}")
-            time.sleep(0.1)
+        why = wait_started(self.answers, [self.proc], timeout, "answer")
+        if why is not None:
+            self.stop()
+            raise SlurmError(f"slurmrestd did not start: {why}\n{self.log()}")
 
     def answers(self) -> bool:
         """Whether slurmrestd answers HTTP on its unix socket (with ``rest_auth/jwt``

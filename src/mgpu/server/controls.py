@@ -24,7 +24,7 @@ from __future__ import annotations
 import heapq
 from abc import abstractmethod
 from bisect import insort
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from mgpu.core import controls as c
 from mgpu.core import messages as m
@@ -131,21 +131,27 @@ class JobControls(NodeEvents):
                                     f"(`mgpu limits list`); {used} in use or queued")
         return None
 
-    def _dep_status(self, job: SimpleJob) -> tuple[bool | None, str]:
-        anyof, terms = c.parse_dependency(job.dependency or "")
-        statuses: list[bool | None] = []
-        waiting: list[str] = []
-        for kind, dep_id in terms:
+    def _dep_terms(self, job: SimpleJob
+                   ) -> Iterator[tuple[str, int, SimpleJob | None, bool | None]]:
+        """Each term of ``job``'s dependency, an array's tasks one by one: its kind, the
+        job it names, that job (None: unknown) and whether the term holds (None: not yet)."""
+        for kind, dep_id in c.parse_dependency(job.dependency or "")[1]:
             tasks = self.arrays.get(dep_id)
             for one in (list(tasks.values()) if tasks else [dep_id]):
                 dep = self.jobs.get(one)
-                status = c.term_status(kind, None if dep is None else dep.state.value,
-                                       dep is not None and dep.started_at is not None)
-                statuses.append(status)
-                if status is None:
-                    self.dep_waiters.setdefault(one, set()).add(job.id)
-                    waiting.append(f"{kind}:{one}")
-        status = c.combine(anyof, statuses)
+                yield kind, one, dep, c.term_status(
+                    kind, None if dep is None else dep.state.value,
+                    dep is not None and dep.started_at is not None)
+
+    def _dep_status(self, job: SimpleJob) -> tuple[bool | None, str]:
+        statuses: list[bool | None] = []
+        waiting: list[str] = []
+        for kind, one, _, status in self._dep_terms(job):
+            statuses.append(status)
+            if status is None:
+                self.dep_waiters.setdefault(one, set()).add(job.id)
+                waiting.append(f"{kind}:{one}")
+        status = c.combine(c.parse_dependency(job.dependency or "")[0], statuses)
         if status is False:
             return False, f"{job.dependency} can no longer be met"
         return status, f"waits for {', '.join(waiting[:5])}" + (" ..." if len(waiting) > 5 else "")

@@ -95,23 +95,18 @@ class Handoff(SubmitControls, SchedulingPass):
         """Decide what the master can of ``job``'s dependency; keep the terms on live jobs
         of ``bridge`` for SLURM (:attr:`slurm_deps`). Why it waits in mgpu's gate, or None."""
         self.slurm_deps.pop(job.id, None)  # (decided afresh: what ended meanwhile is out)
-        anyof, terms = c.parse_dependency(job.dependency or "")
+        anyof = c.parse_dependency(job.dependency or "")[0]
         statuses: list[bool | None] = []
         slurm: list[str] = []
         waiting: list[str] = []
-        for kind, dep_id in terms:
-            tasks = self.arrays.get(dep_id)
-            for one in (list(tasks.values()) if tasks else [dep_id]):
-                dep = self.jobs.get(one)
-                status = c.term_status(kind, None if dep is None else dep.state.value,
-                                       dep is not None and dep.started_at is not None)
-                if status is None and dep is not None and self._in_slurm(dep, bridge):
-                    slurm.append(f"{kind}:{one}")
-                    continue
-                statuses.append(status)
-                if status is None:
-                    self.dep_waiters.setdefault(one, set()).add(job.id)
-                    waiting.append(f"{kind}:{one}")
+        for kind, one, dep, status in self._dep_terms(job):
+            if status is None and dep is not None and self._in_slurm(dep, bridge):
+                slurm.append(f"{kind}:{one}")
+                continue
+            statuses.append(status)
+            if status is None:
+                self.dep_waiters.setdefault(one, set()).add(job.id)
+                waiting.append(f"{kind}:{one}")
         if anyof and any(s is True for s in statuses):
             return None
         if (not anyof and False in statuses) or (anyof and not slurm and not waiting):
